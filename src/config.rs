@@ -1,0 +1,438 @@
+//! The relay's configuration: one YAML file, every key optional.
+//!
+//! Precedence is command-line flag > environment variable > file > built-in
+//! default; the flags and variables are applied by the binary on top of what
+//! [`Config::load`] returns. Unknown keys are rejected, and every error names
+//! the file, the key and the line, because an operator reading a failed
+//! start-up should not have to guess which of forty lines is wrong.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything the relay can be told. `Config::default()` is the relay that
+/// `wsrelay` runs with no file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub client: ClientConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+/// The WebSocket listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// HTTP path clients upgrade on; anything else gets 404.
+    #[serde(deserialize_with = "de_path")]
+    pub path: String,
+    /// Serve `wss://` with this certificate and key; absent means plain `ws://`.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            path: "/".to_owned(),
+            tls: None,
+        }
+    }
+}
+
+/// PEM files for `wss://`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key_file: PathBuf,
+}
+
+/// The Prometheus listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address serving `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// Per-client behaviour.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Messages that may wait for one client before it counts as a slow
+    /// consumer and is disconnected with 1008.
+    #[serde(deserialize_with = "de_nonzero")]
+    pub queue_messages: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            queue_messages: 1024,
+        }
+    }
+}
+
+/// Protection against oversized input.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message (and frame) a client may send; larger gets close 1009.
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub max_message_size: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1 << 20,
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long clients get to answer Close 1001 before they are dropped.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `wsrelay=debug,warn`, ...). `RUST_LOG` overrides it.
+    #[serde(deserialize_with = "de_log_level")]
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .0)]
+    Invalid(InvalidConfig),
+}
+
+/// A file that was read but does not describe a valid configuration.
+#[derive(Debug)]
+pub struct InvalidConfig {
+    pub path: PathBuf,
+    /// Dotted path of the offending key (`shutdown.timeout`), when known.
+    pub key: Option<String>,
+    /// 1-based line and column, when known.
+    pub line: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config file {}", self.path.display())?;
+        if let Some((line, col)) = self.line {
+            write!(f, " at line {line}, column {col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl Config {
+    /// Reads and validates a YAML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses YAML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        // An empty file (or one holding only comments) means "all defaults".
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(Self::default());
+        }
+        let mut key: Option<String> = None;
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let p = e.path().to_string();
+                if p != "." {
+                    key = Some(p);
+                }
+                e.into_inner()
+            })
+        });
+        parsed.map_err(|e| {
+            let line = e.location().map(|l| (l.line() as usize, l.column() as usize));
+            let mut message = bare_message(&e.to_string());
+            if message.starts_with("unknown field") {
+                message = message.replacen("unknown field", "unknown key", 1);
+            }
+            ConfigError::Invalid(InvalidConfig {
+                path: path.to_owned(),
+                key,
+                line,
+                message,
+            })
+        })
+    }
+
+    /// The configuration as YAML, defaults filled in.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// serde-saphyr renders `error: line L column C: message` followed by a
+/// source snippet; we print the location ourselves, so keep only the message.
+fn bare_message(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((_, message)) => message.to_owned(),
+        None => line.to_owned(),
+    }
+}
+
+/// Parses a human duration such as `10s`, `500ms` or `1m 30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"10s\" or \"500ms\""))
+}
+
+/// Parses a byte size such as `1048576`, `64KiB`, `1MiB` or `1MB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}; use e.g. \"1MiB\" or \"65536\""))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("size {s:?} must be between 1 byte and {} bytes", usize::MAX))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(usize),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(0) => Err(serde::de::Error::custom("size must be at least 1 byte")),
+        Size::Bytes(n) => Ok(n),
+        Size::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn ser_size<S: serde::Serializer>(v: &usize, s: S) -> Result<S::Ok, S::Error> {
+    let text = if v % (1 << 20) == 0 {
+        format!("{}MiB", v >> 20)
+    } else if v % (1 << 10) == 0 {
+        format!("{}KiB", v >> 10)
+    } else {
+        v.to_string()
+    };
+    s.serialize_str(&text)
+}
+
+fn de_nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let p = String::deserialize(d)?;
+    if !p.starts_with('/') {
+        return Err(serde::de::Error::custom(format!("path {p:?} must start with '/'")));
+    }
+    Ok(p)
+}
+
+fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let level = String::deserialize(d)?;
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .map_err(|e| serde::de::Error::custom(format!("invalid log level {level:?}: {e}")))?;
+    Ok(level)
+}
+
+/// Durations as human-readable strings, both ways.
+mod humantime_serde_compat {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, InvalidConfig> {
+        match Config::parse(text, Path::new("test.yaml")) {
+            Ok(c) => Ok(c),
+            Err(ConfigError::Invalid(e)) => Err(e),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "server:\n  listen: \"127.0.0.1:9000\"\n  path: /ws\n  tls: { cert_file: c.pem, key_file: k.pem }\n\
+             metrics:\n  enabled: false\n  listen: \"127.0.0.1:9001\"\n\
+             client:\n  queue_messages: 16\n\
+             limits:\n  max_message_size: 64KiB\n\
+             shutdown:\n  timeout: 500ms\n\
+             log:\n  level: debug\n  format: json\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.server.path, "/ws");
+        assert_eq!(c.server.tls.unwrap().key_file, PathBuf::from("k.pem"));
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.client.queue_messages, 16);
+        assert_eq!(c.limits.max_message_size, 65536);
+        assert_eq!(c.shutdown.timeout, Duration::from_millis(500));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse("server:\n  listen: \"127.0.0.1:1\"\n  colour: blue\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.colour"));
+        assert_eq!(e.line.map(|l| l.0), Some(3));
+        let text = e.to_string();
+        assert!(text.contains("test.yaml") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let e = parse("log:\n  level: info\nshutdown:\n  timeout: soon\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("shutdown.timeout"));
+        assert_eq!(e.line.map(|l| l.0), Some(4));
+        assert!(e.message.contains("invalid duration"), "{}", e.message);
+
+        let e = parse("server:\n  listen: nowhere\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.listen"));
+        assert_eq!(e.line.map(|l| l.0), Some(2));
+
+        let e = parse("client:\n  queue_messages: 0\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("client.queue_messages"));
+
+        let e = parse("server:\n  path: ws\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.path"));
+    }
+
+    #[test]
+    fn invalid_yaml_names_line() {
+        let e = parse("server:\n  listen: [unclosed\n").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("10 KB"), Ok(10_000));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("forever").is_err());
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let c = Config::default();
+        assert_eq!(parse(&c.to_yaml()).unwrap(), c);
+    }
+}

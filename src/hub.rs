@@ -1,0 +1,162 @@
+//! Membership and fan-out.
+//!
+//! The hub is the one place that knows who is connected. Publishing clones
+//! the message handle into each subscriber's bounded queue with `try_send`:
+//! the payload is a reference-counted `Bytes`, so a delivery costs a
+//! refcount bump and a queue slot, never a copy, and the publisher never
+//! waits on anyone's socket. A subscriber whose queue is full is evicted on
+//! the spot: its sender is dropped, which wakes its connection task to close
+//! it with 1008. Only that subscriber is affected.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
+use tokio_websockets::Message;
+
+/// Identifies one connected client for the lifetime of the process.
+pub type ClientId = u64;
+
+/// Everyone who hears published messages.
+pub struct Hub {
+    // Publishing takes the read lock, so publishers on different threads run
+    // in parallel; joins and leaves are rare by comparison.
+    subscribers: RwLock<HashMap<ClientId, Member>>,
+    next_id: AtomicU64,
+    queue_messages: usize,
+}
+
+/// The hub's end of one membership.
+struct Member {
+    queue: mpsc::Sender<Message>,
+    // Never sent on: dropping it (on eviction or leave) resolves the
+    // client's `evicted` receiver, which wakes its task even while that task
+    // is blocked on a socket that accepts nothing.
+    _evict: oneshot::Sender<()>,
+}
+
+/// A client's end of its membership.
+pub struct Subscription {
+    pub id: ClientId,
+    /// Messages published for this client, in order.
+    pub queue: mpsc::Receiver<Message>,
+    /// Resolves when the hub drops this client (its queue was full).
+    pub evicted: oneshot::Receiver<()>,
+}
+
+impl Hub {
+    /// A hub whose subscribers may each have `queue_messages` messages waiting.
+    pub fn new(queue_messages: usize) -> Self {
+        Self {
+            subscribers: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            queue_messages: queue_messages.max(1),
+        }
+    }
+
+    /// Adds a subscriber; it hears every message published from now on.
+    pub fn join(&self) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, queue) = mpsc::channel(self.queue_messages);
+        let (evict, evicted) = oneshot::channel();
+        let member = Member { queue: tx, _evict: evict };
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, member);
+        Subscription { id, queue, evicted }
+    }
+
+    /// Removes a subscriber. Idempotent.
+    pub fn leave(&self, id: ClientId) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// Queues `message` for every subscriber and returns how many it was
+    /// queued for. Subscribers whose queue is full are evicted.
+    pub fn publish(&self, message: &Message) -> usize {
+        let mut delivered = 0;
+        let mut full: Vec<ClientId> = Vec::new();
+        {
+            let subscribers = self.subscribers.read().unwrap_or_else(PoisonError::into_inner);
+            for (&id, member) in subscribers.iter() {
+                match member.queue.try_send(message.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(TrySendError::Full(_)) => full.push(id),
+                    // Its connection is already on the way out.
+                    Err(TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        if !full.is_empty() {
+            let mut subscribers = self.subscribers.write().unwrap_or_else(PoisonError::into_inner);
+            for id in full {
+                subscribers.remove(&id);
+            }
+        }
+        delivered
+    }
+
+    /// Subscribers connected now.
+    pub fn len(&self) -> usize {
+        self.subscribers.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_reaches_every_subscriber_sharing_the_payload() {
+        let hub = Hub::new(4);
+        let mut a = hub.join();
+        let mut b = hub.join();
+        let msg = Message::binary(bytes::Bytes::from_static(b"hello"));
+        assert_eq!(hub.publish(&msg), 2);
+        let ra = a.queue.try_recv().unwrap();
+        let rb = b.queue.try_recv().unwrap();
+        // Same allocation: fan-out shares the payload instead of copying it.
+        assert_eq!(ra.as_payload().as_ptr(), rb.as_payload().as_ptr());
+        assert_eq!(&**ra.as_payload(), b"hello");
+    }
+
+    #[test]
+    fn full_queue_evicts_only_that_subscriber() {
+        let hub = Hub::new(2);
+        let mut slow = hub.join();
+        let mut fast = hub.join();
+        let msg = Message::text("x");
+        for _ in 0..2 {
+            assert_eq!(hub.publish(&msg), 2);
+            fast.queue.try_recv().unwrap();
+        }
+        // The slow queue is full: this publish evicts it and reaches the other.
+        assert_eq!(hub.publish(&msg), 1);
+        assert!(slow.queue.is_closed());
+        assert!(slow.evicted.try_recv().is_err());
+        assert!(!fast.queue.is_closed());
+        assert_eq!(fast.evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        assert_eq!(hub.len(), 1);
+        assert_eq!(hub.publish(&msg), 1);
+        let _ = slow.queue.try_recv();
+    }
+
+    #[test]
+    fn leave_is_idempotent() {
+        let hub = Hub::new(1);
+        let s = hub.join();
+        hub.leave(s.id);
+        hub.leave(s.id);
+        assert!(hub.is_empty());
+    }
+}

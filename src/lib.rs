@@ -1,0 +1,37 @@
+//! # wsrelay
+//!
+//! A WebSocket relay: every message a client sends is relayed to every
+//! connected client, text as text and binary as binary, byte for byte.
+//!
+//! The crate is the whole server; the `wsrelay` binary only parses its
+//! command line and calls in here. One module per concept:
+//!
+//! - [`config`]: the YAML configuration, its defaults and its errors.
+//! - [`server`]: listeners, TLS and HTTP upgrade, graceful shutdown.
+//! - [`connection`]: one client's reader and writer after the upgrade.
+//! - [`hub`]: membership and fan-out into bounded per-client queues.
+//! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
+//! - [`tls`]: PEM certificates and keys into rustls configurations.
+//! - [`client`]: the line-oriented client behind `wsrelay client`.
+//! - [`logging`]: the `tracing` subscriber (text or JSON).
+//!
+//! Running a relay on an ephemeral port from code:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wsrelay::server::ServerError> {
+//! let mut config = wsrelay::config::Config::default();
+//! config.server.listen = "127.0.0.1:0".parse().unwrap();
+//! let server = wsrelay::server::Server::bind(&config).await?;
+//! println!("clients connect to {}", server.url());
+//! server.run(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod tls;

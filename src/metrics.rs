@@ -1,0 +1,253 @@
+//! Prometheus metrics and the small HTTP listener that serves them.
+//!
+//! Every metric is created once at start-up and held as a handle, so the hot
+//! path is one relaxed atomic add per update: no label lookup, no lock.
+//! Counters end in `_total` (prometheus-client appends it) and only go up;
+//! gauges describe the present.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a client's connection ended. Each connection ends exactly once, so
+/// the per-reason counters always add up to `wsrelay_disconnections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// The client sent a Close frame.
+    ClientClose,
+    /// The TCP connection ended without a Close frame (EOF or reset).
+    Reset,
+    /// The client broke the protocol (bad frame, invalid UTF-8, too large).
+    ProtocolError,
+    /// The client's queue filled up; it was closed with 1008.
+    SlowConsumer,
+    /// Writing to the client's socket failed.
+    WriteError,
+    /// The server shut down and closed it with 1001.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    pub const ALL: [Self; 6] = [
+        Self::ClientClose,
+        Self::Reset,
+        Self::ProtocolError,
+        Self::SlowConsumer,
+        Self::WriteError,
+        Self::Shutdown,
+    ];
+
+    /// The label value, as it appears in `/metrics` and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClose => "client_close",
+            Self::Reset => "reset",
+            Self::ProtocolError => "protocol_error",
+            Self::SlowConsumer => "slow_consumer",
+            Self::WriteError => "write_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a connection attempt never became a WebSocket client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The TLS handshake failed or timed out.
+    Tls,
+    /// The HTTP request was not a valid WebSocket upgrade (4xx sent).
+    BadRequest,
+}
+
+impl RejectReason {
+    pub const ALL: [Self; 2] = [Self::Tls, Self::BadRequest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::BadRequest => "bad_request",
+        }
+    }
+}
+
+type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// The relay's metrics. Cheap to share: every field is a handle onto an atomic.
+pub struct Metrics {
+    registry: Registry,
+    /// WebSocket clients accepted (101 sent).
+    pub connections: Counter,
+    /// Clients gone, for any reason.
+    pub disconnections: Counter,
+    disconnections_by_reason: Family<ReasonLabel, Counter>,
+    /// Clients connected now.
+    pub connections_active: Gauge,
+    rejected: Family<ReasonLabel, Counter>,
+    /// Data messages received from clients.
+    pub messages_received: Counter,
+    /// Payload bytes of data messages received from clients.
+    pub bytes_received: Counter,
+    /// Data messages written to clients' sockets.
+    pub messages_sent: Counter,
+    /// Payload bytes of data messages written to clients' sockets.
+    pub bytes_sent: Counter,
+    /// Messages discarded because their client was being disconnected as a slow consumer.
+    pub messages_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsrelay");
+        let m = Self {
+            connections: Counter::default(),
+            disconnections: Counter::default(),
+            disconnections_by_reason: Family::default(),
+            connections_active: Gauge::default(),
+            rejected: Family::default(),
+            messages_received: Counter::default(),
+            bytes_received: Counter::default(),
+            messages_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            messages_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("connections", "WebSocket clients accepted", m.connections.clone());
+        r.register("disconnections", "WebSocket clients gone, for any reason", m.disconnections.clone());
+        r.register(
+            "disconnections_by_reason",
+            "WebSocket clients gone, by reason",
+            m.disconnections_by_reason.clone(),
+        );
+        r.register("connections_active", "WebSocket clients connected now", m.connections_active.clone());
+        r.register(
+            "rejected_connections",
+            "Connection attempts that never became WebSocket clients, by reason",
+            m.rejected.clone(),
+        );
+        r.register("messages", "Data messages received from clients", m.messages_received.clone());
+        r.register(
+            "received_bytes",
+            "Payload bytes of data messages received from clients",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "messages_delivered",
+            "Data messages written to client sockets (one per recipient)",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "Payload bytes of data messages written to client sockets",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "dropped_messages",
+            "Queued messages discarded when their client was disconnected as a slow consumer",
+            m.messages_dropped.clone(),
+        );
+        // Create every labelled series up front so they read 0, not absent.
+        for reason in DisconnectReason::ALL {
+            let _ = m.disconnections_by_reason.get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in RejectReason::ALL {
+            let _ = m.rejected.get_or_create(&[("reason", reason.as_str())]);
+        }
+        Self { registry, ..m }
+    }
+
+    /// A client was accepted.
+    pub fn connected(&self) {
+        self.connections.inc();
+        self.connections_active.inc();
+    }
+
+    /// A client is gone; called exactly once per accepted client.
+    pub fn disconnected(&self, reason: DisconnectReason) {
+        self.disconnections.inc();
+        self.disconnections_by_reason.get_or_create(&[("reason", reason.as_str())]).inc();
+        self.connections_active.dec();
+    }
+
+    /// A connection attempt was turned away before the upgrade.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&[("reason", reason.as_str())]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Answers one request on the metrics listener: `/metrics` and `/healthz`.
+pub async fn handle_http(
+    req: Request<Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Bytes::from(metrics.render()),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        (_, "/metrics" | "/healthz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"method not allowed\n"),
+        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+    };
+    Ok(Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body))
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric_with_prefix_and_total_suffix() {
+        let m = Metrics::new();
+        m.connected();
+        m.disconnected(DisconnectReason::SlowConsumer);
+        let text = m.render();
+        for line in [
+            "wsrelay_connections_total 1",
+            "wsrelay_disconnections_total 1",
+            "wsrelay_disconnections_by_reason_total{reason=\"slow_consumer\"} 1",
+            "wsrelay_disconnections_by_reason_total{reason=\"reset\"} 0",
+            "wsrelay_connections_active 0",
+            "wsrelay_messages_total 0",
+            "wsrelay_messages_delivered_total 0",
+            "wsrelay_received_bytes_total 0",
+            "wsrelay_sent_bytes_total 0",
+            "wsrelay_dropped_messages_total 0",
+            "wsrelay_rejected_connections_total{reason=\"bad_request\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! Listeners, accept, the WebSocket upgrade, and shutdown.
+//!
+//! A connection goes: TCP accept → (TLS handshake) → hyper reads the HTTP
+//! request → [`upgrade_response`] checks it and answers 101 or a 4xx →
+//! the upgraded socket becomes a [`WebSocketStream`] handed to
+//! [`connection::serve`]. Doing the upgrade in hyper rather than inside the
+//! WebSocket library lets the relay refuse a request with a proper HTTP
+//! status before any WebSocket state exists.
+//!
+//! Shutdown is one [`CancellationToken`] and a [`TaskTracker`]: stop
+//! accepting, cancel the token (every client gets Close 1001), wait for the
+//! tracked tasks up to `shutdown.timeout`, then cancel a second token that
+//! makes every remaining task drop its socket at once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::connection::{self, ConnectionContext};
+use crate::hub::Hub;
+use crate::metrics::{self, Metrics, RejectReason};
+use crate::tls::{self, TlsError};
+
+/// How long a client may take over its TLS handshake and HTTP request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client being disconnected (slow consumer, protocol error, its
+/// own Close) gets to finish the close handshake before its socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest HTTP request head accepted before the upgrade.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A relay whose listeners are bound and ready; [`Server::run`] serves it.
+pub struct Server {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+    shutdown_timeout: Duration,
+}
+
+/// What every connection task needs, shared by reference count.
+struct Shared {
+    conn: Arc<ConnectionContext>,
+    tls: Option<TlsAcceptor>,
+    path: String,
+    limits: tokio_websockets::Limits,
+}
+
+impl Server {
+    /// Loads TLS files and binds both listeners. Fails with the file or the
+    /// address at fault; nothing is served until [`Server::run`].
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert_file, &t.key_file)?)),
+            None => None,
+        };
+        let listener = bind(config.server.listen).await?;
+        let metrics_listener = match config.metrics.enabled {
+            true => Some(bind(config.metrics.listen).await?),
+            false => None,
+        };
+        let conn = ConnectionContext {
+            hub: Arc::new(Hub::new(config.client.queue_messages)),
+            metrics: Arc::new(Metrics::new()),
+            shutdown: CancellationToken::new(),
+            force: CancellationToken::new(),
+            close_timeout: CLOSE_TIMEOUT,
+        };
+        Ok(Self {
+            listener,
+            metrics_listener,
+            shared: Arc::new(Shared {
+                conn: Arc::new(conn),
+                tls,
+                path: config.server.path.clone(),
+                limits: tokio_websockets::Limits::default()
+                    .max_payload_len(Some(config.limits.max_message_size)),
+            }),
+            shutdown_timeout: config.shutdown.timeout,
+        })
+    }
+
+    /// The WebSocket listener's address (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address; fall back rather than panic.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The metrics listener's address, if metrics are enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The URL clients connect to, for logs.
+    pub fn url(&self) -> String {
+        let scheme = if self.shared.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.local_addr(), self.shared.path)
+    }
+
+    /// Serves until `shutdown` resolves, then closes every client with 1001
+    /// and returns once they are gone or `shutdown.timeout` has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            metrics_listener,
+            shared,
+            shutdown_timeout,
+        } = self;
+        let cx = shared.conn.clone();
+        let metrics_stop = CancellationToken::new();
+        if let Some(l) = metrics_listener {
+            tokio::spawn(serve_metrics(l, cx.metrics.clone(), metrics_stop.clone()));
+        }
+
+        let tracker = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(handle_socket(stream, peer, shared.clone()));
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+
+        info!(clients = cx.hub.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
+        cx.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(shutdown_timeout, tracker.wait()).await.is_err() {
+            warn!(clients = cx.hub.len(), "shutdown timeout passed; dropping remaining clients");
+            cx.force.cancel();
+            // Every task selects on `force`, so this is quick; bound it anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+        }
+        metrics_stop.cancel();
+        info!("shutdown complete");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// One accepted socket: TLS if configured, then HTTP and the upgrade.
+async fn handle_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // Relayed messages are small and latency matters more than packet count;
+    // the writer batches frames itself.
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = &shared.tls else {
+        return serve_http(stream, peer, shared).await;
+    };
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+        () = shared.conn.shutdown.cancelled() => return,
+    };
+    match accepted {
+        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, shared).await,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            shared.conn.metrics.rejected(RejectReason::Tls);
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            shared.conn.metrics.rejected(RejectReason::Tls);
+        }
+    }
+}
+
+/// Reads HTTP requests until one upgrades, then runs the WebSocket client.
+async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The service hands the pending upgrade back through this slot, so the
+    // WebSocket runs on this same task once hyper lets go of the socket.
+    let slot: Arc<Mutex<Option<OnUpgrade>>> = Arc::default();
+    let service = {
+        let (shared, slot) = (shared.clone(), slot.clone());
+        service_fn(move |mut req: Request<Incoming>| {
+            let response = upgrade_response(&req, &shared.path);
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(hyper::upgrade::on(&mut req));
+            } else {
+                shared.conn.metrics.rejected(RejectReason::BadRequest);
+                debug!(%peer, status = %response.status(), uri = %req.uri(), "request refused");
+            }
+            std::future::ready(Ok::<_, Infallible>(response))
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let served = tokio::select! {
+        r = conn => r,
+        () = shared.conn.shutdown.cancelled() => return,
+    };
+    if let Err(e) = served {
+        debug!(%peer, error = %e, "HTTP connection failed");
+        return;
+    }
+    let Some(on_upgrade) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+        return;
+    };
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let ws = tokio_websockets::ServerBuilder::new()
+                .limits(shared.limits)
+                .serve(TokioIo::new(upgraded));
+            connection::serve(ws, peer, shared.conn.clone()).await;
+        }
+        Err(e) => debug!(%peer, error = %e, "upgrade failed"),
+    }
+}
+
+/// The response to a request on the WebSocket listener: 101 for a valid
+/// upgrade on the configured path, otherwise the 4xx that says what is wrong.
+fn upgrade_response(req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
+    let headers = req.headers();
+    if req.uri().path() != path {
+        return refuse(StatusCode::NOT_FOUND, "not found");
+    }
+    if req.method() != Method::GET {
+        let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    if req.version() != Version::HTTP_11 || !has_token(headers, header::UPGRADE, "websocket") {
+        let mut r = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: connect with a WebSocket client",
+        );
+        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return refuse(StatusCode::BAD_REQUEST, "missing `Connection: Upgrade`");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut r = refuse(StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version; use 13");
+        r.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| is_valid_key(k.as_bytes())) else {
+        return refuse(StatusCode::BAD_REQUEST, "missing or malformed Sec-WebSocket-Key");
+    };
+    let accept = accept_key(key.as_bytes());
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// A plain-text refusal that also ends the HTTP connection.
+fn refuse(status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// RFC 6455: the key is 16 random bytes, base64-encoded (24 characters).
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
+/// RFC 6455 section 4.2.2: base64(SHA-1(key + GUID)).
+fn accept_key(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// Serves `/metrics` and `/healthz` until `stop` is cancelled.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| metrics::handle_http(req, metrics.clone()));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it. A second signal
+/// afterwards ends the process at once, for operators who cannot wait.
+pub async fn shutdown_signal() -> &'static str {
+    let name = next_signal().await;
+    tokio::spawn(async {
+        let again = next_signal().await;
+        warn!(signal = again, "second signal: exiting now");
+        std::process::exit(if again == "SIGINT" { 130 } else { 143 });
+    });
+    name
+}
+
+async fn next_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => {
+            warn!("cannot install signal handlers; only Ctrl-C will stop the relay");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Runs the relay described by `config` until SIGINT or SIGTERM.
+pub async fn run(config: &Config) -> Result<(), ServerError> {
+    let server = Server::bind(config).await?;
+    info!(url = %server.url(), addr = %server.local_addr(), "relay listening");
+    if let Some(addr) = server.metrics_addr() {
+        info!(url = %format!("http://{addr}/metrics"), addr = %addr, "metrics listening");
+    }
+    server
+        .run(async {
+            let signal = shutdown_signal().await;
+            info!(signal, "signal received");
+        })
+        .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(b"short"));
+        assert!(!is_valid_key(b"!!!!!!!!!!!!!!!!!!!!!!!!"));
+    }
+}
