@@ -85,12 +85,18 @@ pub struct ClientConfig {
     /// consumer and is disconnected with 1008.
     #[serde(deserialize_with = "de_nonzero")]
     pub queue_messages: usize,
+    /// How long a client being disconnected (slow consumer, protocol error,
+    /// its own Close) gets to finish the close handshake before its socket
+    /// is dropped.
+    #[serde(with = "humantime_serde_compat")]
+    pub close_timeout: Duration,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             queue_messages: 1024,
+            close_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error as WsError, Message, WebSocketStream};
 use tracing::{debug, warn};
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Subscription};
 use crate::metrics::{DisconnectReason, Metrics};
 
 /// Most messages taken from the queue for one flush. Bounds how much a
@@ -64,13 +64,13 @@ enum Event {
     WriteFailed(WsError),
 }
 
-/// Drives an upgraded client until it is gone. Registers it with the hub and
-/// the metrics on the way in, and removes it exactly once on the way out.
-pub async fn serve<S>(ws: WebSocketStream<S>, peer: SocketAddr, cx: Arc<ConnectionContext>)
+/// Drives an upgraded client, already a hub member, until it is gone.
+/// Counts it in the metrics on the way in, and removes it from the hub and
+/// counts it out exactly once on the way out.
+pub async fn serve<S>(ws: WebSocketStream<S>, peer: SocketAddr, subscription: Subscription, cx: Arc<ConnectionContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let subscription = cx.hub.join();
     let id = subscription.id;
     cx.metrics.connected();
     debug!(%peer, id, "client connected");
@@ -144,7 +144,10 @@ where
         Event::PeerClosed => (DisconnectReason::ClientClose, None, cx.close_timeout),
         Event::ProtocolError(e) => {
             debug!(error = %e, "protocol error");
-            (DisconnectReason::ProtocolError, None, cx.close_timeout)
+            // The stream queues the right close frame itself, except for a
+            // fragmented message that grew too large; then this one is sent.
+            let too_big = Message::close(Some(CloseCode::MESSAGE_TOO_BIG), "message too big");
+            (DisconnectReason::ProtocolError, Some(too_big), cx.close_timeout)
         }
         Event::Eof(e) => {
             if let Some(e) = e {
@@ -176,7 +179,8 @@ where
     // the peer's, then shut the socket. Bounded, because the peer may never answer.
     let finish = async {
         if let Some(close) = close {
-            ws.feed(close).await?;
+            // Fails harmlessly if a close frame is already on its way.
+            let _ = ws.feed(close).await;
         }
         ws.close().await
     };

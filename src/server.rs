@@ -37,16 +37,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::connection::{self, ConnectionContext};
-use crate::hub::Hub;
+use crate::hub::{Hub, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::tls::{self, TlsError};
 
 /// How long a client may take over its TLS handshake and HTTP request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a client being disconnected (slow consumer, protocol error, its
-/// own Close) gets to finish the close handshake before its socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest HTTP request head accepted before the upgrade.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -98,7 +94,7 @@ impl Server {
             metrics: Arc::new(Metrics::new()),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
-            close_timeout: CLOSE_TIMEOUT,
+            close_timeout: config.client.close_timeout,
         };
         Ok(Self {
             listener,
@@ -219,13 +215,18 @@ where
 {
     // The service hands the pending upgrade back through this slot, so the
     // WebSocket runs on this same task once hyper lets go of the socket.
-    let slot: Arc<Mutex<Option<OnUpgrade>>> = Arc::default();
+    // The client joins the hub before its 101 is sent: once a client sees
+    // the handshake complete, it hears every message published after it.
+    let slot: Arc<Mutex<Option<(OnUpgrade, Subscription)>>> = Arc::default();
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         service_fn(move |mut req: Request<Incoming>| {
             let response = upgrade_response(&req, &shared.path);
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(hyper::upgrade::on(&mut req));
+                let pending = (hyper::upgrade::on(&mut req), shared.conn.hub.join());
+                if let Some((_, old)) = lock(&slot).replace(pending) {
+                    shared.conn.hub.leave(old.id);
+                }
             } else {
                 shared.conn.metrics.rejected(RejectReason::BadRequest);
                 debug!(%peer, status = %response.status(), uri = %req.uri(), "request refused");
@@ -240,25 +241,29 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let served = tokio::select! {
-        r = conn => r,
-        () = shared.conn.shutdown.cancelled() => return,
+        r = conn => r.map_err(|e| debug!(%peer, error = %e, "HTTP connection failed")).is_ok(),
+        () = shared.conn.shutdown.cancelled() => false,
     };
-    if let Err(e) = served {
-        debug!(%peer, error = %e, "HTTP connection failed");
-        return;
-    }
-    let Some(on_upgrade) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+    let Some((on_upgrade, subscription)) = lock(&slot).take() else {
         return;
     };
-    match on_upgrade.await {
-        Ok(upgraded) => {
+    let upgraded = match served {
+        true => on_upgrade.await.map_err(|e| debug!(%peer, error = %e, "upgrade failed")).ok(),
+        false => None,
+    };
+    match upgraded {
+        Some(upgraded) => {
             let ws = tokio_websockets::ServerBuilder::new()
                 .limits(shared.limits)
                 .serve(TokioIo::new(upgraded));
-            connection::serve(ws, peer, shared.conn.clone()).await;
+            connection::serve(ws, peer, subscription, shared.conn.clone()).await;
         }
-        Err(e) => debug!(%peer, error = %e, "upgrade failed"),
+        None => shared.conn.hub.leave(subscription.id),
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The response to a request on the WebSocket listener: 101 for a valid

@@ -1,0 +1,337 @@
+//! Fan-out behaviour of the real relay over real sockets.
+
+mod common;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio_websockets::{CloseCode, Message};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_binary_reach_every_client_byte_exact() {
+    let server = start(test_config()).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.client().await);
+    }
+    let text = "héllo, wörld ✓ \u{0}";
+    let binary: Vec<u8> = (0..=255u8).chain([0, 0xff, 0x80]).collect();
+    clients[0].send(Message::text(text.to_owned())).await.unwrap();
+    clients[0].send(Message::binary(binary.clone())).await.unwrap();
+
+    // Every client, the sender included, gets both, in order, types kept.
+    for ws in &mut clients {
+        let m = recv(ws).await;
+        assert!(m.is_text());
+        assert_eq!(m.as_text(), Some(text));
+        let m = recv(ws).await;
+        assert!(m.is_binary());
+        assert_eq!(&**m.as_payload(), &binary[..]);
+    }
+    server.wait_metric("wsrelay_messages_total", 2).await;
+    server.wait_metric("wsrelay_messages_delivered_total", 6).await;
+    let bytes_in = (text.len() + binary.len()) as u64;
+    assert_eq!(server.metric("wsrelay_received_bytes_total").await, bytes_in);
+    assert_eq!(server.metric("wsrelay_sent_bytes_total").await, 3 * bytes_in);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_messages_are_reassembled() {
+    let server = start(test_config()).await;
+    let mut listener = server.client().await;
+    let mut raw = RawClient::connect(server.addr).await;
+    raw.send(&frame(false, 0x1, b"frag", true)).await;
+    raw.send(&frame(false, 0x0, "men".as_bytes(), true)).await;
+    raw.send(&frame(true, 0x0, "ted ✓".as_bytes(), true)).await;
+    let m = recv(&mut listener).await;
+    assert_eq!(m.as_text(), Some("fragmented ✓"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_senders_order_is_kept_with_50_concurrent_senders() {
+    const SENDERS: usize = 50;
+    const PER_SENDER: usize = 100;
+    let mut config = test_config();
+    // Every sender also receives all 5000 messages; give slow test tasks room.
+    config.client.queue_messages = SENDERS * PER_SENDER;
+    let server = start(config).await;
+    let mut observer = server.client().await;
+
+    // Everyone joins before anyone sends, so every client hears every message.
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(server.client().await);
+    }
+    let mut tasks = Vec::new();
+    for (s, ws) in senders.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            // Drain our own deliveries concurrently so we never become slow.
+            let drain = tokio::spawn(async move {
+                let mut n = 0;
+                while n < SENDERS * PER_SENDER {
+                    match rx.next().await {
+                        Some(Ok(m)) if m.is_text() => n += 1,
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+                n
+            });
+            for i in 0..PER_SENDER {
+                tx.send(Message::text(format!("{s}:{i}"))).await.unwrap();
+            }
+            drain.await.unwrap()
+        }));
+    }
+
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    for _ in 0..SENDERS * PER_SENDER {
+        let m = recv(&mut observer).await;
+        let (s, i) = m.as_text().unwrap().split_once(':').unwrap();
+        let (s, i): (usize, usize) = (s.parse().unwrap(), i.parse().unwrap());
+        let expected = next.entry(s).or_insert(0);
+        assert_eq!(i, *expected, "sender {s} out of order");
+        *expected += 1;
+    }
+    assert!(next.values().all(|&n| n == PER_SENDER));
+    for t in tasks {
+        assert_eq!(within(t).await.unwrap(), SENDERS * PER_SENDER);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_close_and_reset_are_each_counted_once() {
+    let server = start(test_config()).await;
+    let mut closing = server.client().await;
+    let resetting = RawClient::connect(server.addr).await;
+    server.wait_metric("wsrelay_connections_active", 2).await;
+
+    closing.close().await.unwrap();
+    server
+        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"client_close\"}", 1)
+        .await;
+
+    // SO_LINGER 0 makes the kernel send RST instead of FIN.
+    resetting.stream.set_zero_linger().unwrap();
+    drop(resetting);
+    server.wait_metric("wsrelay_disconnections_by_reason_total{reason=\"reset\"}", 1).await;
+
+    server.wait_metric("wsrelay_connections_active", 0).await;
+    assert_eq!(server.metric("wsrelay_connections_total").await, 2);
+    assert_eq!(server.metric("wsrelay_disconnections_total").await, 2);
+    for reason in ["protocol_error", "slow_consumer", "write_error", "shutdown"] {
+        let series = format!("wsrelay_disconnections_by_reason_total{{reason=\"{reason}\"}}");
+        assert_eq!(server.metric(&series).await, 0, "{series}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_evicted_without_slowing_the_others() {
+    const MESSAGES: usize = 3000;
+    const SIZE: usize = 16 * 1024;
+    // The publisher keeps at most WINDOW of its own messages in flight, so a
+    // reader as fast as the publisher never lags by more than the queue.
+    const WINDOW: usize = 8;
+    let mut config = test_config();
+    config.client.queue_messages = 256;
+    // Long enough that the stalled client, once it reads, still finds the close.
+    config.client.close_timeout = std::time::Duration::from_secs(120);
+    let server = start(config).await;
+
+    // Completes the handshake, then never reads another byte.
+    let mut stalled = RawClient::connect(server.addr).await;
+    let mut publisher = server.client().await;
+    let mut reader = server.client().await;
+
+    let reading = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            let m = recv(&mut reader).await;
+            assert!(m.is_binary(), "message {i}: {m:?}");
+            assert_eq!(m.as_payload().len(), SIZE, "message {i}");
+        }
+        reader
+    });
+    let payload = Bytes::from(vec![b'x'; SIZE]);
+    for i in 0..MESSAGES {
+        publisher.send(Message::binary(payload.clone())).await.unwrap();
+        if i >= WINDOW {
+            assert!(recv(&mut publisher).await.is_binary());
+        }
+    }
+    for _ in 0..WINDOW {
+        assert!(recv(&mut publisher).await.is_binary());
+    }
+    // 48 MiB went to the reader while the stalled client sat there.
+    let _reader = within(reading).await.unwrap();
+    // By now the stalled client's queue and socket buffers overflowed many
+    // times over. When it finally reads, it finds what fit in the socket
+    // buffers, then Close 1008 "slow consumer".
+    assert_eq!(stalled.read_close().await, 1008);
+    stalled.send(&frame(true, 0x8, &1008u16.to_be_bytes(), true)).await;
+    server
+        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"slow_consumer\"}", 1)
+        .await;
+    // Its queue was discarded at eviction instead of being held.
+    assert!(server.metric("wsrelay_dropped_messages_total").await > 0);
+    assert_eq!(server.metric("wsrelay_connections_active").await, 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_text_gets_1007_and_others_carry_on() {
+    let server = start(test_config()).await;
+    let mut bystander = server.client().await;
+    let mut raw = RawClient::connect(server.addr).await;
+    raw.send(&frame(true, 0x1, &[b'o', b'k', 0xc3, 0x28], true)).await;
+    assert_eq!(raw.read_close().await, 1007);
+
+    // Split across fragments: the first part ends inside a character.
+    let mut raw = RawClient::connect(server.addr).await;
+    raw.send(&frame(false, 0x1, &[0xce, 0xba, 0xe1], true)).await;
+    raw.send(&frame(true, 0x0, &[0x28, 0x28], true)).await;
+    assert_eq!(raw.read_close().await, 1007);
+
+    server
+        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}", 2)
+        .await;
+    bystander.send(Message::text("still here")).await.unwrap();
+    assert_eq!(recv(&mut bystander).await.as_text(), Some("still here"));
+    assert_eq!(server.metric("wsrelay_messages_total").await, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_1002() {
+    let server = start(test_config()).await;
+    let mut bystander = server.client().await;
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("unmasked frame", frame(true, 0x2, b"hi", false)),
+        ("reserved bit", {
+            let mut f = frame(true, 0x2, b"hi", true);
+            f[0] |= 0x40;
+            f
+        }),
+        ("unknown opcode", frame(true, 0x3, b"", true)),
+        ("continuation without start", frame(true, 0x0, b"x", true)),
+    ];
+    for (name, bytes) in &cases {
+        let mut raw = RawClient::connect(server.addr).await;
+        raw.send(bytes).await;
+        assert_eq!(raw.read_close().await, 1002, "{name}");
+    }
+    server
+        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}", 4)
+        .await;
+    bystander.send(Message::binary(&b"fine"[..])).await.unwrap();
+    assert_eq!(&**recv(&mut bystander).await.as_payload(), b"fine");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_gets_1009_before_it_is_buffered() {
+    let mut config = test_config();
+    config.limits.max_message_size = 1024;
+    let server = start(config).await;
+    let mut raw = RawClient::connect(server.addr).await;
+    // Only the header of a 1 GiB frame is sent: the relay must refuse on the
+    // length alone rather than wait to buffer it.
+    let mut header = frame(true, 0x2, b"", true);
+    header[1] = 0x80 | 127;
+    header.splice(2..2, (1u64 << 30).to_be_bytes());
+    raw.send(&header).await;
+    assert_eq!(raw.read_close().await, 1009);
+
+    // Fragments that only add up to too much are refused too.
+    let mut raw = RawClient::connect(server.addr).await;
+    raw.send(&frame(false, 0x2, &[0; 1000], true)).await;
+    raw.send(&frame(true, 0x0, &[0; 100], true)).await;
+    assert_eq!(raw.read_close().await, 1009);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered() {
+    let server = start(test_config()).await;
+    let mut raw = RawClient::connect(server.addr).await;
+    raw.send(&frame(true, 0x9, b"are you there", true)).await;
+    assert_eq!(raw.read_frame().await, Some((0xA, b"are you there".to_vec())));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_and_bad_upgrades_get_clean_4xx() {
+    let server = start(test_config()).await;
+    let (status, body) = http_get(server.addr, "/").await;
+    assert_eq!(status, 426, "{body}");
+    assert!(body.contains("WebSocket"), "{body}");
+    let (status, _) = http_get(server.addr, "/elsewhere").await;
+    assert_eq!(status, 404);
+
+    let cases = [
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+            426,
+        ),
+    ];
+    for (request, want) in cases {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        within(tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw)).await.unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with(&format!("HTTP/1.1 {want} ")), "{request:?} got {text}");
+    }
+    server
+        .wait_metric("wsrelay_rejected_connections_total{reason=\"bad_request\"}", 6)
+        .await;
+    assert_eq!(server.metric("wsrelay_connections_total").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_path_is_the_only_upgrade_path() {
+    let mut config = test_config();
+    config.server.path = "/relay".into();
+    let server = start(config).await;
+    assert!(server.url.ends_with("/relay"));
+    let mut ws = server.client().await;
+    ws.send(Message::text("on the path")).await.unwrap();
+    assert_eq!(recv(&mut ws).await.as_text(), Some("on the path"));
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut resp)).await.unwrap();
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 404 "));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_going_away_to_everyone() {
+    let server = start(test_config()).await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(recv_close(&mut a).await, u16::from(CloseCode::GOING_AWAY));
+    assert_eq!(recv_close(&mut b).await, 1001);
+    within(stopping).await.unwrap();
+    // Once `run` has returned, the listener is gone.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
