@@ -10,7 +10,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_websockets::{ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream};
+use tokio_websockets::{
+    ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream,
+};
 
 use crate::tls::{self, TlsError};
 
@@ -58,12 +60,16 @@ pub enum Ending {
 /// Opens a WebSocket to `url` (`ws://` or `wss://`). For `wss://`, the
 /// public web roots are trusted, plus `ca_file` when given.
 pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<ClientStream, ClientError> {
-    let builder = ClientBuilder::new().uri(url).map_err(|source| ClientError::Url {
-        url: url.to_owned(),
-        source,
-    })?;
+    let builder = ClientBuilder::new()
+        .uri(url)
+        .map_err(|source| ClientError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
     let connector = match url.starts_with("wss:") {
-        true => Connector::Rustls(tokio_rustls::TlsConnector::from(tls::client_config(ca_file)?)),
+        true => Connector::Rustls(tokio_rustls::TlsConnector::from(tls::client_config(
+            ca_file,
+        )?)),
         false => Connector::Plain,
     };
     let (ws, _response) = builder
@@ -80,7 +86,12 @@ pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<ClientStream, 
 /// Sends each line of `input` as a text message and writes each message
 /// received to `output`, one per line (binary payloads as lossy UTF-8).
 /// When `input` ends, closes with 1000 and waits briefly for the server.
-pub async fn run<I, O>(mut ws: ClientStream, url: &str, input: I, mut output: O) -> Result<Ending, ClientError>
+pub async fn run<I, O>(
+    mut ws: ClientStream,
+    url: &str,
+    input: I,
+    mut output: O,
+) -> Result<Ending, ClientError>
 where
     I: AsyncBufRead + Unpin,
     O: AsyncWrite + Unpin,

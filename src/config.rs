@@ -231,7 +231,9 @@ impl Config {
             })
         });
         parsed.map_err(|e| {
-            let line = e.location().map(|l| (l.line() as usize, l.column() as usize));
+            let line = e
+                .location()
+                .map(|l| (l.line() as usize, l.column() as usize));
             let mut message = bare_message(&e.to_string());
             if message.starts_with("unknown field") {
                 message = message.replacen("unknown field", "unknown key", 1);
@@ -256,7 +258,10 @@ impl Config {
 fn bare_message(s: &str) -> String {
     let line = s.lines().next().unwrap_or(s).trim();
     let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
         Some((_, message)) => message.to_owned(),
         None => line.to_owned(),
     }
@@ -284,7 +289,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("invalid size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
     };
     n.checked_mul(mult)
         .filter(|&v| v > 0)
@@ -306,9 +315,9 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 }
 
 fn ser_size<S: serde::Serializer>(v: &usize, s: S) -> Result<S::Ok, S::Error> {
-    let text = if v % (1 << 20) == 0 {
+    let text = if v.is_multiple_of(1 << 20) {
         format!("{}MiB", v >> 20)
-    } else if v % (1 << 10) == 0 {
+    } else if v.is_multiple_of(1 << 10) {
         format!("{}KiB", v >> 10)
     } else {
         v.to_string()
@@ -326,7 +335,9 @@ fn de_nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let p = String::deserialize(d)?;
     if !p.starts_with('/') {
-        return Err(serde::de::Error::custom(format!("path {p:?} must start with '/'")));
+        return Err(serde::de::Error::custom(format!(
+            "path {p:?} must start with '/'"
+        )));
     }
     Ok(p)
 }
@@ -397,7 +408,10 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("server.colour"));
         assert_eq!(e.line.map(|l| l.0), Some(3));
         let text = e.to_string();
-        assert!(text.contains("test.yaml") && text.contains("line 3"), "{text}");
+        assert!(
+            text.contains("test.yaml") && text.contains("line 3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -29,10 +29,11 @@ use tracing::{debug, warn};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::{DisconnectReason, Metrics};
 
-/// Most messages taken from the queue for one flush. Bounds how much a
-/// client's socket buffer holds beyond its queue, and keeps one client from
-/// monopolising its worker thread.
+/// Most messages, and about the most payload bytes, taken from the queue
+/// for one flush. Bounds what a client holds beyond its queue, and keeps one
+/// client from monopolising its worker thread.
 const MAX_BATCH: usize = 256;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Batches written per poll before the task yields to others on its thread.
 const MAX_BATCHES_PER_POLL: usize = 4;
@@ -67,8 +68,12 @@ enum Event {
 /// Drives an upgraded client, already a hub member, until it is gone.
 /// Counts it in the metrics on the way in, and removes it from the hub and
 /// counts it out exactly once on the way out.
-pub async fn serve<S>(ws: WebSocketStream<S>, peer: SocketAddr, subscription: Subscription, cx: Arc<ConnectionContext>)
-where
+pub async fn serve<S>(
+    ws: WebSocketStream<S>,
+    peer: SocketAddr,
+    subscription: Subscription,
+    cx: Arc<ConnectionContext>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = subscription.id;
@@ -97,7 +102,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut shutdown = pin!(cx.shutdown.cancelled());
-    let mut batch: Vec<Message> = Vec::new();
     let mut flushing = false;
 
     let event = loop {
@@ -108,7 +112,7 @@ where
             if Pin::new(&mut evicted).poll(task).is_ready() {
                 return Poll::Ready(Event::Evicted);
             }
-            if let Err(e) = pump_outgoing(&mut ws, &mut queue, &mut batch, &mut flushing, &cx.metrics, task) {
+            if let Err(e) = pump_outgoing(&mut ws, &mut queue, &mut flushing, &cx.metrics, task) {
                 return Poll::Ready(Event::WriteFailed(e));
             }
             match Pin::new(&mut ws).poll_next(task) {
@@ -126,7 +130,9 @@ where
                 // Pings are answered by the stream itself; pongs need nothing.
                 if m.is_text() || m.is_binary() {
                     cx.metrics.messages_received.inc();
-                    cx.metrics.bytes_received.inc_by(m.as_payload().len() as u64);
+                    cx.metrics
+                        .bytes_received
+                        .inc_by(m.as_payload().len() as u64);
                     cx.hub.publish(&m);
                 }
             }
@@ -147,7 +153,11 @@ where
             // The stream queues the right close frame itself, except for a
             // fragmented message that grew too large; then this one is sent.
             let too_big = Message::close(Some(CloseCode::MESSAGE_TOO_BIG), "message too big");
-            (DisconnectReason::ProtocolError, Some(too_big), cx.close_timeout)
+            (
+                DisconnectReason::ProtocolError,
+                Some(too_big),
+                cx.close_timeout,
+            )
         }
         Event::Eof(e) => {
             if let Some(e) = e {
@@ -163,13 +173,19 @@ where
             cx.metrics.messages_dropped.inc_by(dropped as u64);
             (
                 DisconnectReason::SlowConsumer,
-                Some(Message::close(Some(CloseCode::POLICY_VIOLATION), "slow consumer")),
+                Some(Message::close(
+                    Some(CloseCode::POLICY_VIOLATION),
+                    "slow consumer",
+                )),
                 cx.close_timeout,
             )
         }
         Event::Shutdown => (
             DisconnectReason::Shutdown,
-            Some(Message::close(Some(CloseCode::GOING_AWAY), "server shutting down")),
+            Some(Message::close(
+                Some(CloseCode::GOING_AWAY),
+                "server shutting down",
+            )),
             // The server bounds the whole shutdown; `force` ends this earlier if needed.
             Duration::MAX,
         ),
@@ -197,7 +213,6 @@ where
 fn pump_outgoing<S>(
     ws: &mut WebSocketStream<S>,
     queue: &mut mpsc::Receiver<Message>,
-    batch: &mut Vec<Message>,
     flushing: &mut bool,
     metrics: &Metrics,
     task: &mut Context<'_>,
@@ -207,19 +222,24 @@ where
 {
     for _ in 0..MAX_BATCHES_PER_POLL {
         if !*flushing {
-            match queue.poll_recv_many(task, batch, MAX_BATCH) {
-                // Closed and empty: the hub evicted us; the eviction signal reports it.
-                Poll::Ready(0) | Poll::Pending => return Ok(()),
-                Poll::Ready(n) => {
-                    let bytes: usize = batch.iter().map(|m| m.as_payload().len()).sum();
-                    for m in batch.drain(..) {
-                        Pin::new(&mut *ws).start_send(m)?;
-                    }
-                    metrics.messages_sent.inc_by(n as u64);
-                    metrics.bytes_sent.inc_by(bytes as u64);
-                    *flushing = true;
-                }
+            // Closed and empty: the hub evicted us; the eviction signal reports it.
+            let Poll::Ready(Some(first)) = queue.poll_recv(task) else {
+                return Ok(());
+            };
+            let (mut count, mut bytes) = (0, 0);
+            let mut next = Some(first);
+            while let Some(m) = next {
+                count += 1;
+                bytes += m.as_payload().len();
+                Pin::new(&mut *ws).start_send(m)?;
+                next = match count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                    true => queue.try_recv().ok(),
+                    false => None,
+                };
             }
+            metrics.messages_sent.inc_by(count as u64);
+            metrics.bytes_sent.inc_by(bytes as u64);
+            *flushing = true;
         }
         match Pin::new(&mut *ws).poll_flush(task) {
             Poll::Ready(Ok(())) => *flushing = false,

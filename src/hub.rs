@@ -61,7 +61,10 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, queue) = mpsc::channel(self.queue_messages);
         let (evict, evicted) = oneshot::channel();
-        let member = Member { queue: tx, _evict: evict };
+        let member = Member {
+            queue: tx,
+            _evict: evict,
+        };
         self.subscribers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -83,7 +86,10 @@ impl Hub {
         let mut delivered = 0;
         let mut full: Vec<ClientId> = Vec::new();
         {
-            let subscribers = self.subscribers.read().unwrap_or_else(PoisonError::into_inner);
+            let subscribers = self
+                .subscribers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             for (&id, member) in subscribers.iter() {
                 match member.queue.try_send(message.clone()) {
                     Ok(()) => delivered += 1,
@@ -94,7 +100,10 @@ impl Hub {
             }
         }
         if !full.is_empty() {
-            let mut subscribers = self.subscribers.write().unwrap_or_else(PoisonError::into_inner);
+            let mut subscribers = self
+                .subscribers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             for id in full {
                 subscribers.remove(&id);
             }
@@ -104,7 +113,10 @@ impl Hub {
 
     /// Subscribers connected now.
     pub fn len(&self) -> usize {
-        self.subscribers.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,7 +157,10 @@ mod tests {
         assert!(slow.queue.is_closed());
         assert!(slow.evicted.try_recv().is_err());
         assert!(!fast.queue.is_closed());
-        assert_eq!(fast.evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        assert_eq!(
+            fast.evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
         assert_eq!(hub.len(), 1);
         assert_eq!(hub.publish(&msg), 1);
         let _ = slow.queue.try_recv();

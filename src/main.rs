@@ -127,8 +127,16 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         let stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let ending = client::run(ws, &args.url, stdin, tokio::io::stdout()).await?;
         Ok(match ending {
-            Ending::InputDone | Ending::ClosedByServer { code: Some(1000 | 1001), .. } => {
-                if let Ending::ClosedByServer { code: Some(code), reason } = &ending {
+            Ending::InputDone
+            | Ending::ClosedByServer {
+                code: Some(1000 | 1001),
+                ..
+            } => {
+                if let Ending::ClosedByServer {
+                    code: Some(code),
+                    reason,
+                } = &ending
+                {
                     eprintln!("wsrelay: server closed the connection: {code} {reason}");
                 }
                 ExitCode::SUCCESS

@@ -127,20 +127,36 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("connections", "WebSocket clients accepted", m.connections.clone());
-        r.register("disconnections", "WebSocket clients gone, for any reason", m.disconnections.clone());
+        r.register(
+            "connections",
+            "WebSocket clients accepted",
+            m.connections.clone(),
+        );
+        r.register(
+            "disconnections",
+            "WebSocket clients gone, for any reason",
+            m.disconnections.clone(),
+        );
         r.register(
             "disconnections_by_reason",
             "WebSocket clients gone, by reason",
             m.disconnections_by_reason.clone(),
         );
-        r.register("connections_active", "WebSocket clients connected now", m.connections_active.clone());
+        r.register(
+            "connections_active",
+            "WebSocket clients connected now",
+            m.connections_active.clone(),
+        );
         r.register(
             "rejected_connections",
             "Connection attempts that never became WebSocket clients, by reason",
             m.rejected.clone(),
         );
-        r.register("messages", "Data messages received from clients", m.messages_received.clone());
+        r.register(
+            "messages",
+            "Data messages received from clients",
+            m.messages_received.clone(),
+        );
         r.register(
             "received_bytes",
             "Payload bytes of data messages received from clients",
@@ -163,7 +179,9 @@ impl Metrics {
         );
         // Create every labelled series up front so they read 0, not absent.
         for reason in DisconnectReason::ALL {
-            let _ = m.disconnections_by_reason.get_or_create(&[("reason", reason.as_str())]);
+            let _ = m
+                .disconnections_by_reason
+                .get_or_create(&[("reason", reason.as_str())]);
         }
         for reason in RejectReason::ALL {
             let _ = m.rejected.get_or_create(&[("reason", reason.as_str())]);
@@ -180,13 +198,17 @@ impl Metrics {
     /// A client is gone; called exactly once per accepted client.
     pub fn disconnected(&self, reason: DisconnectReason) {
         self.disconnections.inc();
-        self.disconnections_by_reason.get_or_create(&[("reason", reason.as_str())]).inc();
+        self.disconnections_by_reason
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
         self.connections_active.dec();
     }
 
     /// A connection attempt was turned away before the upgrade.
     pub fn rejected(&self, reason: RejectReason) {
-        self.rejected.get_or_create(&[("reason", reason.as_str())]).inc();
+        self.rejected
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -215,7 +237,11 @@ pub async fn handle_http(
             "text/plain",
             Bytes::from_static(b"method not allowed\n"),
         ),
-        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found\n"),
+        ),
     };
     Ok(Response::builder()
         .status(status)
@@ -247,7 +273,10 @@ mod tests {
             "wsrelay_dropped_messages_total 0",
             "wsrelay_rejected_connections_total{reason=\"bad_request\"} 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

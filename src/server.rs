@@ -81,7 +81,10 @@ impl Server {
     /// address at fault; nothing is served until [`Server::run`].
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
         let tls = match &config.server.tls {
-            Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert_file, &t.key_file)?)),
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(
+                &t.cert_file,
+                &t.key_file,
+            )?)),
             None => None,
         };
         let listener = bind(config.server.listen).await?;
@@ -120,12 +123,18 @@ impl Server {
 
     /// The metrics listener's address, if metrics are enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The URL clients connect to, for logs.
     pub fn url(&self) -> String {
-        let scheme = if self.shared.tls.is_some() { "wss" } else { "ws" };
+        let scheme = if self.shared.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         format!("{scheme}://{}{}", self.local_addr(), self.shared.path)
     }
 
@@ -166,8 +175,14 @@ impl Server {
         info!(clients = cx.hub.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
         cx.shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(shutdown_timeout, tracker.wait()).await.is_err() {
-            warn!(clients = cx.hub.len(), "shutdown timeout passed; dropping remaining clients");
+        if tokio::time::timeout(shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                clients = cx.hub.len(),
+                "shutdown timeout passed; dropping remaining clients"
+            );
             cx.force.cancel();
             // Every task selects on `force`, so this is quick; bound it anyway.
             let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
@@ -248,7 +263,10 @@ where
         return;
     };
     let upgraded = match served {
-        true => on_upgrade.await.map_err(|e| debug!(%peer, error = %e, "upgrade failed")).ok(),
+        true => on_upgrade
+            .await
+            .map_err(|e| debug!(%peer, error = %e, "upgrade failed"))
+            .ok(),
         false => None,
     };
     match upgraded {
@@ -275,7 +293,8 @@ fn upgrade_response(req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>
     }
     if req.method() != Method::GET {
         let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
     if req.version() != Version::HTTP_11 || !has_token(headers, header::UPGRADE, "websocket") {
@@ -283,20 +302,36 @@ fn upgrade_response(req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>
             StatusCode::UPGRADE_REQUIRED,
             "this is a WebSocket endpoint: connect with a WebSocket client",
         );
-        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return refuse(StatusCode::BAD_REQUEST, "missing `Connection: Upgrade`");
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut r = refuse(StatusCode::UPGRADE_REQUIRED, "unsupported Sec-WebSocket-Version; use 13");
-        r.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut r = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version; use 13",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return r;
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| is_valid_key(k.as_bytes())) else {
-        return refuse(StatusCode::BAD_REQUEST, "missing or malformed Sec-WebSocket-Key");
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| is_valid_key(k.as_bytes()))
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key",
+        );
     };
     let accept = accept_key(key.as_bytes());
     let mut r = Response::new(Full::new(Bytes::new()));
@@ -315,7 +350,10 @@ fn refuse(status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
@@ -385,7 +423,10 @@ pub async fn shutdown_signal() -> &'static str {
 
 async fn next_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => tokio::select! {
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
@@ -420,7 +461,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
         assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
         assert!(!is_valid_key(b"short"));
         assert!(!is_valid_key(b"!!!!!!!!!!!!!!!!!!!!!!!!"));

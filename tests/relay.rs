@@ -19,8 +19,14 @@ async fn text_and_binary_reach_every_client_byte_exact() {
     }
     let text = "héllo, wörld ✓ \u{0}";
     let binary: Vec<u8> = (0..=255u8).chain([0, 0xff, 0x80]).collect();
-    clients[0].send(Message::text(text.to_owned())).await.unwrap();
-    clients[0].send(Message::binary(binary.clone())).await.unwrap();
+    clients[0]
+        .send(Message::text(text.to_owned()))
+        .await
+        .unwrap();
+    clients[0]
+        .send(Message::binary(binary.clone()))
+        .await
+        .unwrap();
 
     // Every client, the sender included, gets both, in order, types kept.
     for ws in &mut clients {
@@ -32,10 +38,18 @@ async fn text_and_binary_reach_every_client_byte_exact() {
         assert_eq!(&**m.as_payload(), &binary[..]);
     }
     server.wait_metric("wsrelay_messages_total", 2).await;
-    server.wait_metric("wsrelay_messages_delivered_total", 6).await;
+    server
+        .wait_metric("wsrelay_messages_delivered_total", 6)
+        .await;
     let bytes_in = (text.len() + binary.len()) as u64;
-    assert_eq!(server.metric("wsrelay_received_bytes_total").await, bytes_in);
-    assert_eq!(server.metric("wsrelay_sent_bytes_total").await, 3 * bytes_in);
+    assert_eq!(
+        server.metric("wsrelay_received_bytes_total").await,
+        bytes_in
+    );
+    assert_eq!(
+        server.metric("wsrelay_sent_bytes_total").await,
+        3 * bytes_in
+    );
     server.stop().await;
 }
 
@@ -115,13 +129,21 @@ async fn clean_close_and_reset_are_each_counted_once() {
 
     closing.close().await.unwrap();
     server
-        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"client_close\"}", 1)
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"client_close\"}",
+            1,
+        )
         .await;
 
     // SO_LINGER 0 makes the kernel send RST instead of FIN.
     resetting.stream.set_zero_linger().unwrap();
     drop(resetting);
-    server.wait_metric("wsrelay_disconnections_by_reason_total{reason=\"reset\"}", 1).await;
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"reset\"}",
+            1,
+        )
+        .await;
 
     server.wait_metric("wsrelay_connections_active", 0).await;
     assert_eq!(server.metric("wsrelay_connections_total").await, 2);
@@ -161,7 +183,10 @@ async fn a_client_that_never_reads_is_evicted_without_slowing_the_others() {
     });
     let payload = Bytes::from(vec![b'x'; SIZE]);
     for i in 0..MESSAGES {
-        publisher.send(Message::binary(payload.clone())).await.unwrap();
+        publisher
+            .send(Message::binary(payload.clone()))
+            .await
+            .unwrap();
         if i >= WINDOW {
             assert!(recv(&mut publisher).await.is_binary());
         }
@@ -175,9 +200,14 @@ async fn a_client_that_never_reads_is_evicted_without_slowing_the_others() {
     // times over. When it finally reads, it finds what fit in the socket
     // buffers, then Close 1008 "slow consumer".
     assert_eq!(stalled.read_close().await, 1008);
-    stalled.send(&frame(true, 0x8, &1008u16.to_be_bytes(), true)).await;
+    stalled
+        .send(&frame(true, 0x8, &1008u16.to_be_bytes(), true))
+        .await;
     server
-        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"slow_consumer\"}", 1)
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"slow_consumer\"}",
+            1,
+        )
         .await;
     // Its queue was discarded at eviction instead of being held.
     assert!(server.metric("wsrelay_dropped_messages_total").await > 0);
@@ -190,17 +220,22 @@ async fn invalid_utf8_in_text_gets_1007_and_others_carry_on() {
     let server = start(test_config()).await;
     let mut bystander = server.client().await;
     let mut raw = RawClient::connect(server.addr).await;
-    raw.send(&frame(true, 0x1, &[b'o', b'k', 0xc3, 0x28], true)).await;
+    raw.send(&frame(true, 0x1, &[b'o', b'k', 0xc3, 0x28], true))
+        .await;
     assert_eq!(raw.read_close().await, 1007);
 
     // Split across fragments: the first part ends inside a character.
     let mut raw = RawClient::connect(server.addr).await;
-    raw.send(&frame(false, 0x1, &[0xce, 0xba, 0xe1], true)).await;
+    raw.send(&frame(false, 0x1, &[0xce, 0xba, 0xe1], true))
+        .await;
     raw.send(&frame(true, 0x0, &[0x28, 0x28], true)).await;
     assert_eq!(raw.read_close().await, 1007);
 
     server
-        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}", 2)
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}",
+            2,
+        )
         .await;
     bystander.send(Message::text("still here")).await.unwrap();
     assert_eq!(recv(&mut bystander).await.as_text(), Some("still here"));
@@ -228,7 +263,10 @@ async fn protocol_violations_get_1002() {
         assert_eq!(raw.read_close().await, 1002, "{name}");
     }
     server
-        .wait_metric("wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}", 4)
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}",
+            4,
+        )
         .await;
     bystander.send(Message::binary(&b"fine"[..])).await.unwrap();
     assert_eq!(&**recv(&mut bystander).await.as_payload(), b"fine");
@@ -262,7 +300,10 @@ async fn pings_are_answered() {
     let server = start(test_config()).await;
     let mut raw = RawClient::connect(server.addr).await;
     raw.send(&frame(true, 0x9, b"are you there", true)).await;
-    assert_eq!(raw.read_frame().await, Some((0xA, b"are you there".to_vec())));
+    assert_eq!(
+        raw.read_frame().await,
+        Some((0xA, b"are you there".to_vec()))
+    );
     server.stop().await;
 }
 
@@ -276,7 +317,10 @@ async fn plain_http_and_bad_upgrades_get_clean_4xx() {
     assert_eq!(status, 404);
 
     let cases = [
-        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            405,
+        ),
         (
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
             400,
@@ -294,12 +338,20 @@ async fn plain_http_and_bad_upgrades_get_clean_4xx() {
         let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
-        within(tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw)).await.unwrap();
+        within(tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw))
+            .await
+            .unwrap();
         let text = String::from_utf8_lossy(&raw);
-        assert!(text.starts_with(&format!("HTTP/1.1 {want} ")), "{request:?} got {text}");
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{request:?} got {text}"
+        );
     }
     server
-        .wait_metric("wsrelay_rejected_connections_total{reason=\"bad_request\"}", 6)
+        .wait_metric(
+            "wsrelay_rejected_connections_total{reason=\"bad_request\"}",
+            6,
+        )
         .await;
     assert_eq!(server.metric("wsrelay_connections_total").await, 0);
     server.stop().await;
@@ -317,7 +369,9 @@ async fn custom_path_is_the_only_upgrade_path() {
     let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     raw.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
     let mut resp = Vec::new();
-    within(tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut resp)).await.unwrap();
+    within(tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut resp))
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 404 "));
     server.stop().await;
 }

@@ -65,7 +65,9 @@ pub async fn start(config: Config) -> TestServer {
 impl TestServer {
     /// A connected WebSocket client (the hub has it once this returns).
     pub async fn client(&self) -> ClientStream {
-        within(wsrelay::client::connect(&self.url, None)).await.expect("connect")
+        within(wsrelay::client::connect(&self.url, None))
+            .await
+            .expect("connect")
     }
 
     /// The `/metrics` text.
@@ -110,8 +112,13 @@ impl TestServer {
 
 /// Parses one series' value out of a Prometheus text exposition.
 pub fn metric_value(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Bounds a future by [`PATIENCE`], failing the test if it takes longer.
@@ -123,7 +130,11 @@ pub async fn within<F: std::future::IntoFuture>(f: F) -> F::Output {
 pub async fn recv(ws: &mut ClientStream) -> Message {
     within(async {
         loop {
-            let m = ws.next().await.expect("stream ended").expect("receive failed");
+            let m = ws
+                .next()
+                .await
+                .expect("stream ended")
+                .expect("receive failed");
             if !m.is_ping() && !m.is_pong() {
                 return m;
             }
@@ -148,7 +159,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    within(s.read_to_end(&mut raw)).await.expect("read response");
+    within(s.read_to_end(&mut raw))
+        .await
+        .expect("read response");
     parse_response(&String::from_utf8_lossy(&raw))
 }
 
@@ -158,7 +171,10 @@ fn parse_response(raw: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -178,7 +194,10 @@ impl RawClient {
     pub async fn connect(addr: SocketAddr) -> Self {
         let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
         stream.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
-        let mut c = Self { stream, buf: Vec::new() };
+        let mut c = Self {
+            stream,
+            buf: Vec::new(),
+        };
         let head = c.read_until_blank_line().await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         c
@@ -210,10 +229,13 @@ impl RawClient {
             loop {
                 if self.buf.len() >= 2 {
                     let (len, header) = match self.buf[1] & 0x7f {
-                        126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
-                        127 if self.buf.len() >= 10 => {
-                            (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                        126 if self.buf.len() >= 4 => {
+                            (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
                         }
+                        127 if self.buf.len() >= 10 => (
+                            u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                            10,
+                        ),
                         126 | 127 => (usize::MAX, 0),
                         n => (n as usize, 2),
                     };
@@ -237,7 +259,9 @@ impl RawClient {
     pub async fn read_close(&mut self) -> u16 {
         loop {
             match self.read_frame().await {
-                Some((0x8, payload)) if payload.len() >= 2 => return u16::from_be_bytes([payload[0], payload[1]]),
+                Some((0x8, payload)) if payload.len() >= 2 => {
+                    return u16::from_be_bytes([payload[0], payload[1]]);
+                }
                 Some((0x8, _)) => return 1005,
                 Some(_) => continue,
                 None => panic!("connection ended without a close frame"),
@@ -308,7 +332,10 @@ pub fn spawn_relay(config_file: &Path) -> RelayProcess {
     let mut metrics_addr = None;
     while addr.is_none() {
         let line = logs.recv_timeout(PATIENCE).expect("wsrelay did not start");
-        let found = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()?.parse().ok());
+        let found = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next()?.parse().ok());
         if line.contains("relay listening") {
             addr = found;
         } else if line.contains("metrics listening") {
@@ -374,7 +401,8 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("wsrelay-test-{tag}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("wsrelay-test-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }

@@ -1,0 +1,287 @@
+//! The built `wsrelay` binary as operators run it: signals, bad config,
+//! busy ports, the `client` subcommand, and memory under a stalled client.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::SinkExt;
+use tokio_websockets::Message;
+
+const BASE_CONFIG: &str =
+    "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\n";
+
+fn relay_with(dir: &TempDir, extra: &str) -> RelayProcess {
+    let file = dir.file("wsrelay.yaml", &format!("{BASE_CONFIG}{extra}"));
+    spawn_relay(&file)
+}
+
+fn url(relay: &RelayProcess) -> String {
+    format!("ws://{}/", relay.addr)
+}
+
+async fn graceful_shutdown_on(signal: &str) {
+    let dir = TempDir::new(signal);
+    let mut relay = relay_with(&dir, "shutdown:\n  timeout: 10s\n");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(
+            within(wsrelay::client::connect(&url(&relay), None))
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    relay.signal(signal);
+    for ws in &mut clients {
+        assert_eq!(recv_close(ws).await, 1001, "after {signal}");
+        // Answer the close, as a well-behaved client does.
+        within(ws.close()).await.unwrap();
+    }
+    let code = tokio::task::spawn_blocking(move || relay.wait_exit(PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "exit code after {signal}");
+    // Everyone answered, so the relay did not wait out its 10 s timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_going_away_and_exits_zero() {
+    graceful_shutdown_on("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_sends_going_away_and_exits_zero() {
+    graceful_shutdown_on("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_a_client_ignores_the_close() {
+    let dir = TempDir::new("ignore");
+    let mut relay = relay_with(&dir, "shutdown:\n  timeout: 1s\n");
+    // Completes the handshake and then neither reads nor answers.
+    let _deaf = RawClient::connect(relay.addr).await;
+    let started = Instant::now();
+    relay.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || relay.wait_exit(PATIENCE))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took >= Duration::from_secs(1),
+        "gave up before the timeout: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let dir = TempDir::new("twice");
+    let mut relay = relay_with(&dir, "shutdown:\n  timeout: 10m\n");
+    let _deaf = RawClient::connect(relay.addr).await;
+    relay.signal("TERM");
+    // Wait until the relay is draining, then insist.
+    loop {
+        let line = relay
+            .logs
+            .recv_timeout(PATIENCE)
+            .expect("no shutdown log line");
+        if line.contains("shutting down") {
+            break;
+        }
+    }
+    relay.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || relay.wait_exit(PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(143));
+}
+
+/// Runs `wsrelay --config-file FILE` expecting a start-up failure; returns stderr.
+fn failed_start(file: &std::path::Path, want_code: i32) -> String {
+    let out = binary()
+        .arg("--config-file")
+        .arg(file)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(want_code), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_names_the_file_the_key_and_the_line() {
+    let dir = TempDir::new("badconfig");
+    let cases = [
+        (
+            "unknown.yaml",
+            "server:\n  listen: \"127.0.0.1:0\"\n  lisen: x\n",
+            "server.lisen",
+            "line 3",
+        ),
+        (
+            "duration.yaml",
+            "shutdown:\n  timeout: whenever\n",
+            "shutdown.timeout",
+            "line 2",
+        ),
+        (
+            "address.yaml",
+            "metrics:\n  enabled: true\n  listen: \"localhost\"\n",
+            "metrics.listen",
+            "line 3",
+        ),
+        (
+            "format.yaml",
+            "log:\n  format: xml\n",
+            "log.format",
+            "line 2",
+        ),
+        (
+            "queue.yaml",
+            "client:\n  queue_messages: many\n",
+            "client.queue_messages",
+            "line 2",
+        ),
+        ("top.yaml", "serverr:\n  listen: x\n", "serverr", "line 1"),
+    ];
+    for (name, text, key, line) in cases {
+        let file = dir.file(name, text);
+        let err = failed_start(&file, 2);
+        for needle in [file.display().to_string().as_str(), key, line] {
+            assert!(err.contains(needle), "{name}: {needle:?} not in {err}");
+        }
+    }
+    let file = dir.file("yaml.yaml", "server: [unclosed\n  listen: x\n");
+    let err = failed_start(&file, 2);
+    assert!(err.contains("yaml.yaml") && err.contains("line"), "{err}");
+
+    let missing = dir.0.join("missing.yaml");
+    let err = failed_start(&missing, 2);
+    assert!(err.contains("missing.yaml"), "{err}");
+}
+
+#[test]
+fn a_busy_port_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new("busy");
+    let file = dir.file(
+        "busy.yaml",
+        &format!("server:\n  listen: \"{addr}\"\nmetrics:\n  enabled: false\n"),
+    );
+    let err = failed_start(&file, 1);
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn help_and_version_work_everywhere() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["client", "--help"],
+        &["help"],
+    ] {
+        let out = binary().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let out = binary().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_subcommand_round_trip() {
+    let server = start(test_config()).await;
+    let mut peer = server.client().await;
+    let mut child = binary()
+        .args(["client", &server.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_metric("wsrelay_connections_active", 2).await;
+
+    // stdin line → text message to everyone.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all("hello from stdin ✓\n".as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(recv(&mut peer).await.as_text(), Some("hello from stdin ✓"));
+
+    // Message from elsewhere → its own line on stdout (after the echo of ours).
+    peer.send(Message::text("hello to stdout")).await.unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let lines = within(lines).await.unwrap().unwrap();
+    assert_eq!(lines, ["hello from stdin ✓", "hello to stdout"]);
+
+    // End of stdin: the client closes with 1000 and exits 0.
+    drop(stdin);
+    let status = within(tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"client_close\"}",
+            1,
+        )
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_while_a_client_never_reads() {
+    const MESSAGES: usize = 4000;
+    const SIZE: usize = 64 * 1024;
+    const WINDOW: usize = 8;
+    let dir = TempDir::new("rss");
+    // 64 queued messages of 64 KiB: 4 MiB per client at most in the queue.
+    let relay = relay_with(&dir, "client:\n  queue_messages: 64\n");
+    let _stalled = RawClient::connect(relay.addr).await;
+    let mut publisher = within(wsrelay::client::connect(&url(&relay), None))
+        .await
+        .unwrap();
+    let rss_before = relay.rss_bytes();
+
+    let payload = Bytes::from(vec![7u8; SIZE]);
+    for i in 0..MESSAGES {
+        publisher
+            .send(Message::binary(payload.clone()))
+            .await
+            .unwrap();
+        if i >= WINDOW {
+            assert_eq!(recv(&mut publisher).await.as_payload().len(), SIZE);
+        }
+    }
+    for _ in 0..WINDOW {
+        recv(&mut publisher).await;
+    }
+    // 250 MiB went through while one client read nothing; the relay held
+    // at most its queue, one write batch and socket buffers for it.
+    let grown = relay.rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 48 << 20, "RSS grew by {} MiB", grown >> 20);
+}
