@@ -451,6 +451,17 @@ mod tests {
     }
 
     #[test]
+    fn example_file_lists_the_defaults() {
+        let text = include_str!("../wsrelay.example.yaml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+        // Every key of the default config appears in the example.
+        for line in Config::default().to_yaml().lines() {
+            let key = line.trim().split(':').next().unwrap_or_default();
+            assert!(text.contains(&format!("{key}:")), "example lacks {key}");
+        }
+    }
+
+    #[test]
     fn round_trips_through_yaml() {
         let c = Config::default();
         assert_eq!(parse(&c.to_yaml()).unwrap(), c);
