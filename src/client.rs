@@ -4,12 +4,14 @@
 //! extra trusted CA for `wss://` to private servers), so the CLI, the bench
 //! and the tests all connect the same way.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use http::Uri;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_websockets::{
     ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream,
 };
@@ -28,6 +30,8 @@ pub enum ClientError {
         #[source]
         source: http::uri::InvalidUri,
     },
+    #[error("cannot use URL {url}: {why}")]
+    Unusable { url: String, why: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot connect to {url}: {source}")]
@@ -57,30 +61,105 @@ pub enum Ending {
     Dropped,
 }
 
-/// Opens a WebSocket to `url` (`ws://` or `wss://`). For `wss://`, the
-/// public web roots are trusted, plus `ca_file` when given.
+/// Opens client connections to one relay URL. Resolves the address and
+/// builds the TLS configuration once, so opening thousands of connections
+/// (as the bench does) costs only the handshakes.
+pub struct Dialer {
+    url: String,
+    uri: Uri,
+    host: String,
+    addr: SocketAddr,
+    connector: Connector,
+}
+
+impl Dialer {
+    /// Prepares connections to `url` (`ws://` or `wss://`). For `wss://`,
+    /// the public web roots are trusted, plus `ca_file` when given.
+    pub async fn new(url: &str, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        let uri: Uri = url.parse().map_err(|source| ClientError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
+        let unusable = |why: &str| ClientError::Unusable {
+            url: url.to_owned(),
+            why: why.to_owned(),
+        };
+        let tls = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(unusable("the scheme must be ws:// or wss://")),
+        };
+        // Uri::host keeps IPv6 brackets, which do not resolve.
+        let host = uri
+            .host()
+            .ok_or_else(|| unusable("no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| unusable("the host does not resolve"))?;
+        let connector = match tls {
+            true => Connector::Rustls(tokio_rustls::TlsConnector::from(tls::client_config(
+                ca_file,
+            )?)),
+            false => Connector::Plain,
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            uri,
+            host,
+            addr,
+            connector,
+        })
+    }
+
+    /// The relay's resolved address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Opens one connection, from `source` when given (spreading source
+    /// addresses over 127.0.0.x lifts the ephemeral-port limit per address).
+    pub async fn connect(&self, source: Option<IpAddr>) -> Result<ClientStream, ClientError> {
+        let failed = |source| ClientError::Connect {
+            url: self.url.clone(),
+            source,
+        };
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| failed(e.into()))?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| failed(e.into()))?;
+        }
+        let stream = socket
+            .connect(self.addr)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let _ = stream.set_nodelay(true);
+        let stream = self
+            .connector
+            .wrap(&self.host, stream)
+            .await
+            .map_err(failed)?;
+        let (ws, _response) = ClientBuilder::from_uri(self.uri.clone())
+            .connect_on(stream)
+            .await
+            .map_err(failed)?;
+        Ok(ws)
+    }
+}
+
+/// Opens one WebSocket to `url`; see [`Dialer::new`].
 pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<ClientStream, ClientError> {
-    let builder = ClientBuilder::new()
-        .uri(url)
-        .map_err(|source| ClientError::Url {
-            url: url.to_owned(),
-            source,
-        })?;
-    let connector = match url.starts_with("wss:") {
-        true => Connector::Rustls(tokio_rustls::TlsConnector::from(tls::client_config(
-            ca_file,
-        )?)),
-        false => Connector::Plain,
-    };
-    let (ws, _response) = builder
-        .connector(&connector)
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect {
-            url: url.to_owned(),
-            source,
-        })?;
-    Ok(ws)
+    Dialer::new(url, ca_file).await?.connect(None).await
 }
 
 /// Sends each line of `input` as a text message and writes each message

@@ -12,6 +12,7 @@
 //! - [`hub`]: membership and fan-out into bounded per-client queues.
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
+//! - [`bench`]: the load generator behind `wsrelay bench`.
 //! - [`client`]: the line-oriented client behind `wsrelay client`.
 //! - [`logging`]: the `tracing` subscriber (text or JSON).
 //!
@@ -27,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -38,6 +38,120 @@ enum Command {
     /// too when the server closes normally (1000) or goes away (1001), and 1
     /// on any other close or error.
     Client(ClientArgs),
+    /// Measure a relay (this one or any other): fan-out throughput, latency
+    /// and loss, idle memory per connection, or connection rate.
+    ///
+    /// Every fan-out message carries its publisher, a sequence number and a
+    /// send time; every receiver checks order and completeness. With --pid of
+    /// a relay on this host, the report includes its CPU time per delivery
+    /// and memory per connection. Exits 1 if anything was lost, reordered or
+    /// disconnected, unless --allow-loss is given.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(subcommand)]
+    mode: BenchMode,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchMode {
+    /// N subscribers and P publishers; every message goes to every client.
+    Fanout(FanoutArgs),
+    /// Hold N idle connections open (memory per connection with --pid).
+    Idle(IdleArgs),
+    /// Open connections as fast as possible until one fails.
+    Connect(ConnectArgs),
+}
+
+#[derive(Args, Debug)]
+struct TargetArgs {
+    /// Relay URL, ws:// or wss://.
+    #[arg(long, default_value = "ws://127.0.0.1:8443/")]
+    url: String,
+    /// Extra CA certificate (PEM) to trust for wss://.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Process id of the relay, when it runs on this host: adds its CPU
+    /// seconds, CPU ns per delivery and RSS per connection.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Source addresses to spread connections over (default: 127.0.0.x as
+    /// needed above 25 000 connections to a loopback relay).
+    #[arg(long, value_delimiter = ',', value_name = "IP,...")]
+    source: Vec<std::net::IpAddr>,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Clients that only receive.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    subscribers: usize,
+    /// Clients that send (and receive).
+    #[arg(short = 'p', long, default_value_t = 1)]
+    publishers: usize,
+    /// Total messages per second over all publishers; without it, each
+    /// publisher sends as fast as its in-flight window allows.
+    #[arg(short = 'r', long)]
+    rate: Option<f64>,
+    /// Messages a publisher may have in flight (sent, own copy not yet back).
+    #[arg(short = 'w', long, default_value_t = 64)]
+    window: usize,
+    /// Payload bytes per message (at least 44, the stamp).
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
+    /// Send binary messages instead of text.
+    #[arg(long)]
+    binary: bool,
+    /// Run this long before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: std::time::Duration,
+    /// Measure for this long.
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// After publishing stops, wait at most this long for the last deliveries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: std::time::Duration,
+    /// Exit 0 even if messages were lost, reordered or clients disconnected.
+    #[arg(long)]
+    allow_loss: bool,
+}
+
+#[derive(Args, Debug)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Connections to hold.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    connections: usize,
+    /// Hold them this long.
+    #[arg(short = 'd', long, default_value = "5s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Stop after this many connections.
+    #[arg(short = 'n', long, default_value_t = 19_000)]
+    connections: usize,
+    /// Stop after this long.
+    #[arg(short = 'd', long, default_value = "30s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    wsrelay::config::parse_duration(s)
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +189,7 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Client(args)) => run_client(args),
+        Some(Command::Bench(args)) => run_bench(args),
     };
     match result {
         Ok(code) => code,
@@ -152,6 +267,72 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             }
         })
     })
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use wsrelay::bench;
+    let target = |t: TargetArgs| {
+        let json = t.json;
+        let target = bench::Target {
+            url: t.url,
+            ca_file: t.ca_file,
+            sources: t.source,
+            connect_concurrency: t.connect_concurrency,
+            pid: t.pid,
+            progress: !json,
+        };
+        (target, json)
+    };
+    runtime()?.block_on(async {
+        match args.mode {
+            BenchMode::Fanout(a) => {
+                let (t, json) = target(a.target);
+                let opts = bench::FanoutOptions {
+                    subscribers: a.subscribers,
+                    publishers: a.publishers.max(1),
+                    rate: a.rate,
+                    window: a.window,
+                    size: a.size,
+                    binary: a.binary,
+                    warmup: a.warmup,
+                    duration: a.duration,
+                    drain_timeout: a.drain_timeout,
+                };
+                let report = bench::fanout(&t, &opts).await?;
+                print_report(&report, json)?;
+                Ok(match report.saw_loss() && !a.allow_loss {
+                    true => ExitCode::FAILURE,
+                    false => ExitCode::SUCCESS,
+                })
+            }
+            BenchMode::Idle(a) => {
+                let (t, json) = target(a.target);
+                let report = bench::idle(&t, a.connections, a.duration).await?;
+                print_report(&report, json)?;
+                Ok(match report.disconnects.is_empty() {
+                    true => ExitCode::SUCCESS,
+                    false => ExitCode::FAILURE,
+                })
+            }
+            BenchMode::Connect(a) => {
+                let (t, json) = target(a.target);
+                let report = bench::connect(&t, a.connections, a.duration).await?;
+                print_report(&report, json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(report)?),
+        false => print!("{report}"),
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,815 @@
+//! `wsrelay bench`: a load generator that checks what it measures.
+//!
+//! It points at any relay URL (wsrelay or another) and runs one of three modes:
+//!
+//! - [`fanout`]: N subscribers and P publishers. Every message carries its
+//!   publisher, a per-publisher sequence number and its send time
+//!   ([`payload`]); every receiver checks order and completeness
+//!   ([`stats::OrderCheck`]). Publishers send as fast as an in-flight window
+//!   allows (their own echo frees a slot) or at a fixed total rate.
+//! - [`idle`]: hold N connections open, to measure memory per connection.
+//! - [`connect`]: open connections as fast as possible until one fails.
+//!
+//! With `--pid` of a relay on the same host, the report includes the relay's
+//! CPU time per delivery and memory per connection, read from /proc over the
+//! measured window only (after warm-up).
+
+pub mod payload;
+pub mod process;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, Stream, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{Message, Payload};
+
+use crate::client::{ClientError, ClientStream, Dialer};
+use payload::Stamp;
+use stats::{OrderCheck, Percentiles};
+
+/// Connections per source address above which the bench spreads source
+/// addresses over 127.0.0.x (each address has about 28 000 ephemeral ports).
+const CONNECTIONS_PER_SOURCE: usize = 25_000;
+
+/// Where to connect and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    /// Source addresses to spread connections over; empty means automatic.
+    pub sources: Vec<IpAddr>,
+    /// Connection attempts in flight at once.
+    pub connect_concurrency: usize,
+    /// The relay's process id, for CPU and memory figures.
+    pub pid: Option<u32>,
+    /// Print a live progress line on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// The `fanout` scenario.
+#[derive(Debug, Clone)]
+pub struct FanoutOptions {
+    pub subscribers: usize,
+    pub publishers: usize,
+    /// Total messages per second over all publishers; `None` = window-limited.
+    pub rate: Option<f64>,
+    /// Messages each publisher may have in flight (sent, own echo not yet back).
+    pub window: usize,
+    /// Payload bytes per message (at least the stamp header).
+    pub size: usize,
+    pub binary: bool,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// How long receivers may take, after publishing stops, to get the rest.
+    pub drain_timeout: Duration,
+}
+
+/// Why a bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("connection {index} of {total} failed: {source}")]
+    Connect {
+        index: usize,
+        total: usize,
+        #[source]
+        source: ClientError,
+    },
+    #[error("cannot read the relay's resource use (pid {pid}): {source}")]
+    Process {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The relay's resource use over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFigures {
+    pub cpu_seconds: f64,
+    pub cpu_ns_per_delivery: Option<f64>,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub rss_per_connection_bytes: f64,
+}
+
+/// Time to open the connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectFigures {
+    pub connections: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    /// Per-connection handshake time, microseconds.
+    pub latency_us: Percentiles,
+}
+
+/// What a `fanout` run saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub subscribers: usize,
+    pub publishers: usize,
+    pub size: usize,
+    pub binary: bool,
+    pub window: Option<usize>,
+    pub rate: Option<f64>,
+    pub warmup_seconds: f64,
+    pub duration_seconds: f64,
+    pub connect: ConnectFigures,
+    pub published: u64,
+    pub publishes_per_second: f64,
+    /// Every message to every connected client, publishers included.
+    pub expected_deliveries: u64,
+    pub received_deliveries: u64,
+    pub lost: u64,
+    pub loss_percent: f64,
+    pub reorders: u64,
+    pub malformed: u64,
+    /// Receivers that were closed or dropped, by close code (or `eof`/`error`).
+    pub disconnects: BTreeMap<String, u64>,
+    /// Deliveries arriving in the measured window, per second.
+    pub deliveries_per_second: f64,
+    /// Send-to-receive latency of deliveries in the measured window.
+    pub latency_us: Percentiles,
+    pub server: Option<ServerFigures>,
+}
+
+impl FanoutReport {
+    /// Whether anything was lost, reordered, malformed or disconnected.
+    pub fn saw_loss(&self) -> bool {
+        self.lost > 0 || self.reorders > 0 || self.malformed > 0 || !self.disconnects.is_empty()
+    }
+}
+
+/// State every fan-out task shares.
+struct Run {
+    clock: Instant,
+    /// Messages sent so far by each publisher; final once `published` is cancelled.
+    sent: Vec<AtomicU64>,
+    published: CancellationToken,
+    measure_from_ns: u64,
+    measure_to_ns: u64,
+    drain_deadline: Instant,
+    /// Deliveries so far, updated in steps, for the progress line.
+    progress: AtomicU64,
+}
+
+impl Run {
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    fn sent(&self) -> Vec<u64> {
+        self.sent
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .collect()
+    }
+}
+
+/// One receiver's findings.
+struct Received {
+    check: OrderCheck,
+    latency: Histogram<u64>,
+    measured: u64,
+    disconnect: Option<String>,
+}
+
+/// Runs the fan-out scenario against `target`.
+pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
+    process::raise_open_file_limit();
+    let dialer = Dialer::new(&target.url, target.ca_file.as_deref()).await?;
+    let total = opts.subscribers + opts.publishers;
+    let rss_before = sample(target.pid)?;
+    let (clients, connect) = connect_all(&dialer, target, total).await?;
+    let rss_after = sample(target.pid)?;
+
+    let clock = Instant::now();
+    let measure_from = opts.warmup;
+    let measure_to = opts.warmup + opts.duration;
+    let run = Arc::new(Run {
+        clock,
+        sent: (0..opts.publishers).map(|_| AtomicU64::new(0)).collect(),
+        published: CancellationToken::new(),
+        measure_from_ns: measure_from.as_nanos() as u64,
+        measure_to_ns: measure_to.as_nanos() as u64,
+        drain_deadline: clock + measure_to + opts.drain_timeout,
+        progress: AtomicU64::new(0),
+    });
+
+    let mut receivers = JoinSet::new();
+    let mut publishers = JoinSet::new();
+    let mut clients = clients.into_iter();
+    for _ in 0..opts.subscribers {
+        let Some(ws) = clients.next() else { break };
+        receivers.spawn(receive(ws, run.clone(), None));
+    }
+    let interval = opts
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(opts.publishers as f64 / r));
+    for (id, ws) in clients.enumerate() {
+        let (sink, stream) = ws.split();
+        let window = match interval {
+            None => Some(Arc::new(Semaphore::new(opts.window.max(1)))),
+            Some(_) => None,
+        };
+        let own = window.clone().map(|w| (id as u32, w));
+        receivers.spawn(receive(stream, run.clone(), own));
+        publishers.spawn(publish(
+            sink,
+            id as u32,
+            run.clone(),
+            window,
+            interval,
+            opts.clone(),
+        ));
+    }
+
+    let progress = (target.progress && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(show_progress(run.clone())));
+    tokio::time::sleep_until(clock + measure_from).await;
+    let cpu_from = sample(target.pid)?;
+    tokio::time::sleep_until(clock + measure_to).await;
+    let cpu_to = sample(target.pid)?;
+    while publishers.join_next().await.is_some() {}
+    run.published.cancel();
+
+    let mut check = OrderCheck::new(opts.publishers);
+    let mut latency = stats::new_histogram();
+    let (mut measured, mut received, mut lost) = (0, 0, 0);
+    let mut disconnects = BTreeMap::new();
+    let sent = run.sent();
+    while let Some(r) = receivers.join_next().await {
+        let Ok(r) = r else { continue };
+        received += r.check.received.iter().sum::<u64>();
+        lost += r.check.lost(&sent);
+        check.reorders += r.check.reorders;
+        check.malformed += r.check.malformed;
+        measured += r.measured;
+        let _ = latency.add(&r.latency);
+        if let Some(why) = r.disconnect {
+            *disconnects.entry(why).or_insert(0) += 1;
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+
+    let published: u64 = sent.iter().sum();
+    let expected = published * total as u64;
+    let seconds = opts.duration.as_secs_f64();
+    Ok(FanoutReport {
+        subscribers: opts.subscribers,
+        publishers: opts.publishers,
+        size: opts.size.max(payload::HEADER_LEN),
+        binary: opts.binary,
+        window: interval.is_none().then_some(opts.window),
+        rate: opts.rate,
+        warmup_seconds: opts.warmup.as_secs_f64(),
+        duration_seconds: seconds,
+        connect,
+        published,
+        publishes_per_second: published as f64 / (opts.warmup + opts.duration).as_secs_f64(),
+        expected_deliveries: expected,
+        received_deliveries: received,
+        lost,
+        loss_percent: if expected == 0 {
+            0.0
+        } else {
+            lost as f64 * 100.0 / expected as f64
+        },
+        reorders: check.reorders,
+        malformed: check.malformed,
+        disconnects,
+        deliveries_per_second: measured as f64 / seconds,
+        latency_us: Percentiles::of(&latency),
+        server: server_figures(
+            rss_before,
+            rss_after,
+            cpu_from,
+            cpu_to,
+            total,
+            Some(measured),
+        ),
+    })
+}
+
+/// Sends stamped messages until the measured window ends.
+async fn publish<S>(
+    mut sink: S,
+    id: u32,
+    run: Arc<Run>,
+    window: Option<Arc<Semaphore>>,
+    interval: Option<Duration>,
+    opts: FanoutOptions,
+) where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let stop = run.clock + opts.warmup + opts.duration;
+    let mut ticker = interval.map(|i| {
+        let mut t = tokio::time::interval(i);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    let mut seq = 0u64;
+    loop {
+        if let Some(window) = &window {
+            // Feed while the window has room; flush only when it is full, so
+            // one write carries many messages.
+            if let Ok(permit) = window.try_acquire() {
+                permit.forget();
+            } else {
+                if sink.flush().await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    permit = window.acquire() => match permit {
+                        Ok(p) => p.forget(),
+                        Err(_) => break,
+                    },
+                    () = tokio::time::sleep_until(stop) => break,
+                }
+            }
+        }
+        if let Some(t) = &mut ticker {
+            tokio::select! {
+                _ = t.tick() => {}
+                () = tokio::time::sleep_until(stop) => break,
+            }
+        }
+        if Instant::now() >= stop {
+            break;
+        }
+        let body = payload::encode(
+            Stamp {
+                publisher: id,
+                seq,
+                sent_ns: run.now_ns(),
+            },
+            opts.size,
+        );
+        let message = match opts.binary {
+            true => Message::binary(body),
+            false => Message::text(Payload::from(body)),
+        };
+        let fed = match ticker {
+            Some(_) => sink.send(message).await,
+            None => sink.feed(message).await,
+        };
+        if fed.is_err() {
+            break;
+        }
+        seq += 1;
+        run.sent[id as usize].store(seq, Ordering::Release);
+    }
+    let _ = sink.flush().await;
+}
+
+/// Reads until every publisher's messages are in, the connection ends, or
+/// the drain deadline passes. `own` is a publisher's id and window: its own
+/// echoes free window slots.
+async fn receive<S>(mut stream: S, run: Arc<Run>, own: Option<(u32, Arc<Semaphore>)>) -> Received
+where
+    S: Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
+    let mut r = Received {
+        check: OrderCheck::new(run.sent.len()),
+        latency: stats::new_histogram(),
+        measured: 0,
+        disconnect: None,
+    };
+    let mut done = false;
+    let mut unreported = 0u64;
+    loop {
+        let next = tokio::select! {
+            m = stream.next() => m,
+            () = run.published.cancelled(), if !done => {
+                done = true;
+                if r.check.complete(&run.sent()) {
+                    break;
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(run.drain_deadline) => break,
+        };
+        let m = match next {
+            Some(Ok(m)) if m.is_text() || m.is_binary() => m,
+            Some(Ok(m)) if m.is_close() => {
+                let code = m
+                    .as_close()
+                    .map_or_else(|| "close".to_owned(), |(c, _)| u16::from(c).to_string());
+                r.disconnect = Some(code);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => {
+                r.disconnect = Some("error".to_owned());
+                break;
+            }
+            None => {
+                r.disconnect = Some("eof".to_owned());
+                break;
+            }
+        };
+        let now = run.now_ns();
+        let stamp = payload::decode(m.as_payload());
+        r.check.observe(stamp);
+        if let Some(stamp) = stamp {
+            if (run.measure_from_ns..run.measure_to_ns).contains(&now) {
+                r.measured += 1;
+                let _ = r.latency.record(now.saturating_sub(stamp.sent_ns).max(1));
+            }
+            if let Some((id, window)) = &own
+                && stamp.publisher == *id
+            {
+                window.add_permits(1);
+            }
+        }
+        unreported += 1;
+        if unreported == 256 {
+            run.progress.fetch_add(unreported, Ordering::Relaxed);
+            unreported = 0;
+        }
+        if done && r.check.complete(&run.sent()) {
+            break;
+        }
+    }
+    r
+}
+
+async fn show_progress(run: Arc<Run>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = run.progress.load(Ordering::Relaxed);
+        let sent: u64 = run.sent().iter().sum();
+        eprint!(
+            "\r{:>5.1}s  published {sent:>10}  deliveries/s {:>12}   ",
+            run.clock.elapsed().as_secs_f64(),
+            now - last
+        );
+        last = now;
+    }
+}
+
+/// Opens `total` connections, `connect_concurrency` at a time, spreading
+/// source addresses when there are more than one address can hold.
+async fn connect_all(
+    dialer: &Dialer,
+    target: &Target,
+    total: usize,
+) -> Result<(Vec<ClientStream>, ConnectFigures), BenchError> {
+    let sources = source_addresses(target, dialer, total);
+    let started = Instant::now();
+    let mut latency = stats::new_histogram();
+    let mut clients = Vec::with_capacity(total);
+    let limit = target.connect_concurrency.max(1);
+    let mut next = 0;
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    while clients.len() < total {
+        while next < total && in_flight.len() < limit {
+            let source = (!sources.is_empty()).then(|| sources[next % sources.len()]);
+            let index = next;
+            in_flight.push(async move {
+                let t = Instant::now();
+                (index, dialer.connect(source).await, t.elapsed())
+            });
+            next += 1;
+        }
+        let Some((index, result, took)) = in_flight.next().await else {
+            break;
+        };
+        match result {
+            Ok(ws) => {
+                clients.push(ws);
+                let _ = latency.record((took.as_nanos() as u64).max(1));
+            }
+            Err(source) => {
+                return Err(BenchError::Connect {
+                    index,
+                    total,
+                    source,
+                });
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((
+        clients,
+        ConnectFigures {
+            connections: total,
+            seconds,
+            per_second: total as f64 / seconds.max(1e-9),
+            latency_us: Percentiles::of(&latency),
+        },
+    ))
+}
+
+/// The source addresses to use: the given ones, or 127.0.0.1..127.0.0.k
+/// when connecting to a loopback relay with more connections than one
+/// source address has ephemeral ports for.
+fn source_addresses(target: &Target, dialer: &Dialer, total: usize) -> Vec<IpAddr> {
+    if !target.sources.is_empty() {
+        return target.sources.clone();
+    }
+    if total <= CONNECTIONS_PER_SOURCE
+        || !dialer.addr().ip().is_loopback()
+        || !dialer.addr().is_ipv4()
+    {
+        return Vec::new();
+    }
+    let k = total.div_ceil(CONNECTIONS_PER_SOURCE).min(254);
+    (1..=k as u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+fn sample(pid: Option<u32>) -> Result<Option<process::Sample>, BenchError> {
+    pid.map(|pid| process::sample(pid).map_err(|source| BenchError::Process { pid, source }))
+        .transpose()
+}
+
+fn server_figures(
+    rss_before: Option<process::Sample>,
+    rss_after: Option<process::Sample>,
+    cpu_from: Option<process::Sample>,
+    cpu_to: Option<process::Sample>,
+    connections: usize,
+    deliveries: Option<u64>,
+) -> Option<ServerFigures> {
+    let (before, after, from, to) = (rss_before?, rss_after?, cpu_from?, cpu_to?);
+    let cpu_ns = to.cpu_ns.saturating_sub(from.cpu_ns);
+    Some(ServerFigures {
+        cpu_seconds: cpu_ns as f64 / 1e9,
+        cpu_ns_per_delivery: deliveries
+            .filter(|d| *d > 0)
+            .map(|d| cpu_ns as f64 / d as f64),
+        rss_before_bytes: before.rss_bytes,
+        rss_after_bytes: after.rss_bytes,
+        rss_per_connection_bytes: (after.rss_bytes as f64 - before.rss_bytes as f64)
+            / connections.max(1) as f64,
+    })
+}
+
+/// What an `idle` run saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    pub connect: ConnectFigures,
+    pub held_seconds: f64,
+    /// Connections that were closed or dropped while held, by close code.
+    pub disconnects: BTreeMap<String, u64>,
+    pub server: Option<ServerFigures>,
+}
+
+/// Opens `connections` and holds them for `hold`, watching for closes.
+pub async fn idle(
+    target: &Target,
+    connections: usize,
+    hold: Duration,
+) -> Result<IdleReport, BenchError> {
+    process::raise_open_file_limit();
+    let dialer = Dialer::new(&target.url, target.ca_file.as_deref()).await?;
+    let rss_before = sample(target.pid)?;
+    let cpu_from = rss_before;
+    let (clients, connect) = connect_all(&dialer, target, connections).await?;
+    // Let the relay finish its side of the last handshakes before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = sample(target.pid)?;
+    let stop = CancellationToken::new();
+    let mut watchers = JoinSet::new();
+    for mut ws in clients {
+        let stop = stop.clone();
+        watchers.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    m = ws.next() => match m {
+                        Some(Ok(m)) if m.is_close() => {
+                            return Some(m.as_close().map_or_else(|| "close".to_owned(), |(c, _)| u16::from(c).to_string()));
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) => return Some("error".to_owned()),
+                        None => return Some("eof".to_owned()),
+                    },
+                }
+            }
+        });
+    }
+    tokio::time::sleep(hold).await;
+    let cpu_to = sample(target.pid)?;
+    stop.cancel();
+    let mut disconnects = BTreeMap::new();
+    while let Some(r) = watchers.join_next().await {
+        if let Ok(Some(why)) = r {
+            *disconnects.entry(why).or_insert(0) += 1;
+        }
+    }
+    Ok(IdleReport {
+        connect,
+        held_seconds: hold.as_secs_f64(),
+        disconnects,
+        server: server_figures(rss_before, rss_after, cpu_from, cpu_to, connections, None),
+    })
+}
+
+/// What a `connect` run saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectReport {
+    pub attempted: usize,
+    pub established: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub latency_us: Percentiles,
+    /// The first failure, if one stopped the run.
+    pub first_failure: Option<String>,
+}
+
+/// Opens up to `max` connections (kept open) until one fails or `limit` passes.
+pub async fn connect(
+    target: &Target,
+    max: usize,
+    limit: Duration,
+) -> Result<ConnectReport, BenchError> {
+    process::raise_open_file_limit();
+    let dialer = Dialer::new(&target.url, target.ca_file.as_deref()).await?;
+    let sources = source_addresses(target, &dialer, max);
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut latency = stats::new_histogram();
+    let mut held = Vec::new();
+    let mut first_failure = None;
+    let mut attempted = 0;
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    loop {
+        while attempted < max
+            && in_flight.len() < target.connect_concurrency.max(1)
+            && first_failure.is_none()
+        {
+            let source = (!sources.is_empty()).then(|| sources[attempted % sources.len()]);
+            let dialer = &dialer;
+            in_flight.push(async move {
+                let t = Instant::now();
+                (dialer.connect(source).await, t.elapsed())
+            });
+            attempted += 1;
+        }
+        let next = tokio::select! {
+            n = in_flight.next() => n,
+            () = tokio::time::sleep_until(deadline) => break,
+        };
+        let Some((result, took)) = next else { break };
+        match result {
+            Ok(ws) => {
+                held.push(ws);
+                let _ = latency.record((took.as_nanos() as u64).max(1));
+            }
+            Err(e) => {
+                first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ConnectReport {
+        attempted,
+        established: held.len(),
+        seconds,
+        per_second: held.len() as f64 / seconds.max(1e-9),
+        latency_us: Percentiles::of(&latency),
+        first_failure,
+    })
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs ({} samples)",
+            self.p50, self.p90, self.p99, self.p999, self.max, self.samples
+        )
+    }
+}
+
+impl fmt::Display for ConnectFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} connections in {:.2} s ({:.0}/s); handshake {}",
+            self.connections, self.seconds, self.per_second, self.latency_us
+        )
+    }
+}
+
+impl fmt::Display for ServerFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server: {:.2} CPU s", self.cpu_seconds)?;
+        if let Some(ns) = self.cpu_ns_per_delivery {
+            write!(f, ", {ns:.0} CPU ns per delivery")?;
+        }
+        write!(
+            f,
+            "; RSS {:.1} MiB → {:.1} MiB ({:.0} B per connection)",
+            self.rss_before_bytes as f64 / 1048576.0,
+            self.rss_after_bytes as f64 / 1048576.0,
+            self.rss_per_connection_bytes
+        )
+    }
+}
+
+fn write_disconnects(f: &mut fmt::Formatter<'_>, d: &BTreeMap<String, u64>) -> fmt::Result {
+    if d.is_empty() {
+        return writeln!(f, "disconnects:  none");
+    }
+    let list: Vec<String> = d.iter().map(|(why, n)| format!("{n} × {why}")).collect();
+    writeln!(f, "disconnects:  {}", list.join(", "))
+}
+
+impl fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pace = match (self.rate, self.window) {
+            (Some(r), _) => format!("{r} msg/s in total"),
+            (None, Some(w)) => format!("window {w} per publisher"),
+            _ => String::new(),
+        };
+        writeln!(
+            f,
+            "fanout: {} subscribers, {} publishers, {} B {}, {pace}, {:.0} s warm-up + {:.0} s measured",
+            self.subscribers,
+            self.publishers,
+            self.size,
+            if self.binary { "binary" } else { "text" },
+            self.warmup_seconds,
+            self.duration_seconds
+        )?;
+        writeln!(f, "connect:      {}", self.connect)?;
+        writeln!(
+            f,
+            "published:    {} ({:.0}/s)",
+            self.published, self.publishes_per_second
+        )?;
+        writeln!(
+            f,
+            "deliveries:   {} of {} expected; lost {} ({:.3} %), reorders {}, malformed {}",
+            self.received_deliveries,
+            self.expected_deliveries,
+            self.lost,
+            self.loss_percent,
+            self.reorders,
+            self.malformed
+        )?;
+        write_disconnects(f, &self.disconnects)?;
+        writeln!(
+            f,
+            "throughput:   {:.0} deliveries/s",
+            self.deliveries_per_second
+        )?;
+        writeln!(f, "latency:      {}", self.latency_us)?;
+        if let Some(s) = &self.server {
+            writeln!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for IdleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "idle: held for {:.0} s", self.held_seconds)?;
+        writeln!(f, "connect:      {}", self.connect)?;
+        write_disconnects(f, &self.disconnects)?;
+        if let Some(s) = &self.server {
+            writeln!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ConnectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "connect: {} of {} attempts established in {:.2} s ({:.0}/s)",
+            self.established, self.attempted, self.seconds, self.per_second
+        )?;
+        writeln!(f, "handshake:    {}", self.latency_us)?;
+        match &self.first_failure {
+            Some(e) => writeln!(f, "first failure: {e}"),
+            None => writeln!(f, "no failures"),
+        }
+    }
+}
