@@ -81,13 +81,13 @@ pub struct FanoutOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(#[from] Box<ClientError>),
     #[error("connection {index} of {total} failed: {source}")]
     Connect {
         index: usize,
         total: usize,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     #[error("cannot read the relay's resource use (pid {pid}): {source}")]
     Process {
@@ -191,7 +191,9 @@ struct Received {
 /// Runs the fan-out scenario against `target`.
 pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
     process::raise_open_file_limit();
-    let dialer = Dialer::new(&target.url, target.ca_file.as_deref()).await?;
+    let dialer = Dialer::new(&target.url, target.ca_file.as_deref())
+        .await
+        .map_err(Box::new)?;
     let total = opts.subscribers + opts.publishers;
     let rss_before = sample(target.pid)?;
     let (clients, connect) = connect_all(&dialer, target, total).await?;
@@ -501,11 +503,11 @@ async fn connect_all(
                 clients.push(ws);
                 let _ = latency.record((took.as_nanos() as u64).max(1));
             }
-            Err(source) => {
+            Err(e) => {
                 return Err(BenchError::Connect {
                     index,
                     total,
-                    source,
+                    source: Box::new(e),
                 });
             }
         }
@@ -585,7 +587,9 @@ pub async fn idle(
     hold: Duration,
 ) -> Result<IdleReport, BenchError> {
     process::raise_open_file_limit();
-    let dialer = Dialer::new(&target.url, target.ca_file.as_deref()).await?;
+    let dialer = Dialer::new(&target.url, target.ca_file.as_deref())
+        .await
+        .map_err(Box::new)?;
     let rss_before = sample(target.pid)?;
     let cpu_from = rss_before;
     let (clients, connect) = connect_all(&dialer, target, connections).await?;
@@ -648,7 +652,9 @@ pub async fn connect(
     limit: Duration,
 ) -> Result<ConnectReport, BenchError> {
     process::raise_open_file_limit();
-    let dialer = Dialer::new(&target.url, target.ca_file.as_deref()).await?;
+    let dialer = Dialer::new(&target.url, target.ca_file.as_deref())
+        .await
+        .map_err(Box::new)?;
     let sources = source_addresses(target, &dialer, max);
     let started = Instant::now();
     let deadline = started + limit;

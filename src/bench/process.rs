@@ -71,7 +71,9 @@ pub fn raise_open_file_limit() -> u64 {
             }
         }
     }
-    rl.rlim_cur as u64
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    let limit = rl.rlim_cur as u64;
+    limit
 }
 
 #[cfg(test)]
