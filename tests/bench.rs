@@ -1,0 +1,176 @@
+//! `wsrelay bench` against the real relay (no loss, exact counts) and
+//! against a relay that loses messages (the bench must say so).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_websockets::{Message, ServerBuilder};
+use wsrelay::bench::{self, FanoutOptions, Target};
+
+fn target(url: &str) -> Target {
+    Target {
+        url: url.to_owned(),
+        ca_file: None,
+        sources: Vec::new(),
+        connect_concurrency: 16,
+        pid: None,
+        progress: false,
+    }
+}
+
+fn short_fanout(subscribers: usize, publishers: usize, rate: Option<f64>) -> FanoutOptions {
+    FanoutOptions {
+        subscribers,
+        publishers,
+        rate,
+        window: 16,
+        size: 100,
+        binary: false,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_against_the_relay_sees_every_message_in_order() {
+    let server = start(test_config()).await;
+    let report = bench::fanout(&target(&server.url), &short_fanout(20, 3, None))
+        .await
+        .unwrap();
+
+    assert!(report.published > 0);
+    assert_eq!(report.expected_deliveries, report.published * 23);
+    assert_eq!(report.received_deliveries, report.expected_deliveries);
+    assert_eq!((report.lost, report.reorders, report.malformed), (0, 0, 0));
+    assert!(report.disconnects.is_empty(), "{:?}", report.disconnects);
+    assert!(!report.saw_loss());
+    assert!(report.deliveries_per_second > 0.0);
+    assert!(report.latency_us.samples > 0);
+    // The relay counted the same traffic.
+    server
+        .wait_metric("wsrelay_messages_total", report.published)
+        .await;
+    server
+        .wait_metric(
+            "wsrelay_messages_delivered_total",
+            report.expected_deliveries,
+        )
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_connect_modes_hold_their_connections() {
+    let server = start(test_config()).await;
+    let idle = bench::idle(&target(&server.url), 50, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(idle.connect.connections, 50);
+    assert!(idle.disconnects.is_empty());
+    server.wait_metric("wsrelay_connections_total", 50).await;
+
+    let connect = bench::connect(&target(&server.url), 40, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!((connect.attempted, connect.established), (40, 40));
+    assert_eq!(connect.first_failure, None);
+    server.wait_metric("wsrelay_connections_total", 90).await;
+    server.stop().await;
+}
+
+/// A deliberately broken relay: it silently skips every `drop_every`-th delivery.
+async fn lossy_relay(drop_every: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Arc<Mutex<Vec<mpsc::UnboundedSender<Message>>>> = Arc::default();
+    let deliveries = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (clients, deliveries) = (clients.clone(), deliveries.clone());
+            tokio::spawn(async move {
+                let Ok((_, ws)) = ServerBuilder::new().accept(stream).await else {
+                    return;
+                };
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+                clients.lock().unwrap().push(tx);
+                tokio::spawn(async move {
+                    while let Some(m) = rx.recv().await {
+                        if sink.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(m)) = stream.next().await {
+                    if !(m.is_text() || m.is_binary()) {
+                        continue;
+                    }
+                    for c in clients.lock().unwrap().iter() {
+                        if deliveries.fetch_add(1, Ordering::Relaxed) % drop_every != drop_every - 1
+                        {
+                            let _ = c.send(m.clone());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_drops_every_50th_delivery_shows_2_percent_loss() {
+    let addr = lossy_relay(50).await;
+    let url = format!("ws://{addr}/");
+    // Rate-paced: a window would shrink as the relay eats the publisher's echoes.
+    let mut opts = short_fanout(9, 1, Some(2000.0));
+    // Lost messages never arrive: do not wait long for them.
+    opts.drain_timeout = Duration::from_secs(2);
+    let report = bench::fanout(&target(&url), &opts).await.unwrap();
+    assert!(report.expected_deliveries >= 5000, "{report:?}");
+    assert!(
+        (report.loss_percent - 2.0).abs() < 0.05,
+        "loss {} %",
+        report.loss_percent
+    );
+    assert_eq!(
+        report.lost,
+        report.expected_deliveries - report.received_deliveries
+    );
+    assert!(report.saw_loss());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_nonzero_on_loss_unless_allowed() {
+    let addr = lossy_relay(50).await;
+    let url = format!("ws://{addr}/");
+    let run = |allow: bool| {
+        let mut cmd = binary();
+        cmd.args([
+            "bench", "fanout", "--url", &url, "-n", "4", "--rate", "1000", "--warmup", "100ms",
+        ])
+        .args(["--duration", "500ms", "--drain-timeout", "2s", "--json"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+        if allow {
+            cmd.arg("--allow-loss");
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = within(run(false)).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["lost"].as_u64().unwrap() > 0, "{report}");
+    let out = within(run(true)).await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
