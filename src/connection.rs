@@ -6,19 +6,31 @@
 //! instead of a reader and a writer halves the per-client footprint and
 //! needs no lock around the socket.
 //!
-//! Outgoing messages are drained from the queue in batches, all fed to the
-//! socket, then flushed once, so a busy client gets many frames per syscall
-//! and an idle one gets each message at once. While a flush is pending the
-//! queue is left alone: that is what lets a stalled client's queue fill up
-//! and trip the slow-consumer policy instead of growing without bound.
+//! Reading goes through tokio-websockets, which enforces RFC 6455 strictly
+//! and answers pings. Writing data bypasses it: the hub hands over frames
+//! already encoded once for everyone ([`Frame`]), and the [`Outbox`] drains
+//! them from the queue in batches, packs small ones into one buffer, and
+//! writes each batch with one vectored write, so a busy client gets many
+//! frames per syscall and an idle one gets each message at once.
+//!
+//! Two writers share the socket, so they take turns at frame boundaries:
+//! the library's control frames (pongs, closes) are flushed only while the
+//! outbox is empty, and the outbox starts a batch only once the library's
+//! queue is empty. While a batch is partly written, the client is not read
+//! (reading could queue a pong) and its queue is left alone: that is what
+//! lets a stalled client's queue fill up and trip the slow-consumer policy
+//! instead of growing without bound.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error as WsError, Message, WebSocketStream};
 use tracing::{debug, warn};
 
-use crate::hub::{Hub, Subscription};
+use crate::hub::{Frame, Hub, Subscription};
 use crate::metrics::{DisconnectReason, Metrics};
 
 /// Most messages, and about the most payload bytes, taken from the queue
@@ -37,6 +49,18 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Batches written per poll before the task yields to others on its thread.
 const MAX_BATCHES_PER_POLL: usize = 4;
+
+/// Frames up to this size are copied into one buffer; larger ones are
+/// written from the shared frame itself (copying would cost more than the
+/// extra iovec).
+const COPY_BELOW: usize = 1024;
+
+/// Chunks per vectored write (Linux allows 1024; more gains nothing).
+const MAX_IOVECS: usize = 64;
+
+/// A coalescing buffer larger than this is released once the client goes
+/// idle, so quiet clients do not keep a burst's worth of memory.
+const KEEP_SCRATCH: usize = 64 * 1024;
 
 /// What one client needs from the server around it.
 pub struct ConnectionContext {
@@ -62,7 +86,7 @@ enum Event {
     /// The hub dropped this client because its queue was full.
     Evicted,
     Shutdown,
-    WriteFailed(WsError),
+    WriteFailed(io::Error),
 }
 
 /// Drives an upgraded client, already a hub member, until it is gone.
@@ -94,7 +118,7 @@ pub async fn serve<S>(
 
 async fn drive<S>(
     mut ws: WebSocketStream<S>,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<Frame>,
     mut evicted: oneshot::Receiver<()>,
     cx: &ConnectionContext,
 ) -> DisconnectReason
@@ -102,7 +126,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut shutdown = pin!(cx.shutdown.cancelled());
-    let mut flushing = false;
+    let mut outbox = Outbox::default();
 
     let event = loop {
         let event = poll_fn(|task| {
@@ -112,8 +136,11 @@ where
             if Pin::new(&mut evicted).poll(task).is_ready() {
                 return Poll::Ready(Event::Evicted);
             }
-            if let Err(e) = pump_outgoing(&mut ws, &mut queue, &mut flushing, &cx.metrics, task) {
-                return Poll::Ready(Event::WriteFailed(e));
+            match outbox.pump(&mut ws, &mut queue, &cx.metrics, task) {
+                Err(e) => return Poll::Ready(Event::WriteFailed(e)),
+                // A batch is partly written: wait for the socket, not the peer.
+                Ok(true) => return Poll::Pending,
+                Ok(false) => {}
             }
             match Pin::new(&mut ws).poll_next(task) {
                 Poll::Pending => Poll::Pending,
@@ -129,11 +156,10 @@ where
             Event::Data(m) => {
                 // Pings are answered by the stream itself; pongs need nothing.
                 if m.is_text() || m.is_binary() {
+                    let payload = m.as_payload();
                     cx.metrics.messages_received.inc();
-                    cx.metrics
-                        .bytes_received
-                        .inc_by(m.as_payload().len() as u64);
-                    cx.hub.publish(&m);
+                    cx.metrics.bytes_received.inc_by(payload.len() as u64);
+                    cx.hub.publish(&Frame::new(m.is_text(), payload));
                 }
             }
             other => break other,
@@ -194,6 +220,9 @@ where
     // Finish the close handshake: send our Close (if we start it), wait for
     // the peer's, then shut the socket. Bounded, because the peer may never answer.
     let finish = async {
+        // The close goes right after the batch being written, ahead of
+        // everything that was still queued.
+        poll_fn(|task| outbox.poll_write(ws.get_mut(), task)).await?;
         if let Some(close) = close {
             // Fails harmlessly if a close frame is already on its way.
             let _ = ws.feed(close).await;
@@ -207,47 +236,121 @@ where
     reason
 }
 
-/// Moves queued messages into the socket and flushes them. Returns an error
-/// only when writing failed; `Ok` may leave a flush pending, in which case
-/// the socket's readiness will wake the task.
-fn pump_outgoing<S>(
-    ws: &mut WebSocketStream<S>,
-    queue: &mut mpsc::Receiver<Message>,
-    flushing: &mut bool,
-    metrics: &Metrics,
-    task: &mut Context<'_>,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    for _ in 0..MAX_BATCHES_PER_POLL {
-        if !*flushing {
+/// Data frames taken from the queue and not yet fully written, in wire order.
+#[derive(Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    /// Where small frames are packed; its memory is reused batch after batch.
+    scratch: BytesMut,
+}
+
+impl Outbox {
+    /// Writes queued frames until the queue is empty, the socket is full, or
+    /// this poll has done its share. Returns whether a batch is still partly
+    /// written (then the socket's readiness wakes the task).
+    fn pump<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        queue: &mut mpsc::Receiver<Frame>,
+        metrics: &Metrics,
+        task: &mut Context<'_>,
+    ) -> io::Result<bool>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        for _ in 0..MAX_BATCHES_PER_POLL {
+            if self.poll_write(ws.get_mut(), task)?.is_pending() {
+                return Ok(true);
+            }
+            // Our batch is out: the library may now flush its pongs and
+            // closes, and only once they are out may the next batch start.
+            match Pin::new(&mut *ws).poll_flush(task) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(WsError::Io(e))) => return Err(e),
+                Poll::Ready(Err(e)) => return Err(io::Error::other(e)),
+                Poll::Pending => return Ok(false),
+            }
             // Closed and empty: the hub evicted us; the eviction signal reports it.
             let Poll::Ready(Some(first)) = queue.poll_recv(task) else {
-                return Ok(());
+                if self.scratch.capacity() > KEEP_SCRATCH {
+                    self.scratch = BytesMut::new();
+                }
+                return Ok(false);
             };
-            let (mut count, mut bytes) = (0, 0);
-            let mut next = Some(first);
-            while let Some(m) = next {
-                count += 1;
-                bytes += m.as_payload().len();
-                Pin::new(&mut *ws).start_send(m)?;
-                next = match count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                    true => queue.try_recv().ok(),
-                    false => None,
-                };
-            }
-            metrics.messages_sent.inc_by(count as u64);
-            metrics.bytes_sent.inc_by(bytes as u64);
-            *flushing = true;
+            self.fill(first, queue, metrics);
         }
-        match Pin::new(&mut *ws).poll_flush(task) {
-            Poll::Ready(Ok(())) => *flushing = false,
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Ok(()),
+        // More may be queued; come back after others on this thread had a turn.
+        task.waker().wake_by_ref();
+        Ok(!self.chunks.is_empty())
+    }
+
+    /// Takes `first` and whatever else is queued, up to one batch.
+    fn fill(&mut self, first: Frame, queue: &mut mpsc::Receiver<Frame>, metrics: &Metrics) {
+        let (mut count, mut bytes, mut payload_bytes) = (0, 0, 0);
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            count += 1;
+            bytes += frame.wire().len();
+            payload_bytes += frame.payload().len();
+            if frame.wire().len() < COPY_BELOW {
+                self.scratch.extend_from_slice(frame.wire());
+            } else {
+                self.seal_scratch();
+                self.chunks.push_back(frame.wire().clone());
+            }
+            next = match count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                true => queue.try_recv().ok(),
+                false => None,
+            };
+        }
+        self.seal_scratch();
+        metrics.messages_sent.inc_by(count as u64);
+        metrics.bytes_sent.inc_by(payload_bytes as u64);
+    }
+
+    fn seal_scratch(&mut self) {
+        if !self.scratch.is_empty() {
+            self.chunks.push_back(self.scratch.split().freeze());
         }
     }
-    // More may be queued; come back after others on this thread had a turn.
-    task.waker().wake_by_ref();
-    Ok(())
+
+    /// Writes until the outbox is empty (`Ready(Ok)`) or the socket is full.
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        task: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.chunks.is_empty() {
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut used = 0;
+                for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                    *slot = IoSlice::new(chunk);
+                    used += 1;
+                }
+                match Pin::new(&mut *io).poll_write_vectored(task, &slices[..used]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! Membership and fan-out.
 //!
-//! The hub is the one place that knows who is connected. Publishing clones
-//! the message handle into each subscriber's bounded queue with `try_send`:
-//! the payload is a reference-counted `Bytes`, so a delivery costs a
-//! refcount bump and a queue slot, never a copy, and the publisher never
-//! waits on anyone's socket. A subscriber whose queue is full is evicted on
+//! The hub is the one place that knows who is connected. A message is
+//! encoded once, as the complete server frame every subscriber will be sent
+//! ([`Frame`]). Publishing clones that frame's handle into each
+//! subscriber's bounded queue with `try_send`: the bytes are a
+//! reference-counted `Bytes`, so a delivery costs a refcount bump and a
+//! queue slot, never a copy or an encode, and the publisher never waits on
+//! anyone's socket. A subscriber whose queue is full is evicted on
 //! the spot: its sender is dropped, which wakes its connection task to close
 //! it with 1008. Only that subscriber is affected.
 
@@ -14,7 +16,59 @@ use std::sync::{PoisonError, RwLock};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
-use tokio_websockets::Message;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A data message encoded once as the unmasked, final server frame that
+/// goes on every subscriber's wire unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    const TEXT: u8 = 0x1;
+    const BINARY: u8 = 0x2;
+
+    /// Encodes a text (`text == true`) or binary message.
+    pub fn new(text: bool, payload: &[u8]) -> Self {
+        let opcode = if text { Self::TEXT } else { Self::BINARY };
+        let n = payload.len();
+        let mut b = BytesMut::with_capacity(n + 10);
+        b.put_u8(0x80 | opcode);
+        if n < 126 {
+            b.put_u8(n as u8);
+        } else if n <= 0xffff {
+            b.put_u8(126);
+            b.put_u16(n as u16);
+        } else {
+            b.put_u8(127);
+            b.put_u64(n as u64);
+        }
+        b.extend_from_slice(payload);
+        Self(b.freeze())
+    }
+
+    /// The whole frame, header included.
+    pub fn wire(&self) -> &Bytes {
+        &self.0
+    }
+
+    fn header_len(&self) -> usize {
+        match self.0.get(1) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        }
+    }
+
+    /// The message's payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.0[self.header_len()..]
+    }
+
+    pub fn is_text(&self) -> bool {
+        self.0.first() == Some(&(0x80 | Self::TEXT))
+    }
+}
 
 /// Identifies one connected client for the lifetime of the process.
 pub type ClientId = u64;
@@ -30,7 +84,7 @@ pub struct Hub {
 
 /// The hub's end of one membership.
 struct Member {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Frame>,
     // Never sent on: dropping it (on eviction or leave) resolves the
     // client's `evicted` receiver, which wakes its task even while that task
     // is blocked on a socket that accepts nothing.
@@ -41,7 +95,7 @@ struct Member {
 pub struct Subscription {
     pub id: ClientId,
     /// Messages published for this client, in order.
-    pub queue: mpsc::Receiver<Message>,
+    pub queue: mpsc::Receiver<Frame>,
     /// Resolves when the hub drops this client (its queue was full).
     pub evicted: oneshot::Receiver<()>,
 }
@@ -80,9 +134,9 @@ impl Hub {
             .remove(&id);
     }
 
-    /// Queues `message` for every subscriber and returns how many it was
+    /// Queues `frame` for every subscriber and returns how many it was
     /// queued for. Subscribers whose queue is full are evicted.
-    pub fn publish(&self, message: &Message) -> usize {
+    pub fn publish(&self, frame: &Frame) -> usize {
         let mut delivered = 0;
         let mut full: Vec<ClientId> = Vec::new();
         {
@@ -91,7 +145,7 @@ impl Hub {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             for (&id, member) in subscribers.iter() {
-                match member.queue.try_send(message.clone()) {
+                match member.queue.try_send(frame.clone()) {
                     Ok(()) => delivered += 1,
                     Err(TrySendError::Full(_)) => full.push(id),
                     // Its connection is already on the way out.
@@ -133,13 +187,14 @@ mod tests {
         let hub = Hub::new(4);
         let mut a = hub.join();
         let mut b = hub.join();
-        let msg = Message::binary(bytes::Bytes::from_static(b"hello"));
-        assert_eq!(hub.publish(&msg), 2);
+        let frame = Frame::new(false, b"hello");
+        assert_eq!(hub.publish(&frame), 2);
         let ra = a.queue.try_recv().unwrap();
         let rb = b.queue.try_recv().unwrap();
-        // Same allocation: fan-out shares the payload instead of copying it.
-        assert_eq!(ra.as_payload().as_ptr(), rb.as_payload().as_ptr());
-        assert_eq!(&**ra.as_payload(), b"hello");
+        // Same allocation: fan-out shares the encoded frame instead of copying it.
+        assert_eq!(ra.wire().as_ptr(), rb.wire().as_ptr());
+        assert_eq!(ra.payload(), b"hello");
+        assert!(!ra.is_text());
     }
 
     #[test]
@@ -147,7 +202,7 @@ mod tests {
         let hub = Hub::new(2);
         let mut slow = hub.join();
         let mut fast = hub.join();
-        let msg = Message::text("x");
+        let msg = Frame::new(true, b"x");
         for _ in 0..2 {
             assert_eq!(hub.publish(&msg), 2);
             fast.queue.try_recv().unwrap();
@@ -164,6 +219,19 @@ mod tests {
         assert_eq!(hub.len(), 1);
         assert_eq!(hub.publish(&msg), 1);
         let _ = slow.queue.try_recv();
+    }
+
+    #[test]
+    fn frames_use_the_shortest_length_encoding() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let payload = vec![b'a'; len];
+            let f = Frame::new(true, &payload);
+            assert_eq!(f.wire().len(), header + len, "payload {len}");
+            assert_eq!(f.payload(), &payload[..]);
+            assert_eq!(f.wire()[0], 0x81);
+            assert!(f.is_text());
+        }
+        assert_eq!(&Frame::new(false, b"hi").wire()[..], &[0x82, 2, b'h', b'i']);
     }
 
     #[test]

@@ -335,8 +335,16 @@ fn print_report<R: serde::Serialize + std::fmt::Display>(
     Ok(())
 }
 
+/// One worker thread per CPU this process may run on; with a single CPU
+/// (e.g. under `taskset`) the current-thread scheduler, which skips the
+/// work-stealing machinery that then only costs time.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = match cpus {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
