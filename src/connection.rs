@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,12 +61,16 @@ const MAX_IOVECS: usize = 64;
 /// A coalescing buffer larger than this is released once the client goes
 /// idle, so quiet clients do not keep a burst's worth of memory.
 const KEEP_SCRATCH: usize = 64 * 1024;
+const KEEP_BATCH: usize = 16;
 
 /// What one client needs from the server around it.
 pub struct ConnectionContext {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down: clients get 1001.
+    /// Clients are woken by the hub dropping their membership, not by
+    /// polling this token: a shared token's waiter list is a lock every
+    /// client would take on every wake-up.
     pub shutdown: CancellationToken,
     /// Cancelled when the shutdown timeout has passed: clients are dropped.
     pub force: CancellationToken,
@@ -125,16 +129,19 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut shutdown = pin!(cx.shutdown.cancelled());
     let mut outbox = Outbox::default();
 
     let event = loop {
         let event = poll_fn(|task| {
-            if shutdown.as_mut().poll(task).is_ready() {
+            // Dropped from the hub: evicted as a slow consumer, or shutdown.
+            if cx.shutdown.is_cancelled() {
                 return Poll::Ready(Event::Shutdown);
             }
             if Pin::new(&mut evicted).poll(task).is_ready() {
-                return Poll::Ready(Event::Evicted);
+                return Poll::Ready(match cx.shutdown.is_cancelled() {
+                    true => Event::Shutdown,
+                    false => Event::Evicted,
+                });
             }
             match outbox.pump(&mut ws, &mut queue, &cx.metrics, task) {
                 Err(e) => return Poll::Ready(Event::WriteFailed(e)),
@@ -240,6 +247,8 @@ where
 #[derive(Default)]
 struct Outbox {
     chunks: VecDeque<Bytes>,
+    /// Frames just taken from the queue (kept to reuse its memory).
+    batch: Vec<Frame>,
     /// Where small frames are packed; its memory is reused batch after batch.
     scratch: BytesMut,
 }
@@ -275,9 +284,12 @@ impl Outbox {
                 if self.scratch.capacity() > KEEP_SCRATCH {
                     self.scratch = BytesMut::new();
                 }
+                if self.batch.capacity() > KEEP_BATCH {
+                    self.batch = Vec::new();
+                }
                 return Ok(false);
             };
-            self.fill(first, queue, metrics);
+            self.fill(first, queue, metrics, task);
         }
         // More may be queued; come back after others on this thread had a turn.
         task.waker().wake_by_ref();
@@ -285,12 +297,25 @@ impl Outbox {
     }
 
     /// Takes `first` and whatever else is queued, up to one batch.
-    fn fill(&mut self, first: Frame, queue: &mut mpsc::Receiver<Frame>, metrics: &Metrics) {
-        let (mut count, mut bytes, mut payload_bytes) = (0, 0, 0);
-        let mut next = Some(first);
-        while let Some(frame) = next {
-            count += 1;
-            bytes += frame.wire().len();
+    fn fill(
+        &mut self,
+        first: Frame,
+        queue: &mut mpsc::Receiver<Frame>,
+        metrics: &Metrics,
+        task: &mut Context<'_>,
+    ) {
+        // One bulk receive returns all the queue permits at once (one lock,
+        // not one per frame); its size comes from the first frame's, so the
+        // batch stays near MAX_BATCH_BYTES whatever the message size.
+        let limit = (MAX_BATCH_BYTES / first.wire().len()).clamp(1, MAX_BATCH);
+        self.batch.push(first);
+        if limit > 1 {
+            let _ = queue.poll_recv_many(task, &mut self.batch, limit - 1);
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let count = batch.len();
+        let mut payload_bytes = 0;
+        for frame in batch.drain(..) {
             payload_bytes += frame.payload().len();
             if frame.wire().len() < COPY_BELOW {
                 self.scratch.extend_from_slice(frame.wire());
@@ -298,11 +323,8 @@ impl Outbox {
                 self.seal_scratch();
                 self.chunks.push_back(frame.wire().clone());
             }
-            next = match count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                true => queue.try_recv().ok(),
-                false => None,
-            };
         }
+        self.batch = batch;
         self.seal_scratch();
         metrics.messages_sent.inc_by(count as u64);
         metrics.bytes_sent.inc_by(payload_bytes as u64);

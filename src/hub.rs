@@ -96,7 +96,8 @@ pub struct Subscription {
     pub id: ClientId,
     /// Messages published for this client, in order.
     pub queue: mpsc::Receiver<Frame>,
-    /// Resolves when the hub drops this client (its queue was full).
+    /// Resolves when the hub drops this client: its queue was full, or the
+    /// hub was cleared for shutdown.
     pub evicted: oneshot::Receiver<()>,
 }
 
@@ -163,6 +164,18 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Drops every membership at once, waking every client's task; used at
+    /// shutdown, when each then sees the server's token and closes with 1001.
+    pub fn clear(&self) {
+        let members = std::mem::take(
+            &mut *self
+                .subscribers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        drop(members);
     }
 
     /// Subscribers connected now.

@@ -173,7 +173,10 @@ impl Server {
         drop(listener);
 
         info!(clients = cx.hub.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
+        // Cancel first, then clear: a client woken by the clear (or joining
+        // after it) finds the token cancelled and closes with 1001.
         cx.shutdown.cancel();
+        cx.hub.clear();
         tracker.close();
         if tokio::time::timeout(shutdown_timeout, tracker.wait())
             .await
