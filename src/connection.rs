@@ -2,25 +2,26 @@
 //!
 //! Each client is driven by a single task that polls three things at once:
 //! its socket for incoming frames, its hub queue for outgoing messages, and
-//! the signals that end it (eviction by the hub, server shutdown). One task
-//! instead of a reader and a writer halves the per-client footprint and
-//! needs no lock around the socket.
+//! the signal that ends it (the hub dropping its membership, for eviction
+//! or shutdown). One task instead of a reader and a writer halves the
+//! per-client footprint and needs no lock around the socket.
 //!
-//! Reading goes through tokio-websockets, which enforces RFC 6455 strictly
-//! and answers pings. Writing data bypasses it: the hub hands over frames
-//! already encoded once for everyone ([`Frame`]), and the [`Outbox`] drains
-//! them from the queue in batches, packs small ones into one buffer, and
-//! writes each batch with one vectored write, so a busy client gets many
-//! frames per syscall and an idle one gets each message at once.
+//! Reading: bytes are read into a buffer shared by every client on the
+//! thread and parsed by [`protocol::Reader`], which keeps per-client bytes
+//! only for a frame still arriving, so an idle client holds no read buffer.
+//! A complete data message is encoded once as the frame everyone will be
+//! sent, and published.
 //!
-//! Two writers share the socket, so they take turns at frame boundaries:
-//! the library's control frames (pongs, closes) are flushed only while the
-//! outbox is empty, and the outbox starts a batch only once the library's
-//! queue is empty. While a batch is partly written, the client is not read
-//! (reading could queue a pong) and its queue is left alone: that is what
-//! lets a stalled client's queue fill up and trip the slow-consumer policy
-//! instead of growing without bound.
+//! Writing: the [`Outbox`] drains the queue in batches, packs small frames
+//! into one buffer and writes each batch with one vectored write, so a busy
+//! client gets many frames per syscall and an idle one gets each message at
+//! once. Control frames win: a pong (the latest one only) or a close goes
+//! out at the next frame boundary, ahead of queued data. While a batch is
+//! partly written the queue is left alone: that is what lets a stalled
+//! client's queue fill up and trip the slow-consumer policy instead of
+//! growing without bound.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
@@ -31,15 +32,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_websockets::{CloseCode, Error as WsError, Message, WebSocketStream};
 use tracing::{debug, warn};
 
 use crate::hub::{Frame, Hub, Subscription};
 use crate::metrics::{DisconnectReason, Metrics};
+use crate::protocol::{self, Incoming, Reader, Violation};
 
 /// Most messages, and about the most payload bytes, taken from the queue
 /// for one flush. Bounds what a client holds beyond its queue, and keeps one
@@ -47,8 +47,10 @@ use crate::metrics::{DisconnectReason, Metrics};
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// Batches written per poll before the task yields to others on its thread.
+/// Batches written, and reads made, per poll before the task yields to
+/// others on its thread.
 const MAX_BATCHES_PER_POLL: usize = 4;
+const MAX_READS_PER_POLL: usize = 4;
 
 /// Frames up to this size are copied into one buffer; larger ones are
 /// written from the shared frame itself (copying would cost more than the
@@ -63,6 +65,13 @@ const MAX_IOVECS: usize = 64;
 const KEEP_SCRATCH: usize = 64 * 1024;
 const KEEP_BATCH: usize = 16;
 
+/// Size of the read buffer each worker thread shares among its clients.
+const READ_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
+}
+
 /// What one client needs from the server around it.
 pub struct ConnectionContext {
     pub hub: Arc<Hub>,
@@ -76,17 +85,18 @@ pub struct ConnectionContext {
     pub force: CancellationToken,
     /// How long a client being disconnected gets to finish the close handshake.
     pub close_timeout: Duration,
+    /// Largest message (and frame) a client may send.
+    pub max_message_size: usize,
 }
 
 /// What ended a client's active phase.
 enum Event {
-    Data(Message),
-    /// The peer sent Close; the stream has queued the echo.
-    PeerClosed,
-    /// The peer broke the protocol; the stream has queued the matching close frame.
-    ProtocolError(WsError),
+    /// The peer sent Close (with this code, if any).
+    PeerClosed(Option<u16>),
+    /// The peer broke the protocol.
+    Violation(Violation),
     /// The connection ended without a close frame.
-    Eof(Option<WsError>),
+    Eof(Option<io::Error>),
     /// The hub dropped this client because its queue was full.
     Evicted,
     Shutdown,
@@ -97,7 +107,7 @@ enum Event {
 /// Counts it in the metrics on the way in, and removes it from the hub and
 /// counts it out exactly once on the way out.
 pub async fn serve<S>(
-    ws: WebSocketStream<S>,
+    io: S,
     peer: SocketAddr,
     subscription: Subscription,
     cx: Arc<ConnectionContext>,
@@ -108,7 +118,7 @@ pub async fn serve<S>(
     cx.metrics.connected();
     debug!(%peer, id, "client connected");
 
-    let reason = drive(ws, subscription.queue, subscription.evicted, &cx).await;
+    let reason = drive(io, subscription.queue, subscription.evicted, &cx).await;
 
     cx.hub.leave(id);
     cx.metrics.disconnected(reason);
@@ -121,7 +131,7 @@ pub async fn serve<S>(
 }
 
 async fn drive<S>(
-    mut ws: WebSocketStream<S>,
+    mut io: S,
     mut queue: mpsc::Receiver<Frame>,
     mut evicted: oneshot::Receiver<()>,
     cx: &ConnectionContext,
@@ -129,66 +139,69 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut reader = Reader::new(cx.max_message_size);
     let mut outbox = Outbox::default();
 
-    let event = loop {
-        let event = poll_fn(|task| {
-            // Dropped from the hub: evicted as a slow consumer, or shutdown.
-            if cx.shutdown.is_cancelled() {
-                return Poll::Ready(Event::Shutdown);
-            }
-            if Pin::new(&mut evicted).poll(task).is_ready() {
-                return Poll::Ready(match cx.shutdown.is_cancelled() {
-                    true => Event::Shutdown,
-                    false => Event::Evicted,
-                });
-            }
-            match outbox.pump(&mut ws, &mut queue, &cx.metrics, task) {
-                Err(e) => return Poll::Ready(Event::WriteFailed(e)),
-                // A batch is partly written: wait for the socket, not the peer.
-                Ok(true) => return Poll::Pending,
-                Ok(false) => {}
-            }
-            match Pin::new(&mut ws).poll_next(task) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(m))) if m.is_close() => Poll::Ready(Event::PeerClosed),
-                Poll::Ready(Some(Ok(m))) => Poll::Ready(Event::Data(m)),
-                Poll::Ready(Some(Err(e @ WsError::Io(_)))) => Poll::Ready(Event::Eof(Some(e))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Event::ProtocolError(e)),
-                Poll::Ready(None) => Poll::Ready(Event::Eof(None)),
-            }
-        })
-        .await;
-        match event {
-            Event::Data(m) => {
-                // Pings are answered by the stream itself; pongs need nothing.
-                if m.is_text() || m.is_binary() {
-                    let payload = m.as_payload();
-                    cx.metrics.messages_received.inc();
-                    cx.metrics.bytes_received.inc_by(payload.len() as u64);
-                    cx.hub.publish(&Frame::new(m.is_text(), payload));
-                }
-            }
-            other => break other,
+    let event = poll_fn(|task| {
+        if cx.shutdown.is_cancelled() {
+            return Poll::Ready(Event::Shutdown);
         }
-    };
+        // Dropped from the hub: evicted as a slow consumer, or shutdown.
+        if Pin::new(&mut evicted).poll(task).is_ready() {
+            return Poll::Ready(match cx.shutdown.is_cancelled() {
+                true => Event::Shutdown,
+                false => Event::Evicted,
+            });
+        }
+        if let Err(e) = outbox.pump(&mut io, &mut queue, &cx.metrics, task) {
+            return Poll::Ready(Event::WriteFailed(e));
+        }
+        let pong = &mut outbox.pong;
+        let polled = poll_incoming(&mut io, &mut reader, task, |item| match item {
+            Incoming::Message(frame) => {
+                cx.metrics.messages_received.inc();
+                cx.metrics
+                    .bytes_received
+                    .inc_by(frame.payload().len() as u64);
+                cx.hub.publish(&frame);
+                None
+            }
+            Incoming::Ping(payload) => {
+                *pong = Some(protocol::pong_frame(&payload));
+                None
+            }
+            Incoming::Close(code) => Some(Event::PeerClosed(code)),
+        });
+        if polled.is_pending() && outbox.pong.is_some() {
+            // A pong is waiting for the next frame boundary: get there.
+            task.waker().wake_by_ref();
+        }
+        polled
+    })
+    .await;
 
     // Whatever is still queued will not be sent; free it now, not after the
     // close handshake, so a stalled client stops holding memory at once.
     let dropped = queue.len();
     drop(queue);
 
-    let (reason, close, timeout) = match event {
-        Event::Data(_) => unreachable!("data events are handled in the loop"),
-        Event::PeerClosed => (DisconnectReason::ClientClose, None, cx.close_timeout),
-        Event::ProtocolError(e) => {
-            debug!(error = %e, "protocol error");
-            // The stream queues the right close frame itself, except for a
-            // fragmented message that grew too large; then this one is sent.
-            let too_big = Message::close(Some(CloseCode::MESSAGE_TOO_BIG), "message too big");
+    let (reason, close, await_peer, timeout) = match event {
+        // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
+        Event::PeerClosed(code) => (
+            DisconnectReason::ClientClose,
+            code.map_or_else(
+                || protocol::control_frame(0x8, &[]),
+                |c| protocol::close_frame(c, ""),
+            ),
+            false,
+            cx.close_timeout,
+        ),
+        Event::Violation(v) => {
+            debug!(code = v.code, reason = v.reason, "protocol error");
             (
                 DisconnectReason::ProtocolError,
-                Some(too_big),
+                protocol::close_frame(v.code, v.reason),
+                false,
                 cx.close_timeout,
             )
         }
@@ -206,35 +219,38 @@ where
             cx.metrics.messages_dropped.inc_by(dropped as u64);
             (
                 DisconnectReason::SlowConsumer,
-                Some(Message::close(
-                    Some(CloseCode::POLICY_VIOLATION),
-                    "slow consumer",
-                )),
+                protocol::close_frame(1008, "slow consumer"),
+                true,
                 cx.close_timeout,
             )
         }
         Event::Shutdown => (
             DisconnectReason::Shutdown,
-            Some(Message::close(
-                Some(CloseCode::GOING_AWAY),
-                "server shutting down",
-            )),
+            protocol::close_frame(1001, "server shutting down"),
+            true,
             // The server bounds the whole shutdown; `force` ends this earlier if needed.
             Duration::MAX,
         ),
     };
 
-    // Finish the close handshake: send our Close (if we start it), wait for
-    // the peer's, then shut the socket. Bounded, because the peer may never answer.
+    // Finish the close handshake: our Close goes right after the batch being
+    // written, ahead of everything that was still queued; then, if we started
+    // the close, wait for the peer's; then shut the socket. Bounded, because
+    // the peer may never answer.
+    outbox.pong = None;
+    outbox.chunks.push_back(close);
     let finish = async {
-        // The close goes right after the batch being written, ahead of
-        // everything that was still queued.
-        poll_fn(|task| outbox.poll_write(ws.get_mut(), task)).await?;
-        if let Some(close) = close {
-            // Fails harmlessly if a close frame is already on its way.
-            let _ = ws.feed(close).await;
+        poll_fn(|task| outbox.poll_write(&mut io, task)).await?;
+        if await_peer {
+            // Data still arriving is discarded; only the peer's Close (or EOF) matters.
+            let _ = poll_fn(|task| {
+                poll_incoming(&mut io, &mut reader, task, |item| {
+                    matches!(item, Incoming::Close(_)).then_some(())
+                })
+            })
+            .await;
         }
-        ws.close().await
+        poll_fn(|task| Pin::new(&mut io).poll_shutdown(task)).await
     };
     tokio::select! {
         _ = tokio::time::timeout(timeout, finish) => {}
@@ -243,10 +259,82 @@ where
     reason
 }
 
+/// Reads and parses what the client sent, handing each item to `on`, until
+/// `on` returns an event, the connection ends or fails, or nothing more is
+/// available (`Pending`).
+fn poll_incoming<S, T>(
+    io: &mut S,
+    reader: &mut Reader,
+    task: &mut Context<'_>,
+    mut on: impl FnMut(Incoming) -> Option<T>,
+) -> Poll<T>
+where
+    S: AsyncRead + Unpin,
+    T: From<ReadEnd>,
+{
+    for _ in 0..MAX_READS_PER_POLL {
+        let mut result = None;
+        let read = READ_SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *io).poll_read(task, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(())) => {
+                    let parsed = reader.feed(buf.filled(), &mut |item| match on(item) {
+                        Some(t) => {
+                            result = Some(t);
+                            false
+                        }
+                        None => true,
+                    });
+                    if let Err(v) = parsed {
+                        result = Some(T::from(ReadEnd::Violation(v)));
+                    }
+                    Poll::Ready(Ok(buf.filled().len()))
+                }
+            }
+        });
+        match read {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(T::from(ReadEnd::Eof(Some(e)))),
+            Poll::Ready(Ok(0)) => return Poll::Ready(T::from(ReadEnd::Eof(None))),
+            Poll::Ready(Ok(_)) => {}
+        }
+        if let Some(t) = result {
+            return Poll::Ready(t);
+        }
+    }
+    // More may be readable; come back after others on this thread had a turn.
+    task.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// How reading can end on its own.
+enum ReadEnd {
+    Violation(Violation),
+    Eof(Option<io::Error>),
+}
+
+impl From<ReadEnd> for Event {
+    fn from(end: ReadEnd) -> Self {
+        match end {
+            ReadEnd::Violation(v) => Event::Violation(v),
+            ReadEnd::Eof(e) => Event::Eof(e),
+        }
+    }
+}
+
+impl From<ReadEnd> for () {
+    fn from(_: ReadEnd) -> Self {}
+}
+
 /// Data frames taken from the queue and not yet fully written, in wire order.
 #[derive(Default)]
 struct Outbox {
     chunks: VecDeque<Bytes>,
+    /// The pong for the latest ping, sent at the next frame boundary.
+    pong: Option<Bytes>,
     /// Frames just taken from the queue (kept to reuse its memory).
     batch: Vec<Frame>,
     /// Where small frames are packed; its memory is reused batch after batch.
@@ -255,29 +343,25 @@ struct Outbox {
 
 impl Outbox {
     /// Writes queued frames until the queue is empty, the socket is full, or
-    /// this poll has done its share. Returns whether a batch is still partly
-    /// written (then the socket's readiness wakes the task).
+    /// this poll has done its share (then the task is woken to continue).
     fn pump<S>(
         &mut self,
-        ws: &mut WebSocketStream<S>,
+        io: &mut S,
         queue: &mut mpsc::Receiver<Frame>,
         metrics: &Metrics,
         task: &mut Context<'_>,
-    ) -> io::Result<bool>
+    ) -> io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncWrite + Unpin,
     {
         for _ in 0..MAX_BATCHES_PER_POLL {
-            if self.poll_write(ws.get_mut(), task)?.is_pending() {
-                return Ok(true);
+            if self.poll_write(io, task)?.is_pending() {
+                return Ok(());
             }
-            // Our batch is out: the library may now flush its pongs and
-            // closes, and only once they are out may the next batch start.
-            match Pin::new(&mut *ws).poll_flush(task) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(WsError::Io(e))) => return Err(e),
-                Poll::Ready(Err(e)) => return Err(io::Error::other(e)),
-                Poll::Pending => return Ok(false),
+            // At a frame boundary: a pending pong goes before more data.
+            if let Some(pong) = self.pong.take() {
+                self.chunks.push_back(pong);
+                continue;
             }
             // Closed and empty: the hub evicted us; the eviction signal reports it.
             let Poll::Ready(Some(first)) = queue.poll_recv(task) else {
@@ -287,13 +371,13 @@ impl Outbox {
                 if self.batch.capacity() > KEEP_BATCH {
                     self.batch = Vec::new();
                 }
-                return Ok(false);
+                return Ok(());
             };
             self.fill(first, queue, metrics, task);
         }
         // More may be queued; come back after others on this thread had a turn.
         task.waker().wake_by_ref();
-        Ok(!self.chunks.is_empty())
+        Ok(())
     }
 
     /// Takes `first` and whatever else is queued, up to one batch.

@@ -30,8 +30,24 @@ impl Frame {
 
     /// Encodes a text (`text == true`) or binary message.
     pub fn new(text: bool, payload: &[u8]) -> Self {
+        let mut b = Self::header(text, payload.len());
+        b.extend_from_slice(payload);
+        Self(b.freeze())
+    }
+
+    /// Encodes a message from a client frame's masked payload, unmasking it
+    /// in the same pass as the copy that encoding needs anyway.
+    pub fn from_masked(text: bool, masked: &[u8], mask: [u8; 4]) -> Self {
+        let mut b = Self::header(text, masked.len());
+        let start = b.len();
+        b.extend_from_slice(masked);
+        crate::protocol::unmask(&mut b[start..], mask);
+        Self(b.freeze())
+    }
+
+    /// A buffer holding the frame header, with room for the payload.
+    fn header(text: bool, n: usize) -> BytesMut {
         let opcode = if text { Self::TEXT } else { Self::BINARY };
-        let n = payload.len();
         let mut b = BytesMut::with_capacity(n + 10);
         b.put_u8(0x80 | opcode);
         if n < 126 {
@@ -43,8 +59,7 @@ impl Frame {
             b.put_u8(127);
             b.put_u64(n as u64);
         }
-        b.extend_from_slice(payload);
-        Self(b.freeze())
+        b
     }
 
     /// The whole frame, header included.

@@ -10,6 +10,7 @@
 //! - [`server`]: listeners, TLS and HTTP upgrade, graceful shutdown.
 //! - [`connection`]: one client's reader and writer after the upgrade.
 //! - [`hub`]: membership and fan-out into bounded per-client queues.
+//! - [`protocol`]: RFC 6455 frame parsing and encoding, strict, bufferless when idle.
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
 //! - [`bench`]: the load generator behind `wsrelay bench`.
@@ -35,5 +36,6 @@ pub mod connection;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
+pub mod protocol;
 pub mod server;
 pub mod tls;

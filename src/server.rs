@@ -75,7 +75,6 @@ struct Shared {
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
     path: String,
-    limits: tokio_websockets::Limits,
 }
 
 impl Server {
@@ -100,6 +99,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             close_timeout: config.client.close_timeout,
+            max_message_size: config.limits.max_message_size,
         };
         Ok(Self {
             listener,
@@ -109,8 +109,6 @@ impl Server {
                 tracker: TaskTracker::new(),
                 tls,
                 path: config.server.path.clone(),
-                limits: tokio_websockets::Limits::default()
-                    .max_payload_len(Some(config.limits.max_message_size)),
             }),
             shutdown_timeout: config.shutdown.timeout,
         })
@@ -277,14 +275,12 @@ where
     };
     match upgraded {
         Some(upgraded) => {
-            let ws = tokio_websockets::ServerBuilder::new()
-                .limits(shared.limits)
-                .serve(TokioIo::new(upgraded));
+            let io = TokioIo::new(upgraded);
             // A task of its own: this one's state is sized for the TLS and
             // HTTP phases (about 5.5 KiB), the client's needs about 1.5 KiB,
             // and an idle client should hold only what it uses.
             shared.tracker.spawn(connection::serve(
-                ws,
+                io,
                 peer,
                 subscription,
                 shared.conn.clone(),

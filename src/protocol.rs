@@ -1,0 +1,560 @@
+//! RFC 6455 on the server side: parsing what clients send, encoding what
+//! the relay sends back.
+//!
+//! The relay owns this rather than using a WebSocket library's stream so
+//! that an idle client holds no read buffer: bytes are read into a buffer
+//! shared by every client on the thread, complete frames are handled
+//! straight from it, and only the tail of a frame that has not fully arrived
+//! is kept per client. The parser is strict: masking, reserved bits,
+//! opcodes, control-frame rules, fragmentation order, close codes, and
+//! UTF-8 (checked as fragments arrive, so a bad message fails on its first
+//! bad fragment).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::hub::Frame;
+
+/// A WebSocket opcode the relay understands.
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Something a client sent that the connection must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A complete data message, already encoded as the frame the relay sends.
+    Message(Frame),
+    /// A ping; the payload goes back in a pong.
+    Ping(Bytes),
+    /// A close frame, with its code if it had one.
+    Close(Option<u16>),
+}
+
+/// Why the connection must be failed: the close code and reason to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn protocol(reason: &'static str) -> Violation {
+    Violation { code: 1002, reason }
+}
+
+/// A fragmented message being assembled.
+struct Fragmented {
+    text: bool,
+    payload: BytesMut,
+    /// Bytes of `payload` known to be valid UTF-8 (text only).
+    valid_up_to: usize,
+}
+
+/// Parses one client's frames. Holds memory only while a frame or a
+/// fragmented message is incomplete.
+pub struct Reader {
+    /// The start of a frame whose remaining bytes have not arrived yet.
+    partial: BytesMut,
+    message: Option<Fragmented>,
+    max_message: usize,
+}
+
+impl Reader {
+    pub fn new(max_message: usize) -> Self {
+        Self {
+            partial: BytesMut::new(),
+            message: None,
+            max_message,
+        }
+    }
+
+    /// Whether bytes of an incomplete frame are waiting for the rest.
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// Parses `data` (bytes just read), calling `on` for each complete
+    /// item. Stops at the first violation. `on` returns false to stop early
+    /// (e.g. after a Close); unparsed bytes are then discarded.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        on: &mut impl FnMut(Incoming) -> bool,
+    ) -> Result<(), Violation> {
+        if self.partial.is_empty() {
+            let used = self.parse(data, on)?;
+            if used < data.len() {
+                self.partial.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.partial.extend_from_slice(data);
+            let buffered = std::mem::take(&mut self.partial);
+            let used = self.parse(&buffered, on)?;
+            if used < buffered.len() {
+                self.partial = buffered;
+                let _ = self.partial.split_to(used);
+            }
+            // Otherwise `buffered` is dropped: an idle client keeps nothing.
+        }
+        Ok(())
+    }
+
+    /// Parses whole frames from `buf`; returns how many bytes were used.
+    fn parse(
+        &mut self,
+        buf: &[u8],
+        on: &mut impl FnMut(Incoming) -> bool,
+    ) -> Result<usize, Violation> {
+        let mut at = 0;
+        while let Some((header, len)) = self.header(&buf[at..])? {
+            if buf.len() - at < header + len {
+                break;
+            }
+            let b0 = buf[at];
+            let mask = [
+                buf[at + header - 4],
+                buf[at + header - 3],
+                buf[at + header - 2],
+                buf[at + header - 1],
+            ];
+            let payload = &buf[at + header..at + header + len];
+            at += header + len;
+            let fin = b0 & 0x80 != 0;
+            if let Some(item) = self.frame(fin, b0 & 0x0f, payload, mask)?
+                && !on(item)
+            {
+                return Ok(buf.len());
+            }
+        }
+        Ok(at)
+    }
+
+    /// Checks a frame header; returns (header length, payload length), or
+    /// `None` if the header itself is incomplete.
+    fn header(&self, buf: &[u8]) -> Result<Option<(usize, usize)>, Violation> {
+        let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
+            return Ok(None);
+        };
+        if b0 & 0x70 != 0 {
+            return Err(protocol("reserved bits set"));
+        }
+        let opcode = b0 & 0x0f;
+        if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+            return Err(protocol("unknown opcode"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(protocol("client frames must be masked"));
+        }
+        let (len, header) = match b1 & 0x7f {
+            126 => match buf.get(2..4) {
+                Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4 + 4),
+                None => return Ok(None),
+            },
+            127 => match buf.get(2..10) {
+                Some(b) => {
+                    let n = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                    if n >> 63 != 0 {
+                        return Err(protocol("frame length has its top bit set"));
+                    }
+                    (n, 10 + 4)
+                }
+                None => return Ok(None),
+            },
+            n => (u64::from(n), 2 + 4),
+        };
+        if opcode >= CLOSE && (b0 & 0x80 == 0 || len > 125) {
+            return Err(protocol(
+                "control frames must be final and at most 125 bytes",
+            ));
+        }
+        // Refuse on the length alone, before buffering any of it.
+        let buffered = self.message.as_ref().map_or(0, |m| m.payload.len() as u64);
+        if len + buffered > self.max_message as u64 {
+            return Err(Violation {
+                code: 1009,
+                reason: "message too big",
+            });
+        }
+        if buf.len() < header {
+            return Ok(None);
+        }
+        Ok(Some((header, len as usize)))
+    }
+
+    /// Handles one complete frame.
+    fn frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        masked: &[u8],
+        mask: [u8; 4],
+    ) -> Result<Option<Incoming>, Violation> {
+        match opcode {
+            TEXT | BINARY => {
+                if self.message.is_some() {
+                    return Err(protocol("new message inside a fragmented one"));
+                }
+                let text = opcode == TEXT;
+                if fin {
+                    let frame = Frame::from_masked(text, masked, mask);
+                    if text && std::str::from_utf8(frame.payload()).is_err() {
+                        return Err(invalid_utf8());
+                    }
+                    return Ok(Some(Incoming::Message(frame)));
+                }
+                let mut payload = BytesMut::with_capacity(masked.len());
+                put_unmasked(&mut payload, masked, mask);
+                let mut m = Fragmented {
+                    text,
+                    payload,
+                    valid_up_to: 0,
+                };
+                m.check_utf8(false)?;
+                self.message = Some(m);
+                Ok(None)
+            }
+            CONTINUATION => {
+                let Some(mut m) = self.message.take() else {
+                    return Err(protocol("continuation frame without a message to continue"));
+                };
+                put_unmasked(&mut m.payload, masked, mask);
+                m.check_utf8(fin)?;
+                if fin {
+                    return Ok(Some(Incoming::Message(Frame::new(m.text, &m.payload))));
+                }
+                self.message = Some(m);
+                Ok(None)
+            }
+            PING => {
+                let mut payload = BytesMut::with_capacity(masked.len());
+                put_unmasked(&mut payload, masked, mask);
+                Ok(Some(Incoming::Ping(payload.freeze())))
+            }
+            PONG => Ok(None),
+            CLOSE => {
+                let mut payload = BytesMut::with_capacity(masked.len());
+                put_unmasked(&mut payload, masked, mask);
+                match payload.len() {
+                    0 => Ok(Some(Incoming::Close(None))),
+                    1 => Err(protocol("close frame with a one-byte payload")),
+                    _ => {
+                        let code = u16::from_be_bytes([payload[0], payload[1]]);
+                        if !valid_close_code(code) {
+                            return Err(protocol("invalid close code"));
+                        }
+                        if std::str::from_utf8(&payload[2..]).is_err() {
+                            return Err(invalid_utf8());
+                        }
+                        Ok(Some(Incoming::Close(Some(code))))
+                    }
+                }
+            }
+            _ => Err(protocol("unknown opcode")),
+        }
+    }
+}
+
+impl Fragmented {
+    /// Validates the UTF-8 received so far; an incomplete character at the
+    /// end is fine until the final fragment.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), Violation> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.payload[self.valid_up_to..]) {
+            Ok(_) => self.valid_up_to = self.payload.len(),
+            Err(e) if e.error_len().is_none() && !fin => self.valid_up_to += e.valid_up_to(),
+            Err(_) => return Err(invalid_utf8()),
+        }
+        Ok(())
+    }
+}
+
+fn invalid_utf8() -> Violation {
+    Violation {
+        code: 1007,
+        reason: "invalid UTF-8",
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 section 7.4 and the IANA registry).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Appends one frame's payload, unmasked (each frame has its own mask).
+fn put_unmasked(out: &mut BytesMut, masked: &[u8], mask: [u8; 4]) {
+    let start = out.len();
+    out.extend_from_slice(masked);
+    unmask(&mut out[start..], mask);
+}
+
+/// XORs `buf` with the frame's mask, eight bytes at a time.
+pub(crate) fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    let m = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ m;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// A server control frame (unmasked, final).
+pub fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(2 + payload.len());
+    b.put_u8(0x80 | opcode);
+    b.put_u8(payload.len().min(125) as u8);
+    b.extend_from_slice(&payload[..payload.len().min(125)]);
+    b.freeze()
+}
+
+/// A close frame with `code` and `reason`.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    control_frame(CLOSE, &payload)
+}
+
+/// A pong answering a ping's payload.
+pub fn pong_frame(payload: &[u8]) -> Bytes {
+    control_frame(PONG, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => v.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                v.push(0x80 | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                v.push(0x80 | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        v.extend_from_slice(&MASK);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        v
+    }
+
+    fn feed_all(r: &mut Reader, data: &[u8]) -> Result<Vec<Incoming>, Violation> {
+        let mut out = Vec::new();
+        r.feed(data, &mut |i| {
+            out.push(i);
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn message(text: bool, payload: &[u8]) -> Incoming {
+        Incoming::Message(Frame::new(text, payload))
+    }
+
+    #[test]
+    fn whole_frames_at_every_length_encoding() {
+        for n in [0usize, 1, 7, 8, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let mut r = Reader::new(1 << 20);
+            assert_eq!(
+                feed_all(&mut r, &frame(true, BINARY, &payload)),
+                Ok(vec![message(false, &payload)])
+            );
+            assert!(!r.has_partial());
+        }
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_are_reassembled() {
+        let mut wire = frame(true, TEXT, "héllo".as_bytes());
+        wire.extend(frame(true, PING, b"p"));
+        wire.extend(frame(false, BINARY, b"ab"));
+        wire.extend(frame(true, CONTINUATION, b"cd"));
+        for split in 0..wire.len() {
+            let mut r = Reader::new(1024);
+            let mut got = feed_all(&mut r, &wire[..split]).unwrap();
+            got.extend(feed_all(&mut r, &wire[split..]).unwrap());
+            assert_eq!(
+                got,
+                vec![
+                    message(true, "héllo".as_bytes()),
+                    Incoming::Ping(Bytes::from_static(b"p")),
+                    message(false, b"abcd")
+                ],
+                "split at {split}"
+            );
+            assert!(!r.has_partial());
+        }
+    }
+
+    #[test]
+    fn protocol_violations() {
+        let mut reserved = frame(true, TEXT, b"x");
+        reserved[0] |= 0x20;
+        let mut unmasked = frame(true, TEXT, b"x");
+        unmasked[1] &= 0x7f;
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("reserved bit", reserved, 1002),
+            ("unmasked", unmasked, 1002),
+            ("opcode 3", frame(true, 3, b""), 1002),
+            ("opcode 0xB", frame(true, 0xB, b""), 1002),
+            ("fragmented ping", frame(false, PING, b""), 1002),
+            ("long ping", frame(true, PING, &[0; 126]), 1002),
+            ("bare continuation", frame(true, CONTINUATION, b"x"), 1002),
+            ("close with one byte", frame(true, CLOSE, &[3]), 1002),
+            (
+                "close code 1005",
+                frame(true, CLOSE, &1005u16.to_be_bytes()),
+                1002,
+            ),
+            (
+                "close code 999",
+                frame(true, CLOSE, &999u16.to_be_bytes()),
+                1002,
+            ),
+            (
+                "close code 5000",
+                frame(true, CLOSE, &5000u16.to_be_bytes()),
+                1002,
+            ),
+            (
+                "close reason not UTF-8",
+                frame(true, CLOSE, &[0x03, 0xe8, 0xff]),
+                1007,
+            ),
+            ("invalid UTF-8", frame(true, TEXT, &[0xc3, 0x28]), 1007),
+            ("too big", frame(true, BINARY, &[0; 2000]), 1009),
+            (
+                "new message inside fragmented",
+                [frame(false, TEXT, b"a"), frame(true, TEXT, b"b")].concat(),
+                1002,
+            ),
+            (
+                "fragments too big",
+                [
+                    frame(false, BINARY, &[0; 1000]),
+                    frame(true, CONTINUATION, &[0; 100]),
+                ]
+                .concat(),
+                1009,
+            ),
+        ];
+        for (name, wire, code) in cases {
+            let mut r = Reader::new(1024);
+            assert_eq!(
+                feed_all(&mut r, &wire).map_err(|v| v.code),
+                Err(code),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_from_its_header_alone() {
+        let mut r = Reader::new(1024);
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        assert_eq!(feed_all(&mut r, &header).map_err(|v| v.code), Err(1009));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_on_the_fragment_that_breaks_it() {
+        let mut r = Reader::new(1024);
+        // "κ" then the first byte of a three-byte character: fine so far.
+        assert_eq!(
+            feed_all(&mut r, &frame(false, TEXT, &[0xce, 0xba, 0xe1])),
+            Ok(vec![])
+        );
+        // 0x28 cannot continue it: fail now, before the message ends.
+        assert_eq!(
+            feed_all(&mut r, &frame(false, CONTINUATION, &[0x28])).map_err(|v| v.code),
+            Err(1007)
+        );
+        // A character split across fragments is valid.
+        let mut r = Reader::new(1024);
+        let wire = [
+            frame(false, TEXT, &[0xe2, 0x82]),
+            frame(true, CONTINUATION, &[0xac]),
+        ]
+        .concat();
+        assert_eq!(
+            feed_all(&mut r, &wire),
+            Ok(vec![message(true, "€".as_bytes())])
+        );
+        // An incomplete character at the very end is not.
+        let mut r = Reader::new(1024);
+        let wire = [
+            frame(false, TEXT, b"ok"),
+            frame(true, CONTINUATION, &[0xe2, 0x82]),
+        ]
+        .concat();
+        assert_eq!(feed_all(&mut r, &wire).map_err(|v| v.code), Err(1007));
+    }
+
+    #[test]
+    fn close_frames() {
+        let mut r = Reader::new(1024);
+        assert_eq!(
+            feed_all(&mut r, &frame(true, CLOSE, b"")),
+            Ok(vec![Incoming::Close(None)])
+        );
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice("bye ✓".as_bytes());
+        assert_eq!(
+            feed_all(&mut r, &frame(true, CLOSE, &payload)),
+            Ok(vec![Incoming::Close(Some(1000))])
+        );
+        assert_eq!(
+            &close_frame(1001, "bye")[..],
+            &[0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']
+        );
+        assert_eq!(&pong_frame(b"hi")[..], &[0x8A, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn control_frames_may_interleave_fragments() {
+        let mut r = Reader::new(1024);
+        let wire = [
+            frame(false, TEXT, b"a"),
+            frame(true, PING, b"!"),
+            frame(true, CONTINUATION, b"b"),
+        ]
+        .concat();
+        assert_eq!(
+            feed_all(&mut r, &wire),
+            Ok(vec![
+                Incoming::Ping(Bytes::from_static(b"!")),
+                message(true, b"ab")
+            ])
+        );
+    }
+
+    #[test]
+    fn unmask_matches_the_bytewise_definition() {
+        for n in 0..40 {
+            let data: Vec<u8> = (0..n).map(|i| (i * 31) as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, MASK);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ MASK[i % 4])
+                .collect();
+            assert_eq!(fast, slow);
+        }
+    }
+}
