@@ -451,8 +451,10 @@ async fn next_signal() -> &'static str {
 
 /// Runs the relay described by `config` until SIGINT or SIGTERM.
 pub async fn run(config: &Config) -> Result<(), ServerError> {
+    // Each client is a file descriptor: use all the process may have.
+    let files = raise_open_file_limit();
     let server = Server::bind(config).await?;
-    info!(url = %server.url(), addr = %server.local_addr(), "relay listening");
+    info!(url = %server.url(), addr = %server.local_addr(), open_files = files, "relay listening");
     if let Some(addr) = server.metrics_addr() {
         info!(url = %format!("http://{addr}/metrics"), addr = %addr, "metrics listening");
     }
@@ -465,9 +467,40 @@ pub async fn run(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard limit; returns the new soft limit.
+pub fn raise_open_file_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 0;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl = raised;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    let limit = rl.rlim_cur as u64;
+    limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_file_limit_is_raised_to_the_hard_limit() {
+        assert!(raise_open_file_limit() > 0);
+    }
 
     #[test]
     fn accept_key_matches_rfc_6455_example() {

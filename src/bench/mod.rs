@@ -190,10 +190,7 @@ struct Received {
 
 /// Runs the fan-out scenario against `target`.
 pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
-    process::raise_open_file_limit();
-    let dialer = Dialer::new(&target.url, target.ca_file.as_deref())
-        .await
-        .map_err(Box::new)?;
+    let dialer = prepare(target).await?;
     let total = opts.subscribers + opts.publishers;
     let rss_before = sample(target.pid)?;
     let (clients, connect) = connect_all(&dialer, target, total).await?;
@@ -309,6 +306,15 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
             Some(measured),
         ),
     })
+}
+
+/// Raises the open-file limit (every connection is a descriptor) and
+/// resolves the target once for all connections.
+async fn prepare(target: &Target) -> Result<Dialer, BenchError> {
+    crate::server::raise_open_file_limit();
+    Ok(Dialer::new(&target.url, target.ca_file.as_deref())
+        .await
+        .map_err(Box::new)?)
 }
 
 /// Sends stamped messages until the measured window ends.
@@ -586,10 +592,7 @@ pub async fn idle(
     connections: usize,
     hold: Duration,
 ) -> Result<IdleReport, BenchError> {
-    process::raise_open_file_limit();
-    let dialer = Dialer::new(&target.url, target.ca_file.as_deref())
-        .await
-        .map_err(Box::new)?;
+    let dialer = prepare(target).await?;
     let rss_before = sample(target.pid)?;
     let cpu_from = rss_before;
     let (clients, connect) = connect_all(&dialer, target, connections).await?;
@@ -651,10 +654,7 @@ pub async fn connect(
     max: usize,
     limit: Duration,
 ) -> Result<ConnectReport, BenchError> {
-    process::raise_open_file_limit();
-    let dialer = Dialer::new(&target.url, target.ca_file.as_deref())
-        .await
-        .map_err(Box::new)?;
+    let dialer = prepare(target).await?;
     let sources = source_addresses(target, &dialer, max);
     let started = Instant::now();
     let deadline = started + limit;

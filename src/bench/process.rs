@@ -1,5 +1,4 @@
-//! Reading another process's CPU time and memory from /proc, and raising
-//! this process's open-file limit.
+//! Reading another process's CPU time and memory from /proc.
 
 use std::io;
 
@@ -50,32 +49,6 @@ fn parse(stat: &str, status: &str) -> Option<Sample> {
     })
 }
 
-/// Raises the soft open-file limit to the hard limit; returns the new soft limit.
-pub fn raise_open_file_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 0;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                rl = raised;
-            }
-        }
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    let limit = rl.rlim_cur as u64;
-    limit
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +67,5 @@ mod tests {
     fn samples_this_process() {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_bytes > 0);
-        assert!(raise_open_file_limit() > 0);
     }
 }
