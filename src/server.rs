@@ -419,38 +419,63 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: Cance
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM, naming it. A second signal
-/// afterwards ends the process at once, for operators who cannot wait.
-pub async fn shutdown_signal() -> &'static str {
-    let name = next_signal().await;
-    tokio::spawn(async {
-        let again = next_signal().await;
-        warn!(signal = again, "second signal: exiting now");
-        std::process::exit(if again == "SIGINT" { 130 } else { 143 });
-    });
-    name
+/// SIGINT and SIGTERM, listened for from the moment this is created: a
+/// signal that arrives before the server starts waiting is not lost (nor
+/// does it kill the process with the default action).
+pub struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
 }
 
-async fn next_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        _ => {
-            warn!("cannot install signal handlers; only Ctrl-C will stop the relay");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+impl Signals {
+    pub fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (int, term) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        if int.is_err() || term.is_err() {
+            warn!("cannot install signal handlers; the relay may not shut down gracefully");
         }
+        Self {
+            int: int.ok(),
+            term: term.ok(),
+        }
+    }
+
+    /// The next signal's name.
+    pub async fn next(&mut self) -> &'static str {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.int) => "SIGINT",
+            () = recv(&mut self.term) => "SIGTERM",
+        }
+    }
+
+    /// Resolves on the first signal, naming it. A second signal afterwards
+    /// ends the process at once, for operators who cannot wait.
+    pub async fn shutdown(mut self) -> &'static str {
+        let name = self.next().await;
+        tokio::spawn(async move {
+            let again = self.next().await;
+            warn!(signal = again, "second signal: exiting now");
+            std::process::exit(if again == "SIGINT" { 130 } else { 143 });
+        });
+        name
     }
 }
 
 /// Runs the relay described by `config` until SIGINT or SIGTERM.
 pub async fn run(config: &Config) -> Result<(), ServerError> {
+    // Before anything is announced, so a signal sent on seeing "listening" counts.
+    let signals = Signals::install();
     // Each client is a file descriptor: use all the process may have.
     let files = raise_open_file_limit();
     let server = Server::bind(config).await?;
@@ -460,7 +485,7 @@ pub async fn run(config: &Config) -> Result<(), ServerError> {
     }
     server
         .run(async {
-            let signal = shutdown_signal().await;
+            let signal = signals.shutdown().await;
             info!(signal, "signal received");
         })
         .await;
