@@ -174,3 +174,16 @@ async fn the_cli_exits_nonzero_on_loss_unless_allowed() {
     let out = within(run(true)).await.unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_can_come_from_a_chosen_source_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let dialer = wsrelay::client::Dialer::new(&url, None).await.unwrap();
+    let source: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    // The handshake itself fails (nobody answers it); the accepted peer is what matters.
+    let connecting = tokio::spawn(async move { dialer.connect(Some(source)).await.is_ok() });
+    let (_stream, peer) = within(listener.accept()).await.unwrap();
+    assert_eq!(peer.ip(), source);
+    connecting.abort();
+}

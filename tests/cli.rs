@@ -285,3 +285,32 @@ async fn memory_stays_bounded_while_a_client_never_reads() {
     let grown = relay.rss_bytes().saturating_sub(rss_before);
     assert!(grown < 48 << 20, "RSS grew by {} MiB", grown >> 20);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = TempDir::new("jsonlog");
+    let file = dir.file(
+        "json.yaml",
+        &format!("{BASE_CONFIG}log:\n  format: json\n  level: debug\n"),
+    );
+    let mut child = binary()
+        .arg("--config-file")
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("a log line").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let event: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(event["level"], "INFO", "{first}");
+    assert_eq!(event["message"], "relay listening", "{first}");
+    let addr: std::net::SocketAddr = event["addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+}
