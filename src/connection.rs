@@ -186,13 +186,9 @@ where
     drop(queue);
 
     let (reason, close, await_peer, timeout) = match event {
-        // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
         Event::PeerClosed(code) => (
             DisconnectReason::ClientClose,
-            code.map_or_else(
-                || protocol::control_frame(0x8, &[]),
-                |c| protocol::close_frame(c, ""),
-            ),
+            protocol::close_reply(code),
             false,
             cx.close_timeout,
         ),

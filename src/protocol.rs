@@ -307,7 +307,7 @@ pub(crate) fn unmask(buf: &mut [u8], mask: [u8; 4]) {
 }
 
 /// A server control frame (unmasked, final).
-pub fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
+fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(2 + payload.len());
     b.put_u8(0x80 | opcode);
     b.put_u8(payload.len().min(125) as u8);
@@ -321,6 +321,15 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(reason.as_bytes());
     control_frame(CLOSE, &payload)
+}
+
+/// The reply to a peer's Close: its code echoed (RFC 6455 section 5.5.1),
+/// or an empty close if it sent none.
+pub fn close_reply(code: Option<u16>) -> Bytes {
+    match code {
+        Some(code) => close_frame(code, ""),
+        None => control_frame(CLOSE, &[]),
+    }
 }
 
 /// A pong answering a ping's payload.

@@ -702,39 +702,6 @@ pub async fn connect(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(sources: Vec<IpAddr>) -> Target {
-        Target {
-            url: String::new(),
-            ca_file: None,
-            sources,
-            connect_concurrency: 1,
-            pid: None,
-            progress: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn source_addresses_spread_only_when_one_address_is_not_enough() {
-        let loopback = Dialer::new("ws://127.0.0.1:9/", None).await.unwrap();
-        assert!(source_addresses(&target(vec![]), &loopback, 25_000).is_empty());
-        let spread = source_addresses(&target(vec![]), &loopback, 60_000);
-        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        assert_eq!(spread, want);
-        let given: Vec<IpAddr> = vec!["127.0.0.9".parse().unwrap()];
-        assert_eq!(
-            source_addresses(&target(given.clone()), &loopback, 10),
-            given
-        );
-    }
-}
-
 impl fmt::Display for Percentiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -850,5 +817,38 @@ impl fmt::Display for ConnectReport {
             Some(e) => writeln!(f, "first failure: {e}"),
             None => writeln!(f, "no failures"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(sources: Vec<IpAddr>) -> Target {
+        Target {
+            url: String::new(),
+            ca_file: None,
+            sources,
+            connect_concurrency: 1,
+            pid: None,
+            progress: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn source_addresses_spread_only_when_one_address_is_not_enough() {
+        let loopback = Dialer::new("ws://127.0.0.1:9/", None).await.unwrap();
+        assert!(source_addresses(&target(vec![]), &loopback, 25_000).is_empty());
+        let spread = source_addresses(&target(vec![]), &loopback, 60_000);
+        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(spread, want);
+        let given: Vec<IpAddr> = vec!["127.0.0.9".parse().unwrap()];
+        assert_eq!(
+            source_addresses(&target(given.clone()), &loopback, 10),
+            given
+        );
     }
 }
