@@ -173,7 +173,7 @@ impl Server {
         }
         drop(listener);
 
-        info!(clients = cx.hub.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
+        info!(clients = cx.metrics.connections_active.get(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
         // Cancel first, then clear: a client woken by the clear (or joining
         // after it) finds the token cancelled and closes with 1001.
         cx.shutdown.cancel();
@@ -184,11 +184,12 @@ impl Server {
             .is_err()
         {
             warn!(
-                clients = cx.hub.len(),
+                clients = cx.metrics.connections_active.get(),
                 "shutdown timeout passed; dropping remaining clients"
             );
             cx.force.cancel();
-            // Every task selects on `force`, so this is quick; bound it anyway.
+            // Closing clients race `force` and handshakes race the shutdown
+            // token, so this is quick; bound it anyway.
             let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
         }
         metrics_stop.cancel();
