@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub path: String,
     /// Serve `wss://` with this certificate and key; absent means plain `ws://`.
     pub tls: Option<TlsConfig>,
+    /// Origins whose pages may connect (exact, or `https://*.example.com`);
+    /// empty allows any. Others get 403 before the upgrade.
+    #[serde(deserialize_with = "de_origins")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +49,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             path: "/".to_owned(),
             tls: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -108,12 +113,18 @@ pub struct LimitsConfig {
     /// Largest message (and frame) a client may send; larger gets close 1009.
     #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
     pub max_message_size: usize,
+    /// Most clients connected at once (0: no cap); more get 503 before the upgrade.
+    pub max_connections: usize,
+    /// Most clients from one IP address at once (0: no cap); more get 429.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_size: 1 << 20,
+            max_connections: 0,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -342,6 +353,12 @@ fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(p)
 }
 
+fn de_origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let origins = Vec::<String>::deserialize(d)?;
+    crate::origin::OriginPolicy::new(&origins).map_err(serde::de::Error::custom)?;
+    Ok(origins)
+}
+
 fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let level = String::deserialize(d)?;
     tracing_subscriber::EnvFilter::builder()
@@ -430,6 +447,9 @@ mod tests {
 
         let e = parse("server:\n  path: ws\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("server.path"));
+
+        let e = parse("server:\n  allowed_origins: [\"example.com\"]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.allowed_origins"));
     }
 
     #[test]

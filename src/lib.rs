@@ -11,6 +11,8 @@
 //! - [`connection`]: one client's reader and writer after the upgrade.
 //! - [`hub`]: membership and fan-out into bounded per-client queues.
 //! - [`protocol`]: RFC 6455 frame parsing and encoding, strict, bufferless when idle.
+//! - [`limits`]: caps on concurrent clients, checked before the upgrade.
+//! - [`origin`]: the `Origin` allowlist.
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
 //! - [`bench`]: the load generator behind `wsrelay bench`.
@@ -34,8 +36,10 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod origin;
 pub mod protocol;
 pub mod server;
 pub mod tls;

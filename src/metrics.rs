@@ -66,15 +66,30 @@ pub enum RejectReason {
     Tls,
     /// The HTTP request was not a valid WebSocket upgrade (4xx sent).
     BadRequest,
+    /// The page's origin is not allowed (403).
+    Origin,
+    /// `limits.max_connections` was reached (503).
+    MaxConnections,
+    /// `limits.max_connections_per_ip` was reached for its address (429).
+    MaxConnectionsPerIp,
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 2] = [Self::Tls, Self::BadRequest];
+    pub const ALL: [Self; 5] = [
+        Self::Tls,
+        Self::BadRequest,
+        Self::Origin,
+        Self::MaxConnections,
+        Self::MaxConnectionsPerIp,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tls => "tls",
             Self::BadRequest => "bad_request",
+            Self::Origin => "origin",
+            Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
         }
     }
 }

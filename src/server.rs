@@ -38,7 +38,9 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::connection::{self, ConnectionContext};
 use crate::hub::{Hub, Subscription};
+use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::{self, Metrics, RejectReason};
+use crate::origin::OriginPolicy;
 use crate::tls::{self, TlsError};
 
 /// How long a client may take over its TLS handshake and HTTP request.
@@ -58,6 +60,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("invalid server.allowed_origins: {0}")]
+    Origins(String),
 }
 
 /// A relay whose listeners are bound and ready; [`Server::run`] serves it.
@@ -75,6 +79,8 @@ struct Shared {
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
     path: String,
+    origins: OriginPolicy,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl Server {
@@ -109,6 +115,12 @@ impl Server {
                 tracker: TaskTracker::new(),
                 tls,
                 path: config.server.path.clone(),
+                origins: OriginPolicy::new(&config.server.allowed_origins)
+                    .map_err(ServerError::Origins)?,
+                limits: ConnectionLimits::new(
+                    config.limits.max_connections,
+                    config.limits.max_connections_per_ip,
+                ),
             }),
             shutdown_timeout: config.shutdown.timeout,
         })
@@ -237,20 +249,28 @@ where
     // WebSocket runs on this same task once hyper lets go of the socket.
     // The client joins the hub before its 101 is sent: once a client sees
     // the handshake complete, it hears every message published after it.
-    let slot: Arc<Mutex<Option<(OnUpgrade, Subscription)>>> = Arc::default();
+    let slot: Arc<Mutex<Option<Admitted>>> = Arc::default();
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         service_fn(move |mut req: Request<Incoming>| {
-            let response = upgrade_response(&req, &shared.path);
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let pending = (hyper::upgrade::on(&mut req), shared.conn.hub.join());
-                if let Some((_, old)) = lock(&slot).replace(pending) {
-                    shared.conn.hub.leave(old.id);
+            let response = match admit(&req, peer, &shared) {
+                Decision::Upgrade(response, permit) => {
+                    let admitted = Admitted {
+                        upgrade: hyper::upgrade::on(&mut req),
+                        subscription: shared.conn.hub.join(),
+                        _permit: permit,
+                    };
+                    if let Some(old) = lock(&slot).replace(admitted) {
+                        shared.conn.hub.leave(old.subscription.id);
+                    }
+                    response
                 }
-            } else {
-                shared.conn.metrics.rejected(RejectReason::BadRequest);
-                debug!(%peer, status = %response.status(), uri = %req.uri(), "request refused");
-            }
+                Decision::Refuse(reason, response) => {
+                    shared.conn.metrics.rejected(reason);
+                    debug!(%peer, status = %response.status(), uri = %req.uri(), reason = reason.as_str(), "request refused");
+                    response
+                }
+            };
             std::future::ready(Ok::<_, Infallible>(response))
         })
     };
@@ -264,11 +284,16 @@ where
         r = conn => r.map_err(|e| debug!(%peer, error = %e, "HTTP connection failed")).is_ok(),
         () = shared.conn.shutdown.cancelled() => false,
     };
-    let Some((on_upgrade, subscription)) = lock(&slot).take() else {
+    let Some(admitted) = lock(&slot).take() else {
         return;
     };
+    let Admitted {
+        upgrade,
+        subscription,
+        _permit: permit,
+    } = admitted;
     let upgraded = match served {
-        true => on_upgrade
+        true => upgrade
             .await
             .map_err(|e| debug!(%peer, error = %e, "upgrade failed"))
             .ok(),
@@ -277,17 +302,63 @@ where
     match upgraded {
         Some(upgraded) => {
             let io = TokioIo::new(upgraded);
+            let cx = shared.conn.clone();
             // A task of its own: this one's state is sized for the TLS and
             // HTTP phases (about 5.5 KiB), the client's needs about 1.5 KiB,
             // and an idle client should hold only what it uses.
-            shared.tracker.spawn(connection::serve(
-                io,
-                peer,
-                subscription,
-                shared.conn.clone(),
-            ));
+            shared.tracker.spawn(async move {
+                connection::serve(io, peer, subscription, cx).await;
+                drop(permit);
+            });
         }
         None => shared.conn.hub.leave(subscription.id),
+    }
+}
+
+/// A request that passed every check, waiting for hyper to hand over its socket.
+struct Admitted {
+    upgrade: OnUpgrade,
+    /// Joined before the 101 is sent.
+    subscription: Subscription,
+    /// The client's place under the connection caps, held for its lifetime.
+    _permit: Permit,
+}
+
+/// What to do with a request on the WebSocket listener.
+enum Decision {
+    /// Answer 101; the permit is the client's place under the caps.
+    Upgrade(Response<Full<Bytes>>, Permit),
+    /// Answer with this refusal, counted under this reason.
+    Refuse(RejectReason, Response<Full<Bytes>>),
+}
+
+/// Decides a request: protocol checks, then the Origin allowlist, then the caps.
+fn admit(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Decision {
+    let response = upgrade_response(req, &shared.path);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Decision::Refuse(RejectReason::BadRequest, response);
+    }
+    let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
+    if !shared.origins.allows(origin) {
+        let refusal = refuse(StatusCode::FORBIDDEN, "origin not allowed");
+        return Decision::Refuse(RejectReason::Origin, refusal);
+    }
+    match shared.limits.try_acquire(peer.ip()) {
+        Ok(permit) => Decision::Upgrade(response, permit),
+        Err(LimitExceeded::Total) => Decision::Refuse(
+            RejectReason::MaxConnections,
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections; try again later",
+            ),
+        ),
+        Err(LimitExceeded::PerIp) => Decision::Refuse(
+            RejectReason::MaxConnectionsPerIp,
+            refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            ),
+        ),
     }
 }
 

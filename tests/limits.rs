@@ -1,0 +1,113 @@
+//! Protections applied before the upgrade: connection caps and the Origin
+//! allowlist. Refused clients get an HTTP status, never a WebSocket.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio_websockets::Message;
+
+/// Sends an upgrade request (with extra headers) from `source`; returns the
+/// status line and the socket.
+async fn handshake(addr: SocketAddr, source: &str, extra: &str) -> (String, tokio::net::TcpStream) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = within(socket.connect(addr)).await.unwrap();
+    let request = UPGRADE_REQUEST.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if within(s.read(&mut byte)).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (status, s)
+}
+
+fn rejected(reason: &str) -> String {
+    format!("wsrelay_rejected_connections_total{{reason=\"{reason}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_with_503_until_a_place_frees() {
+    let mut config = test_config();
+    config.limits.max_connections = 2;
+    let server = start(config).await;
+    let mut a = server.client().await;
+    let _b = server.client().await;
+
+    let (status, _) = handshake(server.addr, "127.0.0.1", "").await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    server.wait_metric(&rejected("max_connections"), 1).await;
+
+    // The two admitted clients still relay.
+    a.send(Message::text("still fine")).await.unwrap();
+    assert_eq!(recv(&mut a).await.as_text(), Some("still fine"));
+
+    // One leaves; its place goes to the next client.
+    a.close().await.unwrap();
+    server.wait_metric("wsrelay_connections_active", 1).await;
+    let (status, _) = handshake(server.addr, "127.0.0.1", "").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    assert_eq!(server.metric("wsrelay_connections_total").await, 3);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_ip_refuses_with_429_per_address() {
+    let mut config = test_config();
+    config.limits.max_connections_per_ip = 1;
+    let server = start(config).await;
+    let (first, _held) = handshake(server.addr, "127.0.0.1", "").await;
+    assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+    let (second, _) = handshake(server.addr, "127.0.0.1", "").await;
+    assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+    // Another address has its own allowance.
+    let (other, _held2) = handshake(server.addr, "127.0.0.2", "").await;
+    assert!(other.starts_with("HTTP/1.1 101"), "{other}");
+    server
+        .wait_metric(&rejected("max_connections_per_ip"), 1)
+        .await;
+    server.wait_metric("wsrelay_connections_active", 2).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_allowlist_refuses_other_pages_with_403() {
+    let mut config = test_config();
+    config.server.allowed_origins = vec![
+        "https://app.example.com".into(),
+        "https://*.example.org".into(),
+    ];
+    let server = start(config).await;
+    let cases = [
+        ("Origin: https://app.example.com\r\n", "101"),
+        ("Origin: https://chat.example.org\r\n", "101"),
+        ("", "101"),
+        ("Origin: https://evil.example.net\r\n", "403"),
+        ("Origin: https://example.org\r\n", "403"),
+    ];
+    let mut held = Vec::new();
+    for (header, want) in cases {
+        let (status, s) = handshake(server.addr, "127.0.0.1", header).await;
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {want}")),
+            "{header:?}: {status}"
+        );
+        held.push(s);
+    }
+    server.wait_metric(&rejected("origin"), 2).await;
+    server.wait_metric("wsrelay_connections_active", 3).await;
+    server.stop().await;
+}
