@@ -117,6 +117,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Most clients from one IP address at once (0: no cap); more get 429.
     pub max_connections_per_ip: usize,
+    /// Longest a client may take from TCP accept to its 101 (TLS included);
+    /// slower ones are dropped.
+    #[serde(with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -125,6 +129,7 @@ impl Default for LimitsConfig {
             max_message_size: 1 << 20,
             max_connections: 0,
             max_connections_per_ip: 0,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

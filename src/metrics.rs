@@ -72,15 +72,18 @@ pub enum RejectReason {
     MaxConnections,
     /// `limits.max_connections_per_ip` was reached for its address (429).
     MaxConnectionsPerIp,
+    /// The TLS handshake and HTTP request took longer than `limits.handshake_timeout`.
+    HandshakeTimeout,
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Tls,
         Self::BadRequest,
         Self::Origin,
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
+        Self::HandshakeTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl RejectReason {
             Self::Origin => "origin",
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

@@ -43,8 +43,8 @@ use crate::metrics::{self, Metrics, RejectReason};
 use crate::origin::OriginPolicy;
 use crate::tls::{self, TlsError};
 
-/// How long a client may take over its TLS handshake and HTTP request.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a metrics client may take to send its request.
+const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest HTTP request head accepted before the upgrade.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -81,6 +81,8 @@ struct Shared {
     path: String,
     origins: OriginPolicy,
     limits: Arc<ConnectionLimits>,
+    /// How long a client may take from TCP accept to its 101 (TLS included).
+    handshake_timeout: Duration,
 }
 
 impl Server {
@@ -117,6 +119,7 @@ impl Server {
                 path: config.server.path.clone(),
                 origins: OriginPolicy::new(&config.server.allowed_origins)
                     .map_err(ServerError::Origins)?,
+                handshake_timeout: config.limits.handshake_timeout,
                 limits: ConnectionLimits::new(
                     config.limits.max_connections,
                     config.limits.max_connections_per_ip,
@@ -220,29 +223,36 @@ async fn handle_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     // Relayed messages are small and latency matters more than packet count;
     // the writer batches frames itself.
     let _ = stream.set_nodelay(true);
+    // One deadline for the whole handshake, so a slow TLS handshake cannot
+    // buy a slow HTTP request more time (slowloris).
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let Some(acceptor) = &shared.tls else {
-        return serve_http(stream, peer, shared).await;
+        return serve_http(stream, peer, shared, deadline).await;
     };
     let accepted = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
         () = shared.conn.shutdown.cancelled() => return,
     };
     match accepted {
-        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, shared).await,
+        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, shared, deadline).await,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
             shared.conn.metrics.rejected(RejectReason::Tls);
         }
         Err(_) => {
             debug!(%peer, "TLS handshake timed out");
-            shared.conn.metrics.rejected(RejectReason::Tls);
+            shared.conn.metrics.rejected(RejectReason::HandshakeTimeout);
         }
     }
 }
 
 /// Reads HTTP requests until one upgrades, then starts the WebSocket client.
-async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
-where
+async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    deadline: tokio::time::Instant,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The service hands the pending upgrade back through this slot, so the
@@ -276,12 +286,21 @@ where
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        // The handshake deadline below is what counts; hyper's own timer is
+        // only a backstop, so it must not fire first.
+        .header_read_timeout(shared.handshake_timeout + Duration::from_secs(1))
         .max_buf_size(MAX_REQUEST_HEAD)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let served = tokio::select! {
-        r = conn => r.map_err(|e| debug!(%peer, error = %e, "HTTP connection failed")).is_ok(),
+        r = tokio::time::timeout_at(deadline, conn) => match r {
+            Ok(r) => r.map_err(|e| debug!(%peer, error = %e, "HTTP connection failed")).is_ok(),
+            Err(_) => {
+                debug!(%peer, "handshake timed out");
+                shared.conn.metrics.rejected(RejectReason::HandshakeTimeout);
+                false
+            }
+        },
         () = shared.conn.shutdown.cancelled() => false,
     };
     let Some(admitted) = lock(&slot).take() else {
@@ -484,7 +503,7 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: Cance
             let service = service_fn(move |req| metrics::handle_http(req, metrics.clone()));
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .header_read_timeout(METRICS_REQUEST_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

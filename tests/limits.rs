@@ -111,3 +111,71 @@ async fn origin_allowlist_refuses_other_pages_with_403() {
     server.wait_metric("wsrelay_connections_active", 3).await;
     server.stop().await;
 }
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = within(s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handshakes_are_dropped_at_the_timeout() {
+    let mut config = test_config();
+    config.limits.handshake_timeout = std::time::Duration::from_millis(300);
+    let server = start(config).await;
+    // Says nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Dribbles half a request and stalls (slowloris).
+    let mut dribbler = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    dribbler
+        .write_all(b"GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut silent).await.is_empty());
+    assert!(read_until_closed(&mut dribbler).await.is_empty());
+    server.wait_metric(&rejected("handshake_timeout"), 2).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_gets_431() {
+    let server = start(test_config()).await;
+    let flood: String = (0..400)
+        .map(|i| format!("X-Flood-{i}: {}\r\n", "a".repeat(40)))
+        .collect();
+    let (status, _) = handshake(server.addr, "127.0.0.1", &flood).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    assert_eq!(server.metric("wsrelay_connections_total").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_half_open_handshakes_do_not_stop_real_clients() {
+    let mut config = test_config();
+    config.limits.handshake_timeout = std::time::Duration::from_secs(2);
+    let server = start(config).await;
+    let mut half_open = Vec::new();
+    for _ in 0..1000 {
+        let mut s = within(tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n")
+            .await
+            .unwrap();
+        half_open.push(s);
+    }
+    // A real client meanwhile connects and relays as usual.
+    let mut ws = server.client().await;
+    ws.send(Message::text("not blocked")).await.unwrap();
+    assert_eq!(recv(&mut ws).await.as_text(), Some("not blocked"));
+    // Every half-open one is dropped once its time is up.
+    for s in &mut half_open {
+        assert!(read_until_closed(s).await.is_empty());
+    }
+    server
+        .wait_metric(&rejected("handshake_timeout"), 1000)
+        .await;
+    assert_eq!(server.metric("wsrelay_connections_active").await, 1);
+    server.stop().await;
+}
