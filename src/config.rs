@@ -121,6 +121,22 @@ pub struct LimitsConfig {
     /// slower ones are dropped.
     #[serde(with = "humantime_serde_compat")]
     pub handshake_timeout: Duration,
+    /// Messages per second one client may send on average (0: no limit).
+    pub messages_per_second: u32,
+    /// Messages one client may send in a burst (0: one second's worth).
+    pub burst: u32,
+    /// What happens to a client over its rate.
+    pub on_rate_exceeded: OnRateExceeded,
+}
+
+/// What happens to a client that sends faster than its rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRateExceeded {
+    /// Close it with 1008 "rate limit exceeded".
+    Close,
+    /// Drop the excess messages and keep the client.
+    Drop,
 }
 
 impl Default for LimitsConfig {
@@ -130,6 +146,9 @@ impl Default for LimitsConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
             handshake_timeout: Duration::from_secs(10),
+            messages_per_second: 0,
+            burst: 0,
+            on_rate_exceeded: OnRateExceeded::Close,
         }
     }
 }

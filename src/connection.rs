@@ -37,8 +37,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::OnRateExceeded;
 use crate::hub::{Frame, Hub, Subscription};
-use crate::metrics::{DisconnectReason, Metrics};
+use crate::limits::RateLimit;
+use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
 
 /// Most messages, and about the most payload bytes, taken from the queue
@@ -87,6 +89,9 @@ pub struct ConnectionContext {
     pub close_timeout: Duration,
     /// Largest message (and frame) a client may send.
     pub max_message_size: usize,
+    /// Messages per second and burst per client (0 per second: no limit).
+    pub rate_limit: (u32, u32),
+    pub on_rate_exceeded: OnRateExceeded,
 }
 
 /// What ended a client's active phase.
@@ -99,6 +104,8 @@ enum Event {
     Eof(Option<io::Error>),
     /// The hub dropped this client because its queue was full.
     Evicted,
+    /// It sent faster than its rate limit allows.
+    RateLimited,
     Shutdown,
     WriteFailed(io::Error),
 }
@@ -141,6 +148,7 @@ where
 {
     let mut reader = Reader::new(cx.max_message_size);
     let mut outbox = Outbox::default();
+    let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
 
     let event = poll_fn(|task| {
         if cx.shutdown.is_cancelled() {
@@ -163,6 +171,17 @@ where
                 cx.metrics
                     .bytes_received
                     .inc_by(frame.payload().len() as u64);
+                if let Some(rate) = rate.as_mut()
+                    && !rate.allow(std::time::Instant::now())
+                {
+                    return match cx.on_rate_exceeded {
+                        OnRateExceeded::Close => Some(Event::RateLimited),
+                        OnRateExceeded::Drop => {
+                            cx.metrics.dropped(DropReason::RateLimit, 1);
+                            None
+                        }
+                    };
+                }
                 cx.hub.publish(&frame);
                 None
             }
@@ -212,7 +231,7 @@ where
             return DisconnectReason::WriteError;
         }
         Event::Evicted => {
-            cx.metrics.messages_dropped.inc_by(dropped as u64);
+            cx.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
             (
                 DisconnectReason::SlowConsumer,
                 protocol::close_frame(1008, "slow consumer"),
@@ -220,6 +239,12 @@ where
                 cx.close_timeout,
             )
         }
+        Event::RateLimited => (
+            DisconnectReason::RateLimit,
+            protocol::close_frame(1008, "rate limit exceeded"),
+            true,
+            cx.close_timeout,
+        ),
         Event::Shutdown => (
             DisconnectReason::Shutdown,
             protocol::close_frame(1001, "server shutting down"),

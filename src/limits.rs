@@ -1,11 +1,13 @@
-//! Connection limits, enforced before the upgrade: a refused client gets an
-//! HTTP status (503 for the relay-wide cap, 429 for the per-address cap),
-//! never a WebSocket that is then closed.
+//! Limits on clients: connection caps, enforced before the upgrade (a
+//! refused client gets an HTTP status, 503 for the relay-wide cap and 429
+//! for the per-address cap, never a WebSocket that is then closed), and the
+//! per-connection message rate.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// Caps on concurrent clients; 0 means no cap.
 pub struct ConnectionLimits {
@@ -84,6 +86,46 @@ impl Drop for Permit {
     }
 }
 
+/// A token bucket: `rate` messages per second on average, bursts of up to
+/// `burst`. Sixteen bytes per client, and only for clients with a limit.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: f32,
+    burst: f32,
+    tokens: f32,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// `None` when `per_second` is 0 (no limit). A `burst` of 0 means one
+    /// second's worth.
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        if per_second == 0 {
+            return None;
+        }
+        let burst = if burst == 0 { per_second } else { burst } as f32;
+        Some(Self {
+            rate: per_second as f32,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        })
+    }
+
+    /// Takes a token for one message at `now`; false if there is none.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +160,20 @@ mod tests {
         drop(a);
         let _c = l.try_acquire(ip("10.0.0.1")).unwrap();
         assert_eq!(l.active(), 2);
+    }
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        use std::time::Duration;
+        assert!(RateLimit::new(0, 5).is_none());
+        let mut r = RateLimit::new(10, 3).unwrap();
+        let t0 = Instant::now();
+        assert_eq!((0..5).filter(|_| r.allow(t0)).count(), 3);
+        // 10 per second: one more token every 100 ms, never above the burst.
+        assert!(r.allow(t0 + Duration::from_millis(100)));
+        assert!(!r.allow(t0 + Duration::from_millis(110)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| r.allow(later)).count(), 3);
     }
 
     #[test]

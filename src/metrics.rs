@@ -34,16 +34,19 @@ pub enum DisconnectReason {
     WriteError,
     /// The server shut down and closed it with 1001.
     Shutdown,
+    /// It sent faster than `limits.messages_per_second` allows; closed with 1008.
+    RateLimit,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
         Self::SlowConsumer,
         Self::WriteError,
         Self::Shutdown,
+        Self::RateLimit,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -55,6 +58,7 @@ impl DisconnectReason {
             Self::SlowConsumer => "slow_consumer",
             Self::WriteError => "write_error",
             Self::Shutdown => "shutdown",
+            Self::RateLimit => "rate_limit",
         }
     }
 }
@@ -98,6 +102,26 @@ impl RejectReason {
     }
 }
 
+/// Why a message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Still queued for a client evicted as a slow consumer.
+    SlowConsumer,
+    /// Sent over `limits.messages_per_second` with `on_rate_exceeded: drop`.
+    RateLimit,
+}
+
+impl DropReason {
+    pub const ALL: [Self; 2] = [Self::SlowConsumer, Self::RateLimit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+}
+
 type ReasonLabel = [(&'static str, &'static str); 1];
 
 /// The relay's metrics. Cheap to share: every field is a handle onto an atomic.
@@ -119,8 +143,7 @@ pub struct Metrics {
     pub messages_sent: Counter,
     /// Payload bytes of data messages written to clients' sockets.
     pub bytes_sent: Counter,
-    /// Messages discarded because their client was being disconnected as a slow consumer.
-    pub messages_dropped: Counter,
+    dropped: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,7 +165,7 @@ impl Metrics {
             bytes_received: Counter::default(),
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
-            messages_dropped: Counter::default(),
+            dropped: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -193,14 +216,17 @@ impl Metrics {
         );
         r.register(
             "dropped_messages",
-            "Queued messages discarded when their client was disconnected as a slow consumer",
-            m.messages_dropped.clone(),
+            "Messages not delivered, by reason: queued for an evicted slow consumer, or over a client's rate limit",
+            m.dropped.clone(),
         );
         // Create every labelled series up front so they read 0, not absent.
         for reason in DisconnectReason::ALL {
             let _ = m
                 .disconnections_by_reason
                 .get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in DropReason::ALL {
+            let _ = m.dropped.get_or_create(&[("reason", reason.as_str())]);
         }
         for reason in RejectReason::ALL {
             let _ = m.rejected.get_or_create(&[("reason", reason.as_str())]);
@@ -221,6 +247,13 @@ impl Metrics {
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
         self.connections_active.dec();
+    }
+
+    /// `n` messages were not delivered.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc_by(n);
     }
 
     /// A connection attempt was turned away before the upgrade.
@@ -289,7 +322,8 @@ mod tests {
             "wsrelay_messages_delivered_total 0",
             "wsrelay_received_bytes_total 0",
             "wsrelay_sent_bytes_total 0",
-            "wsrelay_dropped_messages_total 0",
+            "wsrelay_dropped_messages_total{reason=\"slow_consumer\"} 0",
+            "wsrelay_dropped_messages_total{reason=\"rate_limit\"} 0",
             "wsrelay_rejected_connections_total{reason=\"bad_request\"} 0",
         ] {
             assert!(

@@ -108,6 +108,8 @@ impl Server {
             force: CancellationToken::new(),
             close_timeout: config.client.close_timeout,
             max_message_size: config.limits.max_message_size,
+            rate_limit: (config.limits.messages_per_second, config.limits.burst),
+            on_rate_exceeded: config.limits.on_rate_exceeded,
         };
         Ok(Self {
             listener,

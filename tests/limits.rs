@@ -179,3 +179,80 @@ async fn a_thousand_half_open_handshakes_do_not_stop_real_clients() {
     assert_eq!(server.metric("wsrelay_connections_active").await, 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_closed_with_1008() {
+    let mut config = test_config();
+    config.limits.messages_per_second = 1;
+    config.limits.burst = 3;
+    let server = start(config).await;
+    let mut observer = server.client().await;
+    let mut flooder = server.client().await;
+    for i in 0..10 {
+        flooder.send(Message::text(i.to_string())).await.unwrap();
+    }
+    assert_eq!(recv_close(&mut flooder).await, 1008);
+    // Answer the close, as a well-behaved client does.
+    let _ = within(flooder.close()).await;
+    // The burst went through, in order; the flood did not.
+    for i in 0..3 {
+        assert_eq!(
+            recv(&mut observer).await.as_text(),
+            Some(i.to_string().as_str())
+        );
+    }
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"rate_limit\"}",
+            1,
+        )
+        .await;
+    // Everyone else carries on, with a rate of their own.
+    observer.send(Message::text("mine")).await.unwrap();
+    loop {
+        let m = recv(&mut observer).await;
+        if m.as_text() == Some("mine") {
+            break;
+        }
+        // At most one more of the flood, if a token was refilled in between.
+        assert_eq!(m.as_text(), Some("3"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_drop_the_excess_is_dropped_and_the_client_stays() {
+    let mut config = test_config();
+    config.limits.messages_per_second = 1;
+    config.limits.burst = 3;
+    config.limits.on_rate_exceeded = wsrelay::config::OnRateExceeded::Drop;
+    let server = start(config).await;
+    let mut observer = server.client().await;
+    let mut flooder = server.client().await;
+    for i in 0..20 {
+        flooder.send(Message::text(i.to_string())).await.unwrap();
+    }
+    server.wait_metric("wsrelay_messages_total", 20).await;
+    let dropped = server
+        .metric("wsrelay_dropped_messages_total{reason=\"rate_limit\"}")
+        .await;
+    // 3 in the burst, plus one per second the flood took to arrive.
+    assert!((10..=17).contains(&dropped), "dropped {dropped}");
+    let passed = 20 - dropped;
+    let mut last = -1;
+    for _ in 0..passed {
+        let n: i64 = recv(&mut observer)
+            .await
+            .as_text()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n > last, "order kept");
+        last = n;
+    }
+    // Nothing else of the flood follows: the next message is the observer's own.
+    observer.send(Message::text("mine")).await.unwrap();
+    assert_eq!(recv(&mut observer).await.as_text(), Some("mine"));
+    assert_eq!(server.metric("wsrelay_connections_active").await, 2);
+    server.stop().await;
+}

@@ -148,7 +148,13 @@ async fn clean_close_and_reset_are_each_counted_once() {
     server.wait_metric("wsrelay_connections_active", 0).await;
     assert_eq!(server.metric("wsrelay_connections_total").await, 2);
     assert_eq!(server.metric("wsrelay_disconnections_total").await, 2);
-    for reason in ["protocol_error", "slow_consumer", "write_error", "shutdown"] {
+    for reason in [
+        "protocol_error",
+        "slow_consumer",
+        "write_error",
+        "shutdown",
+        "rate_limit",
+    ] {
         let series = format!("wsrelay_disconnections_by_reason_total{{reason=\"{reason}\"}}");
         assert_eq!(server.metric(&series).await, 0, "{series}");
     }
@@ -210,7 +216,12 @@ async fn a_client_that_never_reads_is_evicted_without_slowing_the_others() {
         )
         .await;
     // Its queue was discarded at eviction instead of being held.
-    assert!(server.metric("wsrelay_dropped_messages_total").await > 0);
+    assert!(
+        server
+            .metric("wsrelay_dropped_messages_total{reason=\"slow_consumer\"}")
+            .await
+            > 0
+    );
     assert_eq!(server.metric("wsrelay_connections_active").await, 2);
     server.stop().await;
 }
