@@ -267,19 +267,13 @@ async fn memory_stays_bounded_while_a_client_never_reads() {
         .unwrap();
     let rss_before = relay.rss_bytes();
 
-    let payload = Bytes::from(vec![7u8; SIZE]);
-    for i in 0..MESSAGES {
-        publisher
-            .send(Message::binary(payload.clone()))
-            .await
-            .unwrap();
-        if i >= WINDOW {
-            assert_eq!(recv(&mut publisher).await.as_payload().len(), SIZE);
-        }
-    }
-    for _ in 0..WINDOW {
-        recv(&mut publisher).await;
-    }
+    publish_windowed(
+        &mut publisher,
+        Bytes::from(vec![7u8; SIZE]),
+        MESSAGES,
+        WINDOW,
+    )
+    .await;
     // 250 MiB went through while one client read nothing; the relay held
     // at most its queue, one write batch and socket buffers for it.
     let grown = relay.rss_bytes().saturating_sub(rss_before);

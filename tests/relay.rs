@@ -187,19 +187,13 @@ async fn a_client_that_never_reads_is_evicted_without_slowing_the_others() {
         }
         reader
     });
-    let payload = Bytes::from(vec![b'x'; SIZE]);
-    for i in 0..MESSAGES {
-        publisher
-            .send(Message::binary(payload.clone()))
-            .await
-            .unwrap();
-        if i >= WINDOW {
-            assert!(recv(&mut publisher).await.is_binary());
-        }
-    }
-    for _ in 0..WINDOW {
-        assert!(recv(&mut publisher).await.is_binary());
-    }
+    publish_windowed(
+        &mut publisher,
+        Bytes::from(vec![b'x'; SIZE]),
+        MESSAGES,
+        WINDOW,
+    )
+    .await;
     // 48 MiB went to the reader while the stalled client sat there.
     let _reader = within(reading).await.unwrap();
     // By now the stalled client's queue and socket buffers overflowed many

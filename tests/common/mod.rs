@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -141,6 +141,28 @@ pub async fn recv(ws: &mut ClientStream) -> Message {
         }
     })
     .await
+}
+
+/// Publishes `count` copies of a binary `payload`, keeping at most `window`
+/// of its own messages in flight (each echo frees a slot), so the publisher
+/// paces itself to the relay and never becomes a slow consumer. Checks each
+/// echo; returns once all have come back.
+pub async fn publish_windowed(
+    ws: &mut ClientStream,
+    payload: bytes::Bytes,
+    count: usize,
+    window: usize,
+) {
+    for i in 0..count + window {
+        if i < count {
+            ws.send(Message::binary(payload.clone())).await.unwrap();
+        }
+        if i >= window {
+            let echo = recv(ws).await;
+            assert!(echo.is_binary(), "echo {}: {echo:?}", i - window);
+            assert_eq!(echo.as_payload().len(), payload.len());
+        }
+    }
 }
 
 /// The close code a client receives, reading past any data messages.
