@@ -95,6 +95,13 @@ pub struct ClientConfig {
     /// is dropped.
     #[serde(with = "humantime_serde_compat")]
     pub close_timeout: Duration,
+    /// How often the server pings every client ("0s": never, and no idle timeout).
+    #[serde(with = "humantime_serde_compat")]
+    pub ping_interval: Duration,
+    /// A client that sends nothing, not even a pong, for this long is closed
+    /// (checked once per ping interval).
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -102,6 +109,8 @@ impl Default for ClientConfig {
         Self {
             queue_messages: 1024,
             close_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -28,6 +28,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,6 +93,46 @@ pub struct ConnectionContext {
     /// Messages per second and burst per client (0 per second: no limit).
     pub rate_limit: (u32, u32),
     pub on_rate_exceeded: OnRateExceeded,
+    /// Server pings and the idle timeout; `None` when pings are off.
+    pub keepalive: Option<KeepAlive>,
+}
+
+/// A coarse clock that advances once per ping interval, when the server
+/// pings every client through the hub. A client remembers the tick at which
+/// it last heard from its peer; checking for idleness is one atomic load,
+/// and no client needs a timer of its own.
+pub struct KeepAlive {
+    tick: AtomicU32,
+    /// Whole ping intervals of silence after which a client is idle.
+    idle_ticks: u32,
+}
+
+impl KeepAlive {
+    pub fn new(ping_interval: Duration, idle_timeout: Duration) -> Option<Self> {
+        if ping_interval.is_zero() {
+            return None;
+        }
+        let ticks = idle_timeout.as_secs_f64() / ping_interval.as_secs_f64();
+        Some(Self {
+            tick: AtomicU32::new(0),
+            idle_ticks: (ticks.ceil() as u32).max(1),
+        })
+    }
+
+    /// Called by the server once per ping interval, before it pings.
+    pub fn advance(&self) {
+        self.tick.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u32 {
+        self.tick.load(Ordering::Relaxed)
+    }
+
+    /// Silent for more than `idle_ticks` whole intervals: between
+    /// `idle_timeout` and one ping interval more.
+    fn is_idle(&self, last_heard: u32) -> bool {
+        self.now().wrapping_sub(last_heard) > self.idle_ticks
+    }
 }
 
 /// What ended a client's active phase.
@@ -106,6 +147,8 @@ enum Event {
     Evicted,
     /// It sent faster than its rate limit allows.
     RateLimited,
+    /// It sent nothing, not even a pong, for `client.idle_timeout`.
+    IdleTimeout,
     Shutdown,
     WriteFailed(io::Error),
 }
@@ -149,6 +192,7 @@ where
     let mut reader = Reader::new(cx.max_message_size);
     let mut outbox = Outbox::default();
     let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
+    let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
 
     let event = poll_fn(|task| {
         if cx.shutdown.is_cancelled() {
@@ -164,8 +208,14 @@ where
         if let Err(e) = outbox.pump(&mut io, &mut queue, &cx.metrics, task) {
             return Poll::Ready(Event::WriteFailed(e));
         }
+        if let Some(k) = &cx.keepalive
+            && k.is_idle(last_heard)
+        {
+            return Poll::Ready(Event::IdleTimeout);
+        }
         let pong = &mut outbox.pong;
-        let polled = poll_incoming(&mut io, &mut reader, task, |item| match item {
+        let mut heard = false;
+        let polled = poll_incoming(&mut io, &mut reader, task, &mut heard, |item| match item {
             Incoming::Message(frame) => {
                 cx.metrics.messages_received.inc();
                 cx.metrics
@@ -191,6 +241,9 @@ where
             }
             Incoming::Close(code) => Some(Event::PeerClosed(code)),
         });
+        if heard && let Some(k) = &cx.keepalive {
+            last_heard = k.now();
+        }
         if polled.is_pending() && outbox.pong.is_some() {
             // A pong is waiting for the next frame boundary: get there.
             task.waker().wake_by_ref();
@@ -239,6 +292,13 @@ where
                 cx.close_timeout,
             )
         }
+        Event::IdleTimeout => (
+            DisconnectReason::IdleTimeout,
+            protocol::close_frame(1001, "idle timeout"),
+            // It has not answered pings; it will not answer a close either.
+            false,
+            cx.close_timeout,
+        ),
         Event::RateLimited => (
             DisconnectReason::RateLimit,
             protocol::close_frame(1008, "rate limit exceeded"),
@@ -265,7 +325,7 @@ where
         if await_peer {
             // Data still arriving is discarded; only the peer's Close (or EOF) matters.
             let _ = poll_fn(|task| {
-                poll_incoming(&mut io, &mut reader, task, |item| {
+                poll_incoming(&mut io, &mut reader, task, &mut false, |item| {
                     matches!(item, Incoming::Close(_)).then_some(())
                 })
             })
@@ -282,11 +342,12 @@ where
 
 /// Reads and parses what the client sent, handing each item to `on`, until
 /// `on` returns an event, the connection ends or fails, or nothing more is
-/// available (`Pending`).
+/// available (`Pending`). Sets `heard` when any bytes arrived.
 fn poll_incoming<S, T>(
     io: &mut S,
     reader: &mut Reader,
     task: &mut Context<'_>,
+    heard: &mut bool,
     mut on: impl FnMut(Incoming) -> Option<T>,
 ) -> Poll<T>
 where
@@ -302,6 +363,7 @@ where
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(0)),
                 Poll::Ready(Ok(())) => {
+                    *heard = true;
                     let parsed = reader.feed(buf.filled(), &mut |item| match on(item) {
                         Some(t) => {
                             result = Some(t);
@@ -418,10 +480,14 @@ impl Outbox {
             let _ = queue.poll_recv_many(task, &mut self.batch, limit - 1);
         }
         let mut batch = std::mem::take(&mut self.batch);
-        let count = batch.len();
+        let mut count = 0;
         let mut payload_bytes = 0;
         for frame in batch.drain(..) {
-            payload_bytes += frame.payload().len();
+            // Server pings share the queue but are not relayed messages.
+            if !frame.is_control() {
+                count += 1;
+                payload_bytes += frame.payload().len();
+            }
             if frame.wire().len() < COPY_BELOW {
                 self.scratch.extend_from_slice(frame.wire());
             } else {

@@ -83,6 +83,16 @@ impl Frame {
     pub fn is_text(&self) -> bool {
         self.0.first() == Some(&(0x80 | Self::TEXT))
     }
+
+    /// An empty ping, for keepalive.
+    pub fn ping() -> Self {
+        Self(Bytes::from_static(&[0x89, 0x00]))
+    }
+
+    /// A control frame (ping), not a relayed message.
+    pub fn is_control(&self) -> bool {
+        self.0.first().is_some_and(|b| b & 0x08 != 0)
+    }
 }
 
 /// Identifies one connected client for the lifetime of the process.

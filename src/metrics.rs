@@ -36,10 +36,12 @@ pub enum DisconnectReason {
     Shutdown,
     /// It sent faster than `limits.messages_per_second` allows; closed with 1008.
     RateLimit,
+    /// It sent nothing, not even a pong, for `client.idle_timeout`; closed with 1001.
+    IdleTimeout,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
@@ -47,6 +49,7 @@ impl DisconnectReason {
         Self::WriteError,
         Self::Shutdown,
         Self::RateLimit,
+        Self::IdleTimeout,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -59,6 +62,7 @@ impl DisconnectReason {
             Self::WriteError => "write_error",
             Self::Shutdown => "shutdown",
             Self::RateLimit => "rate_limit",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 }

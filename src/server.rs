@@ -36,8 +36,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::connection::{self, ConnectionContext};
-use crate::hub::{Hub, Subscription};
+use crate::connection::{self, ConnectionContext, KeepAlive};
+use crate::hub::{Frame, Hub, Subscription};
 use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::origin::OriginPolicy;
@@ -70,6 +70,7 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown_timeout: Duration,
+    ping_interval: Duration,
 }
 
 /// What every connection task needs, shared by reference count.
@@ -110,6 +111,7 @@ impl Server {
             max_message_size: config.limits.max_message_size,
             rate_limit: (config.limits.messages_per_second, config.limits.burst),
             on_rate_exceeded: config.limits.on_rate_exceeded,
+            keepalive: KeepAlive::new(config.client.ping_interval, config.client.idle_timeout),
         };
         Ok(Self {
             listener,
@@ -128,6 +130,7 @@ impl Server {
                 ),
             }),
             shutdown_timeout: config.shutdown.timeout,
+            ping_interval: config.client.ping_interval,
         })
     }
 
@@ -164,11 +167,16 @@ impl Server {
             metrics_listener,
             shared,
             shutdown_timeout,
+            ping_interval,
         } = self;
         let cx = shared.conn.clone();
         let metrics_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
             tokio::spawn(serve_metrics(l, cx.metrics.clone(), metrics_stop.clone()));
+        }
+
+        if cx.keepalive.is_some() {
+            tokio::spawn(keepalive(cx.clone(), ping_interval));
         }
 
         let tracker = shared.tracker.clone();
@@ -211,6 +219,25 @@ impl Server {
         }
         metrics_stop.cancel();
         info!("shutdown complete");
+    }
+}
+
+/// Pings every client once per interval through the hub (one shared frame,
+/// like any message) and advances the clock clients measure idleness by.
+async fn keepalive(cx: Arc<ConnectionContext>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let ping = Frame::ping();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = cx.shutdown.cancelled() => return,
+        }
+        if let Some(k) = &cx.keepalive {
+            k.advance();
+        }
+        cx.hub.publish(&ping);
     }
 }
 

@@ -256,3 +256,46 @@ async fn with_drop_the_excess_is_dropped_and_the_client_stays() {
     assert_eq!(server.metric("wsrelay_connections_active").await, 2);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_and_others_stay() {
+    let mut config = test_config();
+    config.client.ping_interval = std::time::Duration::from_millis(100);
+    config.client.idle_timeout = std::time::Duration::from_millis(300);
+    let server = start(config).await;
+    // Reads (so it sees the pings) but never answers anything.
+    let mut deaf = RawClient::connect(server.addr).await;
+    // A normal client answers pings whenever it is polled.
+    let mut alive = server.client().await;
+    let answering = tokio::spawn(async move {
+        // Polling the stream is what makes it answer pings; stop at "done".
+        loop {
+            let m = recv(&mut alive).await;
+            if m.as_text() == Some("done") {
+                return alive;
+            }
+        }
+    });
+
+    assert_eq!(
+        deaf.read_frame().await,
+        Some((0x9, Vec::new())),
+        "the relay pings"
+    );
+    assert_eq!(deaf.read_close().await, 1001);
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"idle_timeout\"}",
+            1,
+        )
+        .await;
+
+    // Many idle timeouts later, the answering client is still there and relays.
+    let mut other = server.client().await;
+    other.send(Message::text("done")).await.unwrap();
+    let _alive = within(answering).await.unwrap();
+    assert_eq!(server.metric("wsrelay_connections_active").await, 2);
+    // Pings are not counted as relayed messages.
+    assert_eq!(server.metric("wsrelay_messages_delivered_total").await, 2);
+    server.stop().await;
+}
