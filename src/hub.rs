@@ -89,7 +89,7 @@ impl Frame {
         Self(Bytes::from_static(&[0x89, 0x00]))
     }
 
-    /// A control frame (ping), not a relayed message.
+    /// A control frame (the keepalive ping), not a relayed message.
     pub fn is_control(&self) -> bool {
         self.0.first().is_some_and(|b| b & 0x08 != 0)
     }
