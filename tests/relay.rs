@@ -249,28 +249,63 @@ async fn invalid_utf8_in_text_gets_1007_and_others_carry_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protocol_violations_get_1002() {
+async fn protocol_violations_get_the_right_close_code() {
     let server = start(test_config()).await;
     let mut bystander = server.client().await;
-    let cases: [(&str, Vec<u8>); 4] = [
-        ("unmasked frame", frame(true, 0x2, b"hi", false)),
-        ("reserved bit", {
-            let mut f = frame(true, 0x2, b"hi", true);
-            f[0] |= 0x40;
-            f
-        }),
-        ("unknown opcode", frame(true, 0x3, b"", true)),
-        ("continuation without start", frame(true, 0x0, b"x", true)),
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked frame", frame(true, 0x2, b"hi", false), 1002),
+        (
+            "reserved bit",
+            {
+                let mut f = frame(true, 0x2, b"hi", true);
+                f[0] |= 0x40;
+                f
+            },
+            1002,
+        ),
+        ("unknown opcode", frame(true, 0x3, b"", true), 1002),
+        (
+            "continuation without start",
+            frame(true, 0x0, b"x", true),
+            1002,
+        ),
+        ("fragmented ping", frame(false, 0x9, b"", true), 1002),
+        ("oversized ping", frame(true, 0x9, &[0; 126], true), 1002),
+        (
+            "new message inside a fragmented one",
+            [frame(false, 0x1, b"a", true), frame(true, 0x1, b"b", true)].concat(),
+            1002,
+        ),
+        (
+            "close with a one-byte payload",
+            frame(true, 0x8, &[0x03], true),
+            1002,
+        ),
+        (
+            "close code 1005",
+            frame(true, 0x8, &1005u16.to_be_bytes(), true),
+            1002,
+        ),
+        (
+            "close code 5000",
+            frame(true, 0x8, &5000u16.to_be_bytes(), true),
+            1002,
+        ),
+        (
+            "close reason not UTF-8",
+            frame(true, 0x8, &[0x03, 0xe8, 0xc3, 0x28], true),
+            1007,
+        ),
     ];
-    for (name, bytes) in &cases {
+    for (name, bytes, code) in &cases {
         let mut raw = RawClient::connect(server.addr).await;
         raw.send(bytes).await;
-        assert_eq!(raw.read_close().await, 1002, "{name}");
+        assert_eq!(raw.read_close().await, *code, "{name}");
     }
     server
         .wait_metric(
             "wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}",
-            4,
+            cases.len() as u64,
         )
         .await;
     bystander.send(Message::binary(&b"fine"[..])).await.unwrap();
@@ -393,4 +428,46 @@ async fn shutdown_sends_going_away_to_everyone() {
     within(stopping).await.unwrap();
     // Once `run` has returned, the listener is gone.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_frames_affect_no_one_else() {
+    let server = start(test_config()).await;
+    let mut bystander = server.client().await;
+
+    // Not HTTP at all: a clean 400, then the connection is closed.
+    let mut garbage = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01\x00\xa5 definitely not http\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(
+        &mut garbage,
+        &mut answer,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400 "),
+        "{answer:?}"
+    );
+
+    // Half a frame, then EOF: counted as a reset, nothing relayed.
+    let mut truncated = RawClient::connect(server.addr).await;
+    let whole = frame(true, 0x1, b"never finished", true);
+    truncated.send(&whole[..whole.len() - 4]).await;
+    truncated.stream.shutdown().await.unwrap();
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"reset\"}",
+            1,
+        )
+        .await;
+
+    bystander.send(Message::text("fine")).await.unwrap();
+    assert_eq!(recv(&mut bystander).await.as_text(), Some("fine"));
+    assert_eq!(server.metric("wsrelay_messages_total").await, 1);
+    assert_eq!(server.metric("wsrelay_connections_active").await, 1);
+    server.stop().await;
 }
