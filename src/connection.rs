@@ -102,6 +102,8 @@ pub struct ConnectionContext {
 /// it last heard from its peer; checking for idleness is one atomic load,
 /// and no client needs a timer of its own.
 pub struct KeepAlive {
+    /// How often the server pings and the clock advances.
+    pub interval: Duration,
     tick: AtomicU32,
     /// Whole ping intervals of silence after which a client is idle.
     idle_ticks: u32,
@@ -114,6 +116,7 @@ impl KeepAlive {
         }
         let ticks = idle_timeout.as_secs_f64() / ping_interval.as_secs_f64();
         Some(Self {
+            interval: ping_interval,
             tick: AtomicU32::new(0),
             idle_ticks: (ticks.ceil() as u32).max(1),
         })

@@ -70,7 +70,6 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown_timeout: Duration,
-    ping_interval: Duration,
 }
 
 /// What every connection task needs, shared by reference count.
@@ -130,7 +129,6 @@ impl Server {
                 ),
             }),
             shutdown_timeout: config.shutdown.timeout,
-            ping_interval: config.client.ping_interval,
         })
     }
 
@@ -167,7 +165,6 @@ impl Server {
             metrics_listener,
             shared,
             shutdown_timeout,
-            ping_interval,
         } = self;
         let cx = shared.conn.clone();
         let metrics_stop = CancellationToken::new();
@@ -176,7 +173,7 @@ impl Server {
         }
 
         if cx.keepalive.is_some() {
-            tokio::spawn(keepalive(cx.clone(), ping_interval));
+            tokio::spawn(keepalive(cx.clone()));
         }
 
         let tracker = shared.tracker.clone();
@@ -224,8 +221,9 @@ impl Server {
 
 /// Pings every client once per interval through the hub (one shared frame,
 /// like any message) and advances the clock clients measure idleness by.
-async fn keepalive(cx: Arc<ConnectionContext>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
+async fn keepalive(cx: Arc<ConnectionContext>) {
+    let Some(clock) = &cx.keepalive else { return };
+    let mut ticks = tokio::time::interval(clock.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     let ping = Frame::ping();
@@ -234,9 +232,7 @@ async fn keepalive(cx: Arc<ConnectionContext>, interval: Duration) {
             _ = ticks.tick() => {}
             () = cx.shutdown.cancelled() => return,
         }
-        if let Some(k) = &cx.keepalive {
-            k.advance();
-        }
+        clock.advance();
         cx.hub.publish(&ping);
     }
 }
