@@ -86,10 +86,20 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
-    /// Messages that may wait for one client before it counts as a slow
-    /// consumer and is disconnected with 1008.
+    /// Messages that may wait for one client; beyond that it is a slow
+    /// consumer and `on_overflow` applies.
     #[serde(deserialize_with = "de_nonzero")]
     pub queue_messages: usize,
+    /// Payload bytes that may wait for one client (one message of any size
+    /// is always admitted to an empty queue).
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub queue_bytes: usize,
+    /// What a full queue does to its client.
+    pub on_overflow: OnOverflow,
+    /// A client whose socket accepts no bytes for this long, while the relay
+    /// has something to send it, is dropped ("0s": never).
+    #[serde(with = "humantime_serde_compat")]
+    pub write_timeout: Duration,
     /// How long a client being disconnected (slow consumer, protocol error,
     /// its own Close) gets to finish the close handshake before its socket
     /// is dropped.
@@ -108,11 +118,27 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             queue_messages: 1024,
+            queue_bytes: 4 << 20,
+            on_overflow: OnOverflow::Disconnect,
+            write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// The slow-consumer policy: what happens when a client's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// Close the client with 1008 "slow consumer".
+    #[default]
+    Disconnect,
+    /// Discard its oldest queued messages to make room: it skips ahead.
+    DropOldest,
+    /// Discard the new message for it: it misses what it cannot take.
+    DropNewest,
 }
 
 /// Protection against oversized input.

@@ -1,9 +1,9 @@
 //! One client's life after the upgrade: reading, writing and closing.
 //!
-//! Each client is driven by a single task that polls three things at once:
-//! its socket for incoming frames, its hub queue for outgoing messages, and
-//! the signal that ends it (the hub dropping its membership, for eviction
-//! or shutdown). One task instead of a reader and a writer halves the
+//! Each client is driven by a single task that polls two things at once:
+//! its socket for incoming frames, and its [`Queue`] for outgoing messages,
+//! keepalive pings and the end of its membership (the hub closes the queue
+//! for eviction or shutdown). One task instead of a reader and a writer halves the
 //! per-client footprint and needs no lock around the socket.
 //!
 //! Reading: bytes are read into a buffer shared by every client on the
@@ -15,11 +15,12 @@
 //! Writing: the [`Outbox`] drains the queue in batches, packs small frames
 //! into one buffer and writes each batch with one vectored write, so a busy
 //! client gets many frames per syscall and an idle one gets each message at
-//! once. Control frames win: a pong (the latest one only) or a close goes
-//! out at the next frame boundary, ahead of queued data. While a batch is
-//! partly written the queue is left alone: that is what lets a stalled
-//! client's queue fill up and trip the slow-consumer policy instead of
-//! growing without bound.
+//! once. Control frames win: a pong (the latest one only), a keepalive
+//! ping or a close goes out at the next frame boundary, ahead of queued
+//! data. While a batch is partly written the queue is left alone: that is
+//! what lets a stalled client's queue fill up and trip the slow-consumer
+//! policy instead of growing without bound; `client.write_timeout` drops a
+//! socket that takes nothing at all.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -43,9 +44,10 @@ use crate::hub::{Frame, Hub, Subscription};
 use crate::limits::RateLimit;
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
+use crate::queue::{Next, Queue};
 
-/// Most messages, and about the most payload bytes, taken from the queue
-/// for one flush. Bounds what a client holds beyond its queue, and keeps one
+/// Most messages, and most payload bytes (or one message), taken from the
+/// queue for one flush. Bounds what a client holds beyond its queue, and keeps one
 /// client from monopolising its worker thread.
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -80,7 +82,7 @@ pub struct ConnectionContext {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down: clients get 1001.
-    /// Clients are woken by the hub dropping their membership, not by
+    /// Clients are woken by the hub closing their queues, not by
     /// polling this token: a shared token's waiter list is a lock every
     /// client would take on every wake-up.
     pub shutdown: CancellationToken,
@@ -88,6 +90,9 @@ pub struct ConnectionContext {
     pub force: CancellationToken,
     /// How long a client being disconnected gets to finish the close handshake.
     pub close_timeout: Duration,
+    /// How long a client's socket may accept nothing while there is
+    /// something to send it; `None`: no limit.
+    pub write_timeout: Option<Duration>,
     /// Largest message (and frame) a client may send.
     pub max_message_size: usize,
     /// Messages per second and burst per client (0 per second: no limit).
@@ -148,6 +153,8 @@ enum Event {
     Eof(Option<io::Error>),
     /// The hub dropped this client because its queue was full.
     Evicted,
+    /// Its socket accepted nothing for `client.write_timeout`.
+    WriteTimeout,
     /// It sent faster than its rate limit allows.
     RateLimited,
     /// It sent nothing, not even a pong, for `client.idle_timeout`.
@@ -171,7 +178,7 @@ pub async fn serve<S>(
     cx.metrics.connected();
     debug!(%peer, id, "client connected");
 
-    let reason = drive(io, subscription.queue, subscription.evicted, &cx).await;
+    let reason = drive(io, &subscription.queue, &cx).await;
 
     cx.hub.leave(id);
     cx.metrics.disconnected(reason);
@@ -183,17 +190,12 @@ pub async fn serve<S>(
     }
 }
 
-async fn drive<S>(
-    mut io: S,
-    mut queue: mpsc::Receiver<Frame>,
-    mut evicted: oneshot::Receiver<()>,
-    cx: &ConnectionContext,
-) -> DisconnectReason
+async fn drive<S>(mut io: S, queue: &Queue, cx: &ConnectionContext) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut reader = Reader::new(cx.max_message_size);
-    let mut outbox = Outbox::default();
+    let mut outbox = Outbox::new(cx.write_timeout);
     let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
     let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
 
@@ -201,15 +203,20 @@ where
         if cx.shutdown.is_cancelled() {
             return Poll::Ready(Event::Shutdown);
         }
+        let dropped_by_hub = || match cx.shutdown.is_cancelled() {
+            true => Event::Shutdown,
+            false => Event::Evicted,
+        };
         // Dropped from the hub: evicted as a slow consumer, or shutdown.
-        if Pin::new(&mut evicted).poll(task).is_ready() {
-            return Poll::Ready(match cx.shutdown.is_cancelled() {
-                true => Event::Shutdown,
-                false => Event::Evicted,
-            });
+        if queue.is_closed() {
+            return Poll::Ready(dropped_by_hub());
         }
-        if let Err(e) = outbox.pump(&mut io, &mut queue, &cx.metrics, task) {
-            return Poll::Ready(Event::WriteFailed(e));
+        if let Poll::Ready(stop) = outbox.pump(&mut io, queue, &cx.metrics, task) {
+            return Poll::Ready(match stop {
+                Stop::Closed => dropped_by_hub(),
+                Stop::Failed(e) => Event::WriteFailed(e),
+                Stop::TimedOut => Event::WriteTimeout,
+            });
         }
         if let Some(k) = &cx.keepalive
             && k.is_idle(last_heard)
@@ -235,7 +242,11 @@ where
                         }
                     };
                 }
-                cx.hub.publish(&frame);
+                let published = cx.hub.publish(&frame);
+                if published.dropped > 0 {
+                    cx.metrics
+                        .dropped(DropReason::SlowConsumer, published.dropped as u64);
+                }
                 None
             }
             Incoming::Ping(payload) => {
@@ -257,8 +268,7 @@ where
 
     // Whatever is still queued will not be sent; free it now, not after the
     // close handshake, so a stalled client stops holding memory at once.
-    let dropped = queue.len();
-    drop(queue);
+    let dropped = queue.discard();
 
     let (reason, close, await_peer, timeout) = match event {
         Event::PeerClosed(code) => (
@@ -286,6 +296,8 @@ where
             debug!(error = %e, "write failed");
             return DisconnectReason::WriteError;
         }
+        // It takes no bytes, so it would not take a Close either.
+        Event::WriteTimeout => return DisconnectReason::WriteTimeout,
         Event::Evicted => {
             cx.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
             (
@@ -415,8 +427,19 @@ impl From<ReadEnd> for () {
     fn from(_: ReadEnd) -> Self {}
 }
 
+/// Why [`Outbox::pump`] stopped for good.
+enum Stop {
+    /// The hub closed the queue.
+    Closed,
+    Failed(io::Error),
+    /// The socket accepted nothing for the write timeout.
+    TimedOut,
+}
+
+/// A keepalive ping with no payload.
+const PING: &[u8] = &[0x89, 0x00];
+
 /// Data frames taken from the queue and not yet fully written, in wire order.
-#[derive(Default)]
 struct Outbox {
     chunks: VecDeque<Bytes>,
     /// The pong for the latest ping, sent at the next frame boundary.
@@ -425,72 +448,123 @@ struct Outbox {
     batch: Vec<Frame>,
     /// Where small frames are packed; its memory is reused batch after batch.
     scratch: BytesMut,
+    stall: Stall,
+}
+
+/// The write timeout: armed while the socket holds up a write, pushed back
+/// whenever the socket takes some bytes.
+struct Stall {
+    limit: Option<Duration>,
+    /// Created on the first stall, dropped once the client goes idle.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// Bytes were written since the timer was armed.
+    progressed: bool,
+}
+
+impl Stall {
+    /// Called when a write is held up: ready once the socket has taken
+    /// nothing for the whole limit.
+    fn poll(&mut self, task: &mut Context<'_>) -> Poll<()> {
+        let Some(limit) = self.limit else {
+            return Poll::Pending;
+        };
+        if !self.armed || self.progressed {
+            let deadline = Instant::now() + limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+            self.progressed = false;
+        }
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().poll(task),
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl Outbox {
-    /// Writes queued frames until the queue is empty, the socket is full, or
-    /// this poll has done its share (then the task is woken to continue).
+    fn new(write_timeout: Option<Duration>) -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            pong: None,
+            batch: Vec::new(),
+            scratch: BytesMut::new(),
+            stall: Stall {
+                limit: write_timeout,
+                timer: None,
+                armed: false,
+                progressed: false,
+            },
+        }
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full
+    /// (`Pending`, with wake-ups arranged), or the client must go (`Ready`).
+    /// After its share of batches it yields, and wakes the task to continue.
     fn pump<S>(
         &mut self,
         io: &mut S,
-        queue: &mut mpsc::Receiver<Frame>,
+        queue: &Queue,
         metrics: &Metrics,
         task: &mut Context<'_>,
-    ) -> io::Result<()>
+    ) -> Poll<Stop>
     where
         S: AsyncWrite + Unpin,
     {
         for _ in 0..MAX_BATCHES_PER_POLL {
-            if self.poll_write(io, task)?.is_pending() {
-                return Ok(());
+            match self.poll_write(io, task) {
+                Poll::Ready(Ok(())) => self.stall.armed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Stop::Failed(e)),
+                Poll::Pending => {
+                    // Waiting on the socket, not the queue: an eviction must
+                    // still wake us, but new messages need not.
+                    if queue.watch_close(task) {
+                        return Poll::Ready(Stop::Closed);
+                    }
+                    return self.stall.poll(task).map(|()| Stop::TimedOut);
+                }
             }
             // At a frame boundary: a pending pong goes before more data.
             if let Some(pong) = self.pong.take() {
                 self.chunks.push_back(pong);
                 continue;
             }
-            // Closed and empty: the hub evicted us; the eviction signal reports it.
-            let Poll::Ready(Some(first)) = queue.poll_recv(task) else {
-                if self.scratch.capacity() > KEEP_SCRATCH {
-                    self.scratch = BytesMut::new();
+            match queue.poll_next(task, &mut self.batch, MAX_BATCH, MAX_BATCH_BYTES) {
+                Poll::Pending => {
+                    self.release_memory();
+                    return Poll::Pending;
                 }
-                if self.batch.capacity() > KEEP_BATCH {
-                    self.batch = Vec::new();
-                }
-                return Ok(());
-            };
-            self.fill(first, queue, metrics, task);
+                Poll::Ready(Next::Closed) => return Poll::Ready(Stop::Closed),
+                Poll::Ready(Next::Ping) => self.chunks.push_back(Bytes::from_static(PING)),
+                Poll::Ready(Next::Frames) => self.encode_batch(metrics),
+            }
         }
         // More may be queued; come back after others on this thread had a turn.
         task.waker().wake_by_ref();
-        Ok(())
+        Poll::Pending
     }
 
-    /// Takes `first` and whatever else is queued, up to one batch.
-    fn fill(
-        &mut self,
-        first: Frame,
-        queue: &mut mpsc::Receiver<Frame>,
-        metrics: &Metrics,
-        task: &mut Context<'_>,
-    ) {
-        // One bulk receive returns all the queue permits at once (one lock,
-        // not one per frame); its size comes from the first frame's, so the
-        // batch stays near MAX_BATCH_BYTES whatever the message size.
-        let limit = (MAX_BATCH_BYTES / first.wire().len()).clamp(1, MAX_BATCH);
-        self.batch.push(first);
-        if limit > 1 {
-            let _ = queue.poll_recv_many(task, &mut self.batch, limit - 1);
+    /// Gone idle: give back what a burst needed.
+    fn release_memory(&mut self) {
+        if self.scratch.capacity() > KEEP_SCRATCH {
+            self.scratch = BytesMut::new();
         }
+        if self.batch.capacity() > KEEP_BATCH {
+            self.batch = Vec::new();
+        }
+        self.stall.timer = None;
+    }
+
+    /// Moves the batch taken from the queue into the outbox.
+    fn encode_batch(&mut self, metrics: &Metrics) {
         let mut batch = std::mem::take(&mut self.batch);
-        let mut count = 0;
+        let count = batch.len();
         let mut payload_bytes = 0;
         for frame in batch.drain(..) {
-            // Server pings share the queue but are not relayed messages.
-            if !frame.is_control() {
-                count += 1;
-                payload_bytes += frame.payload().len();
-            }
+            payload_bytes += frame.payload().len();
             if frame.wire().len() < COPY_BELOW {
                 self.scratch.extend_from_slice(frame.wire());
             } else {
@@ -531,6 +605,7 @@ impl Outbox {
                     Poll::Pending => return Poll::Pending,
                 }
             };
+            self.stall.progressed = true;
             self.advance(n);
         }
         Poll::Ready(Ok(()))

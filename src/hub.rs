@@ -3,21 +3,20 @@
 //! The hub is the one place that knows who is connected. A message is
 //! encoded once, as the complete server frame every subscriber will be sent
 //! ([`Frame`]). Publishing clones that frame's handle into each
-//! subscriber's bounded queue with `try_send`: the bytes are a
-//! reference-counted `Bytes`, so a delivery costs a refcount bump and a
-//! queue slot, never a copy or an encode, and the publisher never waits on
-//! anyone's socket. A subscriber whose queue is full is evicted on
-//! the spot: its sender is dropped, which wakes its connection task to close
-//! it with 1008. Only that subscriber is affected.
+//! subscriber's bounded [`Queue`]: the bytes are a reference-counted
+//! `Bytes`, so a delivery costs a refcount bump and a queue slot, never a
+//! copy or an encode, and the publisher never waits on anyone's socket. A
+//! full queue gets the slow-consumer policy (`client.on_overflow`) for that
+//! subscriber only; under `disconnect` the hub evicts it on the spot by
+//! closing its queue, which wakes its task to close it with 1008.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
-
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::oneshot;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::queue::{Push, Queue, QueueLimits};
 
 /// A data message encoded once as the unmasked, final server frame that
 /// goes on every subscriber's wire unchanged.
@@ -83,16 +82,6 @@ impl Frame {
     pub fn is_text(&self) -> bool {
         self.0.first() == Some(&(0x80 | Self::TEXT))
     }
-
-    /// An empty ping, for keepalive.
-    pub fn ping() -> Self {
-        Self(Bytes::from_static(&[0x89, 0x00]))
-    }
-
-    /// A control frame (the keepalive ping), not a relayed message.
-    pub fn is_control(&self) -> bool {
-        self.0.first().is_some_and(|b| b & 0x08 != 0)
-    }
 }
 
 /// Identifies one connected client for the lifetime of the process.
@@ -102,97 +91,112 @@ pub type ClientId = u64;
 pub struct Hub {
     // Publishing takes the read lock, so publishers on different threads run
     // in parallel; joins and leaves are rare by comparison.
-    subscribers: RwLock<HashMap<ClientId, Member>>,
+    subscribers: RwLock<HashMap<ClientId, Arc<Queue>>>,
     next_id: AtomicU64,
-    queue_messages: usize,
-}
-
-/// The hub's end of one membership.
-struct Member {
-    queue: mpsc::Sender<Frame>,
-    // Never sent on: dropping it (on eviction or leave) resolves the
-    // client's `evicted` receiver, which wakes its task even while that task
-    // is blocked on a socket that accepts nothing.
-    _evict: oneshot::Sender<()>,
+    limits: QueueLimits,
 }
 
 /// A client's end of its membership.
 pub struct Subscription {
     pub id: ClientId,
-    /// Messages published for this client, in order.
-    pub queue: mpsc::Receiver<Frame>,
-    /// Resolves when the hub drops this client: its queue was full, or the
-    /// hub was cleared for shutdown.
-    pub evicted: oneshot::Receiver<()>,
+    /// Messages published for this client, in order; closed when the hub
+    /// drops the client (evicted as a slow consumer, or shutdown).
+    pub queue: Arc<Queue>,
+}
+
+/// What one publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Subscribers the message was queued for.
+    pub queued: usize,
+    /// Messages that will not be delivered because of it: the message
+    /// itself for full queues, or older ones it pushed out.
+    pub dropped: usize,
 }
 
 impl Hub {
-    /// A hub whose subscribers may each have `queue_messages` messages waiting.
-    pub fn new(queue_messages: usize) -> Self {
+    /// A hub whose subscribers' queues are bounded by `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
         Self {
             subscribers: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            queue_messages: queue_messages.max(1),
+            limits: QueueLimits {
+                messages: limits.messages.max(1),
+                ..limits
+            },
         }
     }
 
     /// Adds a subscriber; it hears every message published from now on.
     pub fn join(&self) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, queue) = mpsc::channel(self.queue_messages);
-        let (evict, evicted) = oneshot::channel();
-        let member = Member {
-            queue: tx,
-            _evict: evict,
-        };
+        let queue = Arc::new(Queue::default());
         self.subscribers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, member);
-        Subscription { id, queue, evicted }
+            .insert(id, queue.clone());
+        Subscription { id, queue }
     }
 
-    /// Removes a subscriber. Idempotent.
+    /// Removes a subscriber and closes its queue. Idempotent.
     pub fn leave(&self, id: ClientId) {
-        self.subscribers
+        let removed = self
+            .subscribers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        if let Some(queue) = removed {
+            queue.close();
+        }
     }
 
-    /// Queues `frame` for every subscriber and returns how many it was
-    /// queued for. Subscribers whose queue is full are evicted.
-    pub fn publish(&self, frame: &Frame) -> usize {
-        let mut delivered = 0;
-        let mut full: Vec<ClientId> = Vec::new();
+    /// Queues `frame` for every subscriber under the overflow policy.
+    /// Subscribers that overflow under `disconnect` are evicted: their queue
+    /// is closed, which wakes their task to close them with 1008.
+    pub fn publish(&self, frame: &Frame) -> Published {
+        let mut published = Published::default();
+        let mut overflowed: Vec<ClientId> = Vec::new();
         {
             let subscribers = self
                 .subscribers
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (&id, member) in subscribers.iter() {
-                match member.queue.try_send(frame.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(TrySendError::Full(_)) => full.push(id),
+            for (&id, queue) in subscribers.iter() {
+                match queue.push(frame, &self.limits) {
+                    Push::Queued { dropped } => {
+                        published.queued += 1;
+                        published.dropped += dropped;
+                    }
+                    Push::Dropped => published.dropped += 1,
+                    Push::Overflow => {
+                        published.dropped += 1;
+                        overflowed.push(id);
+                    }
                     // Its connection is already on the way out.
-                    Err(TrySendError::Closed(_)) => {}
+                    Push::Closed => {}
                 }
             }
         }
-        if !full.is_empty() {
-            let mut subscribers = self
-                .subscribers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            for id in full {
-                subscribers.remove(&id);
-            }
+        for id in overflowed {
+            self.leave(id);
         }
-        delivered
+        published
     }
 
-    /// Drops every membership at once, waking every client's task; used at
-    /// shutdown, when each then sees the server's token and closes with 1001.
+    /// Asks every subscriber's task to send a keepalive ping.
+    pub fn ping_all(&self) {
+        let subscribers = self
+            .subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for queue in subscribers.values() {
+            queue.ping();
+        }
+    }
+
+    /// Drops every membership at once, closing every queue; used at
+    /// shutdown, when each client's task then sees the server's token and
+    /// closes with 1001.
     pub fn clear(&self) {
         let members = std::mem::take(
             &mut *self
@@ -200,7 +204,9 @@ impl Hub {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        drop(members);
+        for queue in members.values() {
+            queue.close();
+        }
     }
 
     /// Subscribers connected now.
@@ -219,44 +225,110 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::OnOverflow;
+    use crate::queue::Next;
+    use std::task::{Context, Poll, Waker};
+
+    fn hub(messages: usize, on_overflow: OnOverflow) -> Hub {
+        Hub::new(QueueLimits {
+            messages,
+            bytes: 1 << 20,
+            on_overflow,
+        })
+    }
+
+    fn take(s: &Subscription) -> Vec<Frame> {
+        let mut batch = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = s.queue.poll_next(&mut cx, &mut batch, 1000, usize::MAX);
+        batch
+    }
 
     #[test]
     fn publish_reaches_every_subscriber_sharing_the_payload() {
-        let hub = Hub::new(4);
-        let mut a = hub.join();
-        let mut b = hub.join();
+        let hub = hub(4, OnOverflow::Disconnect);
+        let a = hub.join();
+        let b = hub.join();
         let frame = Frame::new(false, b"hello");
-        assert_eq!(hub.publish(&frame), 2);
-        let ra = a.queue.try_recv().unwrap();
-        let rb = b.queue.try_recv().unwrap();
+        let published = hub.publish(&frame);
+        assert_eq!(
+            published,
+            Published {
+                queued: 2,
+                dropped: 0
+            }
+        );
+        let (ra, rb) = (take(&a), take(&b));
         // Same allocation: fan-out shares the encoded frame instead of copying it.
-        assert_eq!(ra.wire().as_ptr(), rb.wire().as_ptr());
-        assert_eq!(ra.payload(), b"hello");
-        assert!(!ra.is_text());
+        assert_eq!(ra[0].wire().as_ptr(), rb[0].wire().as_ptr());
+        assert_eq!(ra[0].payload(), b"hello");
+        assert!(!ra[0].is_text());
     }
 
     #[test]
     fn full_queue_evicts_only_that_subscriber() {
-        let hub = Hub::new(2);
-        let mut slow = hub.join();
-        let mut fast = hub.join();
+        let hub = hub(2, OnOverflow::Disconnect);
+        let slow = hub.join();
+        let fast = hub.join();
         let msg = Frame::new(true, b"x");
         for _ in 0..2 {
-            assert_eq!(hub.publish(&msg), 2);
-            fast.queue.try_recv().unwrap();
+            assert_eq!(hub.publish(&msg).queued, 2);
+            assert_eq!(take(&fast).len(), 1);
         }
         // The slow queue is full: this publish evicts it and reaches the other.
-        assert_eq!(hub.publish(&msg), 1);
-        assert!(slow.queue.is_closed());
-        assert!(slow.evicted.try_recv().is_err());
-        assert!(!fast.queue.is_closed());
         assert_eq!(
-            fast.evicted.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
+            hub.publish(&msg),
+            Published {
+                queued: 1,
+                dropped: 1
+            }
         );
+        assert!(slow.queue.is_closed());
+        assert!(!fast.queue.is_closed());
         assert_eq!(hub.len(), 1);
-        assert_eq!(hub.publish(&msg), 1);
-        let _ = slow.queue.try_recv();
+        assert_eq!(hub.publish(&msg).queued, 1);
+        assert_eq!(slow.queue.discard(), 2);
+    }
+
+    #[test]
+    fn drop_policies_keep_the_subscriber() {
+        for policy in [OnOverflow::DropOldest, OnOverflow::DropNewest] {
+            let hub = hub(1, policy);
+            let slow = hub.join();
+            hub.publish(&Frame::new(true, b"1"));
+            assert_eq!(
+                hub.publish(&Frame::new(true, b"2")),
+                Published {
+                    queued: usize::from(policy == OnOverflow::DropOldest),
+                    dropped: 1
+                }
+            );
+            let kept = if policy == OnOverflow::DropOldest {
+                b"2"
+            } else {
+                b"1"
+            };
+            assert_eq!(take(&slow)[0].payload(), kept);
+            assert_eq!(hub.len(), 1);
+        }
+    }
+
+    #[test]
+    fn pings_and_clear_reach_every_queue() {
+        let hub = hub(1, OnOverflow::Disconnect);
+        let (a, b) = (hub.join(), hub.join());
+        hub.ping_all();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+        for s in [&a, &b] {
+            assert_eq!(
+                s.queue.poll_next(&mut cx, &mut batch, 1, 1),
+                Poll::Ready(Next::Ping)
+            );
+        }
+        hub.clear();
+        assert!(hub.is_empty());
+        assert!(a.queue.is_closed() && b.queue.is_closed());
     }
 
     #[test]
@@ -273,11 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn leave_is_idempotent() {
-        let hub = Hub::new(1);
+    fn leave_is_idempotent_and_closes_the_queue() {
+        let hub = hub(1, OnOverflow::Disconnect);
         let s = hub.join();
         hub.leave(s.id);
         hub.leave(s.id);
         assert!(hub.is_empty());
+        assert!(s.queue.is_closed());
     }
 }

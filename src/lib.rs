@@ -10,6 +10,7 @@
 //! - [`server`]: listeners, TLS and HTTP upgrade, graceful shutdown.
 //! - [`connection`]: one client's reader and writer after the upgrade.
 //! - [`hub`]: membership and fan-out into bounded per-client queues.
+//! - [`queue`]: one client's bounded queue and the slow-consumer policy.
 //! - [`protocol`]: RFC 6455 frame parsing and encoding, strict, bufferless when idle.
 //! - [`limits`]: caps on concurrent clients, checked before the upgrade.
 //! - [`origin`]: the `Origin` allowlist.
@@ -41,5 +42,6 @@ pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod queue;
 pub mod server;
 pub mod tls;

@@ -32,6 +32,8 @@ pub enum DisconnectReason {
     SlowConsumer,
     /// Writing to the client's socket failed.
     WriteError,
+    /// Its socket accepted nothing for `client.write_timeout`; dropped.
+    WriteTimeout,
     /// The server shut down and closed it with 1001.
     Shutdown,
     /// It sent faster than `limits.messages_per_second` allows; closed with 1008.
@@ -41,12 +43,13 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
         Self::SlowConsumer,
         Self::WriteError,
+        Self::WriteTimeout,
         Self::Shutdown,
         Self::RateLimit,
         Self::IdleTimeout,
@@ -60,6 +63,7 @@ impl DisconnectReason {
             Self::ProtocolError => "protocol_error",
             Self::SlowConsumer => "slow_consumer",
             Self::WriteError => "write_error",
+            Self::WriteTimeout => "write_timeout",
             Self::Shutdown => "shutdown",
             Self::RateLimit => "rate_limit",
             Self::IdleTimeout => "idle_timeout",
@@ -109,7 +113,8 @@ impl RejectReason {
 /// Why a message was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// Still queued for a client evicted as a slow consumer.
+    /// Discarded by the slow-consumer policy: pushed out of a full queue,
+    /// refused by one, or still queued for a client evicted for being slow.
     SlowConsumer,
     /// Sent over `limits.messages_per_second` with `on_rate_exceeded: drop`.
     RateLimit,
@@ -220,7 +225,7 @@ impl Metrics {
         );
         r.register(
             "dropped_messages",
-            "Messages not delivered, by reason: queued for an evicted slow consumer, or over a client's rate limit",
+            "Messages not delivered, by reason: discarded by the slow-consumer policy, or over a client's rate limit",
             m.dropped.clone(),
         );
         // Create every labelled series up front so they read 0, not absent.

@@ -37,10 +37,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::connection::{self, ConnectionContext, KeepAlive};
-use crate::hub::{Frame, Hub, Subscription};
+use crate::hub::{Hub, Subscription};
 use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::origin::OriginPolicy;
+use crate::queue::QueueLimits;
 use crate::tls::{self, TlsError};
 
 /// How long a metrics client may take to send its request.
@@ -102,11 +103,16 @@ impl Server {
             false => None,
         };
         let conn = ConnectionContext {
-            hub: Arc::new(Hub::new(config.client.queue_messages)),
+            hub: Arc::new(Hub::new(QueueLimits {
+                messages: config.client.queue_messages,
+                bytes: config.client.queue_bytes,
+                on_overflow: config.client.on_overflow,
+            })),
             metrics: Arc::new(Metrics::new()),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             close_timeout: config.client.close_timeout,
+            write_timeout: Some(config.client.write_timeout).filter(|t| !t.is_zero()),
             max_message_size: config.limits.max_message_size,
             rate_limit: (config.limits.messages_per_second, config.limits.burst),
             on_rate_exceeded: config.limits.on_rate_exceeded,
@@ -219,21 +225,20 @@ impl Server {
     }
 }
 
-/// Pings every client once per interval through the hub (one shared frame,
-/// like any message) and advances the clock clients measure idleness by.
+/// Asks every client to ping its peer once per interval, and advances the
+/// clock clients measure idleness by.
 async fn keepalive(cx: Arc<ConnectionContext>) {
     let Some(clock) = &cx.keepalive else { return };
     let mut ticks = tokio::time::interval(clock.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let ping = Frame::ping();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = cx.shutdown.cancelled() => return,
         }
         clock.advance();
-        cx.hub.publish(&ping);
+        cx.hub.ping_all();
     }
 }
 

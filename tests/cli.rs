@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
 use tokio_websockets::Message;
@@ -254,30 +253,36 @@ async fn client_subcommand_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_stays_bounded_while_a_client_never_reads() {
+async fn memory_stays_bounded_while_a_client_never_reads_whatever_the_policy() {
     const MESSAGES: usize = 4000;
     const SIZE: usize = 64 * 1024;
     const WINDOW: usize = 8;
-    let dir = TempDir::new("rss");
-    // 64 queued messages of 64 KiB: 4 MiB per client at most in the queue.
-    let relay = relay_with(&dir, "client:\n  queue_messages: 64\n");
-    let _stalled = RawClient::connect(relay.addr).await;
-    let mut publisher = within(wsrelay::client::connect(&url(&relay), None))
-        .await
-        .unwrap();
-    let rss_before = relay.rss_bytes();
+    for policy in ["disconnect", "drop_oldest", "drop_newest"] {
+        let dir = TempDir::new("rss");
+        // 64 queued messages of 64 KiB: 4 MiB per client at most in the
+        // queue. No write timeout: the policy alone must bound the memory.
+        let relay = relay_with(
+            &dir,
+            &format!(
+                "client:\n  queue_messages: 64\n  on_overflow: {policy}\n  write_timeout: 0s\n"
+            ),
+        );
+        let _stalled = RawClient::connect(relay.addr).await;
+        let mut publisher = within(wsrelay::client::connect(&url(&relay), None))
+            .await
+            .unwrap();
+        let rss_before = relay.rss_bytes();
 
-    publish_windowed(
-        &mut publisher,
-        Bytes::from(vec![7u8; SIZE]),
-        MESSAGES,
-        WINDOW,
-    )
-    .await;
-    // 250 MiB went through while one client read nothing; the relay held
-    // at most its queue, one write batch and socket buffers for it.
-    let grown = relay.rss_bytes().saturating_sub(rss_before);
-    assert!(grown < 48 << 20, "RSS grew by {} MiB", grown >> 20);
+        publish_windowed(&mut publisher, SIZE, MESSAGES, WINDOW).await;
+        // 250 MiB went through while one client read nothing; the relay held
+        // at most its queue, one write batch and socket buffers for it.
+        let grown = relay.rss_bytes().saturating_sub(rss_before);
+        assert!(
+            grown < 48 << 20,
+            "{policy}: RSS grew by {} MiB",
+            grown >> 20
+        );
+    }
 }
 
 #[test]

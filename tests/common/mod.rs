@@ -143,24 +143,33 @@ pub async fn recv(ws: &mut ClientStream) -> Message {
     .await
 }
 
-/// Publishes `count` copies of a binary `payload`, keeping at most `window`
-/// of its own messages in flight (each echo frees a slot), so the publisher
-/// paces itself to the relay and never becomes a slow consumer. Checks each
-/// echo; returns once all have come back.
-pub async fn publish_windowed(
-    ws: &mut ClientStream,
-    payload: bytes::Bytes,
-    count: usize,
-    window: usize,
-) {
+/// A binary payload of `size` bytes (at least 8) carrying sequence number `seq`.
+pub fn numbered(seq: usize, size: usize) -> bytes::Bytes {
+    let mut v = vec![b'x'; size.max(8)];
+    v[..8].copy_from_slice(&(seq as u64).to_be_bytes());
+    v.into()
+}
+
+/// The sequence number of a [`numbered`] payload.
+pub fn sequence(payload: &[u8]) -> usize {
+    let head: [u8; 8] = payload[..8].try_into().expect("a numbered payload");
+    u64::from_be_bytes(head) as usize
+}
+
+/// Publishes `count` [`numbered`] binary messages of `size` bytes, keeping
+/// at most `window` of its own in flight (each echo frees a slot), so the
+/// publisher paces itself to the relay and never becomes a slow consumer.
+/// Checks each echo; returns once all have come back.
+pub async fn publish_windowed(ws: &mut ClientStream, size: usize, count: usize, window: usize) {
     for i in 0..count + window {
         if i < count {
-            ws.send(Message::binary(payload.clone())).await.unwrap();
+            ws.send(Message::binary(numbered(i, size))).await.unwrap();
         }
         if i >= window {
             let echo = recv(ws).await;
             assert!(echo.is_binary(), "echo {}: {echo:?}", i - window);
-            assert_eq!(echo.as_payload().len(), payload.len());
+            assert_eq!(echo.as_payload().len(), size);
+            assert_eq!(sequence(echo.as_payload()), i - window);
         }
     }
 }
@@ -214,7 +223,20 @@ pub const UPGRADE_REQUEST: &str = "GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: web
 impl RawClient {
     /// Connects and completes the upgrade.
     pub async fn connect(addr: SocketAddr) -> Self {
-        let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
+        let stream = within(TcpStream::connect(addr)).await.expect("connect");
+        Self::upgrade(stream).await
+    }
+
+    /// Connects with a small receive buffer, for a client meant to stall:
+    /// the relay's queue for it fills after little data.
+    pub async fn connect_stalling(addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(32 * 1024).unwrap();
+        let stream = within(socket.connect(addr)).await.expect("connect");
+        Self::upgrade(stream).await
+    }
+
+    async fn upgrade(mut stream: TcpStream) -> Self {
         stream.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
         let mut c = Self {
             stream,
