@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Everything the relay can be told. `Config::default()` is the relay that
@@ -22,6 +23,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub client: ClientConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -41,6 +43,10 @@ pub struct ServerConfig {
     /// empty allows any. Others get 403 before the upgrade.
     #[serde(deserialize_with = "de_origins")]
     pub allowed_origins: Vec<String>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers name
+    /// the real client; from any other peer those headers are ignored.
+    #[serde(deserialize_with = "de_cidrs", serialize_with = "ser_display_list")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +56,7 @@ impl Default for ServerConfig {
             path: "/".to_owned(),
             tls: None,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -185,6 +192,96 @@ impl Default for LimitsConfig {
             burst: 0,
             on_rate_exceeded: OnRateExceeded::Close,
         }
+    }
+}
+
+/// Who may connect. With neither tokens nor a JWT key, anyone may.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static bearer tokens; any one of them admits a client.
+    pub tokens: Vec<String>,
+    /// JSON Web Tokens signed with this key admit a client until they expire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+}
+
+impl AuthConfig {
+    /// Whether clients must present a token at all.
+    pub fn is_enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.jwt.is_some()
+    }
+}
+
+/// How JSON Web Tokens are verified.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawJwtConfig")]
+pub struct JwtConfig {
+    #[serde(flatten)]
+    pub key: JwtKey,
+    /// Required `aud` claim, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde_compat")]
+    pub leeway: Duration,
+}
+
+/// A JWT verification key: the algorithm decides what kind.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "algorithm")]
+pub enum JwtKey {
+    HS256 { secret: String },
+    RS256 { public_key_file: PathBuf },
+    ES256 { public_key_file: PathBuf },
+}
+
+/// `auth.jwt` as written; checked into a [`JwtConfig`] so that a secret
+/// given for RS256, say, is an error that names the key and line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtConfig {
+    algorithm: String,
+    secret: Option<String>,
+    public_key_file: Option<PathBuf>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    #[serde(default, with = "humantime_serde_compat")]
+    leeway: Duration,
+}
+
+impl TryFrom<RawJwtConfig> for JwtConfig {
+    type Error = String;
+
+    fn try_from(raw: RawJwtConfig) -> Result<Self, String> {
+        let key = match (raw.algorithm.as_str(), raw.secret, raw.public_key_file) {
+            ("HS256", Some(secret), None) if !secret.is_empty() => JwtKey::HS256 { secret },
+            ("HS256", _, _) => {
+                return Err("algorithm HS256 needs `secret` (and no `public_key_file`)".into());
+            }
+            ("RS256", None, Some(public_key_file)) => JwtKey::RS256 { public_key_file },
+            ("ES256", None, Some(public_key_file)) => JwtKey::ES256 { public_key_file },
+            ("RS256" | "ES256", _, _) => {
+                return Err(format!(
+                    "algorithm {} needs `public_key_file` (a PEM public key) and no `secret`",
+                    raw.algorithm
+                ));
+            }
+            (other, _, _) => {
+                return Err(format!(
+                    "unknown algorithm {other:?}; use HS256, RS256 or ES256"
+                ));
+            }
+        };
+        Ok(Self {
+            key,
+            audience: raw.audience,
+            issuer: raw.issuer,
+            leeway: raw.leeway,
+        })
     }
 }
 
@@ -427,6 +524,31 @@ fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// Durations as human-readable strings, both ways.
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            // A bare address is a network of one.
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{entry:?} is not an IP address or CIDR such as 10.0.0.0/8"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn ser_display_list<S: serde::Serializer, T: fmt::Display>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
+}
+
 mod humantime_serde_compat {
     use super::*;
 
@@ -544,5 +666,69 @@ mod tests {
     fn round_trips_through_yaml() {
         let c = Config::default();
         assert_eq!(parse(&c.to_yaml()).unwrap(), c);
+    }
+
+    #[test]
+    fn jwt_settings_are_checked_against_the_algorithm() {
+        let c = parse(
+            "auth:\n  jwt:\n    algorithm: ES256\n    public_key_file: k.pem\n    audience: a\n    leeway: 5s\n",
+        )
+        .unwrap();
+        let jwt = c.auth.jwt.unwrap();
+        assert_eq!(
+            jwt.key,
+            JwtKey::ES256 {
+                public_key_file: "k.pem".into()
+            }
+        );
+        assert_eq!(jwt.leeway, Duration::from_secs(5));
+        for (text, want) in [
+            ("auth:\n  jwt:\n    algorithm: HS256\n", "needs `secret`"),
+            (
+                "auth:\n  jwt:\n    algorithm: RS256\n    secret: x\n",
+                "needs `public_key_file`",
+            ),
+            (
+                "auth:\n  jwt:\n    algorithm: none\n    secret: x\n",
+                "unknown algorithm",
+            ),
+            (
+                "auth:\n  jwt:\n    algorithm: HS256\n    secret: x\n    audiences: y\n",
+                "unknown",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message.contains(want), "{text}: {}", e.message);
+            assert!(
+                e.key.as_deref().is_some_and(|k| k.starts_with("auth.jwt")),
+                "{text}: {:?}",
+                e.key
+            );
+            assert!(e.line.is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let c = parse("server:\n  trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert!(c.server.trusted_proxies[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+        let e = parse("server:\n  trusted_proxies:\n    - 10.0.0.0/33\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("server.trusted_proxies"));
+        assert!(e.message.contains("10.0.0.0/33"), "{}", e.message);
+    }
+
+    #[test]
+    fn slow_consumer_policy_parses() {
+        let c = parse(
+            "client:\n  on_overflow: drop_oldest\n  queue_bytes: 64KiB\n  write_timeout: 0s\n",
+        )
+        .unwrap();
+        assert_eq!(c.client.on_overflow, OnOverflow::DropOldest);
+        assert_eq!(c.client.queue_bytes, 64 << 10);
+        assert!(c.client.write_timeout.is_zero());
+        let e = parse("client:\n  on_overflow: wait\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("client.on_overflow"));
+        assert_eq!(e.line, Some((2, 16)));
     }
 }

@@ -26,12 +26,12 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use crate::config::OnRateExceeded;
 use crate::hub::{Frame, Hub, Subscription};
-use crate::limits::RateLimit;
+use crate::limits::{Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
 use crate::queue::{Next, Queue};
@@ -143,6 +143,18 @@ impl KeepAlive {
     }
 }
 
+/// One upgraded client, as admitted.
+pub struct Client {
+    /// The TCP peer (a proxy, when there is one).
+    pub peer: SocketAddr,
+    /// The client's own address, as trusted proxies report it.
+    pub ip: IpAddr,
+    /// When its credentials expire: it is closed with 1008 then.
+    pub expires_at: Option<SystemTime>,
+    /// Its place under the connection caps, held for its lifetime.
+    pub permit: Permit,
+}
+
 /// What ended a client's active phase.
 enum Event {
     /// The peer sent Close (with this code, if any).
@@ -159,6 +171,8 @@ enum Event {
     RateLimited,
     /// It sent nothing, not even a pong, for `client.idle_timeout`.
     IdleTimeout,
+    /// Its JWT expired.
+    TokenExpired,
     Shutdown,
     WriteFailed(io::Error),
 }
@@ -166,31 +180,38 @@ enum Event {
 /// Drives an upgraded client, already a hub member, until it is gone.
 /// Counts it in the metrics on the way in, and removes it from the hub and
 /// counts it out exactly once on the way out.
-pub async fn serve<S>(
-    io: S,
-    peer: SocketAddr,
-    subscription: Subscription,
-    cx: Arc<ConnectionContext>,
-) where
+pub async fn serve<S>(io: S, client: Client, subscription: Subscription, cx: Arc<ConnectionContext>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = subscription.id;
+    let (id, peer, ip) = (subscription.id, client.peer, client.ip);
     cx.metrics.connected();
-    debug!(%peer, id, "client connected");
+    debug!(%peer, %ip, id, "client connected");
 
-    let reason = drive(io, &subscription.queue, &cx).await;
+    // A timer only for clients whose credentials expire.
+    let expiry = client.expires_at.map(|at| {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    });
+    let reason = drive(io, &subscription.queue, expiry, &cx).await;
 
     cx.hub.leave(id);
     cx.metrics.disconnected(reason);
     match reason {
         DisconnectReason::ClientClose | DisconnectReason::Reset | DisconnectReason::Shutdown => {
-            debug!(%peer, id, reason = reason.as_str(), "client disconnected");
+            debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
         }
-        _ => warn!(%peer, id, reason = reason.as_str(), "client disconnected"),
+        _ => warn!(%peer, %ip, id, reason = reason.as_str(), "client disconnected"),
     }
+    drop(client);
 }
 
-async fn drive<S>(mut io: S, queue: &Queue, cx: &ConnectionContext) -> DisconnectReason
+async fn drive<S>(
+    mut io: S,
+    queue: &Queue,
+    mut expiry: Option<Pin<Box<Sleep>>>,
+    cx: &ConnectionContext,
+) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -222,6 +243,11 @@ where
             && k.is_idle(last_heard)
         {
             return Poll::Ready(Event::IdleTimeout);
+        }
+        if let Some(expiry) = &mut expiry
+            && expiry.as_mut().poll(task).is_ready()
+        {
+            return Poll::Ready(Event::TokenExpired);
         }
         let pong = &mut outbox.pong;
         let mut heard = false;
@@ -312,6 +338,12 @@ where
             protocol::close_frame(1001, "idle timeout"),
             // It has not answered pings; it will not answer a close either.
             false,
+            cx.close_timeout,
+        ),
+        Event::TokenExpired => (
+            DisconnectReason::TokenExpired,
+            protocol::close_frame(1008, "token expired"),
+            true,
             cx.close_timeout,
         ),
         Event::RateLimited => (

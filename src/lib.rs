@@ -14,6 +14,8 @@
 //! - [`protocol`]: RFC 6455 frame parsing and encoding, strict, bufferless when idle.
 //! - [`limits`]: caps on concurrent clients, checked before the upgrade.
 //! - [`origin`]: the `Origin` allowlist.
+//! - [`auth`]: static tokens and JWTs, checked before the upgrade.
+//! - [`forwarded`]: the real client address behind trusted proxies.
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
 //! - [`bench`]: the load generator behind `wsrelay bench`.
@@ -32,10 +34,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod forwarded;
 pub mod hub;
 pub mod limits;
 pub mod logging;

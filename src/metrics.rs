@@ -40,10 +40,12 @@ pub enum DisconnectReason {
     RateLimit,
     /// It sent nothing, not even a pong, for `client.idle_timeout`; closed with 1001.
     IdleTimeout,
+    /// Its JWT expired; closed with 1008.
+    TokenExpired,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
@@ -53,6 +55,7 @@ impl DisconnectReason {
         Self::Shutdown,
         Self::RateLimit,
         Self::IdleTimeout,
+        Self::TokenExpired,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -67,6 +70,7 @@ impl DisconnectReason {
             Self::Shutdown => "shutdown",
             Self::RateLimit => "rate_limit",
             Self::IdleTimeout => "idle_timeout",
+            Self::TokenExpired => "token_expired",
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum RejectReason {
     BadRequest,
     /// The page's origin is not allowed (403).
     Origin,
+    /// No valid token (401).
+    Auth,
     /// `limits.max_connections` was reached (503).
     MaxConnections,
     /// `limits.max_connections_per_ip` was reached for its address (429).
@@ -89,10 +95,11 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Tls,
         Self::BadRequest,
         Self::Origin,
+        Self::Auth,
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
         Self::HandshakeTimeout,
@@ -103,6 +110,7 @@ impl RejectReason {
             Self::Tls => "tls",
             Self::BadRequest => "bad_request",
             Self::Origin => "origin",
+            Self::Auth => "auth",
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::HandshakeTimeout => "handshake_timeout",

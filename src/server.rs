@@ -35,10 +35,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::auth::{Admission, AuthError, Authenticator};
 use crate::config::Config;
+use crate::connection::Client;
 use crate::connection::{self, ConnectionContext, KeepAlive};
+use crate::forwarded::TrustedProxies;
 use crate::hub::{Hub, Subscription};
-use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
+use crate::limits::{ConnectionLimits, LimitExceeded};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::origin::OriginPolicy;
 use crate::queue::QueueLimits;
@@ -63,6 +66,8 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error("invalid server.allowed_origins: {0}")]
     Origins(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// A relay whose listeners are bound and ready; [`Server::run`] serves it.
@@ -81,6 +86,9 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     path: String,
     origins: OriginPolicy,
+    /// `None` when anyone may connect.
+    auth: Option<Authenticator>,
+    proxies: TrustedProxies,
     limits: Arc<ConnectionLimits>,
     /// How long a client may take from TCP accept to its 101 (TLS included).
     handshake_timeout: Duration,
@@ -128,6 +136,8 @@ impl Server {
                 path: config.server.path.clone(),
                 origins: OriginPolicy::new(&config.server.allowed_origins)
                     .map_err(ServerError::Origins)?,
+                auth: Authenticator::new(&config.auth)?,
+                proxies: TrustedProxies::new(&config.server.trusted_proxies),
                 handshake_timeout: config.limits.handshake_timeout,
                 limits: ConnectionLimits::new(
                     config.limits.max_connections,
@@ -294,11 +304,11 @@ async fn serve_http<IO>(
         let (shared, slot) = (shared.clone(), slot.clone());
         service_fn(move |mut req: Request<Incoming>| {
             let response = match admit(&req, peer, &shared) {
-                Decision::Upgrade(response, permit) => {
+                Decision::Upgrade(response, client) => {
                     let admitted = Admitted {
                         upgrade: hyper::upgrade::on(&mut req),
                         subscription: shared.conn.hub.join(),
-                        _permit: permit,
+                        client,
                     };
                     if let Some(old) = lock(&slot).replace(admitted) {
                         shared.conn.hub.leave(old.subscription.id);
@@ -307,7 +317,8 @@ async fn serve_http<IO>(
                 }
                 Decision::Refuse(reason, response) => {
                     shared.conn.metrics.rejected(reason);
-                    debug!(%peer, status = %response.status(), uri = %req.uri(), reason = reason.as_str(), "request refused");
+                    // The path only: a query may carry a token.
+                    debug!(%peer, status = %response.status(), path = req.uri().path(), reason = reason.as_str(), "request refused");
                     response
                 }
             };
@@ -339,7 +350,7 @@ async fn serve_http<IO>(
     let Admitted {
         upgrade,
         subscription,
-        _permit: permit,
+        client,
     } = admitted;
     let upgraded = match served {
         true => upgrade
@@ -355,10 +366,9 @@ async fn serve_http<IO>(
             // A task of its own: this one's state is sized for the TLS and
             // HTTP phases (about 5.5 KiB), the client's needs about 1.5 KiB,
             // and an idle client should hold only what it uses.
-            shared.tracker.spawn(async move {
-                connection::serve(io, peer, subscription, cx).await;
-                drop(permit);
-            });
+            shared
+                .tracker
+                .spawn(connection::serve(io, client, subscription, cx));
         }
         None => shared.conn.hub.leave(subscription.id),
     }
@@ -369,21 +379,21 @@ struct Admitted {
     upgrade: OnUpgrade,
     /// Joined before the 101 is sent.
     subscription: Subscription,
-    /// The client's place under the connection caps, held for its lifetime.
-    _permit: Permit,
+    client: Client,
 }
 
 /// What to do with a request on the WebSocket listener.
 enum Decision {
-    /// Answer 101; the permit is the client's place under the caps.
-    Upgrade(Response<Full<Bytes>>, Permit),
+    /// Answer 101 and serve this client.
+    Upgrade(Response<Full<Bytes>>, Client),
     /// Answer with this refusal, counted under this reason.
     Refuse(RejectReason, Response<Full<Bytes>>),
 }
 
-/// Decides a request: protocol checks, then the Origin allowlist, then the caps.
+/// Decides a request: protocol checks, then the Origin allowlist, then
+/// credentials, then the caps (counted against the real client address).
 fn admit(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Decision {
-    let response = upgrade_response(req, &shared.path);
+    let mut response = upgrade_response(req, &shared.path);
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Decision::Refuse(RejectReason::BadRequest, response);
     }
@@ -392,8 +402,34 @@ fn admit(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Decision
         let refusal = refuse(StatusCode::FORBIDDEN, "origin not allowed");
         return Decision::Refuse(RejectReason::Origin, refusal);
     }
-    match shared.limits.try_acquire(peer.ip()) {
-        Ok(permit) => Decision::Upgrade(response, permit),
+    let admission = match &shared.auth {
+        None => Admission::default(),
+        Some(auth) => match auth.admit(req.uri().query(), req.headers()) {
+            Ok(admission) => admission,
+            Err(why) => {
+                let mut r = refuse(StatusCode::UNAUTHORIZED, why.as_str());
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return Decision::Refuse(RejectReason::Auth, r);
+            }
+        },
+    };
+    if let Some(protocol) = admission.protocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    let ip = shared.proxies.client_ip(peer.ip(), req.headers());
+    match shared.limits.try_acquire(ip) {
+        Ok(permit) => Decision::Upgrade(
+            response,
+            Client {
+                peer,
+                ip,
+                expires_at: admission.expires_at,
+                permit,
+            },
+        ),
         Err(LimitExceeded::Total) => Decision::Refuse(
             RejectReason::MaxConnections,
             refuse(

@@ -153,6 +153,24 @@ fn bad_config_names_the_file_the_key_and_the_line() {
             "line 2",
         ),
         ("top.yaml", "serverr:\n  listen: x\n", "serverr", "line 1"),
+        (
+            "jwt.yaml",
+            "auth:\n  tokens: []\n  jwt:\n    algorithm: RS256\n    secret: x\n",
+            "auth.jwt",
+            "line 4",
+        ),
+        (
+            "proxies.yaml",
+            "server:\n  trusted_proxies: [\"10.0.0.0/8\", \"proxy.local\"]\n",
+            "server.trusted_proxies",
+            "line 2",
+        ),
+        (
+            "overflow.yaml",
+            "client:\n  on_overflow: block\n",
+            "client.on_overflow",
+            "line 2",
+        ),
     ];
     for (name, text, key, line) in cases {
         let file = dir.file(name, text);
@@ -168,6 +186,22 @@ fn bad_config_names_the_file_the_key_and_the_line() {
     let missing = dir.0.join("missing.yaml");
     let err = failed_start(&missing, 2);
     assert!(err.contains("missing.yaml"), "{err}");
+}
+
+#[test]
+fn a_missing_jwt_key_file_is_named() {
+    let dir = TempDir::new("jwtkey");
+    let key = dir.0.join("absent-key.pem");
+    let file = dir.file(
+        "jwt.yaml",
+        &format!(
+            "{BASE_CONFIG}auth:\n  jwt:\n    algorithm: ES256\n    public_key_file: {}\n",
+            key.display()
+        ),
+    );
+    let err = failed_start(&file, 1);
+    assert!(err.contains("absent-key.pem"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

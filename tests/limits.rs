@@ -3,41 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 use tokio_websockets::Message;
-
-/// Sends an upgrade request (with extra headers) from `source`; returns the
-/// status line and the socket.
-async fn handshake(addr: SocketAddr, source: &str, extra: &str) -> (String, tokio::net::TcpStream) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let mut s = within(socket.connect(addr)).await.unwrap();
-    let request = UPGRADE_REQUEST.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        if within(s.read(&mut byte)).await.unwrap() == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let status = String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    (status, s)
-}
-
-fn rejected(reason: &str) -> String {
-    format!("wsrelay_rejected_connections_total{{reason=\"{reason}\"}}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_refuses_with_503_until_a_place_frees() {

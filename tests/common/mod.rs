@@ -209,6 +209,43 @@ fn parse_response(raw: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Sends an upgrade request for `target` (path and query) with `extra`
+/// header lines from the address `source`; returns the response head and
+/// the socket.
+pub async fn handshake_to(
+    addr: SocketAddr,
+    source: &str,
+    target: &str,
+    extra: &str,
+) -> (String, TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = within(socket.connect(addr)).await.unwrap();
+    let request = UPGRADE_REQUEST
+        .replacen("GET / ", &format!("GET {target} "), 1)
+        .replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if within(s.read(&mut byte)).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), s)
+}
+
+/// [`handshake_to`] for `/`.
+pub async fn handshake(addr: SocketAddr, source: &str, extra: &str) -> (String, TcpStream) {
+    handshake_to(addr, source, "/", extra).await
+}
+
+/// The series counting refused handshakes for `reason`.
+pub fn rejected(reason: &str) -> String {
+    format!("wsrelay_rejected_connections_total{{reason=\"{reason}\"}}")
+}
+
 /// A WebSocket client written by hand, for sending frames no well-behaved
 /// library would send.
 pub struct RawClient {

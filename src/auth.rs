@@ -1,0 +1,323 @@
+//! Optional authentication, decided before the upgrade.
+//!
+//! A client presents a token in one of three places, the first found wins:
+//!
+//! 1. `Authorization: Bearer <token>`, for clients that set headers;
+//! 2. the `token` query parameter (`wss://relay/?token=...`);
+//! 3. a `Sec-WebSocket-Protocol` entry `bearer.<token>`, the one header a
+//!    browser's `new WebSocket(url, protocols)` can set. The 101 then selects
+//!    the first other protocol the client offered, never the token itself
+//!    (so offer one: `new WebSocket(url, ["wsrelay", "bearer." + token])`).
+//!
+//! The token is accepted if it equals one of `auth.tokens` (compared in
+//! constant time) or is a JWT that verifies under `auth.jwt`: signature,
+//! algorithm, `exp` (required), `nbf`, and `aud`/`iss` when configured. A
+//! JWT's `exp` also ends the connection: the client is closed with 1008 when
+//! its token expires. Anything else gets 401 before the upgrade.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue, header};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::{AuthConfig, JwtKey};
+
+/// Why the authenticator could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read JWT public key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("JWT public key file {path} is not a PEM {kind} public key: {source}")]
+    Key {
+        path: PathBuf,
+        kind: &'static str,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
+/// Decides whether a handshake may upgrade.
+pub struct Authenticator {
+    tokens: Vec<Vec<u8>>,
+    jwt: Option<(DecodingKey, Validation)>,
+    leeway: Duration,
+}
+
+/// A client let in.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// When its credentials run out: a JWT's `exp` (plus leeway).
+    pub expires_at: Option<SystemTime>,
+    /// The subprotocol to select in the 101, when the token came as one.
+    pub protocol: Option<HeaderValue>,
+}
+
+/// Why a client was refused; the text goes into the 401 body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    Invalid,
+    Expired,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "missing token: send Authorization: Bearer, ?token= or a bearer.<token> subprotocol"
+            }
+            Self::Invalid => "invalid token",
+            Self::Expired => "token expired",
+        }
+    }
+}
+
+/// The claims the relay looks at; the signature covers all of them.
+#[derive(Deserialize)]
+struct Claims {
+    exp: u64,
+}
+
+const PROTOCOL_PREFIX: &str = "bearer.";
+
+impl Authenticator {
+    /// Builds the authenticator, reading any public key file now, so a bad
+    /// file stops start-up instead of refusing every client later.
+    /// `None` when auth is off.
+    pub fn new(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
+        if !config.is_enabled() {
+            return Ok(None);
+        }
+        let jwt = match &config.jwt {
+            None => None,
+            Some(jwt) => {
+                let (key, algorithm) = match &jwt.key {
+                    JwtKey::HS256 { secret } => (
+                        DecodingKey::from_secret(secret.as_bytes()),
+                        Algorithm::HS256,
+                    ),
+                    JwtKey::RS256 { public_key_file } => (
+                        read_key(public_key_file, "RSA", DecodingKey::from_rsa_pem)?,
+                        Algorithm::RS256,
+                    ),
+                    JwtKey::ES256 { public_key_file } => (
+                        read_key(public_key_file, "EC (P-256)", DecodingKey::from_ec_pem)?,
+                        Algorithm::ES256,
+                    ),
+                };
+                let mut v = Validation::new(algorithm);
+                v.leeway = jwt.leeway.as_secs();
+                v.validate_nbf = true;
+                // Without a configured audience any `aud` is acceptable.
+                v.validate_aud = jwt.audience.is_some();
+                if let Some(aud) = &jwt.audience {
+                    v.set_audience(&[aud]);
+                }
+                if let Some(iss) = &jwt.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                Some((key, v))
+            }
+        };
+        Ok(Some(Self {
+            tokens: config
+                .tokens
+                .iter()
+                .map(|t| t.as_bytes().to_vec())
+                .collect(),
+            jwt,
+            leeway: config.jwt.as_ref().map_or(Duration::ZERO, |j| j.leeway),
+        }))
+    }
+
+    /// Checks a handshake's credentials.
+    pub fn admit(&self, query: Option<&str>, headers: &HeaderMap) -> Result<Admission, Refusal> {
+        let (token, protocol) = find_token(query, headers).ok_or(Refusal::Missing)?;
+        let mut admission = Admission {
+            expires_at: None,
+            protocol,
+        };
+        if self
+            .tokens
+            .iter()
+            .any(|t| aws_lc_rs::constant_time::verify_slices_are_equal(t, token.as_bytes()).is_ok())
+        {
+            return Ok(admission);
+        }
+        let Some((key, validation)) = &self.jwt else {
+            return Err(Refusal::Invalid);
+        };
+        match jsonwebtoken::decode::<Claims>(token.as_bytes(), key, validation) {
+            Ok(data) => {
+                admission.expires_at =
+                    Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway);
+                Ok(admission)
+            }
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(Refusal::Expired)
+            }
+            Err(_) => Err(Refusal::Invalid),
+        }
+    }
+}
+
+fn read_key(
+    path: &PathBuf,
+    kind: &'static str,
+    parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
+) -> Result<DecodingKey, AuthError> {
+    let pem = std::fs::read(path).map_err(|source| AuthError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    parse(&pem).map_err(|source| AuthError::Key {
+        path: path.clone(),
+        kind,
+        source,
+    })
+}
+
+/// The presented token, and the subprotocol to answer with if it came as one.
+fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Option<HeaderValue>)> {
+    if let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+    {
+        return Some((token.to_owned(), None));
+    }
+    if let Some(token) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| {
+            pair.strip_prefix("token=")
+                .and_then(percent_decode)
+                .filter(|t| !t.is_empty())
+        })
+    {
+        return Some((token, None));
+    }
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let token = offered
+        .iter()
+        .find_map(|p| p.strip_prefix(PROTOCOL_PREFIX))
+        .filter(|t| !t.is_empty())?;
+    let answer = offered
+        .iter()
+        .find(|p| !p.starts_with(PROTOCOL_PREFIX))
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    Some((token.to_owned(), answer))
+}
+
+/// Decodes `%XX` escapes and `+`; `None` if malformed or not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_are_found_in_each_place_in_order() {
+        let h = headers(&[("authorization", "Bearer from-header")]);
+        assert_eq!(
+            find_token(Some("token=from-query"), &h).unwrap().0,
+            "from-header"
+        );
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(
+            find_token(Some("a=1&token=q%2Bv+x&b=2"), &h).unwrap().0,
+            "q+v x"
+        );
+        let h = headers(&[("sec-websocket-protocol", "wsrelay, bearer.from-protocol")]);
+        let (token, answer) = find_token(Some("tokens=no"), &h).unwrap();
+        assert_eq!(token, "from-protocol");
+        assert_eq!(answer.unwrap(), "wsrelay");
+        let h = headers(&[("sec-websocket-protocol", "bearer.only")]);
+        assert_eq!(find_token(None, &h), Some(("only".to_owned(), None)));
+        assert_eq!(find_token(Some("token="), &HeaderMap::new()), None);
+        assert_eq!(find_token(Some("token=%zz"), &HeaderMap::new()), None);
+        assert_eq!(
+            find_token(None, &headers(&[("authorization", "Bearer ")])),
+            None
+        );
+    }
+
+    #[test]
+    fn static_tokens_admit_without_expiry() {
+        let config = AuthConfig {
+            tokens: vec!["s3cret".into()],
+            jwt: None,
+        };
+        let auth = Authenticator::new(&config).unwrap().unwrap();
+        let ok = auth.admit(Some("token=s3cret"), &HeaderMap::new()).unwrap();
+        assert_eq!(ok.expires_at, None);
+        assert_eq!(
+            auth.admit(Some("token=s3cre"), &HeaderMap::new()),
+            Err(Refusal::Invalid)
+        );
+        assert_eq!(auth.admit(None, &HeaderMap::new()), Err(Refusal::Missing));
+        assert!(
+            Authenticator::new(&AuthConfig::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_missing_key_file_is_named() {
+        let config = AuthConfig {
+            tokens: vec![],
+            jwt: Some(crate::config::JwtConfig {
+                key: JwtKey::ES256 {
+                    public_key_file: "/nonexistent/key.pem".into(),
+                },
+                audience: None,
+                issuer: None,
+                leeway: Duration::ZERO,
+            }),
+        };
+        let e = Authenticator::new(&config).err().unwrap().to_string();
+        assert!(e.contains("/nonexistent/key.pem"), "{e}");
+    }
+}
