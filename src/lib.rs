@@ -7,7 +7,8 @@
 //! command line and calls in here. One module per concept:
 //!
 //! - [`config`]: the YAML configuration, its defaults and its errors.
-//! - [`server`]: listeners, TLS and HTTP upgrade, graceful shutdown.
+//! - [`server`]: listeners, TLS and HTTP, graceful shutdown.
+//! - [`upgrade`]: the checks that decide an upgrade request (101 or 4xx).
 //! - [`connection`]: one client's reader and writer after the upgrade.
 //! - [`hub`]: membership and fan-out into bounded per-client queues.
 //! - [`queue`]: one client's bounded queue and the slow-consumer policy.
@@ -49,3 +50,4 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod tls;
+pub mod upgrade;

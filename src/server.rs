@@ -1,11 +1,10 @@
 //! Listeners, accept, the WebSocket upgrade, and shutdown.
 //!
 //! A connection goes: TCP accept → (TLS handshake) → hyper reads the HTTP
-//! request → [`upgrade_response`] checks it and answers 101 or a 4xx →
-//! the upgraded socket becomes a [`WebSocketStream`] handed to
-//! [`connection::serve`]. Doing the upgrade in hyper rather than inside the
-//! WebSocket library lets the relay refuse a request with a proper HTTP
-//! status before any WebSocket state exists.
+//! request → the [`Gate`] checks it and answers 101 or a 4xx → the
+//! upgraded socket is handed to [`connection::serve`]. Doing the upgrade in
+//! hyper rather than inside a WebSocket library lets the relay refuse a
+//! request with a proper HTTP status before any WebSocket state exists.
 //!
 //! Shutdown is one [`CancellationToken`] and a [`TaskTracker`]: stop
 //! accepting, cancel the token (every client gets Close 1001), wait for the
@@ -19,10 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use base64::Engine;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use http_body_util::Full;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,17 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Admission, AuthError, Authenticator};
 use crate::config::Config;
-use crate::connection::Client;
-use crate::connection::{self, ConnectionContext, KeepAlive};
-use crate::forwarded::TrustedProxies;
+use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, Subscription};
-use crate::limits::{ConnectionLimits, LimitExceeded};
 use crate::metrics::{self, Metrics, RejectReason};
-use crate::origin::OriginPolicy;
 use crate::queue::QueueLimits;
 use crate::tls::{self, TlsError};
+use crate::upgrade::{Decision, Gate, GateError};
 
 /// How long a metrics client may take to send its request.
 const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,10 +56,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("invalid server.allowed_origins: {0}")]
-    Origins(String),
     #[error(transparent)]
-    Auth(#[from] AuthError),
+    Gate(#[from] GateError),
 }
 
 /// A relay whose listeners are bound and ready; [`Server::run`] serves it.
@@ -84,12 +74,8 @@ struct Shared {
     /// Tracks every task that serves a client, for shutdown.
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
-    path: String,
-    origins: OriginPolicy,
-    /// `None` when anyone may connect.
-    auth: Option<Authenticator>,
-    proxies: TrustedProxies,
-    limits: Arc<ConnectionLimits>,
+    /// Decides each upgrade request.
+    gate: Gate,
     /// How long a client may take from TCP accept to its 101 (TLS included).
     handshake_timeout: Duration,
 }
@@ -133,16 +119,8 @@ impl Server {
                 conn: Arc::new(conn),
                 tracker: TaskTracker::new(),
                 tls,
-                path: config.server.path.clone(),
-                origins: OriginPolicy::new(&config.server.allowed_origins)
-                    .map_err(ServerError::Origins)?,
-                auth: Authenticator::new(&config.auth)?,
-                proxies: TrustedProxies::new(&config.server.trusted_proxies),
+                gate: Gate::new(config)?,
                 handshake_timeout: config.limits.handshake_timeout,
-                limits: ConnectionLimits::new(
-                    config.limits.max_connections,
-                    config.limits.max_connections_per_ip,
-                ),
             }),
             shutdown_timeout: config.shutdown.timeout,
         })
@@ -170,7 +148,11 @@ impl Server {
         } else {
             "ws"
         };
-        format!("{scheme}://{}{}", self.local_addr(), self.shared.path)
+        format!(
+            "{scheme}://{}{}",
+            self.local_addr(),
+            self.shared.gate.path()
+        )
     }
 
     /// Serves until `shutdown` resolves, then closes every client with 1001
@@ -303,7 +285,7 @@ async fn serve_http<IO>(
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         service_fn(move |mut req: Request<Incoming>| {
-            let response = match admit(&req, peer, &shared) {
+            let response = match shared.gate.admit(&req, peer) {
                 Decision::Upgrade(response, client) => {
                     let admitted = Admitted {
                         upgrade: hyper::upgrade::on(&mut req),
@@ -382,172 +364,8 @@ struct Admitted {
     client: Client,
 }
 
-/// What to do with a request on the WebSocket listener.
-enum Decision {
-    /// Answer 101 and serve this client.
-    Upgrade(Response<Full<Bytes>>, Client),
-    /// Answer with this refusal, counted under this reason.
-    Refuse(RejectReason, Response<Full<Bytes>>),
-}
-
-/// Decides a request: protocol checks, then the Origin allowlist, then
-/// credentials, then the caps (counted against the real client address).
-fn admit(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Decision {
-    let mut response = upgrade_response(req, &shared.path);
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Decision::Refuse(RejectReason::BadRequest, response);
-    }
-    let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
-    if !shared.origins.allows(origin) {
-        let refusal = refuse(StatusCode::FORBIDDEN, "origin not allowed");
-        return Decision::Refuse(RejectReason::Origin, refusal);
-    }
-    let admission = match &shared.auth {
-        None => Admission::default(),
-        Some(auth) => match auth.admit(req.uri().query(), req.headers()) {
-            Ok(admission) => admission,
-            Err(why) => {
-                let mut r = refuse(StatusCode::UNAUTHORIZED, why.as_str());
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return Decision::Refuse(RejectReason::Auth, r);
-            }
-        },
-    };
-    if let Some(protocol) = admission.protocol {
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
-    }
-    let ip = shared.proxies.client_ip(peer.ip(), req.headers());
-    match shared.limits.try_acquire(ip) {
-        Ok(permit) => Decision::Upgrade(
-            response,
-            Client {
-                peer,
-                ip,
-                expires_at: admission.expires_at,
-                permit,
-            },
-        ),
-        Err(LimitExceeded::Total) => Decision::Refuse(
-            RejectReason::MaxConnections,
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections; try again later",
-            ),
-        ),
-        Err(LimitExceeded::PerIp) => Decision::Refuse(
-            RejectReason::MaxConnectionsPerIp,
-            refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address",
-            ),
-        ),
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The response to a request on the WebSocket listener: 101 for a valid
-/// upgrade on the configured path, otherwise the 4xx that says what is wrong.
-fn upgrade_response(req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
-    let headers = req.headers();
-    if req.uri().path() != path {
-        return refuse(StatusCode::NOT_FOUND, "not found");
-    }
-    if req.method() != Method::GET {
-        let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return r;
-    }
-    if req.version() != Version::HTTP_11 || !has_token(headers, header::UPGRADE, "websocket") {
-        let mut r = refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a WebSocket endpoint: connect with a WebSocket client",
-        );
-        r.headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return r;
-    }
-    if !has_token(headers, header::CONNECTION, "upgrade") {
-        return refuse(StatusCode::BAD_REQUEST, "missing `Connection: Upgrade`");
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        let mut r = refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported Sec-WebSocket-Version; use 13",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| is_valid_key(k.as_bytes()))
-    else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "missing or malformed Sec-WebSocket-Key",
-        );
-    };
-    let accept = accept_key(key.as_bytes());
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
-}
-
-/// A plain-text refusal that also ends the HTTP connection.
-fn refuse(status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
-}
-
-/// Whether a comma-separated header contains `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
-/// RFC 6455: the key is 16 random bytes, base64-encoded (24 characters).
-fn is_valid_key(key: &[u8]) -> bool {
-    key.len() == 24
-        && base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_ok_and(|k| k.len() == 16)
-}
-
-/// RFC 6455 section 4.2.2: base64(SHA-1(key + GUID)).
-fn accept_key(key: &[u8]) -> String {
-    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key);
-    ctx.update(GUID);
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
 
 /// Serves `/metrics` and `/healthz` until `stop` is cancelled.
@@ -682,16 +500,5 @@ mod tests {
     #[test]
     fn open_file_limit_is_raised_to_the_hard_limit() {
         assert!(raise_open_file_limit() > 0);
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(!is_valid_key(b"short"));
-        assert!(!is_valid_key(b"!!!!!!!!!!!!!!!!!!!!!!!!"));
     }
 }

@@ -1,0 +1,245 @@
+//! The HTTP upgrade decision: whether a request becomes a WebSocket client.
+//!
+//! Every check runs before the 101, so a refused client gets an HTTP status
+//! that says why, and no WebSocket state ever exists for it: the path and
+//! the RFC 6455 handshake headers (404, 405, 426, 400), the `Origin`
+//! allowlist (403), credentials (401), then the connection caps (503, 429),
+//! counted against the client's real address behind trusted proxies. The
+//! [`Gate`] is generic over the request body, so the same code is fuzzed on
+//! requests parsed from raw bytes (`fuzz/`).
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::Full;
+
+use crate::auth::{Admission, AuthError, Authenticator};
+use crate::config::Config;
+use crate::connection::Client;
+use crate::forwarded::TrustedProxies;
+use crate::limits::{ConnectionLimits, LimitExceeded};
+use crate::metrics::RejectReason;
+use crate::origin::OriginPolicy;
+
+/// Why the checks could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("invalid server.allowed_origins: {0}")]
+    Origins(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// Everything decided before the upgrade.
+pub struct Gate {
+    path: String,
+    origins: OriginPolicy,
+    /// `None` when anyone may connect.
+    auth: Option<Authenticator>,
+    proxies: TrustedProxies,
+    limits: std::sync::Arc<ConnectionLimits>,
+}
+
+/// What to do with a request on the WebSocket listener.
+pub enum Decision {
+    /// Answer 101 and serve this client.
+    Upgrade(Response<Full<Bytes>>, Client),
+    /// Answer with this refusal, counted under this reason.
+    Refuse(RejectReason, Response<Full<Bytes>>),
+}
+
+impl Gate {
+    /// Builds the checks from the configuration, reading any key files now.
+    pub fn new(config: &Config) -> Result<Self, GateError> {
+        Ok(Self {
+            path: config.server.path.clone(),
+            origins: OriginPolicy::new(&config.server.allowed_origins)
+                .map_err(GateError::Origins)?,
+            auth: Authenticator::new(&config.auth)?,
+            proxies: TrustedProxies::new(&config.server.trusted_proxies),
+            limits: ConnectionLimits::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            ),
+        })
+    }
+
+    /// The path clients upgrade on.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Decides a request: protocol checks, then the Origin allowlist, then
+    /// credentials, then the caps (counted against the real client address).
+    pub fn admit<B>(&self, req: &Request<B>, peer: SocketAddr) -> Decision {
+        let mut response = upgrade_response(req, &self.path);
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Decision::Refuse(RejectReason::BadRequest, response);
+        }
+        let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
+        if !self.origins.allows(origin) {
+            let refusal = refuse(StatusCode::FORBIDDEN, "origin not allowed");
+            return Decision::Refuse(RejectReason::Origin, refusal);
+        }
+        let admission = match &self.auth {
+            None => Admission::default(),
+            Some(auth) => match auth.admit(req.uri().query(), req.headers()) {
+                Ok(admission) => admission,
+                Err(why) => {
+                    let mut r = refuse(StatusCode::UNAUTHORIZED, why.as_str());
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return Decision::Refuse(RejectReason::Auth, r);
+                }
+            },
+        };
+        if let Some(protocol) = admission.protocol {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        let ip = self.proxies.client_ip(peer.ip(), req.headers());
+        match self.limits.try_acquire(ip) {
+            Ok(permit) => Decision::Upgrade(
+                response,
+                Client {
+                    peer,
+                    ip,
+                    expires_at: admission.expires_at,
+                    permit,
+                },
+            ),
+            Err(LimitExceeded::Total) => Decision::Refuse(
+                RejectReason::MaxConnections,
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections; try again later",
+                ),
+            ),
+            Err(LimitExceeded::PerIp) => Decision::Refuse(
+                RejectReason::MaxConnectionsPerIp,
+                refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                ),
+            ),
+        }
+    }
+}
+
+/// The response to a request on the WebSocket listener: 101 for a valid
+/// upgrade on the configured path, otherwise the 4xx that says what is wrong.
+fn upgrade_response<B>(req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
+    let headers = req.headers();
+    if req.uri().path() != path {
+        return refuse(StatusCode::NOT_FOUND, "not found");
+    }
+    if req.method() != Method::GET {
+        let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    if req.version() != Version::HTTP_11 || !has_token(headers, header::UPGRADE, "websocket") {
+        let mut r = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: connect with a WebSocket client",
+        );
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return refuse(StatusCode::BAD_REQUEST, "missing `Connection: Upgrade`");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut r = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version; use 13",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| is_valid_key(k.as_bytes()))
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key",
+        );
+    };
+    let accept = accept_key(key.as_bytes());
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// A plain-text refusal that also ends the HTTP connection.
+fn refuse(status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// RFC 6455: the key is 16 random bytes, base64-encoded (24 characters).
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
+/// RFC 6455 section 4.2.2: base64(SHA-1(key + GUID)).
+fn accept_key(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(b"short"));
+        assert!(!is_valid_key(b"!!!!!!!!!!!!!!!!!!!!!!!!"));
+    }
+}
