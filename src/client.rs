@@ -122,6 +122,16 @@ impl Dialer {
         self.addr
     }
 
+    /// The `Host` header value for the relay.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The request target: path and query of the URL.
+    pub fn path_and_query(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
     /// Opens one connection, from `source` when given (spreading source
     /// addresses over 127.0.0.x lifts the ephemeral-port limit per address).
     pub async fn connect(&self, source: Option<IpAddr>) -> Result<ClientStream, ClientError> {

@@ -63,6 +63,9 @@ enum BenchMode {
     Idle(IdleArgs),
     /// Open connections as fast as possible until one fails.
     Connect(ConnectArgs),
+    /// Connections that come and go at a steady rate, ending every way a
+    /// client can; run beside `fanout` for a soak test.
+    Churn(ChurnArgs),
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +139,25 @@ struct IdleArgs {
     /// Hold them this long.
     #[arg(short = 'd', long, default_value = "5s", value_parser = parse_duration)]
     duration: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+struct ChurnArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// New connections per second; each ends differently (clean close,
+    /// dropped, reset, half handshake, protocol violation), in turn.
+    #[arg(short = 'r', long, default_value_t = 200)]
+    rate: u32,
+    /// Keep churning this long.
+    #[arg(short = 'd', long, default_value = "60s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// Longest a client that is not aborted at once stays connected.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    max_life: std::time::Duration,
+    /// Most churning connections alive at once.
+    #[arg(long, default_value_t = 2000)]
+    max_alive: usize,
 }
 
 #[derive(Args, Debug)]
@@ -319,6 +341,21 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let report = bench::connect(&t, a.connections, a.duration).await?;
                 print_report(&report, json)?;
                 Ok(ExitCode::SUCCESS)
+            }
+            BenchMode::Churn(a) => {
+                let (t, json) = target(a.target);
+                let opts = bench::churn::ChurnOptions {
+                    rate: a.rate.max(1),
+                    duration: a.duration,
+                    max_life: a.max_life,
+                    max_alive: a.max_alive,
+                };
+                let report = bench::churn::churn(&t, &opts).await?;
+                print_report(&report, json)?;
+                Ok(match report.failed {
+                    0 => ExitCode::SUCCESS,
+                    _ => ExitCode::FAILURE,
+                })
             }
         }
     })

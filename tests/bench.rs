@@ -187,3 +187,42 @@ async fn connections_can_come_from_a_chosen_source_address() {
     assert_eq!(peer.ip(), source);
     connecting.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_ends_connections_every_way_and_the_relay_counts_each() {
+    let server = start(test_config()).await;
+    let opts = bench::churn::ChurnOptions {
+        rate: 100,
+        duration: Duration::from_millis(500),
+        max_life: Duration::from_millis(200),
+        max_alive: 100,
+    };
+    let report = bench::churn::churn(&target(&server.url), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0, "{:?}", report.first_failure);
+    assert!(report.started >= 10, "{report:?}");
+    assert_eq!(report.ended.values().sum::<u64>(), report.started);
+    for (ending, n) in &report.ended {
+        assert!(*n >= 2, "{ending}: {report:?}");
+    }
+    let ended = |e: &str| report.ended[e];
+    // Every upgraded client was counted out under the matching reason;
+    // half handshakes never became clients.
+    let reason = |r: &str| format!("wsrelay_disconnections_by_reason_total{{reason=\"{r}\"}}");
+    server
+        .wait_metric(&reason("client_close"), ended("clean"))
+        .await;
+    server
+        .wait_metric(&reason("protocol_error"), ended("violation"))
+        .await;
+    server
+        .wait_metric(&reason("reset"), ended("drop") + ended("reset"))
+        .await;
+    server.wait_metric("wsrelay_connections_active", 0).await;
+    assert_eq!(
+        server.metric("wsrelay_connections_total").await,
+        report.started - ended("half_handshake")
+    );
+    server.stop().await;
+}

@@ -9,11 +9,14 @@
 //!   allows (their own echo frees a slot) or at a fixed total rate.
 //! - [`idle`]: hold N connections open, to measure memory per connection.
 //! - [`connect`]: open connections as fast as possible until one fails.
+//! - [`churn::churn`]: connections that come and go at a steady rate,
+//!   ending every way a client can (for soak tests).
 //!
 //! With `--pid` of a relay on the same host, the report includes the relay's
 //! CPU time per delivery and memory per connection, read from /proc over the
 //! measured window only (after warm-up).
 
+pub mod churn;
 pub mod payload;
 pub mod process;
 pub mod stats;
