@@ -232,6 +232,16 @@ async fn protocol_violations_get_the_right_close_code() {
             1002,
         ),
         (
+            "close code 1006",
+            frame(true, 0x8, &1006u16.to_be_bytes(), true),
+            1002,
+        ),
+        (
+            "close code 999",
+            frame(true, 0x8, &999u16.to_be_bytes(), true),
+            1002,
+        ),
+        (
             "close reason not UTF-8",
             frame(true, 0x8, &[0x03, 0xe8, 0xc3, 0x28], true),
             1007,

@@ -16,7 +16,7 @@ static GATE: LazyLock<Gate> = LazyLock::new(|| {
     let mut config = Config::default();
     config.server.path = "/ws".into();
     config.server.allowed_origins = vec!["https://app.example.com".into(), "https://*.example.org".into()];
-    config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+    config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
     config.auth.tokens = vec!["static-token".into()];
     config.auth.jwt = Some(JwtConfig {
         key: JwtKey::HS256 { secret: "fuzz secret".into() },
