@@ -38,6 +38,7 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "de_path")]
     pub path: String,
     /// Serve `wss://` with this certificate and key; absent means plain `ws://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// Origins whose pages may connect (exact, or `https://*.example.com`);
     /// empty allows any. Others get 403 before the upgrade.

@@ -1,7 +1,7 @@
 //! The `wsrelay` command: parses the command line and calls the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -47,6 +47,13 @@ enum Command {
     /// and memory per connection. Exits 1 if anything was lost, reordered or
     /// disconnected, unless --allow-loss is given.
     Bench(BenchArgs),
+    /// Check a config file and print the effective configuration.
+    ///
+    /// Validates the file as `serve` would, including that TLS and JWT key
+    /// files load, applies the same flags and environment variables on top,
+    /// and prints the result with every default filled in. Exits 0 if the
+    /// relay would start with it, 2 (naming the file, key and line) if not.
+    CheckConfig(CheckConfigArgs),
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +188,22 @@ struct ServeArgs {
     /// YAML config file; every key is optional (see wsrelay.example.yaml).
     #[arg(short = 'c', long, env = "WSRELAY_CONFIG", value_name = "FILE")]
     config_file: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Args, Debug)]
+struct CheckConfigArgs {
+    /// The YAML config file to check.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Settings that flags and environment variables override in any file.
+#[derive(Args, Debug)]
+struct Overrides {
     /// Address for WebSocket clients [config: server.listen; default 0.0.0.0:8443].
     #[arg(long, env = "WSRELAY_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -212,19 +235,37 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Client(args)) => run_client(args),
         Some(Command::Bench(args)) => run_bench(args),
+        Some(Command::CheckConfig(args)) => check_config(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wsrelay: error: {e:#}");
+            eprintln!("wsrelay: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line. Library errors already quote
+/// their cause in their own message, so a cause is printed only if the
+/// text before it does not contain it yet.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// The file (if any) with flags and environment variables applied on top.
-fn effective_config(args: ServeArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config_file {
+fn effective_config(file: Option<&Path>, args: Overrides) -> anyhow::Result<Config> {
+    let mut config = match file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
@@ -243,12 +284,31 @@ fn effective_config(args: ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let checked = effective_config(Some(&args.file), args.overrides).and_then(|config| {
+        wsrelay::server::check(&config)
+            .with_context(|| format!("in config file {}", args.file.display()))?;
+        Ok(config)
+    });
+    match checked {
+        Ok(config) => {
+            print!("{}", config.to_yaml());
+            eprintln!("wsrelay: {} is valid", args.file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("wsrelay: error: {}", describe(&e));
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = match effective_config(args) {
+    let config = match effective_config(args.config_file.as_deref(), args.overrides) {
         Ok(c) => c,
         Err(e) => {
             // A configuration problem: the operator has to fix something.
-            eprintln!("wsrelay: error: {e:#}");
+            eprintln!("wsrelay: error: {}", describe(&e));
             return Ok(ExitCode::from(2));
         }
     };

@@ -447,6 +447,16 @@ impl Signals {
     }
 }
 
+/// Loads everything [`Server::bind`] would load from `config` (TLS files,
+/// the JWT key, the origin list) without binding anything.
+pub fn check(config: &Config) -> Result<(), ServerError> {
+    if let Some(t) = &config.server.tls {
+        tls::server_config(&t.cert_file, &t.key_file)?;
+    }
+    Gate::new(config)?;
+    Ok(())
+}
+
 /// Runs the relay described by `config` until SIGINT or SIGTERM.
 pub async fn run(config: &Config) -> Result<(), ServerError> {
     // Before anything is announced, so a signal sent on seeing "listening" counts.

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -346,4 +347,50 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(event["message"], "relay listening", "{first}");
     let addr: std::net::SocketAddr = event["addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
+}
+
+#[test]
+fn check_config_prints_the_effective_config_or_names_the_problem() {
+    let dir = TempDir::new("check");
+    let good = dir.file("good.yaml", "client:\n  queue_messages: 7\n");
+    let out = binary()
+        .args(["check-config"])
+        .arg(&good)
+        .args(["--metrics-listen", "127.0.0.1:9999"])
+        .env("WSRELAY_LISTEN", "127.0.0.1:7777")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The output is itself a valid config: the file, the environment and
+    // the flag applied, every default filled in.
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let effective = wsrelay::config::Config::parse(&printed, Path::new("stdout")).unwrap();
+    let mut want = wsrelay::config::Config::default();
+    want.client.queue_messages = 7;
+    want.server.listen = "127.0.0.1:7777".parse().unwrap();
+    want.metrics.listen = "127.0.0.1:9999".parse().unwrap();
+    assert_eq!(effective, want);
+    assert!(printed.contains("write_timeout:"), "{printed}");
+
+    // Files the relay would load are loaded too.
+    let missing_cert = dir.file(
+        "tls.yaml",
+        "server:\n  tls:\n    cert_file: /nonexistent/cert.pem\n    key_file: /nonexistent/key.pem\n",
+    );
+    let bad_key = dir.file("key.yaml", "client:\n  write_timeout: soon\n");
+    for (file, needles) in [
+        (&missing_cert, &["tls.yaml", "/nonexistent/cert.pem"][..]),
+        (
+            &bad_key,
+            &["key.yaml", "client.write_timeout", "line 2"][..],
+        ),
+    ] {
+        let out = binary().arg("check-config").arg(file).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        assert!(out.stdout.is_empty());
+    }
 }
