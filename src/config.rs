@@ -290,15 +290,21 @@ impl TryFrom<RawJwtConfig> for JwtConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long clients get to answer Close 1001 before they are dropped.
+    /// How long clients get to answer Close 1001 before they are dropped;
+    /// the closes themselves are spread over the first half of it.
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// How long the relay keeps accepting clients after the signal, with
+    /// `/readyz` answering 503, before it starts closing.
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_delay: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
         }
     }
 }

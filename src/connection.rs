@@ -221,9 +221,6 @@ where
     let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
 
     let event = poll_fn(|task| {
-        if cx.shutdown.is_cancelled() {
-            return Poll::Ready(Event::Shutdown);
-        }
         let dropped_by_hub = || match cx.shutdown.is_cancelled() {
             true => Event::Shutdown,
             false => Event::Evicted,

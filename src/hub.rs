@@ -11,7 +11,7 @@
 //! closing its queue, which wakes its task to close it with 1008.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -92,6 +92,9 @@ pub struct Hub {
     // Publishing takes the read lock, so publishers on different threads run
     // in parallel; joins and leaves are rare by comparison.
     subscribers: RwLock<HashMap<ClientId, Arc<Queue>>>,
+    /// Set (under the write lock) once shutdown has taken every member:
+    /// a client joining later gets a queue that is already closed.
+    draining: AtomicBool,
     next_id: AtomicU64,
     limits: QueueLimits,
 }
@@ -119,6 +122,7 @@ impl Hub {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             subscribers: RwLock::new(HashMap::new()),
+            draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             limits: QueueLimits {
                 messages: limits.messages.max(1),
@@ -128,13 +132,20 @@ impl Hub {
     }
 
     /// Adds a subscriber; it hears every message published from now on.
+    /// Once the hub is draining, the subscription comes closed.
     pub fn join(&self) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::default());
-        self.subscribers
+        let mut subscribers = self
+            .subscribers
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, queue.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.draining.load(Ordering::Relaxed) {
+            true => queue.close(),
+            false => {
+                subscribers.insert(id, queue.clone());
+            }
+        }
         Subscription { id, queue }
     }
 
@@ -194,19 +205,17 @@ impl Hub {
         }
     }
 
-    /// Drops every membership at once, closing every queue; used at
-    /// shutdown, when each client's task then sees the server's token and
-    /// closes with 1001.
-    pub fn clear(&self) {
-        let members = std::mem::take(
-            &mut *self
-                .subscribers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for queue in members.values() {
-            queue.close();
-        }
+    /// Ends every membership for shutdown and hands back the members'
+    /// queues, for the server to close (each close wakes that client's task
+    /// to say goodbye with 1001). Clients joining from now on get a closed
+    /// queue at once.
+    pub fn drain(&self) -> Vec<Arc<Queue>> {
+        let mut subscribers = self
+            .subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.draining.store(true, Ordering::Relaxed);
+        std::mem::take(&mut *subscribers).into_values().collect()
     }
 
     /// Subscribers connected now.
@@ -314,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn pings_and_clear_reach_every_queue() {
+    fn pings_and_drain_reach_every_queue() {
         let hub = hub(1, OnOverflow::Disconnect);
         let (a, b) = (hub.join(), hub.join());
         hub.ping_all();
@@ -326,9 +335,15 @@ mod tests {
                 Poll::Ready(Next::Ping)
             );
         }
-        hub.clear();
+        let drained = hub.drain();
         assert!(hub.is_empty());
+        assert_eq!(drained.len(), 2);
+        // Draining hands the queues over; closing them is the server's turn.
+        assert!(!a.queue.is_closed());
+        drained.iter().for_each(|q| q.close());
         assert!(a.queue.is_closed() && b.queue.is_closed());
+        assert!(hub.join().queue.is_closed());
+        assert!(hub.is_empty());
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct Metrics {
     disconnections_by_reason: Family<ReasonLabel, Counter>,
     /// Clients connected now.
     pub connections_active: Gauge,
+    /// 1 while the relay accepts new clients, 0 once it drains for
+    /// shutdown; `/readyz` answers from it.
+    pub ready: Gauge,
     rejected: Family<ReasonLabel, Counter>,
     /// Data messages received from clients.
     pub messages_received: Counter,
@@ -177,6 +180,7 @@ impl Metrics {
             disconnections: Counter::default(),
             disconnections_by_reason: Family::default(),
             connections_active: Gauge::default(),
+            ready: Gauge::default(),
             rejected: Family::default(),
             messages_received: Counter::default(),
             bytes_received: Counter::default(),
@@ -206,6 +210,12 @@ impl Metrics {
             "WebSocket clients connected now",
             m.connections_active.clone(),
         );
+        r.register(
+            "ready",
+            "1 while the relay accepts new clients, 0 while it drains for shutdown",
+            m.ready.clone(),
+        );
+        m.ready.set(1);
         r.register(
             "rejected_connections",
             "Connection attempts that never became WebSocket clients, by reason",
@@ -301,7 +311,15 @@ pub async fn handle_http(
             Bytes::from(metrics.render()),
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        (_, "/metrics" | "/healthz") => (
+        (&Method::GET, "/readyz") => match metrics.ready.get() {
+            1 => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from_static(b"draining\n"),
+            ),
+        },
+        (_, "/metrics" | "/healthz" | "/readyz") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"method not allowed\n"),

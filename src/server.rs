@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
-use crate::queue::QueueLimits;
+use crate::queue::{Queue, QueueLimits};
 use crate::tls::{self, TlsError};
 use crate::upgrade::{Decision, Gate, GateError};
 
@@ -66,6 +66,8 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown_timeout: Duration,
+    /// How long the relay keeps accepting after the signal, not ready.
+    drain_delay: Duration,
 }
 
 /// What every connection task needs, shared by reference count.
@@ -123,6 +125,7 @@ impl Server {
                 handshake_timeout: config.limits.handshake_timeout,
             }),
             shutdown_timeout: config.shutdown.timeout,
+            drain_delay: config.shutdown.drain_delay,
         })
     }
 
@@ -163,6 +166,7 @@ impl Server {
             metrics_listener,
             shared,
             shutdown_timeout,
+            drain_delay,
         } = self;
         let cx = shared.conn.clone();
         let metrics_stop = CancellationToken::new();
@@ -176,9 +180,25 @@ impl Server {
 
         let tracker = shared.tracker.clone();
         tokio::pin!(shutdown);
+        // Set when the shutdown signal came: until then, keep accepting.
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            let drained = async {
+                match drain_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = &mut shutdown => break,
+                biased;
+                () = drained => break,
+                () = &mut shutdown, if drain_until.is_none() => {
+                    // Load balancers stop sending clients; those already on
+                    // their way are still served for the drain delay.
+                    cx.metrics.ready.set(0);
+                    info!(drain_delay = ?drain_delay, "draining: /readyz now answers 503");
+                    drain_until = Some(tokio::time::Instant::now() + drain_delay);
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         tracker.spawn(handle_socket(stream, peer, shared.clone()));
@@ -193,13 +213,18 @@ impl Server {
         }
         drop(listener);
 
-        info!(clients = cx.metrics.connections_active.get(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
-        // Cancel first, then clear: a client woken by the clear (or joining
-        // after it) finds the token cancelled and closes with 1001.
+        // Cancel first (handshakes in flight give up; the keepalive stops),
+        // then take every member: a client whose queue closes sees the token
+        // and says goodbye with 1001.
         cx.shutdown.cancel();
-        cx.hub.clear();
+        let clients = cx.hub.drain();
+        info!(clients = clients.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
         tracker.close();
-        if tokio::time::timeout(shutdown_timeout, tracker.wait())
+        let closing = async {
+            close_in_batches(clients, shutdown_timeout / 2).await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(shutdown_timeout, closing)
             .await
             .is_err()
         {
@@ -214,6 +239,23 @@ impl Server {
         }
         metrics_stop.cancel();
         info!("shutdown complete");
+    }
+}
+
+/// Batches the shutdown closes are spread over.
+const CLOSE_BATCHES: usize = 10;
+
+/// Closes clients a batch at a time over `spread`, so that they do not all
+/// reconnect to the next relay in the same instant.
+async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration) {
+    let per_batch = clients.len().div_ceil(CLOSE_BATCHES).max(1);
+    let batches = clients.len().div_ceil(per_batch).max(1);
+    let pause = spread / batches as u32;
+    for (i, batch) in clients.chunks(per_batch).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        batch.iter().for_each(|queue| queue.close());
     }
 }
 
@@ -464,10 +506,11 @@ pub async fn run(config: &Config) -> Result<(), ServerError> {
     // Each client is a file descriptor: use all the process may have.
     let files = raise_open_file_limit();
     let server = Server::bind(config).await?;
-    info!(url = %server.url(), addr = %server.local_addr(), open_files = files, "relay listening");
     if let Some(addr) = server.metrics_addr() {
         info!(url = %format!("http://{addr}/metrics"), addr = %addr, "metrics listening");
     }
+    // Last: scripts and tests take this line to mean "ready".
+    info!(url = %server.url(), addr = %server.local_addr(), open_files = files, "relay listening");
     server
         .run(async {
             let signal = signals.shutdown().await;

@@ -337,14 +337,22 @@ fn json_logs_are_one_object_per_line() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let first = lines.next().expect("a log line").unwrap();
+    // Every line up to "relay listening" (the last start-up line) is one
+    // JSON object.
+    let mut listening = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("a log line");
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(event["level"], "INFO", "{line}");
+        if event["message"] == "relay listening" {
+            listening = Some(event);
+            break;
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    let event: serde_json::Value =
-        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    assert_eq!(event["level"], "INFO", "{first}");
-    assert_eq!(event["message"], "relay listening", "{first}");
+    let event = listening.expect("a relay listening line");
     let addr: std::net::SocketAddr = event["addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
 }
@@ -393,4 +401,62 @@ fn check_config_prints_the_effective_config_or_names_the_problem() {
         }
         assert!(out.stdout.is_empty());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_turns_readyz_503_keeps_accepting_then_spreads_the_closes() {
+    const CLIENTS: usize = 20;
+    let dir = TempDir::new("drain");
+    let mut relay = relay_with(&dir, "shutdown:\n  drain_delay: 3s\n  timeout: 4s\n");
+    let metrics = relay.metrics_addr.expect("metrics listener");
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(
+            within(wsrelay::client::connect(&url(&relay), None))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
+
+    relay.signal("TERM");
+    within(async {
+        while http_get(metrics, "/readyz").await.0 != 503 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Not ready, but still accepting during the drain delay: a client the
+    // load balancer had already sent is served.
+    clients.push(
+        within(wsrelay::client::connect(&url(&relay), None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+
+    // Every client gets 1001; the closes come in batches, not at once.
+    let mut closing = tokio::task::JoinSet::new();
+    for mut ws in clients {
+        closing.spawn(async move {
+            assert_eq!(recv_close(&mut ws).await, 1001);
+            let at = Instant::now();
+            within(ws.close()).await.unwrap();
+            at
+        });
+    }
+    let closed_at: Vec<Instant> = closing.join_all().await;
+    let first = closed_at.iter().min().unwrap();
+    let last = closed_at.iter().max().unwrap();
+    // Ten batches over half of the 4 s timeout: the last comes 1.8 s after
+    // the first (later, never earlier, on a loaded machine).
+    assert!(
+        *last - *first >= Duration::from_millis(1500),
+        "closes spread over only {:?}",
+        *last - *first
+    );
+    let code = tokio::task::spawn_blocking(move || relay.wait_exit(PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
 }
