@@ -70,6 +70,14 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// Private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     pub key_file: PathBuf,
+    /// How often the files are checked for a new certificate ("0s": only
+    /// on SIGHUP). Symlink swaps are seen: the check follows links.
+    #[serde(default = "default_watch_interval", with = "humantime_serde_compat")]
+    pub watch_interval: Duration,
+}
+
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// The Prometheus listener.

@@ -164,6 +164,9 @@ pub struct Metrics {
     /// Payload bytes of data messages written to clients' sockets.
     pub bytes_sent: Counter,
     dropped: Family<ReasonLabel, Counter>,
+    tls_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    /// When the certificate in use expires (Unix seconds; 0 without TLS).
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -187,6 +190,8 @@ impl Metrics {
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
             dropped: Family::default(),
+            tls_reloads: Family::default(),
+            tls_certificate_expiry: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -246,7 +251,20 @@ impl Metrics {
             "Messages not delivered, by reason: discarded by the slow-consumer policy, or over a client's rate limit",
             m.dropped.clone(),
         );
+        r.register(
+            "tls_reloads",
+            "Certificate reloads (SIGHUP or a changed file), by result",
+            m.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate in use expires, in Unix seconds (0 without TLS)",
+            m.tls_certificate_expiry.clone(),
+        );
         // Create every labelled series up front so they read 0, not absent.
+        for result in ["ok", "error"] {
+            let _ = m.tls_reloads.get_or_create(&[("result", result)]);
+        }
         for reason in DisconnectReason::ALL {
             let _ = m
                 .disconnections_by_reason
@@ -288,6 +306,12 @@ impl Metrics {
         self.rejected
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
+    }
+
+    /// A certificate reload succeeded (`ok`) or was refused.
+    pub fn tls_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads.get_or_create(&[("result", result)]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

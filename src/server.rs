@@ -29,14 +29,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::queue::{Queue, QueueLimits};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, CertStore, TlsError};
 use crate::upgrade::{Decision, Gate, GateError};
 
 /// How long a metrics client may take to send its request.
@@ -65,6 +65,7 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
+    certs: Option<CertReloader>,
     shutdown_timeout: Duration,
     /// How long the relay keeps accepting after the signal, not ready.
     drain_delay: Duration,
@@ -86,11 +87,12 @@ impl Server {
     /// Loads TLS files and binds both listeners. Fails with the file or the
     /// address at fault; nothing is served until [`Server::run`].
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
-        let tls = match &config.server.tls {
-            Some(t) => Some(TlsAcceptor::from(tls::server_config(
-                &t.cert_file,
-                &t.key_file,
-            )?)),
+        let certs = match &config.server.tls {
+            Some(t) => Some(Arc::new(CertStore::load(&t.cert_file, &t.key_file)?)),
+            None => None,
+        };
+        let tls = match &certs {
+            Some(store) => Some(TlsAcceptor::from(tls::server_config(store.clone())?)),
             None => None,
         };
         let listener = bind(config.server.listen).await?;
@@ -98,13 +100,17 @@ impl Server {
             true => Some(bind(config.metrics.listen).await?),
             false => None,
         };
+        let metrics = Arc::new(Metrics::new());
+        if let Some(expiry) = certs.as_ref().and_then(|c| c.not_after()) {
+            metrics.tls_certificate_expiry.set(expiry);
+        }
         let conn = ConnectionContext {
             hub: Arc::new(Hub::new(QueueLimits {
                 messages: config.client.queue_messages,
                 bytes: config.client.queue_bytes,
                 on_overflow: config.client.on_overflow,
             })),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             close_timeout: config.client.close_timeout,
@@ -123,6 +129,14 @@ impl Server {
                 tls,
                 gate: Gate::new(config)?,
                 handshake_timeout: config.limits.handshake_timeout,
+            }),
+            certs: certs.map(|store| CertReloader {
+                store,
+                watch_interval: config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map_or(Duration::ZERO, |t| t.watch_interval),
             }),
             shutdown_timeout: config.shutdown.timeout,
             drain_delay: config.shutdown.drain_delay,
@@ -158,6 +172,33 @@ impl Server {
         )
     }
 
+    /// Reloads the certificate on every SIGHUP until shutdown (a relay
+    /// without TLS logs the signal and carries on). Installed before the
+    /// relay says it is listening, so a SIGHUP sent after that is never fatal.
+    pub fn reload_on_sighup(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; certificates reload only when their files change");
+                return;
+            }
+        };
+        let (certs, cx) = (self.certs.clone(), self.shared.conn.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = hup.recv() => if got.is_none() { return },
+                    () = cx.shutdown.cancelled() => return,
+                }
+                match &certs {
+                    Some(certs) => certs.reload(&cx.metrics, "SIGHUP"),
+                    None => info!("SIGHUP received; no TLS certificate to reload"),
+                }
+            }
+        });
+    }
+
     /// Serves until `shutdown` resolves, then closes every client with 1001
     /// and returns once they are gone or `shutdown.timeout` has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -165,6 +206,7 @@ impl Server {
             listener,
             metrics_listener,
             shared,
+            certs,
             shutdown_timeout,
             drain_delay,
         } = self;
@@ -176,6 +218,9 @@ impl Server {
 
         if cx.keepalive.is_some() {
             tokio::spawn(keepalive(cx.clone()));
+        }
+        if let Some(certs) = certs.filter(|c| !c.watch_interval.is_zero()) {
+            tokio::spawn(watch_certificate(certs, cx.clone()));
         }
 
         let tracker = shared.tracker.clone();
@@ -239,6 +284,68 @@ impl Server {
         }
         metrics_stop.cancel();
         info!("shutdown complete");
+    }
+}
+
+/// The server's certificate store, and how often to look for new files.
+#[derive(Clone)]
+struct CertReloader {
+    store: Arc<CertStore>,
+    watch_interval: Duration,
+}
+
+impl CertReloader {
+    /// Loads the files again: new handshakes get the new pair; on failure
+    /// the old one stays in use. Either way it is logged and counted.
+    fn reload(&self, metrics: &Metrics, trigger: &str) {
+        match self.store.reload() {
+            Ok(()) => {
+                metrics.tls_reloaded(true);
+                let expiry = self.store.not_after().unwrap_or(0);
+                metrics.tls_certificate_expiry.set(expiry);
+                info!(trigger, not_after = expiry, "TLS certificate reloaded");
+            }
+            Err(e) => {
+                metrics.tls_reloaded(false);
+                error!(trigger, error = %e, "TLS certificate reload failed; keeping the current certificate");
+            }
+        }
+    }
+
+    /// What identifies the files' current contents: modification time, size
+    /// and inode of each, through symlinks, so a Kubernetes-style swap of
+    /// the directory a link points to counts as a change.
+    fn fingerprint(&self) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        self.store
+            .files()
+            .iter()
+            .map(|f| {
+                let m = std::fs::metadata(f).ok()?;
+                Some((m.modified().ok()?, m.len(), m.ino()))
+            })
+            .collect()
+    }
+}
+
+/// Reloads the certificate whenever its files change.
+async fn watch_certificate(certs: CertReloader, cx: Arc<ConnectionContext>) {
+    let mut seen = certs.fingerprint();
+    let mut ticks = tokio::time::interval(certs.watch_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = cx.shutdown.cancelled() => return,
+        }
+        let now = certs.fingerprint();
+        // A failed reload is retried only once the files change again, so a
+        // bad pair is reported once, not every interval.
+        if now != seen {
+            seen = now;
+            certs.reload(&cx.metrics, "file change");
+        }
     }
 }
 
@@ -493,7 +600,7 @@ impl Signals {
 /// the JWT key, the origin list) without binding anything.
 pub fn check(config: &Config) -> Result<(), ServerError> {
     if let Some(t) = &config.server.tls {
-        tls::server_config(&t.cert_file, &t.key_file)?;
+        CertStore::load(&t.cert_file, &t.key_file)?;
     }
     Gate::new(config)?;
     Ok(())
@@ -506,6 +613,7 @@ pub async fn run(config: &Config) -> Result<(), ServerError> {
     // Each client is a file descriptor: use all the process may have.
     let files = raise_open_file_limit();
     let server = Server::bind(config).await?;
+    server.reload_on_sighup();
     if let Some(addr) = server.metrics_addr() {
         info!(url = %format!("http://{addr}/metrics"), addr = %addr, "metrics listening");
     }
