@@ -380,6 +380,34 @@ fn check_config_prints_the_effective_config_or_names_the_problem() {
     assert_eq!(effective, want);
     assert!(printed.contains("write_timeout:"), "{printed}");
 
+    // Precedence: flag over environment over file over default.
+    let file = dir.file("listen.yaml", "server:\n  listen: \"127.0.0.1:5555\"\n");
+    let listen_with = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = binary();
+        cmd.arg("check-config")
+            .arg(&file)
+            .env_remove("WSRELAY_LISTEN");
+        if let Some(env) = env {
+            cmd.env("WSRELAY_LISTEN", env);
+        }
+        if let Some(flag) = flag {
+            cmd.args(["--listen", flag]);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        wsrelay::config::Config::parse(&text, Path::new("stdout"))
+            .unwrap()
+            .server
+            .listen
+            .to_string()
+    };
+    assert_eq!(listen_with(None, None), "127.0.0.1:5555");
+    assert_eq!(listen_with(Some("127.0.0.1:6666"), None), "127.0.0.1:6666");
+    assert_eq!(
+        listen_with(Some("127.0.0.1:6666"), Some("127.0.0.1:7777")),
+        "127.0.0.1:7777"
+    );
+
     // Files the relay would load are loaded too.
     let missing_cert = dir.file(
         "tls.yaml",
