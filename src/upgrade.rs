@@ -9,6 +9,7 @@
 //! requests parsed from raw bytes (`fuzz/`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -39,7 +40,7 @@ pub struct Gate {
     /// `None` when anyone may connect.
     auth: Option<Authenticator>,
     proxies: TrustedProxies,
-    limits: std::sync::Arc<ConnectionLimits>,
+    limits: Arc<ConnectionLimits>,
 }
 
 /// What to do with a request on the WebSocket listener.
