@@ -156,6 +156,7 @@ print("| encode once: the hub carries the finished server frame; batches packed 
 print("| one bulk receive per batch (one permit release, not one per frame); shutdown wake-up through the hub instead of a shared token | 405-460 (290-320) | |")
 print("| client served on its own task after the upgrade (handshake state freed) | | 9 057 |")
 print("| own strict frame reader: per-thread read buffer, bytes kept only for partial frames | 303-354 (275-301) | 3 832 |")
+print("| own client queue (`VecDeque` behind a mutex, one lock per batch, pings as a flag) instead of tokio mpsc + oneshot; old vs new binary alternating, medians of 3 | 365 -> 250 | 3 956 -> 2 243 |")
 print()
 print("## Commands\n")
 print("```sh")
