@@ -195,15 +195,7 @@ fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Optio
     {
         return Some((token.to_owned(), None));
     }
-    if let Some(token) = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| {
-            pair.strip_prefix("token=")
-                .and_then(percent_decode)
-                .filter(|t| !t.is_empty())
-        })
-    {
+    if let Some(token) = crate::query::param(query, "token").filter(|t| !t.is_empty()) {
         return Some((token, None));
     }
     let offered: Vec<&str> = headers
@@ -223,23 +215,6 @@ fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Optio
         .find(|p| !p.starts_with(PROTOCOL_PREFIX))
         .and_then(|p| HeaderValue::from_str(p).ok());
     Some((token.to_owned(), answer))
-}
-
-/// Decodes `%XX` escapes and `+`; `None` if malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        out.push(match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
-            }
-            b'+' => b' ',
-            b => b,
-        });
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

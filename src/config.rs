@@ -24,6 +24,8 @@ pub struct Config {
     pub client: ClientConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub rooms: RoomsConfig,
+    pub relay: RelayConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -200,6 +202,47 @@ impl Default for LimitsConfig {
             messages_per_second: 0,
             burst: 0,
             on_rate_exceeded: OnRateExceeded::Close,
+        }
+    }
+}
+
+/// Rooms: separate audiences chosen by the upgrade path.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Off: everyone shares one room on `server.path`. On: a client at
+    /// `{prefix}{name}` joins room `name` and hears only its room.
+    pub enabled: bool,
+    /// The path before a room's name.
+    #[serde(deserialize_with = "de_path")]
+    pub prefix: String,
+    /// Most rooms at once (0: no cap); a client asking for one more gets 503.
+    pub max_rooms: usize,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            prefix: "/rooms/".to_owned(),
+            max_rooms: 0,
+        }
+    }
+}
+
+/// How messages are relayed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Whether a sender gets its own messages back; a client may override
+    /// it for itself with `?echo=false` or `?echo=true`.
+    pub echo_to_sender: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            echo_to_sender: true,
         }
     }
 }

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::OnRateExceeded;
-use crate::hub::{Frame, Hub, Subscription};
+use crate::hub::{Frame, Hub, RoomName, Subscription};
 use crate::limits::{Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
@@ -149,10 +149,35 @@ pub struct Client {
     pub peer: SocketAddr,
     /// The client's own address, as trusted proxies report it.
     pub ip: IpAddr,
+    /// The room it joined ("" with rooms off).
+    pub room: RoomName,
+    pub role: Role,
+    /// Whether it hears its own messages.
+    pub echo: bool,
     /// When its credentials expire: it is closed with 1008 then.
     pub expires_at: Option<SystemTime>,
     /// Its place under the connection caps, held for its lifetime.
     pub permit: Permit,
+}
+
+/// What a client may do, chosen with `?role=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Receives only; a message from it gets close 1008.
+    Subscriber,
+    /// Sends only; it hears nothing.
+    Publisher,
+    Both,
+}
+
+impl Role {
+    pub fn receives(self) -> bool {
+        self != Role::Publisher
+    }
+
+    pub fn sends(self) -> bool {
+        self != Role::Subscriber
+    }
 }
 
 /// What ended a client's active phase.
@@ -173,6 +198,8 @@ enum Event {
     IdleTimeout,
     /// Its JWT expired.
     TokenExpired,
+    /// A subscriber sent a message.
+    NotPermitted,
     Shutdown,
     WriteFailed(io::Error),
 }
@@ -193,9 +220,9 @@ where
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         Box::pin(tokio::time::sleep(left))
     });
-    let reason = drive(io, &subscription.queue, expiry, &cx).await;
+    let reason = drive(io, &subscription, &client, expiry, &cx).await;
 
-    cx.hub.leave(id);
+    cx.hub.leave(&subscription.room, id);
     cx.metrics.disconnected(reason);
     match reason {
         DisconnectReason::ClientClose | DisconnectReason::Reset | DisconnectReason::Shutdown => {
@@ -208,13 +235,17 @@ where
 
 async fn drive<S>(
     mut io: S,
-    queue: &Queue,
+    subscription: &Subscription,
+    client: &Client,
     mut expiry: Option<Pin<Box<Sleep>>>,
     cx: &ConnectionContext,
 ) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let queue: &Queue = &subscription.queue;
+    // Without echo, publishing skips the sender itself.
+    let skip = (!client.echo).then_some(subscription.id);
     let mut reader = Reader::new(cx.max_message_size);
     let mut outbox = Outbox::new(cx.write_timeout);
     let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
@@ -265,7 +296,10 @@ where
                         }
                     };
                 }
-                let published = cx.hub.publish(&frame);
+                if !client.role.sends() {
+                    return Some(Event::NotPermitted);
+                }
+                let published = cx.hub.publish(&subscription.room, &frame, skip);
                 if published.dropped > 0 {
                     cx.metrics
                         .dropped(DropReason::SlowConsumer, published.dropped as u64);
@@ -335,6 +369,12 @@ where
             protocol::close_frame(1001, "idle timeout"),
             // It has not answered pings; it will not answer a close either.
             false,
+            cx.close_timeout,
+        ),
+        Event::NotPermitted => (
+            DisconnectReason::NotPermitted,
+            protocol::close_frame(1008, "subscribers may not send"),
+            true,
             cx.close_timeout,
         ),
         Event::TokenExpired => (

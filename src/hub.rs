@@ -11,12 +11,13 @@
 //! closing its queue, which wakes its task to close it with 1008.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::queue::{Push, Queue, QueueLimits};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A data message encoded once as the unmasked, final server frame that
 /// goes on every subscriber's wire unchanged.
@@ -87,25 +88,55 @@ impl Frame {
 /// Identifies one connected client for the lifetime of the process.
 pub type ClientId = u64;
 
-/// Everyone who hears published messages.
+/// A room's name; with rooms off, every client is in the room "".
+pub type RoomName = Arc<str>;
+
+/// Everyone who hears published messages, room by room.
 pub struct Hub {
     // Publishing takes the read lock, so publishers on different threads run
     // in parallel; joins and leaves are rare by comparison.
-    subscribers: RwLock<HashMap<ClientId, Arc<Queue>>>,
-    /// Set (under the write lock) once shutdown has taken every member:
-    /// a client joining later gets a queue that is already closed.
-    draining: AtomicBool,
+    rooms: RwLock<Rooms>,
     next_id: AtomicU64,
     limits: QueueLimits,
+    /// Most rooms at once (0: no cap).
+    max_rooms: usize,
+    /// Rooms that exist now, as exported (`wsrelay_rooms_active`).
+    rooms_active: Gauge,
+}
+
+#[derive(Default)]
+struct Rooms {
+    by_name: HashMap<RoomName, Room>,
+    /// Set once shutdown has taken every member: a client joining later
+    /// gets a queue that is already closed.
+    draining: bool,
+}
+
+/// A room exists while it has members.
+#[derive(Default)]
+struct Room {
+    members: HashMap<ClientId, Member>,
+}
+
+/// The hub's end of one membership.
+struct Member {
+    queue: Arc<Queue>,
+    /// False for a publish-only client: it is in the room but hears nothing.
+    receives: bool,
 }
 
 /// A client's end of its membership.
 pub struct Subscription {
     pub id: ClientId,
+    pub room: RoomName,
     /// Messages published for this client, in order; closed when the hub
     /// drops the client (evicted as a slow consumer, or shutdown).
     pub queue: Arc<Queue>,
 }
+
+/// `rooms.max_rooms` rooms exist and the client asked for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomsFull;
 
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -118,62 +149,96 @@ pub struct Published {
 }
 
 impl Hub {
-    /// A hub whose subscribers' queues are bounded by `limits`.
-    pub fn new(limits: QueueLimits) -> Self {
+    /// A hub whose subscribers' queues are bounded by `limits`, with at
+    /// most `max_rooms` rooms (0: no cap), counting its rooms in `rooms_active`.
+    pub fn new(limits: QueueLimits, max_rooms: usize, rooms_active: Gauge) -> Self {
         Self {
-            subscribers: RwLock::new(HashMap::new()),
-            draining: AtomicBool::new(false),
+            rooms: RwLock::new(Rooms::default()),
             next_id: AtomicU64::new(1),
             limits: QueueLimits {
                 messages: limits.messages.max(1),
                 ..limits
             },
+            max_rooms,
+            rooms_active,
         }
     }
 
-    /// Adds a subscriber; it hears every message published from now on.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Rooms> {
+        self.rooms.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Rooms> {
+        self.rooms.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a client to `room`, creating the room if needed; it hears every
+    /// message published there from now on (unless `receives` is false).
     /// Once the hub is draining, the subscription comes closed.
-    pub fn join(&self) -> Subscription {
+    pub fn join(&self, room: RoomName, receives: bool) -> Result<Subscription, RoomsFull> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::default());
-        let mut subscribers = self
-            .subscribers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        match self.draining.load(Ordering::Relaxed) {
-            true => queue.close(),
-            false => {
-                subscribers.insert(id, queue.clone());
-            }
-        }
-        Subscription { id, queue }
-    }
-
-    /// Removes a subscriber and closes its queue. Idempotent.
-    pub fn leave(&self, id: ClientId) {
-        let removed = self
-            .subscribers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-        if let Some(queue) = removed {
+        let mut rooms = self.write();
+        if rooms.draining {
             queue.close();
+        } else {
+            if self.max_rooms > 0
+                && rooms.by_name.len() >= self.max_rooms
+                && !rooms.by_name.contains_key(&room)
+            {
+                return Err(RoomsFull);
+            }
+            let member = Member {
+                queue: queue.clone(),
+                receives,
+            };
+            let r = rooms.by_name.entry(room.clone()).or_insert_with(|| {
+                self.rooms_active.inc();
+                Room::default()
+            });
+            r.members.insert(id, member);
+        }
+        Ok(Subscription { id, room, queue })
+    }
+
+    /// Removes a client from its room (the room goes when it empties) and
+    /// closes its queue. Idempotent.
+    pub fn leave(&self, room: &str, id: ClientId) {
+        let removed = {
+            let mut rooms = self.write();
+            let Some(r) = rooms.by_name.get_mut(room) else {
+                return;
+            };
+            let removed = r.members.remove(&id);
+            if r.members.is_empty() {
+                rooms.by_name.remove(room);
+                self.rooms_active.dec();
+            }
+            removed
+        };
+        if let Some(member) = removed {
+            member.queue.close();
         }
     }
 
-    /// Queues `frame` for every subscriber under the overflow policy.
-    /// Subscribers that overflow under `disconnect` are evicted: their queue
-    /// is closed, which wakes their task to close them with 1008.
-    pub fn publish(&self, frame: &Frame) -> Published {
+    /// Queues `frame` for everyone in `room` who receives, except `skip`
+    /// (the sender, when it does not want its own messages back), under the
+    /// overflow policy. Members that overflow under `disconnect` are
+    /// evicted: their queue is closed, which wakes their task to close them
+    /// with 1008.
+    pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
         let mut published = Published::default();
         let mut overflowed: Vec<ClientId> = Vec::new();
         {
-            let subscribers = self
-                .subscribers
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (&id, queue) in subscribers.iter() {
-                match queue.push(frame, &self.limits) {
+            let rooms = self.read();
+            let Some(r) = rooms.by_name.get(room) else {
+                return published;
+            };
+            for (&id, member) in &r.members {
+                if !member.receives || Some(id) == skip {
+                    continue;
+                }
+                match member.queue.push(frame, &self.limits) {
                     Push::Queued { dropped } => {
                         published.queued += 1;
                         published.dropped += dropped;
@@ -189,19 +254,15 @@ impl Hub {
             }
         }
         for id in overflowed {
-            self.leave(id);
+            self.leave(room, id);
         }
         published
     }
 
-    /// Asks every subscriber's task to send a keepalive ping.
+    /// Asks every client's task to send a keepalive ping.
     pub fn ping_all(&self) {
-        let subscribers = self
-            .subscribers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        for queue in subscribers.values() {
-            queue.ping();
+        for room in self.read().by_name.values() {
+            room.members.values().for_each(|m| m.queue.ping());
         }
     }
 
@@ -210,24 +271,44 @@ impl Hub {
     /// to say goodbye with 1001). Clients joining from now on get a closed
     /// queue at once.
     pub fn drain(&self) -> Vec<Arc<Queue>> {
-        let mut subscribers = self
-            .subscribers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.draining.store(true, Ordering::Relaxed);
-        std::mem::take(&mut *subscribers).into_values().collect()
+        let mut rooms = self.write();
+        rooms.draining = true;
+        self.rooms_active.set(0);
+        std::mem::take(&mut rooms.by_name)
+            .into_values()
+            .flat_map(|r| r.members.into_values().map(|m| m.queue))
+            .collect()
     }
 
-    /// Subscribers connected now.
+    /// Clients connected now, in every room.
     pub fn len(&self) -> usize {
-        self.subscribers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.read().by_name.values().map(|r| r.members.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Rooms that exist now.
+    pub fn room_count(&self) -> usize {
+        self.read().by_name.len()
+    }
+
+    /// Every room with its number of receiving members, by name.
+    pub fn rooms(&self) -> Vec<(RoomName, usize)> {
+        let mut list: Vec<(RoomName, usize)> = self
+            .read()
+            .by_name
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    r.members.values().filter(|m| m.receives).count(),
+                )
+            })
+            .collect();
+        list.sort();
+        list
     }
 }
 
@@ -239,11 +320,17 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     fn hub(messages: usize, on_overflow: OnOverflow) -> Hub {
-        Hub::new(QueueLimits {
+        let limits = QueueLimits {
             messages,
             bytes: 1 << 20,
             on_overflow,
-        })
+        };
+        Hub::new(limits, 0, Gauge::default())
+    }
+
+    /// A member of the one room used when rooms are off.
+    fn join(hub: &Hub) -> Subscription {
+        hub.join("".into(), true).unwrap()
     }
 
     fn take(s: &Subscription) -> Vec<Frame> {
@@ -256,10 +343,10 @@ mod tests {
     #[test]
     fn publish_reaches_every_subscriber_sharing_the_payload() {
         let hub = hub(4, OnOverflow::Disconnect);
-        let a = hub.join();
-        let b = hub.join();
+        let a = join(&hub);
+        let b = join(&hub);
         let frame = Frame::new(false, b"hello");
-        let published = hub.publish(&frame);
+        let published = hub.publish("", &frame, None);
         assert_eq!(
             published,
             Published {
@@ -277,16 +364,16 @@ mod tests {
     #[test]
     fn full_queue_evicts_only_that_subscriber() {
         let hub = hub(2, OnOverflow::Disconnect);
-        let slow = hub.join();
-        let fast = hub.join();
+        let slow = join(&hub);
+        let fast = join(&hub);
         let msg = Frame::new(true, b"x");
         for _ in 0..2 {
-            assert_eq!(hub.publish(&msg).queued, 2);
+            assert_eq!(hub.publish("", &msg, None).queued, 2);
             assert_eq!(take(&fast).len(), 1);
         }
         // The slow queue is full: this publish evicts it and reaches the other.
         assert_eq!(
-            hub.publish(&msg),
+            hub.publish("", &msg, None),
             Published {
                 queued: 1,
                 dropped: 1
@@ -295,7 +382,7 @@ mod tests {
         assert!(slow.queue.is_closed());
         assert!(!fast.queue.is_closed());
         assert_eq!(hub.len(), 1);
-        assert_eq!(hub.publish(&msg).queued, 1);
+        assert_eq!(hub.publish("", &msg, None).queued, 1);
         assert_eq!(slow.queue.discard(), 2);
     }
 
@@ -303,10 +390,10 @@ mod tests {
     fn drop_policies_keep_the_subscriber() {
         for policy in [OnOverflow::DropOldest, OnOverflow::DropNewest] {
             let hub = hub(1, policy);
-            let slow = hub.join();
-            hub.publish(&Frame::new(true, b"1"));
+            let slow = join(&hub);
+            hub.publish("", &Frame::new(true, b"1"), None);
             assert_eq!(
-                hub.publish(&Frame::new(true, b"2")),
+                hub.publish("", &Frame::new(true, b"2"), None),
                 Published {
                     queued: usize::from(policy == OnOverflow::DropOldest),
                     dropped: 1
@@ -325,7 +412,7 @@ mod tests {
     #[test]
     fn pings_and_drain_reach_every_queue() {
         let hub = hub(1, OnOverflow::Disconnect);
-        let (a, b) = (hub.join(), hub.join());
+        let (a, b) = (join(&hub), join(&hub));
         hub.ping_all();
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = Vec::new();
@@ -342,7 +429,7 @@ mod tests {
         assert!(!a.queue.is_closed());
         drained.iter().for_each(|q| q.close());
         assert!(a.queue.is_closed() && b.queue.is_closed());
-        assert!(hub.join().queue.is_closed());
+        assert!(join(&hub).queue.is_closed());
         assert!(hub.is_empty());
     }
 
@@ -362,10 +449,46 @@ mod tests {
     #[test]
     fn leave_is_idempotent_and_closes_the_queue() {
         let hub = hub(1, OnOverflow::Disconnect);
-        let s = hub.join();
-        hub.leave(s.id);
-        hub.leave(s.id);
+        let s = join(&hub);
+        hub.leave("", s.id);
+        hub.leave("", s.id);
         assert!(hub.is_empty());
         assert!(s.queue.is_closed());
+    }
+
+    #[test]
+    fn rooms_are_isolated_and_go_when_empty() {
+        let rooms_active = Gauge::default();
+        let limits = QueueLimits {
+            messages: 8,
+            bytes: 1 << 20,
+            on_overflow: OnOverflow::Disconnect,
+        };
+        let hub = Hub::new(limits, 2, rooms_active.clone());
+        let a1 = hub.join("a".into(), true).unwrap();
+        let a2 = hub.join("a".into(), true).unwrap();
+        let b = hub.join("b".into(), true).unwrap();
+        assert_eq!(rooms_active.get(), 2);
+        // A third room is refused; joining an existing one is not.
+        assert_eq!(hub.join("c".into(), true).err(), Some(RoomsFull));
+        let a3 = hub.join("a".into(), false).unwrap();
+
+        let m = Frame::new(true, b"to a");
+        // Publish-only members hear nothing; the sender can be skipped.
+        assert_eq!(hub.publish("a", &m, Some(a1.id)).queued, 1);
+        assert_eq!(take(&a2).len(), 1);
+        assert!(take(&a1).is_empty() && take(&b).is_empty() && take(&a3).is_empty());
+        assert_eq!(hub.publish("nowhere", &m, None), Published::default());
+        assert_eq!(
+            hub.rooms(),
+            vec![(RoomName::from("a"), 2), (RoomName::from("b"), 1)]
+        );
+
+        hub.leave("b", b.id);
+        assert_eq!(rooms_active.get(), 1);
+        assert!(hub.join("c".into(), true).is_ok());
+        assert_eq!(hub.room_count(), 2);
+        hub.drain();
+        assert_eq!(rooms_active.get(), 0);
     }
 }

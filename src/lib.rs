@@ -17,6 +17,7 @@
 //! - [`origin`]: the `Origin` allowlist.
 //! - [`auth`]: static tokens and JWTs, checked before the upgrade.
 //! - [`forwarded`]: the real client address behind trusted proxies.
+//! - [`query`]: parameters from a request's query string.
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
 //! - [`bench`]: the load generator behind `wsrelay bench`.
@@ -47,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod query;
 pub mod queue;
 pub mod server;
 pub mod tls;

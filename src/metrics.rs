@@ -42,10 +42,12 @@ pub enum DisconnectReason {
     IdleTimeout,
     /// Its JWT expired; closed with 1008.
     TokenExpired,
+    /// It sent a message as a subscriber; closed with 1008.
+    NotPermitted,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
@@ -56,6 +58,7 @@ impl DisconnectReason {
         Self::RateLimit,
         Self::IdleTimeout,
         Self::TokenExpired,
+        Self::NotPermitted,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -71,6 +74,7 @@ impl DisconnectReason {
             Self::RateLimit => "rate_limit",
             Self::IdleTimeout => "idle_timeout",
             Self::TokenExpired => "token_expired",
+            Self::NotPermitted => "not_permitted",
         }
     }
 }
@@ -90,18 +94,21 @@ pub enum RejectReason {
     MaxConnections,
     /// `limits.max_connections_per_ip` was reached for its address (429).
     MaxConnectionsPerIp,
+    /// `rooms.max_rooms` rooms exist and it asked for another (503).
+    MaxRooms,
     /// The TLS handshake and HTTP request took longer than `limits.handshake_timeout`.
     HandshakeTimeout,
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Tls,
         Self::BadRequest,
         Self::Origin,
         Self::Auth,
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
+        Self::MaxRooms,
         Self::HandshakeTimeout,
     ];
 
@@ -113,6 +120,7 @@ impl RejectReason {
             Self::Auth => "auth",
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::MaxRooms => "max_rooms",
             Self::HandshakeTimeout => "handshake_timeout",
         }
     }
@@ -151,6 +159,8 @@ pub struct Metrics {
     disconnections_by_reason: Family<ReasonLabel, Counter>,
     /// Clients connected now.
     pub connections_active: Gauge,
+    /// Rooms with at least one member.
+    pub rooms_active: Gauge,
     /// 1 while the relay accepts new clients, 0 once it drains for
     /// shutdown; `/readyz` answers from it.
     pub ready: Gauge,
@@ -184,6 +194,7 @@ impl Metrics {
             disconnections_by_reason: Family::default(),
             connections_active: Gauge::default(),
             ready: Gauge::default(),
+            rooms_active: Gauge::default(),
             rejected: Family::default(),
             messages_received: Counter::default(),
             bytes_received: Counter::default(),
@@ -214,6 +225,11 @@ impl Metrics {
             "connections_active",
             "WebSocket clients connected now",
             m.connections_active.clone(),
+        );
+        r.register(
+            "rooms_active",
+            "Rooms with at least one member (1 with rooms off and anyone connected)",
+            m.rooms_active.clone(),
         );
         r.register(
             "ready",

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::Request;
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -33,11 +33,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
-use crate::hub::{Hub, Subscription};
+use crate::hub::{Hub, RoomsFull, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::queue::{Queue, QueueLimits};
 use crate::tls::{self, CertStore, TlsError};
-use crate::upgrade::{Decision, Gate, GateError};
+use crate::upgrade::{self, Decision, Gate, GateError};
 
 /// How long a metrics client may take to send its request.
 const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,15 +101,23 @@ impl Server {
             false => None,
         };
         let metrics = Arc::new(Metrics::new());
+        let max_rooms = match config.rooms.enabled {
+            true => config.rooms.max_rooms,
+            false => 0,
+        };
         if let Some(expiry) = certs.as_ref().and_then(|c| c.not_after()) {
             metrics.tls_certificate_expiry.set(expiry);
         }
         let conn = ConnectionContext {
-            hub: Arc::new(Hub::new(QueueLimits {
-                messages: config.client.queue_messages,
-                bytes: config.client.queue_bytes,
-                on_overflow: config.client.on_overflow,
-            })),
+            hub: Arc::new(Hub::new(
+                QueueLimits {
+                    messages: config.client.queue_messages,
+                    bytes: config.client.queue_bytes,
+                    on_overflow: config.client.on_overflow,
+                },
+                max_rooms,
+                metrics.rooms_active.clone(),
+            )),
             metrics,
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -434,19 +442,41 @@ async fn serve_http<IO>(
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         service_fn(move |mut req: Request<Incoming>| {
-            let response = match shared.gate.admit(&req, peer) {
+            let decision = match shared.gate.admit(&req, peer) {
                 Decision::Upgrade(response, client) => {
+                    match shared
+                        .conn
+                        .hub
+                        .join(client.room.clone(), client.role.receives())
+                    {
+                        Ok(subscription) => Ok((response, client, subscription)),
+                        Err(RoomsFull) => Err((
+                            RejectReason::MaxRooms,
+                            upgrade::refuse(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "too many rooms; try again later",
+                            ),
+                        )),
+                    }
+                }
+                Decision::Refuse(reason, response) => Err((reason, response)),
+            };
+            let response = match decision {
+                Ok((response, client, subscription)) => {
                     let admitted = Admitted {
                         upgrade: hyper::upgrade::on(&mut req),
-                        subscription: shared.conn.hub.join(),
+                        subscription,
                         client,
                     };
                     if let Some(old) = lock(&slot).replace(admitted) {
-                        shared.conn.hub.leave(old.subscription.id);
+                        shared
+                            .conn
+                            .hub
+                            .leave(&old.subscription.room, old.subscription.id);
                     }
                     response
                 }
-                Decision::Refuse(reason, response) => {
+                Err((reason, response)) => {
                     shared.conn.metrics.rejected(reason);
                     // The path only: a query may carry a token.
                     debug!(%peer, status = %response.status(), path = req.uri().path(), reason = reason.as_str(), "request refused");
@@ -501,7 +531,7 @@ async fn serve_http<IO>(
                 .tracker
                 .spawn(connection::serve(io, client, subscription, cx));
         }
-        None => shared.conn.hub.leave(subscription.id),
+        None => shared.conn.hub.leave(&subscription.room, subscription.id),
     }
 }
 

@@ -18,8 +18,9 @@ use http_body_util::Full;
 
 use crate::auth::{Admission, AuthError, Authenticator};
 use crate::config::Config;
-use crate::connection::Client;
+use crate::connection::{Client, Role};
 use crate::forwarded::TrustedProxies;
+use crate::hub::RoomName;
 use crate::limits::{ConnectionLimits, LimitExceeded};
 use crate::metrics::RejectReason;
 use crate::origin::OriginPolicy;
@@ -36,6 +37,10 @@ pub enum GateError {
 /// Everything decided before the upgrade.
 pub struct Gate {
     path: String,
+    /// With rooms on, the path prefix before a room's name.
+    room_prefix: Option<String>,
+    /// Whether senders hear their own messages unless they say otherwise.
+    echo: bool,
     origins: OriginPolicy,
     /// `None` when anyone may connect.
     auth: Option<Authenticator>,
@@ -56,6 +61,8 @@ impl Gate {
     pub fn new(config: &Config) -> Result<Self, GateError> {
         Ok(Self {
             path: config.server.path.clone(),
+            room_prefix: config.rooms.enabled.then(|| config.rooms.prefix.clone()),
+            echo: config.relay.echo_to_sender,
             origins: OriginPolicy::new(&config.server.allowed_origins)
                 .map_err(GateError::Origins)?,
             auth: Authenticator::new(&config.auth)?,
@@ -67,18 +74,70 @@ impl Gate {
         })
     }
 
-    /// The path clients upgrade on.
+    /// The path clients upgrade on (with rooms, the prefix).
     pub fn path(&self) -> &str {
-        &self.path
+        self.room_prefix.as_deref().unwrap_or(&self.path)
+    }
+
+    /// The room a request's path names: 404 for a path that names none,
+    /// 400 for a name that is not allowed.
+    fn route(&self, path: &str) -> Result<RoomName, (StatusCode, &'static str)> {
+        const NOT_FOUND: (StatusCode, &str) = (StatusCode::NOT_FOUND, "not found");
+        let Some(prefix) = &self.room_prefix else {
+            return match path == self.path {
+                true => Ok(RoomName::from("")),
+                false => Err(NOT_FOUND),
+            };
+        };
+        let name = path.strip_prefix(prefix.as_str()).ok_or(NOT_FOUND)?;
+        match is_room_name(name) {
+            true => Ok(RoomName::from(name)),
+            false => Err((
+                StatusCode::BAD_REQUEST,
+                "room names are 1-128 characters of A-Z a-z 0-9 . _ : -",
+            )),
+        }
+    }
+
+    /// Echo and role from the query: `?echo=false`, `?role=subscriber`.
+    fn preferences(&self, query: Option<&str>) -> Result<(bool, Role), &'static str> {
+        let echo = match crate::query::param(query, "echo").as_deref() {
+            None => self.echo,
+            Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err("echo must be true or false"),
+        };
+        let role = match crate::query::param(query, "role").as_deref() {
+            None | Some("both") => Role::Both,
+            Some("subscriber") => Role::Subscriber,
+            Some("publisher") => Role::Publisher,
+            Some(_) => return Err("role must be subscriber, publisher or both"),
+        };
+        Ok((echo, role))
     }
 
     /// Decides a request: protocol checks, then the Origin allowlist, then
     /// credentials, then the caps (counted against the real client address).
     pub fn admit<B>(&self, req: &Request<B>, peer: SocketAddr) -> Decision {
-        let mut response = upgrade_response(req, &self.path);
+        let room = match self.route(req.uri().path()) {
+            Ok(room) => room,
+            Err((status, why)) => {
+                return Decision::Refuse(RejectReason::BadRequest, refuse(status, why));
+            }
+        };
+        let mut response = upgrade_response(req);
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Decision::Refuse(RejectReason::BadRequest, response);
         }
+        let (echo, role) = match self.preferences(req.uri().query()) {
+            Ok(p) => p,
+            Err(why) => {
+                return Decision::Refuse(
+                    RejectReason::BadRequest,
+                    refuse(StatusCode::BAD_REQUEST, why),
+                );
+            }
+        };
         let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
         if !self.origins.allows(origin) {
             let refusal = refuse(StatusCode::FORBIDDEN, "origin not allowed");
@@ -108,6 +167,9 @@ impl Gate {
                 Client {
                     peer,
                     ip,
+                    room,
+                    role,
+                    echo,
                     expires_at: admission.expires_at,
                     permit,
                 },
@@ -130,13 +192,18 @@ impl Gate {
     }
 }
 
-/// The response to a request on the WebSocket listener: 101 for a valid
-/// upgrade on the configured path, otherwise the 4xx that says what is wrong.
-fn upgrade_response<B>(req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
+/// 1 to 128 characters of `A-Za-z0-9._:-`.
+fn is_room_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The response to a WebSocket upgrade request: 101 if it is a valid one,
+/// otherwise the 4xx that says what is wrong.
+fn upgrade_response<B>(req: &Request<B>) -> Response<Full<Bytes>> {
     let headers = req.headers();
-    if req.uri().path() != path {
-        return refuse(StatusCode::NOT_FOUND, "not found");
-    }
     if req.method() != Method::GET {
         let mut r = refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
         r.headers_mut()
@@ -192,7 +259,7 @@ fn upgrade_response<B>(req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// A plain-text refusal that also ends the HTTP connection.
-fn refuse(status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
+pub fn refuse(status: StatusCode, why: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
     *r.status_mut() = status;
     let h = r.headers_mut();
