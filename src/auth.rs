@@ -14,6 +14,11 @@
 //! algorithm, `exp` (required), `nbf`, and `aud`/`iss` when configured. A
 //! JWT's `exp` also ends the connection: the client is closed with 1008 when
 //! its token expires. Anything else gets 401 before the upgrade.
+//!
+//! A JWT may also narrow what its holder may do: `rooms` (names, or
+//! `prefix*` patterns such as `"chat:*"`), `publish: false` and
+//! `subscribe: false`. A connection outside them gets 403 before the
+//! upgrade.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,6 +61,35 @@ pub struct Admission {
     pub expires_at: Option<SystemTime>,
     /// The subprotocol to select in the 101, when the token came as one.
     pub protocol: Option<HeaderValue>,
+    /// What a JWT's claims allow; everything for a static token or no auth.
+    pub grants: Grants,
+}
+
+/// What a client may do, from its JWT's `rooms`, `publish` and `subscribe`
+/// claims; a claim that is absent allows everything it would restrict.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct Grants {
+    /// Room names, or `prefix*` patterns (`"chat:*"`); `None`: any room.
+    pub rooms: Option<Vec<String>>,
+    /// `Some(false)`: may not send.
+    pub publish: Option<bool>,
+    /// `Some(false)`: may not receive.
+    pub subscribe: Option<bool>,
+}
+
+impl Grants {
+    /// Whether these grants cover joining `room` to send and/or receive.
+    pub fn allow(&self, room: &str, sends: bool, receives: bool) -> bool {
+        let room_ok = self.rooms.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => room.starts_with(prefix),
+                None => p == room,
+            })
+        });
+        room_ok
+            && (!sends || self.publish != Some(false))
+            && (!receives || self.subscribe != Some(false))
+    }
 }
 
 /// Why a client was refused; the text goes into the 401 body.
@@ -82,6 +116,8 @@ impl Refusal {
 #[derive(Deserialize)]
 struct Claims {
     exp: u64,
+    #[serde(flatten)]
+    grants: Grants,
 }
 
 const PROTOCOL_PREFIX: &str = "bearer.";
@@ -142,6 +178,7 @@ impl Authenticator {
         let mut admission = Admission {
             expires_at: None,
             protocol,
+            grants: Grants::default(),
         };
         if self
             .tokens
@@ -157,6 +194,7 @@ impl Authenticator {
             Ok(data) => {
                 admission.expires_at =
                     Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway);
+                admission.grants = data.claims.grants;
                 Ok(admission)
             }
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {

@@ -90,6 +90,8 @@ pub enum RejectReason {
     Origin,
     /// No valid token (401).
     Auth,
+    /// The token does not allow that room or role (403).
+    Forbidden,
     /// `limits.max_connections` was reached (503).
     MaxConnections,
     /// `limits.max_connections_per_ip` was reached for its address (429).
@@ -101,11 +103,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Tls,
         Self::BadRequest,
         Self::Origin,
         Self::Auth,
+        Self::Forbidden,
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
         Self::MaxRooms,
@@ -118,6 +121,7 @@ impl RejectReason {
             Self::BadRequest => "bad_request",
             Self::Origin => "origin",
             Self::Auth => "auth",
+            Self::Forbidden => "forbidden",
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::MaxRooms => "max_rooms",

@@ -155,6 +155,15 @@ impl Gate {
                 }
             },
         };
+        if !admission.grants.allow(&room, role.sends(), role.receives()) {
+            return Decision::Refuse(
+                RejectReason::Forbidden,
+                refuse(
+                    StatusCode::FORBIDDEN,
+                    "this token does not allow that room or role",
+                ),
+            );
+        }
         if let Some(protocol) = admission.protocol {
             response
                 .headers_mut()

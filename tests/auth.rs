@@ -299,3 +299,46 @@ async fn per_ip_limits_count_the_forwarded_address_only_from_trusted_proxies() {
     server.wait_metric("wsrelay_connections_active", 3).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_claims_narrow_the_rooms_and_roles_a_client_may_use() {
+    let mut config = test_config();
+    config.rooms.enabled = true;
+    config.auth.jwt = Some(jwt_config(JwtKey::HS256 {
+        secret: SECRET.into(),
+    }));
+    let server = start(config).await;
+    let with = |patch: serde_json::Value| {
+        let mut c = claims(600);
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        sign(Algorithm::HS256, c)
+    };
+    let reader = with(json!({ "rooms": ["chat:*", "lobby"], "publish": false }));
+    let writer = with(json!({ "subscribe": false }));
+    let cases = [
+        (&reader, "/rooms/chat:1", "role=subscriber", "101"),
+        (&reader, "/rooms/lobby", "role=subscriber", "101"),
+        (&reader, "/rooms/chat:", "role=subscriber", "101"),
+        (&reader, "/rooms/lobby2", "role=subscriber", "403"),
+        (&reader, "/rooms/chat", "role=subscriber", "403"),
+        // role=both would send, which this token does not allow.
+        (&reader, "/rooms/lobby", "role=both", "403"),
+        (&writer, "/rooms/anything", "role=publisher", "101"),
+        (&writer, "/rooms/anything", "role=both", "403"),
+    ];
+    let mut held = Vec::new();
+    for (token, path, query, want) in cases {
+        let target = format!("{path}?{query}&token={token}");
+        let (head, s) = handshake_to(server.addr, "127.0.0.1", &target, "").await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path}?{query}: {head}"
+        );
+        held.push(s);
+    }
+    server.wait_metric(&rejected("forbidden"), 4).await;
+    server.wait_metric("wsrelay_connections_active", 4).await;
+    server.stop().await;
+}
