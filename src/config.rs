@@ -26,6 +26,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rooms: RoomsConfig,
     pub relay: RelayConfig,
+    pub api: ApiConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -244,6 +245,64 @@ impl Default for RelayConfig {
         Self {
             echo_to_sender: true,
         }
+    }
+}
+
+/// The HTTP API for backends, on its own listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawApiConfig")]
+pub struct ApiConfig {
+    pub enabled: bool,
+    /// Address serving `/api/v1/...`.
+    pub listen: SocketAddr,
+    /// Bearer keys, any one of which authorises a request; at least one
+    /// when the API is enabled.
+    pub keys: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// `api` as written; checked so that an enabled API without keys is an
+/// error that names the key and line.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawApiConfig {
+    enabled: bool,
+    listen: SocketAddr,
+    keys: Vec<String>,
+}
+
+impl Default for RawApiConfig {
+    fn default() -> Self {
+        let d = ApiConfig::default();
+        Self {
+            enabled: d.enabled,
+            listen: d.listen,
+            keys: d.keys,
+        }
+    }
+}
+
+impl TryFrom<RawApiConfig> for ApiConfig {
+    type Error = &'static str;
+
+    fn try_from(raw: RawApiConfig) -> Result<Self, Self::Error> {
+        if raw.enabled && raw.keys.iter().all(|k| k.trim().is_empty()) {
+            return Err("an enabled API needs at least one key in `keys`");
+        }
+        Ok(Self {
+            enabled: raw.enabled,
+            listen: raw.listen,
+            keys: raw.keys,
+        })
     }
 }
 

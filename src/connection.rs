@@ -200,6 +200,8 @@ enum Event {
     TokenExpired,
     /// A subscriber sent a message.
     NotPermitted,
+    /// Closed through the HTTP API, with this Close frame.
+    ClosedByOperator(Bytes),
     Shutdown,
     WriteFailed(io::Error),
 }
@@ -252,9 +254,10 @@ where
     let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
 
     let event = poll_fn(|task| {
-        let dropped_by_hub = || match cx.shutdown.is_cancelled() {
-            true => Event::Shutdown,
-            false => Event::Evicted,
+        let dropped_by_hub = || match (queue.farewell(), cx.shutdown.is_cancelled()) {
+            (Some(close), _) => Event::ClosedByOperator(close),
+            (None, true) => Event::Shutdown,
+            (None, false) => Event::Evicted,
         };
         // Dropped from the hub: evicted as a slow consumer, or shutdown.
         if queue.is_closed() {
@@ -371,6 +374,9 @@ where
             false,
             cx.close_timeout,
         ),
+        Event::ClosedByOperator(close) => {
+            (DisconnectReason::ClosedByApi, close, true, cx.close_timeout)
+        }
         Event::NotPermitted => (
             DisconnectReason::NotPermitted,
             protocol::close_frame(1008, "subscribers may not send"),

@@ -259,6 +259,24 @@ impl Hub {
         published
     }
 
+    /// Removes every member of `room` and closes each with `farewell`
+    /// (a Close frame); returns how many there were.
+    pub fn close_room(&self, room: &str, farewell: &Bytes) -> usize {
+        let removed = {
+            let mut rooms = self.write();
+            let removed = rooms.by_name.remove(room);
+            if removed.is_some() {
+                self.rooms_active.dec();
+            }
+            removed
+        };
+        let Some(r) = removed else { return 0 };
+        for member in r.members.values() {
+            member.queue.close_with(farewell.clone());
+        }
+        r.members.len()
+    }
+
     /// Asks every client's task to send a keepalive ping.
     pub fn ping_all(&self) {
         for room in self.read().by_name.values() {

@@ -18,6 +18,7 @@
 //! - [`auth`]: static tokens and JWTs, checked before the upgrade.
 //! - [`forwarded`]: the real client address behind trusted proxies.
 //! - [`query`]: parameters from a request's query string.
+//! - [`api`]: the HTTP API for backends (publish, rooms, stats, close).
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
 //! - [`bench`]: the load generator behind `wsrelay bench`.
@@ -36,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod client;

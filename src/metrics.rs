@@ -44,10 +44,12 @@ pub enum DisconnectReason {
     TokenExpired,
     /// It sent a message as a subscriber; closed with 1008.
     NotPermitted,
+    /// Its room's connections were closed through the HTTP API (1000).
+    ClosedByApi,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
@@ -59,6 +61,7 @@ impl DisconnectReason {
         Self::IdleTimeout,
         Self::TokenExpired,
         Self::NotPermitted,
+        Self::ClosedByApi,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -75,6 +78,7 @@ impl DisconnectReason {
             Self::IdleTimeout => "idle_timeout",
             Self::TokenExpired => "token_expired",
             Self::NotPermitted => "not_permitted",
+            Self::ClosedByApi => "closed_by_api",
         }
     }
 }

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
+
 use crate::config::OnOverflow;
 use crate::hub::Frame;
 
@@ -75,6 +77,9 @@ struct State {
     bytes: usize,
     ping: bool,
     closed: bool,
+    /// The Close frame to send when the queue was closed by an operator
+    /// (the HTTP API), rather than for eviction or shutdown.
+    farewell: Option<Bytes>,
     /// Woken by a push, a ping or close: the task is waiting for data.
     on_data: Option<Waker>,
     /// Woken by close only: the task is waiting on its socket instead, and
@@ -144,7 +149,24 @@ impl Queue {
     /// Ends the queue: the client's task wakes and finds it closed, whatever
     /// it was waiting for. Idempotent.
     pub fn close(&self) {
+        self.close_inner(None);
+    }
+
+    /// Ends the queue with the Close frame the client is to be sent.
+    pub fn close_with(&self, farewell: Bytes) {
+        self.close_inner(Some(farewell));
+    }
+
+    /// The Close frame given to [`Queue::close_with`], if that closed it.
+    pub fn farewell(&self) -> Option<Bytes> {
+        self.lock().farewell.clone()
+    }
+
+    fn close_inner(&self, farewell: Option<Bytes>) {
         let mut state = self.lock();
+        if !state.closed {
+            state.farewell = farewell;
+        }
         state.closed = true;
         self.closed.store(true, Ordering::Release);
         let wakers = [state.on_data.take(), state.on_close.take()];

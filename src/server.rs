@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::api::{self, Api};
 use crate::config::Config;
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
@@ -64,6 +65,8 @@ pub enum ServerError {
 pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    /// The HTTP API's listener, when `api.enabled`.
+    api: Option<(TcpListener, Arc<Api>)>,
     shared: Arc<Shared>,
     certs: Option<CertReloader>,
     shutdown_timeout: Duration,
@@ -100,6 +103,10 @@ impl Server {
             true => Some(bind(config.metrics.listen).await?),
             false => None,
         };
+        let api_listener = match config.api.enabled {
+            true => Some(bind(config.api.listen).await?),
+            false => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let max_rooms = match config.rooms.enabled {
             true => config.rooms.max_rooms,
@@ -128,11 +135,17 @@ impl Server {
             on_rate_exceeded: config.limits.on_rate_exceeded,
             keepalive: KeepAlive::new(config.client.ping_interval, config.client.idle_timeout),
         };
+        let conn = Arc::new(conn);
+        let api = api_listener.map(|l| {
+            let api = Api::new(&config.api.keys, conn.clone(), config.rooms.enabled);
+            (l, Arc::new(api))
+        });
         Ok(Self {
             listener,
             metrics_listener,
+            api,
             shared: Arc::new(Shared {
-                conn: Arc::new(conn),
+                conn,
                 tracker: TaskTracker::new(),
                 tls,
                 gate: Gate::new(config)?,
@@ -160,6 +173,11 @@ impl Server {
     }
 
     /// The metrics listener's address, if metrics are enabled.
+    /// Where the HTTP API listens, if it is enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
             .as_ref()
@@ -213,6 +231,7 @@ impl Server {
         let Self {
             listener,
             metrics_listener,
+            api,
             shared,
             certs,
             shutdown_timeout,
@@ -222,6 +241,9 @@ impl Server {
         let metrics_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
             tokio::spawn(serve_metrics(l, cx.metrics.clone(), metrics_stop.clone()));
+        }
+        if let Some((l, api)) = api {
+            tokio::spawn(api::serve(l, api, metrics_stop.clone()));
         }
 
         if cx.keepalive.is_some() {

@@ -202,7 +202,7 @@ impl Gate {
 }
 
 /// 1 to 128 characters of `A-Za-z0-9._:-`.
-fn is_room_name(name: &str) -> bool {
+pub fn is_room_name(name: &str) -> bool {
     (1..=128).contains(&name.len())
         && name
             .bytes()

@@ -38,6 +38,8 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The HTTP API, when the config enables it.
+    pub api_addr: Option<SocketAddr>,
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -49,6 +51,7 @@ pub async fn start(config: Config) -> TestServer {
     let addr = server.local_addr();
     let metrics_addr = server.metrics_addr().expect("metrics enabled in tests");
     let url = server.url();
+    let api_addr = server.api_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -56,6 +59,7 @@ pub async fn start(config: Config) -> TestServer {
     TestServer {
         addr,
         metrics_addr,
+        api_addr,
         url,
         stop: Some(stop),
         task,
@@ -186,13 +190,28 @@ pub async fn recv_close(ws: &mut ClientStream) -> u16 {
 
 /// A one-shot HTTP/1.1 GET over a raw socket: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, "", b"").await
+}
+
+/// A one-shot HTTP/1.1 request with `extra` header lines and a body:
+/// (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut s = within(TcpStream::connect(addr)).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413, 401) before reading all of a large body.
+    let _ = s.write_all(body).await;
     let mut raw = Vec::new();
-    within(s.read_to_end(&mut raw))
-        .await
-        .expect("read response");
+    let _ = within(s.read_to_end(&mut raw)).await;
     parse_response(&String::from_utf8_lossy(&raw))
 }
 

@@ -1,0 +1,282 @@
+//! The HTTP API for backends, on its own listener (`api.listen`): push to a
+//! room without holding a WebSocket, list rooms, read stats, close a room's
+//! clients. Every request carries `Authorization: Bearer <key>` with one of
+//! `api.keys`. Answers are JSON; errors are `{"error": "..."}` with the
+//! status that fits (400, 401, 404, 405, 413, 503).
+//!
+//! - `POST /api/v1/rooms/{room}/messages`: the body is one message to the
+//!   room, text for `text/*` and JSON content types, binary otherwise;
+//!   answers `{"delivered": n}`, the local subscribers it was queued for.
+//!   It goes through the same fan-out, size limit and metrics as a message
+//!   from a client.
+//! - `GET /api/v1/rooms`: `{"rooms": [{"name": ..., "subscribers": n}]}`.
+//! - `GET /api/v1/stats`: connections, rooms and message totals.
+//! - `DELETE /api/v1/rooms/{room}/connections`: closes the room's clients
+//!   with 1000 and the request body as the reason; answers `{"closed": n}`.
+//!
+//! With rooms off, the one shared room is called `default` here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::connection::ConnectionContext;
+use crate::hub::{Frame, RoomName};
+use crate::metrics::DropReason;
+use crate::protocol;
+
+/// The API's name for the shared room when rooms are off.
+const DEFAULT_ROOM: &str = "default";
+
+/// How long an API client may take to send its request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the API needs from the relay.
+pub struct Api {
+    keys: Vec<Vec<u8>>,
+    cx: Arc<ConnectionContext>,
+    rooms_enabled: bool,
+}
+
+/// A failed request: its status and what to say.
+struct Failure(StatusCode, String);
+
+type Reply = Result<Value, Failure>;
+
+fn fail(status: StatusCode, why: impl Into<String>) -> Failure {
+    Failure(status, why.into())
+}
+
+impl Api {
+    pub fn new(keys: &[String], cx: Arc<ConnectionContext>, rooms_enabled: bool) -> Self {
+        Self {
+            keys: keys
+                .iter()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            cx,
+            rooms_enabled,
+        }
+    }
+
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        let Some(key) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
+        else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .any(|k| aws_lc_rs::constant_time::verify_slices_are_equal(k, key.as_bytes()).is_ok())
+    }
+
+    /// The hub's room for an API room name.
+    fn room(&self, name: &str) -> Result<RoomName, Failure> {
+        if !crate::upgrade::is_room_name(name) {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "room names are 1-128 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        match (self.rooms_enabled, name) {
+            (true, _) => Ok(RoomName::from(name)),
+            (false, DEFAULT_ROOM) => Ok(RoomName::from("")),
+            (false, _) => Err(fail(
+                StatusCode::NOT_FOUND,
+                "rooms are off: the one room is \"default\"",
+            )),
+        }
+    }
+
+    fn api_name(&self, room: &str) -> String {
+        match self.rooms_enabled {
+            true => room.to_owned(),
+            false => DEFAULT_ROOM.to_owned(),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let reply = self.route(req).await;
+        let (status, body) = match reply {
+            Ok(body) => (StatusCode::OK, body),
+            Err(Failure(status, why)) => (status, json!({ "error": why })),
+        };
+        let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Reply {
+        if !self.authorised(req.headers()) {
+            return Err(fail(
+                StatusCode::UNAUTHORIZED,
+                "missing or unknown API key: send Authorization: Bearer <key>",
+            ));
+        }
+        if self.cx.shutdown.is_cancelled() {
+            return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::POST, ["", "api", "v1", "rooms", room, "messages"]) => {
+                let room = self.room(room)?;
+                self.publish(room, req).await
+            }
+            (Method::GET, ["", "api", "v1", "rooms"]) => Ok(self.rooms()),
+            (Method::GET, ["", "api", "v1", "stats"]) => Ok(self.stats()),
+            (Method::DELETE, ["", "api", "v1", "rooms", room, "connections"]) => {
+                let room = self.room(room)?;
+                self.close_room(&room, req).await
+            }
+            (
+                _,
+                ["", "api", "v1", "rooms", _, "messages" | "connections"]
+                | ["", "api", "v1", "rooms" | "stats"],
+            ) => Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+            _ => Err(fail(StatusCode::NOT_FOUND, "no such route")),
+        }
+    }
+
+    async fn publish(&self, room: RoomName, req: Request<Incoming>) -> Reply {
+        let text = is_text(req.headers());
+        let body = read_body(req, self.cx.max_message_size).await?;
+        if text && std::str::from_utf8(&body).is_err() {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "a text message must be UTF-8 (send binary with another content type)",
+            ));
+        }
+        let metrics = &self.cx.metrics;
+        metrics.messages_received.inc();
+        metrics.bytes_received.inc_by(body.len() as u64);
+        let published = self.cx.hub.publish(&room, &Frame::new(text, &body), None);
+        if published.dropped > 0 {
+            metrics.dropped(DropReason::SlowConsumer, published.dropped as u64);
+        }
+        Ok(json!({ "delivered": published.queued }))
+    }
+
+    fn rooms(&self) -> Value {
+        let rooms: Vec<Value> = self
+            .cx
+            .hub
+            .rooms()
+            .into_iter()
+            .map(|(name, n)| json!({ "name": self.api_name(&name), "subscribers": n }))
+            .collect();
+        json!({ "rooms": rooms })
+    }
+
+    fn stats(&self) -> Value {
+        let m = &self.cx.metrics;
+        json!({
+            "connections": m.connections_active.get(),
+            "connections_total": m.connections.get(),
+            "rooms": self.cx.hub.room_count(),
+            "messages_received": m.messages_received.get(),
+            "messages_delivered": m.messages_sent.get(),
+        })
+    }
+
+    async fn close_room(&self, room: &str, req: Request<Incoming>) -> Reply {
+        // A Close frame's reason has room for 123 bytes.
+        let body = read_body(req, 123).await?;
+        let reason = std::str::from_utf8(&body)
+            .map_err(|_| fail(StatusCode::BAD_REQUEST, "the reason must be UTF-8"))?;
+        let closed = self
+            .cx
+            .hub
+            .close_room(room, &protocol::close_frame(1000, reason.trim()));
+        match closed {
+            0 => Err(fail(StatusCode::NOT_FOUND, "no such room")),
+            n => Ok(json!({ "closed": n })),
+        }
+    }
+}
+
+/// Text for `text/*` and JSON (`application/json`, `*+json`) content types.
+fn is_text(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.starts_with("text/") || mime == "application/json" || mime.ends_with("+json")
+}
+
+/// The whole body, refused with 413 past `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {limit} bytes"),
+        )),
+        Err(e) => Err(fail(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read body: {e}"),
+        )),
+    }
+}
+
+/// Serves the API until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
