@@ -34,7 +34,6 @@ use tracing::warn;
 
 use crate::connection::ConnectionContext;
 use crate::hub::{Frame, RoomName};
-use crate::metrics::DropReason;
 use crate::protocol;
 
 /// The API's name for the shared room when rooms are off.
@@ -175,10 +174,7 @@ impl Api {
         let metrics = &self.cx.metrics;
         metrics.messages_received.inc();
         metrics.bytes_received.inc_by(body.len() as u64);
-        let published = self.cx.hub.publish(&room, &Frame::new(text, &body), None);
-        if published.dropped > 0 {
-            metrics.dropped(DropReason::SlowConsumer, published.dropped as u64);
-        }
+        let published = self.cx.publish(&room, &Frame::new(text, &body), None);
         Ok(json!({ "delivered": published.queued }))
     }
 

@@ -90,6 +90,9 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address serving `/metrics` and `/healthz`.
     pub listen: SocketAddr,
+    /// Also count messages and deliveries per room (a label per room name:
+    /// only where room names are few).
+    pub per_room_labels: bool,
 }
 
 impl Default for MetricsConfig {
@@ -97,6 +100,7 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            per_room_labels: false,
         }
     }
 }

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::OnRateExceeded;
-use crate::hub::{Frame, Hub, RoomName, Subscription};
+use crate::hub::{ClientId, Frame, Hub, Published, RoomName, Subscription};
 use crate::limits::{Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
@@ -100,6 +100,22 @@ pub struct ConnectionContext {
     pub on_rate_exceeded: OnRateExceeded,
     /// Server pings and the idle timeout; `None` when pings are off.
     pub keepalive: Option<KeepAlive>,
+}
+
+impl ConnectionContext {
+    /// Publishes a message into `room` (skipping `skip`, the sender that
+    /// does not want it back) and counts what happened: drops by the
+    /// slow-consumer policy and, if enabled, per-room figures. Clients and
+    /// the HTTP API both publish through here.
+    pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
+        let published = self.hub.publish(room, frame, skip);
+        if published.dropped > 0 {
+            self.metrics
+                .dropped(DropReason::SlowConsumer, published.dropped as u64);
+        }
+        self.metrics.room_published(room, published.queued);
+        published
+    }
 }
 
 /// A coarse clock that advances once per ping interval, when the server
@@ -302,11 +318,7 @@ where
                 if !client.role.sends() {
                     return Some(Event::NotPermitted);
                 }
-                let published = cx.hub.publish(&subscription.room, &frame, skip);
-                if published.dropped > 0 {
-                    cx.metrics
-                        .dropped(DropReason::SlowConsumer, published.dropped as u64);
-                }
+                cx.publish(&subscription.room, &frame, skip);
                 None
             }
             Incoming::Ping(payload) => {

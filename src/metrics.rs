@@ -156,6 +156,7 @@ impl DropReason {
 }
 
 type ReasonLabel = [(&'static str, &'static str); 1];
+type RoomLabel = [(&'static str, String); 1];
 
 /// The relay's metrics. Cheap to share: every field is a handle onto an atomic.
 pub struct Metrics {
@@ -183,6 +184,10 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     dropped: Family<ReasonLabel, Counter>,
     tls_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    room_messages: Family<RoomLabel, Counter>,
+    room_deliveries: Family<RoomLabel, Counter>,
+    /// Whether the per-room families are exported at all.
+    per_room: bool,
     /// When the certificate in use expires (Unix seconds; 0 without TLS).
     pub tls_certificate_expiry: Gauge,
 }
@@ -194,7 +199,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric, without per-room series.
     pub fn new() -> Self {
+        Self::with_per_room_labels(false)
+    }
+
+    /// Every metric; with `per_room`, also messages and deliveries by room.
+    pub fn with_per_room_labels(per_room: bool) -> Self {
         let mut registry = Registry::with_prefix("wsrelay");
         let m = Self {
             connections: Counter::default(),
@@ -210,6 +221,9 @@ impl Metrics {
             bytes_sent: Counter::default(),
             dropped: Family::default(),
             tls_reloads: Family::default(),
+            room_messages: Family::default(),
+            room_deliveries: Family::default(),
+            per_room: false,
             tls_certificate_expiry: Gauge::default(),
             registry: Registry::default(),
         };
@@ -285,6 +299,18 @@ impl Metrics {
             "When the TLS certificate in use expires, in Unix seconds (0 without TLS)",
             m.tls_certificate_expiry.clone(),
         );
+        if per_room {
+            r.register(
+                "room_messages",
+                "Messages published into each room (metrics.per_room_labels)",
+                m.room_messages.clone(),
+            );
+            r.register(
+                "room_deliveries",
+                "Messages queued for a room's subscribers, by room (metrics.per_room_labels)",
+                m.room_deliveries.clone(),
+            );
+        }
         // Create every labelled series up front so they read 0, not absent.
         for result in ["ok", "error"] {
             let _ = m.tls_reloads.get_or_create(&[("result", result)]);
@@ -300,7 +326,11 @@ impl Metrics {
         for reason in RejectReason::ALL {
             let _ = m.rejected.get_or_create(&[("reason", reason.as_str())]);
         }
-        Self { registry, ..m }
+        Self {
+            registry,
+            per_room,
+            ..m
+        }
     }
 
     /// A client was accepted.
@@ -330,6 +360,19 @@ impl Metrics {
         self.rejected
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
+    }
+
+    /// A message was published into `room` and queued for `deliveries`
+    /// subscribers; counted per room only with `metrics.per_room_labels`.
+    pub fn room_published(&self, room: &str, deliveries: usize) {
+        if !self.per_room {
+            return;
+        }
+        let label = [("room", room.to_owned())];
+        self.room_messages.get_or_create(&label).inc();
+        self.room_deliveries
+            .get_or_create(&label)
+            .inc_by(deliveries as u64);
     }
 
     /// A certificate reload succeeded (`ok`) or was refused.

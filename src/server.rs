@@ -107,7 +107,9 @@ impl Server {
             true => Some(bind(config.api.listen).await?),
             false => None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_per_room_labels(
+            config.metrics.per_room_labels,
+        ));
         let max_rooms = match config.rooms.enabled {
             true => config.rooms.max_rooms,
             false => 0,

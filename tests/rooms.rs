@@ -193,3 +193,48 @@ async fn roles_limit_what_a_client_may_do() {
         "{first:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_room_labels_are_opt_in() {
+    let mut config = rooms_config();
+    config.metrics.per_room_labels = true;
+    let server = start(config).await;
+    let mut a = [
+        join(&server, "/rooms/a").await,
+        join(&server, "/rooms/a").await,
+    ];
+    let mut b = join(&server, "/rooms/b?echo=false").await;
+    a[0].send(Message::text("in a")).await.unwrap();
+    b.send(Message::text("in b")).await.unwrap();
+    for ws in &mut a {
+        assert_eq!(recv(ws).await.as_text(), Some("in a"));
+    }
+    server
+        .wait_metric("wsrelay_room_messages_total{room=\"a\"}", 1)
+        .await;
+    server
+        .wait_metric("wsrelay_room_deliveries_total{room=\"a\"}", 2)
+        .await;
+    server
+        .wait_metric("wsrelay_room_messages_total{room=\"b\"}", 1)
+        .await;
+    // b's only member does not hear itself.
+    assert_eq!(
+        server
+            .metric("wsrelay_room_deliveries_total{room=\"b\"}")
+            .await,
+        0
+    );
+    server.stop().await;
+
+    // Off (the default): no per-room series at all.
+    let server = start(rooms_config()).await;
+    let mut ws = join(&server, "/rooms/a").await;
+    ws.send(Message::text("x")).await.unwrap();
+    recv(&mut ws).await;
+    server
+        .wait_metric("wsrelay_messages_delivered_total", 1)
+        .await;
+    assert!(!server.metrics().await.contains("wsrelay_room_"));
+    server.stop().await;
+}
