@@ -284,3 +284,34 @@ fn an_enabled_api_without_keys_is_a_config_error() {
     );
     assert!(text.contains("line"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_503_while_the_relay_shuts_down() {
+    let server = start(api_config(true)).await;
+    let api = server.api_addr.unwrap();
+    // A client that never answers the Close keeps the shutdown going.
+    let _deaf = RawClient::connect_to(server.addr, "/rooms/a").await;
+    let metrics = server.metrics_addr;
+    let stopping = tokio::spawn(server.stop());
+    within(async {
+        loop {
+            let (status, body) = call(
+                api,
+                "POST",
+                "/api/v1/rooms/a/messages",
+                "text/plain",
+                b"late",
+            )
+            .await;
+            if status == 503 {
+                assert_eq!(body, json!({ "error": "shutting down" }));
+                return;
+            }
+            assert_eq!(status, 200, "{body}");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(http_get(metrics, "/readyz").await.0, 503);
+    within(stopping).await.unwrap();
+}

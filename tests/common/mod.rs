@@ -279,8 +279,13 @@ pub const UPGRADE_REQUEST: &str = "GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: web
 impl RawClient {
     /// Connects and completes the upgrade.
     pub async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_to(addr, "/").await
+    }
+
+    /// Connects to `path` and completes the upgrade.
+    pub async fn connect_to(addr: SocketAddr, path: &str) -> Self {
         let stream = within(TcpStream::connect(addr)).await.expect("connect");
-        Self::upgrade(stream).await
+        Self::upgrade(stream, path).await
     }
 
     /// Connects with a small receive buffer, for a client meant to stall:
@@ -289,11 +294,12 @@ impl RawClient {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(32 * 1024).unwrap();
         let stream = within(socket.connect(addr)).await.expect("connect");
-        Self::upgrade(stream).await
+        Self::upgrade(stream, "/").await
     }
 
-    async fn upgrade(mut stream: TcpStream) -> Self {
-        stream.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    async fn upgrade(mut stream: TcpStream, path: &str) -> Self {
+        let request = UPGRADE_REQUEST.replacen("GET / ", &format!("GET {path} "), 1);
+        stream.write_all(request.as_bytes()).await.unwrap();
         let mut c = Self {
             stream,
             buf: Vec::new(),
