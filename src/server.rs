@@ -174,12 +174,12 @@ impl Server {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The metrics listener's address, if metrics are enabled.
     /// Where the HTTP API listens, if it is enabled.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// The metrics listener's address, if metrics are enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
             .as_ref()
@@ -240,12 +240,13 @@ impl Server {
             drain_delay,
         } = self;
         let cx = shared.conn.clone();
-        let metrics_stop = CancellationToken::new();
+        // Stops the metrics and API listeners once shutdown is complete.
+        let side_listeners_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
-            tokio::spawn(serve_metrics(l, cx.metrics.clone(), metrics_stop.clone()));
+            tokio::spawn(serve_metrics(l, cx.metrics.clone(), side_listeners_stop.clone()));
         }
         if let Some((l, api)) = api {
-            tokio::spawn(api::serve(l, api, metrics_stop.clone()));
+            tokio::spawn(api::serve(l, api, side_listeners_stop.clone()));
         }
 
         if cx.keepalive.is_some() {
@@ -314,7 +315,7 @@ impl Server {
             // token, so this is quick; bound it anyway.
             let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
         }
-        metrics_stop.cancel();
+        side_listeners_stop.cancel();
         info!("shutdown complete");
     }
 }
