@@ -16,21 +16,13 @@
 //!
 //! With rooms off, the one shared room is called `default` here.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::connection::ConnectionContext;
 use crate::hub::{Frame, RoomName};
@@ -38,9 +30,6 @@ use crate::protocol;
 
 /// The API's name for the shared room when rooms are off.
 const DEFAULT_ROOM: &str = "default";
-
-/// How long an API client may take to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the API needs from the relay.
 pub struct Api {
@@ -111,7 +100,8 @@ impl Api {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let reply = self.route(req).await;
         let (status, body) = match reply {
             Ok(body) => (StatusCode::OK, body),
@@ -245,34 +235,5 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Failur
             StatusCode::BAD_REQUEST,
             format!("cannot read body: {e}"),
         )),
-    }
-}
-
-/// Serves the API until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let api = api.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req).await) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(REQUEST_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }

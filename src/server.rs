@@ -18,7 +18,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::{Request, StatusCode};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, Api};
+use crate::api::Api;
 use crate::config::Config;
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
@@ -40,8 +42,8 @@ use crate::queue::{Queue, QueueLimits};
 use crate::tls::{self, CertStore, TlsError};
 use crate::upgrade::{self, Decision, Gate, GateError};
 
-/// How long a metrics client may take to send its request.
-const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a metrics or API client may take to send its request head.
+const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest HTTP request head accepted before the upgrade.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -243,10 +245,18 @@ impl Server {
         // Stops the metrics and API listeners once shutdown is complete.
         let side_listeners_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
-            tokio::spawn(serve_metrics(l, cx.metrics.clone(), side_listeners_stop.clone()));
+            let metrics = cx.metrics.clone();
+            let handle = move |req| metrics::handle_http(req, metrics.clone());
+            let stop = side_listeners_stop.clone();
+            tokio::spawn(serve_http_listener(l, "metrics", stop, handle));
         }
         if let Some((l, api)) = api {
-            tokio::spawn(api::serve(l, api, side_listeners_stop.clone()));
+            let handle = move |req| {
+                let api = api.clone();
+                async move { api.handle(req).await }
+            };
+            let stop = side_listeners_stop.clone();
+            tokio::spawn(serve_http_listener(l, "api", stop, handle));
         }
 
         if cx.keepalive.is_some() {
@@ -361,17 +371,24 @@ impl CertReloader {
     }
 }
 
-/// Reloads the certificate whenever its files change.
-async fn watch_certificate(certs: CertReloader, cx: Arc<ConnectionContext>) {
-    let mut seen = certs.fingerprint();
-    let mut ticks = tokio::time::interval(certs.watch_interval);
+/// Calls `tick` every `period` (the first time one period from now) until
+/// shutdown starts.
+async fn every(period: Duration, shutdown: &CancellationToken, mut tick: impl FnMut()) {
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
-            () = cx.shutdown.cancelled() => return,
+            _ = ticks.tick() => tick(),
+            () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Reloads the certificate whenever its files change.
+async fn watch_certificate(certs: CertReloader, cx: Arc<ConnectionContext>) {
+    let mut seen = certs.fingerprint();
+    every(certs.watch_interval, &cx.shutdown, || {
         let now = certs.fingerprint();
         // A failed reload is retried only once the files change again, so a
         // bad pair is reported once, not every interval.
@@ -379,7 +396,8 @@ async fn watch_certificate(certs: CertReloader, cx: Arc<ConnectionContext>) {
             seen = now;
             certs.reload(&cx.metrics, "file change");
         }
-    }
+    })
+    .await;
 }
 
 /// Batches the shutdown closes are spread over.
@@ -403,17 +421,11 @@ async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration) {
 /// clock clients measure idleness by.
 async fn keepalive(cx: Arc<ConnectionContext>) {
     let Some(clock) = &cx.keepalive else { return };
-    let mut ticks = tokio::time::interval(clock.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = cx.shutdown.cancelled() => return,
-        }
+    every(clock.interval, &cx.shutdown, || {
         clock.advance();
         cx.hub.ping_all();
-    }
+    })
+    .await;
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -572,26 +584,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Serves `/metrics` and `/healthz` until `stop` is cancelled.
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Serves plain HTTP/1.1 (the metrics and the API listeners), each
+/// request answered by `handle`, until `stop` is cancelled.
+pub(crate) async fn serve_http_listener<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    stop: CancellationToken,
+    handle: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
+                    warn!(error = %e, listener = what, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let metrics = metrics.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| metrics::handle_http(req, metrics.clone()));
+            let service = service_fn(move |req| {
+                let reply = handle(req);
+                async move { Ok::<_, Infallible>(reply.await) }
+            });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(METRICS_REQUEST_TIMEOUT)
+                .header_read_timeout(HTTP_REQUEST_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
