@@ -533,7 +533,14 @@ async fn serve_http<IO>(
         .with_upgrades();
     let served = tokio::select! {
         r = tokio::time::timeout_at(deadline, conn) => match r {
-            Ok(r) => r.map_err(|e| debug!(%peer, error = %e, "HTTP connection failed")).is_ok(),
+            Ok(r) => r.map_err(|e| {
+                // hyper answered these itself (400, or 431 for a head over
+                // the limit) before any request reached the gate.
+                if e.is_parse() || e.is_parse_too_large() {
+                    shared.conn.metrics.rejected(RejectReason::BadRequest);
+                }
+                debug!(%peer, error = %e, "HTTP connection failed")
+            }).is_ok(),
             Err(_) => {
                 debug!(%peer, "handshake timed out");
                 shared.conn.metrics.rejected(RejectReason::HandshakeTimeout);

@@ -115,6 +115,7 @@ async fn an_oversized_request_head_gets_431() {
         .collect();
     let (status, _) = handshake(server.addr, "127.0.0.1", &flood).await;
     assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    server.wait_metric(&rejected("bad_request"), 1).await;
     assert_eq!(server.metric("wsrelay_connections_total").await, 0);
     server.stop().await;
 }

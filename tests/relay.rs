@@ -402,6 +402,12 @@ async fn garbage_and_truncated_frames_affect_no_one_else() {
         String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400 "),
         "{answer:?}"
     );
+    server
+        .wait_metric(
+            "wsrelay_rejected_connections_total{reason=\"bad_request\"}",
+            1,
+        )
+        .await;
 
     // Half a frame, then EOF: counted as a reset, nothing relayed.
     let mut truncated = RawClient::connect(server.addr).await;
