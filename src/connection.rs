@@ -37,7 +37,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::OnRateExceeded;
 use crate::hub::{ClientId, Frame, Hub, Published, RoomName, Subscription};
@@ -242,12 +242,9 @@ where
 
     cx.hub.leave(&subscription.room, id);
     cx.metrics.disconnected(reason);
-    match reason {
-        DisconnectReason::ClientClose | DisconnectReason::Reset | DisconnectReason::Shutdown => {
-            debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
-        }
-        _ => warn!(%peer, %ip, id, reason = reason.as_str(), "client disconnected"),
-    }
+    // Per-client events stay at debug whatever the reason: a client can
+    // cause any of them at will, and the metrics count them by reason.
+    debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
     drop(client);
 }
 
