@@ -12,7 +12,7 @@
 //! A complete data message is encoded once as the frame everyone will be
 //! sent, and published.
 //!
-//! Writing: the [`Outbox`] drains the queue in batches, packs small frames
+//! Writing: the `Outbox` drains the queue in batches, packs small frames
 //! into one buffer and writes each batch with one vectored write, so a busy
 //! client gets many frames per syscall and an idle one gets each message at
 //! once. Control frames win: a pong (the latest one only), a keepalive

@@ -21,7 +21,7 @@
 //! - [`api`]: the HTTP API for backends (publish, rooms, stats, close).
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
-//! - [`bench`]: the load generator behind `wsrelay bench`.
+//! - [`bench`](mod@bench): the load generator behind `wsrelay bench`.
 //! - [`client`]: the line-oriented client behind `wsrelay client`.
 //! - [`logging`]: the `tracing` subscriber (text or JSON).
 //!
