@@ -132,25 +132,28 @@ impl Dialer {
         self.uri.path_and_query().map_or("/", |p| p.as_str())
     }
 
-    /// Opens one connection, from `source` when given (spreading source
-    /// addresses over 127.0.0.x lifts the ephemeral-port limit per address).
+    /// Opens the TCP connection alone, from `source` when given (spreading
+    /// source addresses over 127.0.0.x lifts the ephemeral-port limit per
+    /// address).
+    pub async fn connect_tcp(&self, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+        let socket = match self.addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }?;
+        if let Some(ip) = source {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(self.addr).await
+    }
+
+    /// Opens one WebSocket connection, from `source` when given.
     pub async fn connect(&self, source: Option<IpAddr>) -> Result<ClientStream, ClientError> {
         let failed = |source| ClientError::Connect {
             url: self.url.clone(),
             source,
         };
-        let socket = match self.addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(|e| failed(e.into()))?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(|e| failed(e.into()))?;
-        }
-        let stream = socket
-            .connect(self.addr)
+        let stream = self
+            .connect_tcp(source)
             .await
             .map_err(|e| failed(e.into()))?;
         let _ = stream.set_nodelay(true);

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -155,7 +155,8 @@ async fn one(
             Ok(())
         }
         "half_handshake" => {
-            let mut stream = raw_connect(dialer, source)
+            let mut stream = dialer
+                .connect_tcp(source)
                 .await
                 .map_err(|e| fail("connect", &e))?;
             let request = upgrade_request(dialer);
@@ -195,19 +196,6 @@ async fn one(
     }
 }
 
-async fn raw_connect(dialer: &Dialer, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let addr = dialer.addr();
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = source {
-        socket.bind(std::net::SocketAddr::new(ip, 0))?;
-    }
-    socket.connect(addr).await
-}
-
 fn upgrade_request(dialer: &Dialer) -> String {
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -219,7 +207,8 @@ fn upgrade_request(dialer: &Dialer) -> String {
 
 /// A plain-TCP upgrade (`ws://` only), read up to the end of the 101.
 async fn raw_upgrade(dialer: &Dialer, source: Option<IpAddr>) -> Result<TcpStream, String> {
-    let mut stream = raw_connect(dialer, source)
+    let mut stream = dialer
+        .connect_tcp(source)
         .await
         .map_err(|e| e.to_string())?;
     stream
