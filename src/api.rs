@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::auth::{Secrets, bearer_token};
 use crate::connection::ConnectionContext;
 use crate::hub::{Frame, RoomName};
 use crate::protocol;
@@ -33,7 +34,7 @@ const DEFAULT_ROOM: &str = "default";
 
 /// What the API needs from the relay.
 pub struct Api {
-    keys: Vec<Vec<u8>>,
+    keys: Secrets,
     cx: Arc<ConnectionContext>,
     rooms_enabled: bool,
 }
@@ -50,29 +51,15 @@ fn fail(status: StatusCode, why: impl Into<String>) -> Failure {
 impl Api {
     pub fn new(keys: &[String], cx: Arc<ConnectionContext>, rooms_enabled: bool) -> Self {
         Self {
-            keys: keys
-                .iter()
-                .filter(|k| !k.trim().is_empty())
-                .map(|k| k.as_bytes().to_vec())
-                .collect(),
+            // A blank key can never be presented: bearer_token trims.
+            keys: Secrets::new(keys),
             cx,
             rooms_enabled,
         }
     }
 
     fn authorised(&self, headers: &HeaderMap) -> bool {
-        let Some(key) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim())
-        else {
-            return false;
-        };
-        self.keys
-            .iter()
-            .any(|k| aws_lc_rs::constant_time::verify_slices_are_equal(k, key.as_bytes()).is_ok())
+        bearer_token(headers).is_some_and(|key| self.keys.contains(key))
     }
 
     /// The hub's room for an API room name.

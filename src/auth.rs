@@ -47,9 +47,37 @@ pub enum AuthError {
     },
 }
 
+/// Static secrets (API keys, bearer tokens), compared in constant time so
+/// that response timing says nothing about how much of a guess was right.
+pub struct Secrets(Vec<Vec<u8>>);
+
+impl Secrets {
+    pub fn new(secrets: &[String]) -> Self {
+        Self(secrets.iter().map(|s| s.as_bytes().to_vec()).collect())
+    }
+
+    /// Whether `presented` is one of them.
+    pub fn contains(&self, presented: &str) -> bool {
+        self.0.iter().any(|s| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(s, presented.as_bytes()).is_ok()
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if it has one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Decides whether a handshake may upgrade.
 pub struct Authenticator {
-    tokens: Vec<Vec<u8>>,
+    tokens: Secrets,
     jwt: Option<(DecodingKey, Validation)>,
     leeway: Duration,
 }
@@ -162,11 +190,7 @@ impl Authenticator {
             }
         };
         Ok(Some(Self {
-            tokens: config
-                .tokens
-                .iter()
-                .map(|t| t.as_bytes().to_vec())
-                .collect(),
+            tokens: Secrets::new(&config.tokens),
             jwt,
             leeway: config.jwt.as_ref().map_or(Duration::ZERO, |j| j.leeway),
         }))
@@ -180,11 +204,7 @@ impl Authenticator {
             protocol,
             grants: Grants::default(),
         };
-        if self
-            .tokens
-            .iter()
-            .any(|t| aws_lc_rs::constant_time::verify_slices_are_equal(t, token.as_bytes()).is_ok())
-        {
+        if self.tokens.contains(&token) {
             return Ok(admission);
         }
         let Some((key, validation)) = &self.jwt else {
@@ -223,14 +243,7 @@ fn read_key(
 
 /// The presented token, and the subprotocol to answer with if it came as one.
 fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Option<HeaderValue>)> {
-    if let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .filter(|t| !t.is_empty())
-    {
+    if let Some(token) = bearer_token(headers) {
         return Some((token.to_owned(), None));
     }
     if let Some(token) = crate::query::param(query, "token").filter(|t| !t.is_empty()) {
