@@ -148,9 +148,7 @@ impl Api {
                 "a text message must be UTF-8 (send binary with another content type)",
             ));
         }
-        let metrics = &self.cx.metrics;
-        metrics.messages_received.inc();
-        metrics.bytes_received.inc_by(body.len() as u64);
+        self.cx.metrics.received(body.len());
         let published = self.cx.publish(&room, &Frame::new(text, &body), None);
         Ok(json!({ "delivered": published.queued }))
     }

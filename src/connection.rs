@@ -297,10 +297,7 @@ where
         let mut heard = false;
         let polled = poll_incoming(&mut io, &mut reader, task, &mut heard, |item| match item {
             Incoming::Message(frame) => {
-                cx.metrics.messages_received.inc();
-                cx.metrics
-                    .bytes_received
-                    .inc_by(frame.payload().len() as u64);
+                cx.metrics.received(frame.payload().len());
                 if let Some(rate) = rate.as_mut()
                     && !rate.allow(std::time::Instant::now())
                 {

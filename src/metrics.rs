@@ -361,6 +361,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A data message of `bytes` payload bytes arrived (from a client or
+    /// the HTTP API).
+    pub fn received(&self, bytes: usize) {
+        self.messages_received.inc();
+        self.bytes_received.inc_by(bytes as u64);
+    }
+
     /// A message was published into `room` and queued for `deliveries`
     /// subscribers; counted per room only with `metrics.per_room_labels`.
     pub fn room_published(&self, room: &str, deliveries: usize) {
