@@ -228,6 +228,14 @@ fn parse_response(raw: &str) -> (u16, String) {
     (status, body)
 }
 
+/// [`UPGRADE_REQUEST`] for `target` (path and query), with `extra` header
+/// lines.
+pub fn upgrade_request(target: &str, extra: &str) -> String {
+    UPGRADE_REQUEST
+        .replacen("GET / ", &format!("GET {target} "), 1)
+        .replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1)
+}
+
 /// Sends an upgrade request for `target` (path and query) with `extra`
 /// header lines from the address `source`; returns the response head and
 /// the socket.
@@ -240,10 +248,9 @@ pub async fn handshake_to(
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let mut s = within(socket.connect(addr)).await.unwrap();
-    let request = UPGRADE_REQUEST
-        .replacen("GET / ", &format!("GET {target} "), 1)
-        .replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
-    s.write_all(request.as_bytes()).await.unwrap();
+    s.write_all(upgrade_request(target, extra).as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -298,8 +305,10 @@ impl RawClient {
     }
 
     async fn upgrade(mut stream: TcpStream, path: &str) -> Self {
-        let request = UPGRADE_REQUEST.replacen("GET / ", &format!("GET {path} "), 1);
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+            .write_all(upgrade_request(path, "").as_bytes())
+            .await
+            .unwrap();
         let mut c = Self {
             stream,
             buf: Vec::new(),
