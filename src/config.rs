@@ -27,6 +27,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub relay: RelayConfig,
     pub api: ApiConfig,
+    pub cluster: ClusterConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }
@@ -306,6 +307,106 @@ impl TryFrom<RawApiConfig> for ApiConfig {
             enabled: raw.enabled,
             listen: raw.listen,
             keys: raw.keys,
+        })
+    }
+}
+
+/// Joining several relays into one cluster through a broker.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawClusterConfig")]
+pub struct ClusterConfig {
+    pub backend: ClusterBackend,
+    /// The broker (`redis://`, `rediss://`, `nats://`, `tls://`); empty
+    /// means the backend's default port on 127.0.0.1.
+    pub url: String,
+    /// Starts every channel (Redis) or subject (NATS) the relay uses, so
+    /// several clusters can share one broker.
+    pub prefix: String,
+    /// Names this node in every message it publishes; empty means a random
+    /// one at start-up.
+    pub node_id: String,
+    /// Messages that may wait for the broker (while it is unreachable);
+    /// beyond that the oldest are dropped and counted.
+    pub buffer_messages: usize,
+    /// Payload bytes that may wait for the broker.
+    #[serde(serialize_with = "ser_size")]
+    pub buffer_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            backend: ClusterBackend::None,
+            url: String::new(),
+            prefix: "wsrelay".to_owned(),
+            node_id: String::new(),
+            buffer_messages: 10_000,
+            buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The broker a cluster is joined through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterBackend {
+    /// A single relay.
+    #[default]
+    None,
+    /// Redis pub/sub: one channel per room.
+    Redis,
+    /// NATS core: one subject per room.
+    Nats,
+}
+
+/// `cluster` as written; checked so that a URL of the wrong scheme, or a
+/// prefix or node id no broker can carry, names the key and line.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawClusterConfig {
+    backend: ClusterBackend,
+    url: String,
+    #[serde(deserialize_with = "de_cluster_name")]
+    prefix: String,
+    #[serde(deserialize_with = "de_cluster_name")]
+    node_id: String,
+    #[serde(deserialize_with = "de_nonzero")]
+    buffer_messages: usize,
+    #[serde(deserialize_with = "de_size")]
+    buffer_bytes: usize,
+}
+
+impl Default for RawClusterConfig {
+    fn default() -> Self {
+        let d = ClusterConfig::default();
+        Self {
+            backend: d.backend,
+            url: d.url,
+            prefix: d.prefix,
+            node_id: d.node_id,
+            buffer_messages: d.buffer_messages,
+            buffer_bytes: d.buffer_bytes,
+        }
+    }
+}
+
+impl TryFrom<RawClusterConfig> for ClusterConfig {
+    type Error = String;
+
+    fn try_from(raw: RawClusterConfig) -> Result<Self, Self::Error> {
+        if raw.prefix.is_empty() {
+            return Err("`prefix` must not be empty".into());
+        }
+        if !raw.url.is_empty() {
+            crate::backplane::check_url(raw.backend, &raw.url)?;
+        }
+        Ok(Self {
+            backend: raw.backend,
+            url: raw.url,
+            prefix: raw.prefix,
+            node_id: raw.node_id,
+            buffer_messages: raw.buffer_messages,
+            buffer_bytes: raw.buffer_bytes,
         })
     }
 }
@@ -620,6 +721,23 @@ fn de_nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     }
 }
 
+/// A cluster prefix or node id: it becomes part of every broker subject,
+/// so only characters that Redis and NATS both carry verbatim, with dots
+/// only between other characters (an empty NATS token is invalid).
+fn de_cluster_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let ok_dots = !name.starts_with('.') && !name.ends_with('.') && !name.contains("..");
+    if name.len() > 64 || !ok_chars || !ok_dots {
+        return Err(serde::de::Error::custom(format!(
+            "{name:?} must be at most 64 of A-Z a-z 0-9 _ - and dots between them"
+        )));
+    }
+    Ok(name)
+}
+
 fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let p = String::deserialize(d)?;
     if !p.starts_with('/') {
@@ -851,5 +969,59 @@ mod tests {
         let e = parse("client:\n  on_overflow: wait\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("client.on_overflow"));
         assert_eq!(e.line, Some((2, 16)));
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let c = parse(
+            "cluster:\n  backend: nats\n  url: \"nats://u:p@broker:4222\"\n  node_id: eu-1\n  buffer_bytes: 1MiB\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.backend, ClusterBackend::Nats);
+        assert_eq!(c.cluster.node_id, "eu-1");
+        assert_eq!(c.cluster.buffer_bytes, 1 << 20);
+        assert_eq!(c.cluster.prefix, "wsrelay");
+        for (yaml, key, message) in [
+            (
+                "cluster:\n  prefix: \"a b\"\n",
+                Some("cluster.prefix"),
+                "at most 64",
+            ),
+            (
+                "cluster:\n  node_id: x..y\n",
+                Some("cluster.node_id"),
+                "dots between",
+            ),
+            (
+                "cluster:\n  buffer_messages: 0\n",
+                Some("cluster.buffer_messages"),
+                "at least 1",
+            ),
+            (
+                "cluster:\n  backend: kafka\n",
+                Some("cluster.backend"),
+                "unknown variant",
+            ),
+            (
+                "cluster:\n  backend: redis\n  url: \"nats://x\"\n",
+                Some("cluster"),
+                "Redis URL",
+            ),
+            (
+                "cluster:\n  backend: nats\n  url: \"redis://x\"\n",
+                Some("cluster"),
+                "nats://",
+            ),
+            (
+                "cluster:\n  url: \"redis://x\"\n",
+                Some("cluster"),
+                "backend` is none",
+            ),
+        ] {
+            let e = parse(yaml).unwrap_err();
+            assert_eq!(e.key.as_deref(), key, "{yaml}: {e}");
+            assert!(e.line.is_some(), "{yaml}: {e}");
+            assert!(e.message.contains(message), "{yaml}: {e}");
+        }
     }
 }

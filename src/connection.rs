@@ -39,6 +39,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::backplane::Cluster;
 use crate::config::OnRateExceeded;
 use crate::hub::{ClientId, Frame, Hub, Published, RoomName, Subscription};
 use crate::limits::{Permit, RateLimit};
@@ -100,14 +101,27 @@ pub struct ConnectionContext {
     pub on_rate_exceeded: OnRateExceeded,
     /// Server pings and the idle timeout; `None` when pings are off.
     pub keepalive: Option<KeepAlive>,
+    /// The other nodes' broker, when the relay is part of a cluster.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl ConnectionContext {
-    /// Publishes a message into `room` (skipping `skip`, the sender that
-    /// does not want it back) and counts what happened: drops by the
-    /// slow-consumer policy and, if enabled, per-room figures. Clients and
-    /// the HTTP API both publish through here.
+    /// Publishes a message into `room`: to this node's subscribers
+    /// (skipping `skip`, the sender that does not want it back) and, in a
+    /// cluster, to the other nodes. Clients and the HTTP API both publish
+    /// through here.
     pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
+        let published = self.deliver(room, frame, skip);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(room, frame);
+        }
+        published
+    }
+
+    /// Queues a message for this node's subscribers in `room` only, and
+    /// counts what happened: drops by the slow-consumer policy and, if
+    /// enabled, per-room figures. Messages from other nodes come in here.
+    pub fn deliver(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
         let published = self.hub.publish(room, frame, skip);
         if published.dropped > 0 {
             self.metrics

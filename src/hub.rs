@@ -16,6 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::backplane::Interest;
 use crate::queue::{Push, Queue, QueueLimits};
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -102,6 +103,9 @@ pub struct Hub {
     max_rooms: usize,
     /// Rooms that exist now, as exported (`wsrelay_rooms_active`).
     rooms_active: Gauge,
+    /// Told when a room gains its first receiving member or loses its
+    /// last (in a cluster: which rooms to hear from the broker).
+    interest: Option<Arc<Interest>>,
 }
 
 #[derive(Default)]
@@ -116,6 +120,8 @@ struct Rooms {
 #[derive(Default)]
 struct Room {
     members: HashMap<ClientId, Member>,
+    /// Members that receive (not publish-only).
+    receivers: usize,
 }
 
 /// The hub's end of one membership.
@@ -161,6 +167,23 @@ impl Hub {
             },
             max_rooms,
             rooms_active,
+            interest: None,
+        }
+    }
+
+    /// Reports rooms gaining their first or losing their last receiving
+    /// member to `interest`.
+    pub fn with_interest(self, interest: Arc<Interest>) -> Self {
+        Self {
+            interest: Some(interest),
+            ..self
+        }
+    }
+
+    /// `room` no longer has anyone receiving.
+    fn lost_interest(&self, room: &str) {
+        if let Some(i) = &self.interest {
+            i.remove(room);
         }
     }
 
@@ -197,6 +220,12 @@ impl Hub {
                 Room::default()
             });
             r.members.insert(id, member);
+            if receives {
+                r.receivers += 1;
+                if let (1, Some(i)) = (r.receivers, &self.interest) {
+                    i.add(&room);
+                }
+            }
         }
         Ok(Subscription { id, room, queue })
     }
@@ -210,6 +239,12 @@ impl Hub {
                 return;
             };
             let removed = r.members.remove(&id);
+            if removed.as_ref().is_some_and(|m| m.receives) {
+                r.receivers -= 1;
+                if r.receivers == 0 {
+                    self.lost_interest(room);
+                }
+            }
             if r.members.is_empty() {
                 rooms.by_name.remove(room);
                 self.rooms_active.dec();
@@ -265,8 +300,11 @@ impl Hub {
         let removed = {
             let mut rooms = self.write();
             let removed = rooms.by_name.remove(room);
-            if removed.is_some() {
+            if let Some(r) = &removed {
                 self.rooms_active.dec();
+                if r.receivers > 0 {
+                    self.lost_interest(room);
+                }
             }
             removed
         };
@@ -293,8 +331,13 @@ impl Hub {
         rooms.draining = true;
         self.rooms_active.set(0);
         std::mem::take(&mut rooms.by_name)
-            .into_values()
-            .flat_map(|r| r.members.into_values().map(|m| m.queue))
+            .into_iter()
+            .flat_map(|(name, r)| {
+                if r.receivers > 0 {
+                    self.lost_interest(&name);
+                }
+                r.members.into_values().map(|m| m.queue)
+            })
             .collect()
     }
 
@@ -318,12 +361,7 @@ impl Hub {
             .read()
             .by_name
             .iter()
-            .map(|(name, r)| {
-                (
-                    name.clone(),
-                    r.members.values().filter(|m| m.receives).count(),
-                )
-            })
+            .map(|(name, r)| (name.clone(), r.receivers))
             .collect();
         list.sort();
         list

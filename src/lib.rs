@@ -19,6 +19,7 @@
 //! - [`forwarded`]: the real client address behind trusted proxies.
 //! - [`query`]: parameters from a request's query string.
 //! - [`api`]: the HTTP API for backends (publish, rooms, stats, close).
+//! - [`backplane`]: clustering through Redis pub/sub or NATS.
 //! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
 //! - [`tls`]: PEM certificates and keys into rustls configurations.
 //! - [`bench`](mod@bench): the load generator behind `wsrelay bench`.
@@ -39,6 +40,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backplane;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -154,7 +154,96 @@ impl DropReason {
     }
 }
 
+/// Why a message bound for the cluster broker never reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClusterDropReason {
+    /// Pushed out of the outbox (`cluster.buffer_messages` / `buffer_bytes`),
+    /// typically while the broker was unreachable.
+    BufferFull,
+    /// In a batch whose publish failed, or refused by the broker (too large).
+    BrokerError,
+}
+
+impl ClusterDropReason {
+    pub const ALL: [Self; 2] = [Self::BufferFull, Self::BrokerError];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BufferFull => "buffer_full",
+            Self::BrokerError => "broker_error",
+        }
+    }
+}
+
 type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// The cluster's metrics, registered only when a backend is configured.
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    /// 1 while the broker connection is up.
+    pub connected: Gauge,
+    /// Rooms subscribed on the broker now.
+    pub subscriptions: Gauge,
+    /// Messages waiting for the broker now.
+    pub buffered: Gauge,
+    /// Messages handed to the broker.
+    pub published: Counter,
+    /// Messages from other nodes delivered here.
+    pub received: Counter,
+    /// Broker messages that were not wsrelay messages of a known version.
+    pub malformed: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+}
+
+impl ClusterMetrics {
+    /// `n` messages bound for the broker were lost.
+    pub fn dropped(&self, reason: ClusterDropReason, n: u64) {
+        self.dropped
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc_by(n);
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "cluster_connected",
+            "1 while the cluster broker connection is up",
+            self.connected.clone(),
+        );
+        r.register(
+            "cluster_subscriptions",
+            "Rooms this node is subscribed to on the broker (those with local subscribers)",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "cluster_buffered_messages",
+            "Messages waiting to be sent to the broker",
+            self.buffered.clone(),
+        );
+        r.register(
+            "cluster_published_messages",
+            "Messages sent to the broker for the other nodes",
+            self.published.clone(),
+        );
+        r.register(
+            "cluster_received_messages",
+            "Messages from other nodes delivered to this node's clients",
+            self.received.clone(),
+        );
+        r.register(
+            "cluster_dropped_messages",
+            "Messages for the broker that never reached it, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "cluster_malformed_messages",
+            "Broker messages dropped as not wsrelay messages of a known version",
+            self.malformed.clone(),
+        );
+        for reason in ClusterDropReason::ALL {
+            let _ = self.dropped.get_or_create(&[("reason", reason.as_str())]);
+        }
+    }
+}
 type RoomLabel = [(&'static str, String); 1];
 
 /// The relay's metrics. Cheap to share: every field is a handle onto an atomic.
@@ -189,6 +278,8 @@ pub struct Metrics {
     per_room: bool,
     /// When the certificate in use expires (Unix seconds; 0 without TLS).
     pub tls_certificate_expiry: Gauge,
+    /// Present when the relay is part of a cluster.
+    pub cluster: Option<ClusterMetrics>,
 }
 
 impl Default for Metrics {
@@ -224,6 +315,7 @@ impl Metrics {
             room_deliveries: Family::default(),
             per_room: false,
             tls_certificate_expiry: Gauge::default(),
+            cluster: None,
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -332,6 +424,14 @@ impl Metrics {
         }
     }
 
+    /// Registers the cluster's metrics and returns their handles.
+    pub fn register_cluster(&mut self) -> ClusterMetrics {
+        let cluster = ClusterMetrics::default();
+        cluster.register(&mut self.registry);
+        self.cluster = Some(cluster.clone());
+        cluster
+    }
+
     /// A client was accepted.
     pub fn connected(&self) {
         self.connections.inc();
@@ -406,6 +506,21 @@ pub async fn handle_http(req: Request<Incoming>, metrics: Arc<Metrics>) -> Respo
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         (&Method::GET, "/readyz") => match metrics.ready.get() {
+            // Still serving: a node cut off from the broker relays locally,
+            // so it stays in rotation, but says what it is missing.
+            1 if metrics
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.connected.get() == 0) =>
+            {
+                (
+                    StatusCode::OK,
+                    "text/plain",
+                    Bytes::from_static(
+                        b"degraded: cluster broker unreachable, relaying locally only\n",
+                    ),
+                )
+            }
             1 => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,

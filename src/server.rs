@@ -34,7 +34,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::api::Api;
-use crate::config::Config;
+use crate::backplane::Cluster;
+use crate::config::{ClusterBackend, Config};
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
@@ -109,9 +110,16 @@ impl Server {
             true => Some(bind(config.api.listen).await?),
             false => None,
         };
-        let metrics = Arc::new(Metrics::with_per_room_labels(
-            config.metrics.per_room_labels,
-        ));
+        let mut metrics = Metrics::with_per_room_labels(config.metrics.per_room_labels);
+        let cluster = match config.cluster.backend {
+            ClusterBackend::None => None,
+            _ => Some(Arc::new(Cluster::new(
+                &config.cluster,
+                config.limits.max_message_size,
+                metrics.register_cluster(),
+            ))),
+        };
+        let metrics = Arc::new(metrics);
         let max_rooms = match config.rooms.enabled {
             true => config.rooms.max_rooms,
             false => 0,
@@ -119,16 +127,20 @@ impl Server {
         if let Some(expiry) = certs.as_ref().and_then(|c| c.not_after()) {
             metrics.tls_certificate_expiry.set(expiry);
         }
+        let mut hub = Hub::new(
+            QueueLimits {
+                messages: config.client.queue_messages,
+                bytes: config.client.queue_bytes,
+                on_overflow: config.client.on_overflow,
+            },
+            max_rooms,
+            metrics.rooms_active.clone(),
+        );
+        if let Some(c) = &cluster {
+            hub = hub.with_interest(c.interest());
+        }
         let conn = ConnectionContext {
-            hub: Arc::new(Hub::new(
-                QueueLimits {
-                    messages: config.client.queue_messages,
-                    bytes: config.client.queue_bytes,
-                    on_overflow: config.client.on_overflow,
-                },
-                max_rooms,
-                metrics.rooms_active.clone(),
-            )),
+            hub: Arc::new(hub),
             metrics,
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -138,6 +150,7 @@ impl Server {
             rate_limit: (config.limits.messages_per_second, config.limits.burst),
             on_rate_exceeded: config.limits.on_rate_exceeded,
             keepalive: KeepAlive::new(config.client.ping_interval, config.client.idle_timeout),
+            cluster,
         };
         let conn = Arc::new(conn);
         let api = api_listener.map(|l| {
@@ -261,6 +274,9 @@ impl Server {
 
         if cx.keepalive.is_some() {
             tokio::spawn(keepalive(cx.clone()));
+        }
+        if let Some(cluster) = cx.cluster.clone() {
+            tokio::spawn(cluster.run(cx.clone()));
         }
         if let Some(certs) = certs.filter(|c| !c.watch_interval.is_zero()) {
             tokio::spawn(watch_certificate(certs, cx.clone()));

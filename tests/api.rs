@@ -36,23 +36,14 @@ async fn call(
     (status, value)
 }
 
-async fn join(server: &TestServer, path: &str) -> wsrelay::client::ClientStream {
-    within(wsrelay::client::connect(
-        &format!("ws://{}{path}", server.addr),
-        None,
-    ))
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_reaches_the_rooms_subscribers_as_text_or_binary() {
     let server = start(api_config(true)).await;
     let api = server.api_addr.unwrap();
-    let mut a1 = join(&server, "/rooms/a").await;
-    let mut a2 = join(&server, "/rooms/a?role=subscriber").await;
-    let _a_publisher = join(&server, "/rooms/a?role=publisher").await;
-    let mut b = join(&server, "/rooms/b").await;
+    let mut a1 = join(server.addr, "/rooms/a").await;
+    let mut a2 = join(server.addr, "/rooms/a?role=subscriber").await;
+    let _a_publisher = join(server.addr, "/rooms/a?role=publisher").await;
+    let mut b = join(server.addr, "/rooms/b").await;
 
     let (status, body) = call(
         api,
@@ -124,10 +115,10 @@ async fn closing_a_rooms_connections_sends_1000_with_the_reason() {
     let server = start(api_config(true)).await;
     let api = server.api_addr.unwrap();
     let mut doomed = [
-        join(&server, "/rooms/old").await,
-        join(&server, "/rooms/old").await,
+        join(server.addr, "/rooms/old").await,
+        join(server.addr, "/rooms/old").await,
     ];
-    let mut spared = join(&server, "/rooms/new").await;
+    let mut spared = join(server.addr, "/rooms/new").await;
 
     let (status, body) = call(
         api,
@@ -246,7 +237,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
 async fn with_rooms_off_the_one_room_is_called_default() {
     let server = start(api_config(false)).await;
     let api = server.api_addr.unwrap();
-    let mut ws = join(&server, "/").await;
+    let mut ws = join(server.addr, "/").await;
     let (status, body) = call(
         api,
         "POST",

@@ -14,13 +14,6 @@ fn rooms_config() -> Config {
     c
 }
 
-async fn join(server: &TestServer, path_and_query: &str) -> ClientStream {
-    let url = format!("ws://{}{path_and_query}", server.addr);
-    within(wsrelay::client::connect(&url, None))
-        .await
-        .unwrap_or_else(|e| panic!("{path_and_query}: {e}"))
-}
-
 /// The status line of a handshake for `target`.
 async fn status(server: &TestServer, target: &str) -> String {
     let (head, _) = handshake_to(server.addr, "127.0.0.1", target, "").await;
@@ -35,7 +28,7 @@ async fn rooms_hear_only_their_own_messages_under_concurrent_load() {
     let mut listeners = Vec::new();
     for room in rooms {
         for _ in 0..2 {
-            listeners.push((room, join(&server, &format!("/rooms/{room}")).await));
+            listeners.push((room, join(server.addr, &format!("/rooms/{room}")).await));
         }
     }
     server.wait_metric("wsrelay_rooms_active", 3).await;
@@ -44,7 +37,7 @@ async fn rooms_hear_only_their_own_messages_under_concurrent_load() {
     let mut publishing = tokio::task::JoinSet::new();
     for room in rooms {
         for p in 0..2 {
-            let mut ws = join(&server, &format!("/rooms/{room}?role=publisher")).await;
+            let mut ws = join(server.addr, &format!("/rooms/{room}?role=publisher")).await;
             publishing.spawn(async move {
                 for i in 0..PER_PUBLISHER {
                     ws.send(Message::text(format!("{room}/{p}/{i}")))
@@ -76,7 +69,7 @@ async fn rooms_hear_only_their_own_messages_under_concurrent_load() {
     let mut listeners = receiving.join_all().await;
     // Nothing else arrives: the next message each hears is its room's marker.
     for room in rooms {
-        let mut marker = join(&server, &format!("/rooms/{room}?echo=false")).await;
+        let mut marker = join(server.addr, &format!("/rooms/{room}?echo=false")).await;
         marker
             .send(Message::text(format!("{room}/end")))
             .await
@@ -110,17 +103,17 @@ async fn room_paths_are_checked_and_rooms_are_capped() {
     }
     server.wait_metric(&rejected("bad_request"), 7).await;
 
-    let a = join(&server, &format!("/rooms/{}", "x".repeat(128))).await;
-    let _b = join(&server, "/rooms/b").await;
+    let a = join(server.addr, &format!("/rooms/{}", "x".repeat(128))).await;
+    let _b = join(server.addr, "/rooms/b").await;
     assert_eq!(server.metric("wsrelay_rooms_active").await, 2);
     // A third room is refused before the upgrade; an existing one is not.
     assert!(status(&server, "/rooms/c").await.contains(" 503 "));
     server.wait_metric(&rejected("max_rooms"), 1).await;
-    let _b2 = join(&server, "/rooms/b").await;
+    let _b2 = join(server.addr, "/rooms/b").await;
     // A room goes when its last member leaves, which frees a place.
     drop(a);
     server.wait_metric("wsrelay_rooms_active", 1).await;
-    let _c = join(&server, "/rooms/c").await;
+    let _c = join(server.addr, "/rooms/c").await;
     assert_eq!(server.metric("wsrelay_rooms_active").await, 2);
     server.stop().await;
 }
@@ -130,8 +123,8 @@ async fn echo_follows_the_config_unless_the_client_says_otherwise() {
     let mut config = test_config();
     config.relay.echo_to_sender = false;
     let server = start(config).await;
-    let mut quiet = join(&server, "/").await;
-    let mut loud = join(&server, "/?echo=true").await;
+    let mut quiet = join(server.addr, "/").await;
+    let mut loud = join(server.addr, "/?echo=true").await;
     quiet.send(Message::text("from quiet")).await.unwrap();
     loud.send(Message::text("from loud")).await.unwrap();
     // Each hears the other; only `loud` hears itself.
@@ -144,8 +137,8 @@ async fn echo_follows_the_config_unless_the_client_says_otherwise() {
 
     // With echo on by default, `?echo=false` opts out.
     let server = start(test_config()).await;
-    let mut opted_out = join(&server, "/?echo=false").await;
-    let mut other = join(&server, "/").await;
+    let mut opted_out = join(server.addr, "/?echo=false").await;
+    let mut other = join(server.addr, "/").await;
     opted_out.send(Message::text("mine")).await.unwrap();
     other.send(Message::text("theirs")).await.unwrap();
     assert_eq!(recv(&mut opted_out).await.as_text(), Some("theirs"));
@@ -161,9 +154,9 @@ async fn echo_follows_the_config_unless_the_client_says_otherwise() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_limit_what_a_client_may_do() {
     let server = start(test_config()).await;
-    let mut subscriber = join(&server, "/?role=subscriber").await;
-    let mut publisher = join(&server, "/?role=publisher").await;
-    let mut both = join(&server, "/?role=both").await;
+    let mut subscriber = join(server.addr, "/?role=subscriber").await;
+    let mut publisher = join(server.addr, "/?role=publisher").await;
+    let mut both = join(server.addr, "/?role=both").await;
 
     publisher.send(Message::text("published")).await.unwrap();
     assert_eq!(recv(&mut subscriber).await.as_text(), Some("published"));
@@ -200,10 +193,10 @@ async fn per_room_labels_are_opt_in() {
     config.metrics.per_room_labels = true;
     let server = start(config).await;
     let mut a = [
-        join(&server, "/rooms/a").await,
-        join(&server, "/rooms/a").await,
+        join(server.addr, "/rooms/a").await,
+        join(server.addr, "/rooms/a").await,
     ];
-    let mut b = join(&server, "/rooms/b?echo=false").await;
+    let mut b = join(server.addr, "/rooms/b?echo=false").await;
     a[0].send(Message::text("in a")).await.unwrap();
     b.send(Message::text("in b")).await.unwrap();
     for ws in &mut a {
@@ -229,7 +222,7 @@ async fn per_room_labels_are_opt_in() {
 
     // Off (the default): no per-room series at all.
     let server = start(rooms_config()).await;
-    let mut ws = join(&server, "/rooms/a").await;
+    let mut ws = join(server.addr, "/rooms/a").await;
     ws.send(Message::text("x")).await.unwrap();
     recv(&mut ws).await;
     server

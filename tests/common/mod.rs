@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod broker;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -112,6 +114,15 @@ impl TestServer {
         }
         within(&mut self.task).await.expect("server task");
     }
+}
+
+/// A client connected to `path_and_query` (`/rooms/lobby?echo=false`) on
+/// the relay at `addr`; the hub has it once this returns.
+pub async fn join(addr: SocketAddr, path_and_query: &str) -> ClientStream {
+    let url = format!("ws://{addr}{path_and_query}");
+    within(wsrelay::client::connect(&url, None))
+        .await
+        .unwrap_or_else(|e| panic!("{path_and_query}: {e}"))
 }
 
 /// Parses one series' value out of a Prometheus text exposition.

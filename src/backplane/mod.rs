@@ -1,0 +1,591 @@
+//! Clustering: several relays joined through Redis pub/sub or NATS.
+//!
+//! Each node keeps its own hub; the broker only carries messages between
+//! hubs. A message published on a node (by a client or the HTTP API) is
+//! queued for the node's own subscribers at once and handed to
+//! [`Cluster::publish`], which encodes it once ([`envelope`]) and puts it in
+//! the outbox, a bounded FIFO the cluster task drains to the broker in
+//! batches. Messages from the broker are delivered to local subscribers
+//! only, never published again, so nothing loops; a node drops its own
+//! messages if the broker echoes them (Redis does), which is also what
+//! keeps echo-off publishers from hearing themselves through the cluster.
+//!
+//! Interest: the hub tells [`Interest`] when a room gains its first local
+//! subscriber or loses its last, and the cluster task (un)subscribes that
+//! room's channel, so a node only receives traffic it has listeners for.
+//!
+//! Broker trouble: the cluster task owns the connection. When it cannot
+//! connect, or the connection breaks, local relay goes on untouched;
+//! messages for the broker wait in the outbox (its bounds drop the oldest
+//! and count them), and the task retries with capped exponential backoff,
+//! re-subscribes every room of interest, and sends what waited. Order per
+//! publisher holds: one outbox, one connection, one batch at a time.
+//! Delivery across nodes is at most once: a batch in flight when the
+//! connection breaks is counted as dropped, never sent twice.
+
+pub mod envelope;
+mod nats;
+mod redis;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::config::{ClusterBackend, ClusterConfig};
+use crate::connection::ConnectionContext;
+use crate::hub::{Frame, RoomName};
+use crate::metrics::{ClusterDropReason, ClusterMetrics};
+
+use self::nats::NatsLink;
+use self::redis::RedisLink;
+
+/// Most messages sent to the broker in one batch (one Redis pipeline).
+const BATCH: usize = 256;
+/// Connecting, and each broker round trip, give up after this long.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnect delays double from the first to the cap (each with jitter).
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Why the broker connection could not be made or was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("timed out after {BROKER_TIMEOUT:?}")]
+    Timeout,
+    #[error("connection lost")]
+    Lost,
+}
+
+impl From<async_nats::ConnectError> for LinkError {
+    fn from(e: async_nats::ConnectError) -> Self {
+        Self::Nats(e.to_string())
+    }
+}
+
+impl From<async_nats::SubscribeError> for LinkError {
+    fn from(e: async_nats::SubscribeError) -> Self {
+        Self::Nats(e.to_string())
+    }
+}
+
+impl From<async_nats::PublishError> for LinkError {
+    fn from(e: async_nats::PublishError) -> Self {
+        Self::Nats(e.to_string())
+    }
+}
+
+/// Checks that `url` is one `backend` can use (called when the config is
+/// loaded, so a typo fails at start-up with the key and line).
+pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
+    match backend {
+        ClusterBackend::None => Err("`url` is set but `backend` is none".into()),
+        ClusterBackend::Redis => ::redis::Client::open(url)
+            .map(drop)
+            .map_err(|e| format!("invalid Redis URL: {e}")),
+        ClusterBackend::Nats => {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err("a NATS URL starts with nats:// or tls://".into());
+            }
+            url.parse::<async_nats::ServerAddr>()
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The broker URL with any password or token hidden, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// This node's end of the cluster: what publishers hand messages to, and
+/// the task that talks to the broker.
+pub struct Cluster {
+    backend: ClusterBackend,
+    url: String,
+    prefix: String,
+    node_id: String,
+    next_id: AtomicU64,
+    outbox: Outbox,
+    interest: Arc<Interest>,
+    metrics: ClusterMetrics,
+    /// Larger messages from the broker are refused, as from a client.
+    max_message_size: usize,
+    /// Whether a malformed message has been logged (the rest are counted).
+    warned_malformed: AtomicBool,
+}
+
+impl Cluster {
+    /// This node's end of the cluster `config` describes (whose backend
+    /// is not `none`).
+    pub fn new(config: &ClusterConfig, max_message_size: usize, metrics: ClusterMetrics) -> Self {
+        let url = match (config.backend, config.url.as_str()) {
+            (_, url) if !url.is_empty() => url.to_owned(),
+            (ClusterBackend::Redis, _) => "redis://127.0.0.1:6379".to_owned(),
+            (ClusterBackend::Nats, _) => "nats://127.0.0.1:4222".to_owned(),
+            (ClusterBackend::None, _) => String::new(),
+        };
+        let node_id = match config.node_id.as_str() {
+            "" => format!("{:016x}", fastrand::u64(..)),
+            id => id.to_owned(),
+        };
+        Self {
+            backend: config.backend,
+            url,
+            prefix: config.prefix.clone(),
+            node_id,
+            next_id: AtomicU64::new(1),
+            outbox: Outbox {
+                state: Mutex::default(),
+                ready: Notify::new(),
+                max_messages: config.buffer_messages,
+                max_bytes: config.buffer_bytes,
+            },
+            interest: Arc::new(Interest::default()),
+            metrics,
+            max_message_size,
+            warned_malformed: AtomicBool::new(false),
+        }
+    }
+
+    /// The name this node's messages carry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Where the hub reports rooms gaining or losing local subscribers.
+    pub fn interest(&self) -> Arc<Interest> {
+        self.interest.clone()
+    }
+
+    /// The Redis channel or NATS subject of `room` (`""` with rooms off).
+    /// A room name's dots are escaped so each room is exactly one NATS token.
+    fn channel(&self, room: &str) -> String {
+        match room {
+            "" => format!("{}.all", self.prefix),
+            room => format!("{}.room.{}", self.prefix, room.replace('.', "%2E")),
+        }
+    }
+
+    /// Queues a message published on this node for the other nodes. Never
+    /// waits: if the outbox is full the oldest message in it is dropped.
+    pub fn publish(&self, room: &str, frame: &Frame) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = envelope::encode(&self.node_id, room, frame.is_text(), id, frame.payload());
+        let (dropped, waiting) = self.outbox.push(self.channel(room), message);
+        if dropped > 0 {
+            self.metrics
+                .dropped(ClusterDropReason::BufferFull, dropped as u64);
+        }
+        self.metrics.buffered.set(waiting as i64);
+    }
+
+    /// Talks to the broker until `cx.shutdown`: connects, reconnects with
+    /// backoff, and relays in both directions while connected.
+    pub async fn run(self: Arc<Self>, cx: Arc<ConnectionContext>) {
+        let broker = redact(&self.url);
+        let mut failures: u32 = 0;
+        loop {
+            let connect = Link::connect(self.backend, &self.url, &self.node_id);
+            let attempt = tokio::select! {
+                link = connect => link,
+                () = cx.shutdown.cancelled() => return,
+            };
+            match attempt {
+                Ok(link) => {
+                    info!(broker = %broker, node = %self.node_id, "cluster broker connected");
+                    failures = 0;
+                    self.metrics.connected.set(1);
+                    let ended = self.session(link, &cx).await;
+                    self.metrics.connected.set(0);
+                    self.metrics.subscriptions.set(0);
+                    match ended {
+                        Ok(()) => return,
+                        Err(e) => warn!(
+                            broker = %broker, error = %e,
+                            "cluster broker connection lost; relaying locally until it is back"
+                        ),
+                    }
+                }
+                // The first failure of an outage, then every tenth: enough
+                // to see it is still down without a line every few seconds.
+                Err(e) if failures.is_multiple_of(10) => warn!(
+                    broker = %broker, error = %e, attempts = failures + 1,
+                    "cannot reach the cluster broker; relaying locally and retrying"
+                ),
+                Err(e) => debug!(broker = %broker, error = %e, "cluster broker still unreachable"),
+            }
+            let delay = backoff(failures);
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cx.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One connection's life: subscribe to every room of interest, then
+    /// relay until the connection fails (`Err`) or shutdown (`Ok`).
+    async fn session(&self, mut link: Link, cx: &ConnectionContext) -> Result<(), LinkError> {
+        let mut subscribed = HashSet::new();
+        for room in self.interest.resync() {
+            link.subscribe(&self.channel(&room)).await?;
+            subscribed.insert(room);
+        }
+        link.confirm().await?;
+        self.metrics.subscriptions.set(subscribed.len() as i64);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                () = cx.shutdown.cancelled() => return Ok(()),
+                () = self.interest.changed.notified() => {
+                    for (room, wanted) in self.interest.take_changes() {
+                        if wanted && !subscribed.contains(&room) {
+                            link.subscribe(&self.channel(&room)).await?;
+                            subscribed.insert(room);
+                        } else if !wanted && subscribed.remove(&room) {
+                            link.unsubscribe(&self.channel(&room)).await?;
+                        }
+                    }
+                    link.confirm().await?;
+                    self.metrics.subscriptions.set(subscribed.len() as i64);
+                }
+                incoming = link.next() => match incoming {
+                    Some(message) => self.receive(message.payload(), cx),
+                    None => return Err(LinkError::Lost),
+                },
+                () = self.outbox.ready() => {
+                    let waiting = self.outbox.take(&mut batch, BATCH);
+                    self.metrics.buffered.set(waiting as i64);
+                    let mut refused = 0;
+                    let sent = link.publish(&batch, &mut refused).await;
+                    let lost = if sent.is_ok() { refused } else { batch.len() };
+                    if lost > 0 {
+                        self.metrics.dropped(ClusterDropReason::BrokerError, lost as u64);
+                    }
+                    self.metrics.published.inc_by((batch.len() - lost) as u64);
+                    batch.clear();
+                    sent?;
+                }
+            }
+        }
+    }
+
+    /// Delivers one broker message to this node's subscribers.
+    fn receive(&self, bytes: &[u8], cx: &ConnectionContext) {
+        let problem = match envelope::decode(bytes) {
+            // Redis sends a node its own messages back; they were
+            // delivered here when they were published.
+            Ok(m) if m.node == self.node_id => return,
+            Ok(m) if m.payload.len() > self.max_message_size => "larger than max_message_size",
+            Ok(m) => {
+                self.metrics.received.inc();
+                cx.deliver(m.room, &Frame::new(m.text, m.payload), None);
+                return;
+            }
+            Err(e) => {
+                self.metrics.malformed.inc();
+                if self.warned_malformed.swap(true, Ordering::Relaxed) {
+                    debug!(error = %e, "malformed cluster message dropped");
+                } else {
+                    warn!(error = %e, "malformed cluster message dropped (further ones are only counted, in wsrelay_cluster_malformed_messages_total)");
+                }
+                return;
+            }
+        };
+        self.metrics.malformed.inc();
+        debug!(problem, "cluster message dropped");
+    }
+}
+
+/// The delay before reconnect attempt `failures + 1`: doubling from
+/// [`BACKOFF_FIRST`] up to [`BACKOFF_CAP`], each picked at random from its
+/// upper half so that nodes that lost the broker together do not all come
+/// back in the same instant.
+fn backoff(failures: u32) -> Duration {
+    let full = BACKOFF_FIRST
+        .saturating_mul(1 << failures.min(16))
+        .min(BACKOFF_CAP);
+    full.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// The rooms this node wants to hear from the broker: those with at least
+/// one local subscriber. The hub updates it under its own lock, so the two
+/// never disagree; the cluster task applies the changes.
+#[derive(Default)]
+pub struct Interest {
+    state: Mutex<InterestState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct InterestState {
+    wanted: HashSet<RoomName>,
+    /// Changes not yet applied on the broker, latest per room.
+    pending: HashMap<RoomName, bool>,
+}
+
+impl Interest {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InterestState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `room` gained its first local subscriber.
+    pub fn add(&self, room: &RoomName) {
+        let mut s = self.lock();
+        s.wanted.insert(room.clone());
+        s.pending.insert(room.clone(), true);
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// `room` lost its last local subscriber.
+    pub fn remove(&self, room: &str) {
+        let mut s = self.lock();
+        if let Some(room) = s.wanted.take(room) {
+            s.pending.insert(room, false);
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The changes since the last call.
+    fn take_changes(&self) -> Vec<(RoomName, bool)> {
+        self.lock().pending.drain().collect()
+    }
+
+    /// Every room of interest now, for a fresh connection; pending changes
+    /// are part of it.
+    fn resync(&self) -> Vec<RoomName> {
+        let mut s = self.lock();
+        s.pending.clear();
+        s.wanted.iter().cloned().collect()
+    }
+}
+
+/// Messages waiting for the broker, oldest first, bounded in count and bytes.
+struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    messages: VecDeque<(String, Bytes)>,
+    bytes: usize,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends a message, first dropping the oldest ones it does not fit
+    /// beside (one message always fits an empty outbox). Returns how many
+    /// were dropped and how many wait now.
+    fn push(&self, channel: String, message: Bytes) -> (usize, usize) {
+        let mut s = self.lock();
+        let mut dropped = 0;
+        while !s.messages.is_empty()
+            && (s.messages.len() >= self.max_messages || s.bytes + message.len() > self.max_bytes)
+        {
+            if let Some((_, old)) = s.messages.pop_front() {
+                s.bytes -= old.len();
+                dropped += 1;
+            }
+        }
+        s.bytes += message.len();
+        s.messages.push_back((channel, message));
+        let waiting = s.messages.len();
+        drop(s);
+        self.ready.notify_one();
+        (dropped, waiting)
+    }
+
+    /// Moves up to `max` of the oldest messages into `batch`; returns how
+    /// many still wait.
+    fn take(&self, batch: &mut Vec<(String, Bytes)>, max: usize) -> usize {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let n = max.min(s.messages.len());
+        for (channel, message) in s.messages.drain(..n) {
+            s.bytes -= message.len();
+            batch.push((channel, message));
+        }
+        s.messages.len()
+    }
+
+    /// Resolves once something waits.
+    async fn ready(&self) {
+        while self.lock().messages.is_empty() {
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// A live connection to the broker.
+enum Link {
+    Redis(RedisLink),
+    Nats(NatsLink),
+}
+
+/// One message from the broker.
+enum Incoming {
+    Redis(::redis::Msg),
+    Nats(async_nats::Message),
+}
+
+impl Incoming {
+    fn payload(&self) -> &[u8] {
+        match self {
+            Self::Redis(m) => m.get_payload_bytes(),
+            Self::Nats(m) => &m.payload,
+        }
+    }
+}
+
+impl Link {
+    async fn connect(backend: ClusterBackend, url: &str, node: &str) -> Result<Self, LinkError> {
+        match backend {
+            ClusterBackend::Redis => {
+                Ok(Self::Redis(RedisLink::connect(url, BROKER_TIMEOUT).await?))
+            }
+            ClusterBackend::Nats => Ok(Self::Nats(
+                NatsLink::connect(url, node, BROKER_TIMEOUT).await?,
+            )),
+            ClusterBackend::None => Err(LinkError::Lost),
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<(), LinkError> {
+        match self {
+            Self::Redis(l) => l.subscribe(channel).await,
+            Self::Nats(l) => l.subscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), LinkError> {
+        match self {
+            Self::Redis(l) => l.unsubscribe(channel).await,
+            Self::Nats(l) => l.unsubscribe(channel).await,
+        }
+    }
+
+    /// Waits until the broker has applied the (un)subscriptions sent so far
+    /// (Redis confirms each one already).
+    async fn confirm(&mut self) -> Result<(), LinkError> {
+        match self {
+            Self::Redis(_) => Ok(()),
+            Self::Nats(l) => l.confirm().await,
+        }
+    }
+
+    /// Publishes a batch in order; messages the broker refused to carry
+    /// are counted in `refused`.
+    async fn publish(
+        &mut self,
+        batch: &[(String, Bytes)],
+        refused: &mut usize,
+    ) -> Result<(), LinkError> {
+        match self {
+            Self::Redis(l) => l.publish(batch).await,
+            Self::Nats(l) => l.publish(batch, refused).await,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Self::Redis(l) => l.next().await.map(Incoming::Redis),
+            Self::Nats(l) => l.next().await.map(Incoming::Nats),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn outbox_drops_the_oldest_beyond_its_bounds() {
+        let o = outbox(3, 100);
+        for i in 0..5u8 {
+            o.push(i.to_string(), Bytes::from(vec![i; 10]));
+        }
+        let mut batch = Vec::new();
+        assert_eq!(o.take(&mut batch, 10), 0);
+        let kept: Vec<&str> = batch.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(kept, ["2", "3", "4"]);
+        // Bytes bound: a 60-byte message pushes out the two 30-byte ones
+        // before it would exceed 100.
+        let o = outbox(100, 100);
+        o.push("a".into(), Bytes::from(vec![0; 30]));
+        o.push("b".into(), Bytes::from(vec![0; 30]));
+        assert_eq!(o.push("c".into(), Bytes::from(vec![0; 60])), (1, 2));
+        // One message always fits an empty outbox.
+        let o = outbox(10, 5);
+        assert_eq!(o.push("big".into(), Bytes::from(vec![0; 50])), (0, 1));
+    }
+
+    #[test]
+    fn interest_keeps_the_latest_change_per_room() {
+        let i = Interest::default();
+        let lobby: RoomName = "lobby".into();
+        i.add(&lobby);
+        i.remove("lobby");
+        i.add(&lobby);
+        i.remove("other");
+        assert_eq!(i.take_changes(), vec![(lobby.clone(), true)]);
+        assert!(i.take_changes().is_empty());
+        assert_eq!(i.resync(), vec![lobby]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        for failures in 0..40 {
+            let d = backoff(failures);
+            let full = BACKOFF_FIRST
+                .saturating_mul(1 << failures.min(16))
+                .min(BACKOFF_CAP);
+            assert!(d >= full / 2 && d <= full, "{failures}: {d:?}");
+        }
+        assert!(backoff(100) >= BACKOFF_CAP / 2);
+    }
+
+    #[test]
+    fn urls_are_checked_against_the_backend() {
+        assert!(check_url(ClusterBackend::Redis, "redis://user:pw@host:6379/0").is_ok());
+        assert!(check_url(ClusterBackend::Redis, "rediss://host").is_ok());
+        assert!(check_url(ClusterBackend::Redis, "nats://host").is_err());
+        assert!(check_url(ClusterBackend::Nats, "nats://user:pw@host:4222").is_ok());
+        assert!(check_url(ClusterBackend::Nats, "tls://host").is_ok());
+        assert!(check_url(ClusterBackend::Nats, "redis://host").is_err());
+        assert!(check_url(ClusterBackend::None, "redis://host").is_err());
+        assert_eq!(redact("redis://user:pw@host:1/0"), "redis://***@host:1/0");
+        assert_eq!(redact("nats://host:4222"), "nats://host:4222");
+    }
+}

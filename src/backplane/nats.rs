@@ -1,0 +1,113 @@
+//! NATS core as the broker: a subject per room.
+//!
+//! One client connection carries publishes and subscriptions. async-nats
+//! would reconnect by itself, but the relay's own loop does that for both
+//! backends (so backoff, buffering and re-subscribing behave the same):
+//! the first disconnect ends the link, and the client is told to give up
+//! after one attempt of its own so no orphaned reconnect loop outlives it.
+//! The server sends this node its own messages back (NATS's `no_echo`
+//! would also silence the probe [`NatsLink::confirm`] relies on); the
+//! cluster drops them by node id, as it does for Redis.
+
+use std::time::Duration;
+
+use async_nats::client::PublishErrorKind;
+use async_nats::{Client, ConnectOptions, Event, Message, Subscriber};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, StreamMap};
+
+use super::LinkError;
+
+/// A connected NATS client and its subscriptions, one per room.
+pub struct NatsLink {
+    client: Client,
+    subscriptions: StreamMap<String, Subscriber>,
+    /// Signalled when the client loses its connection.
+    lost: mpsc::UnboundedReceiver<()>,
+    timeout: Duration,
+}
+
+impl NatsLink {
+    pub async fn connect(url: &str, node: &str, timeout: Duration) -> Result<Self, LinkError> {
+        let (tx, lost) = mpsc::unbounded_channel();
+        let client = ConnectOptions::new()
+            .name(format!("wsrelay {node}"))
+            .connection_timeout(timeout)
+            .max_reconnects(1)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if matches!(event, Event::Disconnected | Event::Closed) {
+                        let _ = tx.send(());
+                    }
+                }
+            })
+            .connect(url)
+            .await?;
+        Ok(Self {
+            client,
+            subscriptions: StreamMap::new(),
+            lost,
+            timeout,
+        })
+    }
+
+    pub async fn subscribe(&mut self, subject: &str) -> Result<(), LinkError> {
+        let sub = self.client.subscribe(subject.to_owned()).await?;
+        self.subscriptions.insert(subject.to_owned(), sub);
+        Ok(())
+    }
+
+    /// Returns once the server has processed every (un)subscribe sent so
+    /// far, so a room counts as subscribed only when messages will flow:
+    /// the server handles one connection's operations in order, so a probe
+    /// message coming back on a fresh inbox proves the ones before it.
+    pub async fn confirm(&mut self) -> Result<(), LinkError> {
+        let inbox = self.client.new_inbox();
+        let mut probe = self.client.subscribe(inbox.clone()).await?;
+        self.client.publish(inbox, Bytes::new()).await?;
+        match tokio::time::timeout(self.timeout, probe.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(LinkError::Lost),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, subject: &str) -> Result<(), LinkError> {
+        // Dropping a subscriber unsubscribes it on the server.
+        self.subscriptions.remove(subject);
+        Ok(())
+    }
+
+    /// Hands a batch to the client in order. A message the server refuses
+    /// to carry (over its `max_payload`) is skipped and counted in
+    /// `refused`; any other failure ends the link.
+    pub async fn publish(
+        &mut self,
+        batch: &[(String, Bytes)],
+        refused: &mut usize,
+    ) -> Result<(), LinkError> {
+        for (subject, message) in batch {
+            match self.client.publish(subject.clone(), message.clone()).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => *refused += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message on a subscribed subject; `None` once the
+    /// connection is gone.
+    pub async fn next(&mut self) -> Option<Message> {
+        tokio::select! {
+            biased;
+            _ = self.lost.recv() => None,
+            // An empty map yields None at once: then only wait for loss.
+            Some((_, message)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                Some(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Clusters of relays joined through a real `redis-server` or `nats-server`
+//! (started by each test on a free port): cross-node delivery exactly once
+//! and in order, echo control, interest-based subscriptions, malformed
+//! broker messages, and broker and node failures.
+//!
+//! Every scenario runs against both brokers. Before anything is published
+//! across nodes a test waits for `wsrelay_cluster_subscriptions` on the
+//! receiving nodes: a node reports a room subscribed only once the broker
+//! has applied it, so nothing published afterwards can miss it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::broker::{Broker, Kind};
+use common::*;
+use futures_util::SinkExt;
+use tokio_websockets::Message;
+use wsrelay::client::ClientStream;
+use wsrelay::config::Config;
+
+const CONNECTED: &str = "wsrelay_cluster_connected";
+const SUBSCRIPTIONS: &str = "wsrelay_cluster_subscriptions";
+const RECEIVED: &str = "wsrelay_cluster_received_messages_total";
+const MALFORMED: &str = "wsrelay_cluster_malformed_messages_total";
+const BUFFER_FULL: &str = "wsrelay_cluster_dropped_messages_total{reason=\"buffer_full\"}";
+const BUFFERED: &str = "wsrelay_cluster_buffered_messages";
+
+/// A node's config: rooms on, joined to `broker` as `node`.
+fn node_config(broker: &Broker, node: &str) -> Config {
+    let mut c = test_config();
+    c.rooms.enabled = true;
+    c.cluster.backend = broker.kind.backend();
+    c.cluster.url = broker.url();
+    c.cluster.node_id = node.to_owned();
+    c
+}
+
+/// Three nodes on `broker`, each connected to it.
+async fn three_nodes(broker: &Broker) -> [TestServer; 3] {
+    let nodes = [
+        start(node_config(broker, "a")).await,
+        start(node_config(broker, "b")).await,
+        start(node_config(broker, "c")).await,
+    ];
+    for n in &nodes {
+        n.wait_metric(CONNECTED, 1).await;
+    }
+    nodes
+}
+
+/// Sends a message, text or binary by `text`.
+async fn send(ws: &mut ClientStream, text: bool, body: &str) {
+    let m = match text {
+        true => Message::text(body.to_owned()),
+        false => Message::binary(body.as_bytes().to_vec()),
+    };
+    ws.send(m).await.expect("send");
+}
+
+/// The next data message as (is it text, body).
+async fn next_data(ws: &mut ClientStream) -> (bool, String) {
+    let m = recv(ws).await;
+    assert!(m.is_text() || m.is_binary(), "not a data message: {m:?}");
+    let body = String::from_utf8(m.as_payload().to_vec()).expect("utf-8 body");
+    (m.is_text(), body)
+}
+
+/// Every node's client publishes `PER_NODE` messages ("a:0", "a:1", ...,
+/// text and binary alternating) and then "a:done"; every client must hear
+/// every node's messages exactly once, in order, with their type, the
+/// sender's own included (echo is on, and delivered locally only).
+async fn exactly_once_in_order(kind: Kind) {
+    const PER_NODE: usize = 300;
+    let broker = Broker::start(kind);
+    let nodes = three_nodes(&broker).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(join(n.addr, "/rooms/chat").await);
+    }
+    for n in &nodes {
+        n.wait_metric(SUBSCRIPTIONS, 1).await;
+    }
+    let names = ["a", "b", "c"];
+    // Publish from all three at once, interleaving the nodes' streams.
+    for i in 0..=PER_NODE {
+        for (name, ws) in names.iter().zip(clients.iter_mut()) {
+            match i {
+                PER_NODE => send(ws, true, &format!("{name}:done")).await,
+                i => send(ws, i % 2 == 0, &format!("{name}:{i}")).await,
+            }
+        }
+    }
+    for (me, ws) in names.iter().zip(clients.iter_mut()) {
+        let mut next: HashMap<&str, usize> = HashMap::new();
+        let mut done = 0;
+        while done < names.len() {
+            let (text, body) = next_data(ws).await;
+            let (from, what) = body.split_once(':').expect("node:seq");
+            let from = names.iter().find(|n| **n == from).expect("known node");
+            let expected = next.entry(from).or_default();
+            if what == "done" {
+                assert_eq!(*expected, PER_NODE, "{me} got {from}:done early");
+                done += 1;
+                continue;
+            }
+            let seq: usize = what.parse().expect("sequence");
+            assert_eq!(
+                seq, *expected,
+                "{me}: {from}'s messages out of order or repeated"
+            );
+            assert_eq!(text, seq % 2 == 0, "{me}: {body} changed type");
+            *expected += 1;
+        }
+    }
+    // Each node received the other two nodes' messages once each.
+    for n in &nodes {
+        n.wait_metric(RECEIVED, 2 * (PER_NODE as u64 + 1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_delivers_exactly_once_in_order() {
+    exactly_once_in_order(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_delivers_exactly_once_in_order() {
+    exactly_once_in_order(Kind::Nats).await;
+}
+
+/// A publisher with `?echo=false` never hears itself back through the
+/// cluster, while its neighbour on the same node and a client on another
+/// node hear it once.
+async fn echo_off_across_nodes(kind: Kind) {
+    let broker = Broker::start(kind);
+    let [a, b, _c] = three_nodes(&broker).await;
+    let mut quiet = join(a.addr, "/rooms/r?echo=false").await;
+    let mut neighbour = join(a.addr, "/rooms/r").await;
+    let mut remote = join(b.addr, "/rooms/r").await;
+    a.wait_metric(SUBSCRIPTIONS, 1).await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+
+    send(&mut quiet, true, "from quiet").await;
+    assert_eq!(next_data(&mut remote).await.1, "from quiet");
+    assert_eq!(next_data(&mut neighbour).await.1, "from quiet");
+    // The remote answer left b after "from quiet" reached it, so had the
+    // cluster echoed "from quiet" back to a, it would arrive first.
+    send(&mut remote, true, "from remote").await;
+    assert_eq!(next_data(&mut quiet).await.1, "from remote");
+    assert_eq!(next_data(&mut neighbour).await.1, "from remote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_respects_echo_off() {
+    echo_off_across_nodes(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_respects_echo_off() {
+    echo_off_across_nodes(Kind::Nats).await;
+}
+
+/// A node subscribes to a room on the broker only while it has a local
+/// subscriber there (a publish-only client does not count), and receives
+/// nothing for rooms it has no interest in. Messages on the room's channel
+/// that are not wsrelay messages are counted and dropped.
+async fn interest_and_malformed(kind: Kind) {
+    let broker = Broker::start(kind);
+    let [a, b, _c] = three_nodes(&broker).await;
+    let mut publisher = join(a.addr, "/rooms/news?role=publisher").await;
+    let mut other_publisher = join(a.addr, "/rooms/other?role=publisher").await;
+    let _b_publisher = join(b.addr, "/rooms/quiet?role=publisher").await;
+    // Subscribers join after the publishers: had publish-only clients
+    // counted, the gauges would reach 2 and 3, not 1.
+    let _a_listener = join(a.addr, "/rooms/elsewhere").await;
+    let mut reader = join(b.addr, "/rooms/news").await;
+    a.wait_metric(SUBSCRIPTIONS, 1).await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+
+    // Nobody anywhere listens to "other": b, subscribed to "news" only,
+    // must not receive it. It reaches the broker first, on the same
+    // ordered connection as "hello", so it would be counted first.
+    send(&mut other_publisher, true, "to other").await;
+    a.wait_metric("wsrelay_cluster_published_messages_total", 1)
+        .await;
+    send(&mut publisher, true, "hello").await;
+    assert_eq!(next_data(&mut reader).await.1, "hello");
+    assert_eq!(b.metric(RECEIVED).await, 1);
+
+    // Garbage on the room's channel: counted, dropped, relay goes on.
+    let channel = "wsrelay.room.news";
+    publish_raw(&broker, channel, b"not a wsrelay message").await;
+    b.wait_metric(MALFORMED, 1).await;
+    send(&mut publisher, false, "still fine").await;
+    assert_eq!(next_data(&mut reader).await, (false, "still fine".into()));
+
+    // The last subscriber leaves: b unsubscribes.
+    drop(reader);
+    b.wait_metric(SUBSCRIPTIONS, 0).await;
+    if kind == Kind::Redis {
+        assert_eq!(redis_subscribers(&broker, channel).await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_subscribes_by_interest_and_drops_malformed() {
+    interest_and_malformed(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_subscribes_by_interest_and_drops_malformed() {
+    interest_and_malformed(Kind::Nats).await;
+}
+
+/// Publishes raw bytes on a broker channel, as a foreign client would.
+async fn publish_raw(broker: &Broker, channel: &str, payload: &[u8]) {
+    match broker.kind {
+        Kind::Redis => {
+            let client = redis::Client::open(broker.url()).unwrap();
+            let mut con = within(client.get_multiplexed_async_connection())
+                .await
+                .unwrap();
+            let _: () = within(
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async(&mut con),
+            )
+            .await
+            .unwrap();
+        }
+        Kind::Nats => {
+            let client = within(async_nats::connect(broker.url())).await.unwrap();
+            client
+                .publish(channel.to_owned(), payload.to_vec().into())
+                .await
+                .unwrap();
+            within(client.flush()).await.unwrap();
+        }
+    }
+}
+
+/// How many connections Redis says are subscribed to `channel`.
+async fn redis_subscribers(broker: &Broker, channel: &str) -> u64 {
+    let client = redis::Client::open(broker.url()).unwrap();
+    let mut con = within(client.get_multiplexed_async_connection())
+        .await
+        .unwrap();
+    let counts: Vec<(String, u64)> = within(
+        redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut con),
+    )
+    .await
+    .unwrap();
+    counts[0].1
+}
+
+/// Waits until a relay's `/readyz` body starts with `want`.
+async fn wait_ready_body(metrics: SocketAddr, want: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http_get(metrics, "/readyz").await;
+        if body.starts_with(want) {
+            assert_eq!(status, 200, "{body}");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The broker dies mid-stream: each node keeps relaying locally, says it
+/// is degraded, buffers what it would publish (dropping and counting the
+/// oldest beyond `cluster.buffer_messages`). The broker comes back on the
+/// same port: the nodes reconnect and re-subscribe by themselves, and
+/// cross-node relay resumes.
+async fn broker_outage(kind: Kind) {
+    let mut broker = Broker::start(kind);
+    let mut config = node_config(&broker, "a");
+    config.cluster.buffer_messages = 4;
+    let a = start(config).await;
+    let b = start(node_config(&broker, "b")).await;
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut a1 = join(a.addr, "/rooms/r").await;
+    let mut a2 = join(a.addr, "/rooms/r").await;
+    let mut b1 = join(b.addr, "/rooms/r").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    wait_ready_body(a.metrics_addr, "ready").await;
+    send(&mut a1, true, "before").await;
+    assert_eq!(next_data(&mut b1).await.1, "before");
+    assert_eq!(next_data(&mut a2).await.1, "before");
+    assert_eq!(next_data(&mut a1).await.1, "before");
+
+    broker.kill();
+    a.wait_metric(CONNECTED, 0).await;
+    b.wait_metric(CONNECTED, 0).await;
+    wait_ready_body(a.metrics_addr, "degraded").await;
+    // Local relay is untouched: ten messages within node a.
+    for i in 0..10 {
+        send(&mut a1, true, &format!("local {i}")).await;
+    }
+    for i in 0..10 {
+        assert_eq!(next_data(&mut a2).await.1, format!("local {i}"));
+        assert_eq!(next_data(&mut a1).await.1, format!("local {i}"));
+    }
+    // Four wait for the broker; the six oldest were dropped and counted.
+    a.wait_metric(BUFFER_FULL, 6).await;
+    assert_eq!(a.metric(BUFFERED).await, 4);
+
+    broker.restart();
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    wait_ready_body(a.metrics_addr, "ready").await;
+    a.wait_metric(BUFFERED, 0).await;
+    // The buffered messages may have reached the broker before b
+    // re-subscribed, so skip whatever of them b got; "after" must follow.
+    send(&mut a1, true, "after").await;
+    loop {
+        let (_, body) = next_data(&mut b1).await;
+        if body == "after" {
+            break;
+        }
+        assert!(
+            ["local 6", "local 7", "local 8", "local 9"].contains(&body.as_str()),
+            "b got {body}"
+        );
+    }
+    send(&mut b1, true, "and back").await;
+    assert_eq!(next_data(&mut a2).await.1, "after");
+    assert_eq!(next_data(&mut a2).await.1, "and back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_broker_outage_keeps_local_relay_and_recovers() {
+    broker_outage(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_broker_outage_keeps_local_relay_and_recovers() {
+    broker_outage(Kind::Nats).await;
+}
+
+/// A node that cannot reach the broker at start-up still starts, relays
+/// locally, and joins the cluster once the broker appears.
+async fn broker_down_at_start(kind: Kind) {
+    let mut broker = Broker::start(kind);
+    broker.kill();
+    let a = start(node_config(&broker, "a")).await;
+    let mut a1 = join(a.addr, "/rooms/r").await;
+    let mut a2 = join(a.addr, "/rooms/r").await;
+    send(&mut a1, true, "local only").await;
+    assert_eq!(next_data(&mut a2).await.1, "local only");
+    assert_eq!(a.metric(CONNECTED).await, 0);
+
+    broker.restart();
+    a.wait_metric(CONNECTED, 1).await;
+    a.wait_metric(SUBSCRIPTIONS, 1).await;
+    let b = start(node_config(&broker, "b")).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut b1 = join(b.addr, "/rooms/r").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    send(&mut a1, true, "clustered").await;
+    assert_eq!(next_data(&mut b1).await.1, "clustered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_node_starts_without_broker_and_joins_later() {
+    broker_down_at_start(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_node_starts_without_broker_and_joins_later() {
+    broker_down_at_start(Kind::Nats).await;
+}
+
+/// One node is killed (SIGKILL, a real process): the other two keep
+/// relaying between each other, connected to the broker.
+async fn node_killed(kind: Kind) {
+    let broker = Broker::start(kind);
+    let dir = TempDir::new("cluster-node");
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\n\
+         rooms:\n  enabled: true\ncluster:\n  backend: {}\n  url: \"{}\"\n  node_id: c\n",
+        match kind {
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+        },
+        broker.url()
+    );
+    let mut c = spawn_relay(&dir.file("c.yaml", &yaml));
+    let a = start(node_config(&broker, "a")).await;
+    let b = start(node_config(&broker, "b")).await;
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut a1 = join(a.addr, "/rooms/r").await;
+    let mut b1 = join(b.addr, "/rooms/r").await;
+    let mut c1 = join(c.addr, "/rooms/r").await;
+    for node in [&a, &b] {
+        node.wait_metric(SUBSCRIPTIONS, 1).await;
+    }
+    let c_metrics = c.metrics_addr.expect("c's metrics");
+    wait_ready_body(c_metrics, "ready").await;
+    let (_, text) = http_get(c_metrics, "/metrics").await;
+    assert_eq!(metric_value(&text, SUBSCRIPTIONS), Some(1), "{text}");
+    send(&mut c1, true, "from c").await;
+    assert_eq!(next_data(&mut a1).await.1, "from c");
+    assert_eq!(next_data(&mut b1).await.1, "from c");
+
+    c.child.kill().expect("kill node c");
+    c.child.wait().expect("reap node c");
+    send(&mut a1, true, "a after c died").await;
+    assert_eq!(next_data(&mut b1).await.1, "a after c died");
+    send(&mut b1, false, "b after c died").await;
+    assert_eq!(next_data(&mut a1).await, (true, "a after c died".into()));
+    assert_eq!(next_data(&mut a1).await, (false, "b after c died".into()));
+    assert_eq!(a.metric(CONNECTED).await, 1);
+    assert_eq!(b.metric(CONNECTED).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_survives_a_node_kill() {
+    node_killed(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_survives_a_node_kill() {
+    node_killed(Kind::Nats).await;
+}
