@@ -88,7 +88,7 @@ async fn exactly_once_in_order(kind: Kind) {
         for (name, ws) in names.iter().zip(clients.iter_mut()) {
             match i {
                 PER_NODE => send(ws, true, &format!("{name}:done")).await,
-                i => send(ws, i % 2 == 0, &format!("{name}:{i}")).await,
+                i => send(ws, i.is_multiple_of(2), &format!("{name}:{i}")).await,
             }
         }
     }
@@ -110,7 +110,7 @@ async fn exactly_once_in_order(kind: Kind) {
                 seq, *expected,
                 "{me}: {from}'s messages out of order or repeated"
             );
-            assert_eq!(text, seq % 2 == 0, "{me}: {body} changed type");
+            assert_eq!(text, seq.is_multiple_of(2), "{me}: {body} changed type");
             *expected += 1;
         }
     }

@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use futures_util::SinkExt;
 use tokio_websockets::Message;
-use wsrelay::client::ClientStream;
 use wsrelay::config::Config;
 
 fn rooms_config() -> Config {
