@@ -134,6 +134,12 @@ struct FanoutArgs {
     /// Exit 0 even if messages were lost, reordered or clients disconnected.
     #[arg(long)]
     allow_loss: bool,
+    /// Put the subscribers on these relays instead (round-robin; repeat or
+    /// comma-separate), the publishers staying on --url: a fan-out across
+    /// the nodes of a cluster. Latency is then measured at the subscribers,
+    /// through the broker.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    subscriber_url: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -379,6 +385,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     warmup: a.warmup,
                     duration: a.duration,
                     drain_timeout: a.drain_timeout,
+                    subscriber_urls: a.subscriber_url,
                 };
                 let report = bench::fanout(&t, &opts).await?;
                 print_report(&report, json)?;

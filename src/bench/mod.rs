@@ -78,6 +78,10 @@ pub struct FanoutOptions {
     pub duration: Duration,
     /// How long receivers may take, after publishing stops, to get the rest.
     pub drain_timeout: Duration,
+    /// Other relays of a cluster to spread the subscribers over (publishers
+    /// stay on the target); empty: everyone on the target. With these,
+    /// latency is measured at the subscribers only, across the broker.
+    pub subscriber_urls: Vec<String>,
 }
 
 /// Why a bench could not run.
@@ -118,6 +122,22 @@ pub struct ConnectFigures {
     pub per_second: f64,
     /// Per-connection handshake time, microseconds.
     pub latency_us: Percentiles,
+    #[serde(skip)]
+    histogram: Histogram<u64>,
+}
+
+impl ConnectFigures {
+    /// `connections` opened since `started`, each taking what `latency` holds (ns).
+    fn new(connections: usize, started: Instant, latency: Histogram<u64>) -> Self {
+        let seconds = started.elapsed().as_secs_f64();
+        Self {
+            connections,
+            seconds,
+            per_second: connections as f64 / seconds.max(1e-9),
+            latency_us: Percentiles::of(&latency),
+            histogram: latency,
+        }
+    }
 }
 
 /// What a `fanout` run saw.
@@ -196,7 +216,11 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     let dialer = prepare(target).await?;
     let total = opts.subscribers + opts.publishers;
     let rss_before = sample(target.pid)?;
-    let (clients, connect) = connect_all(&dialer, target, total).await?;
+    let cross_node = !opts.subscriber_urls.is_empty();
+    let (clients, connect) = match cross_node {
+        false => connect_all(&dialer, target, total).await?,
+        true => connect_across(&dialer, target, opts).await?,
+    };
     let rss_after = sample(target.pid)?;
 
     let clock = Instant::now();
@@ -217,7 +241,7 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     let mut clients = clients.into_iter();
     for _ in 0..opts.subscribers {
         let Some(ws) = clients.next() else { break };
-        receivers.spawn(receive(ws, run.clone(), None));
+        receivers.spawn(receive(ws, run.clone(), None, true));
     }
     let interval = opts
         .rate
@@ -230,7 +254,7 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
             Some(_) => None,
         };
         let own = window.clone().map(|w| (id as u32, w));
-        receivers.spawn(receive(stream, run.clone(), own));
+        receivers.spawn(receive(stream, run.clone(), own, !cross_node));
         publishers.spawn(publish(
             sink,
             id as u32,
@@ -393,8 +417,13 @@ async fn publish<S>(
 
 /// Reads until every publisher's messages are in, the connection ends, or
 /// the drain deadline passes. `own` is a publisher's id and window: its own
-/// echoes free window slots.
-async fn receive<S>(mut stream: S, run: Arc<Run>, own: Option<(u32, Arc<Semaphore>)>) -> Received
+/// echoes free window slots. Latency is recorded if `timed`.
+async fn receive<S>(
+    mut stream: S,
+    run: Arc<Run>,
+    own: Option<(u32, Arc<Semaphore>)>,
+    timed: bool,
+) -> Received
 where
     S: Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
 {
@@ -441,7 +470,7 @@ where
         let stamp = payload::decode(m.as_payload());
         r.check.observe(stamp);
         if let Some(stamp) = stamp {
-            if (run.measure_from_ns..run.measure_to_ns).contains(&now) {
+            if timed && (run.measure_from_ns..run.measure_to_ns).contains(&now) {
                 r.measured += 1;
                 let _ = r.latency.record(now.saturating_sub(stamp.sent_ns).max(1));
             }
@@ -482,6 +511,39 @@ async fn show_progress(run: Arc<Run>) {
 
 /// Opens `total` connections, `connect_concurrency` at a time, spreading
 /// source addresses when there are more than one address can hold.
+/// Connects the subscribers round-robin over `opts.subscriber_urls` (the
+/// other nodes of a cluster), then the publishers to the target; the
+/// clients come back subscribers first, as [`connect_all`] returns them.
+async fn connect_across(
+    dialer: &Dialer,
+    target: &Target,
+    opts: &FanoutOptions,
+) -> Result<(Vec<ClientStream>, ConnectFigures), BenchError> {
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(opts.subscribers + opts.publishers);
+    let mut latency = stats::new_histogram();
+    let nodes = opts.subscriber_urls.len();
+    for (i, url) in opts.subscriber_urls.iter().enumerate() {
+        // Node i takes every nodes-th subscriber, starting at the i-th.
+        let share = (opts.subscribers + nodes - 1 - i) / nodes;
+        let node = Target {
+            url: url.clone(),
+            ..target.clone()
+        };
+        let (more, figures) = connect_all(&prepare(&node).await?, &node, share).await?;
+        clients.extend(more);
+        let _ = latency.add(&figures.histogram);
+    }
+    // Subscriptions on the broker follow a node's first subscriber in a
+    // room by a round trip; let them settle before anyone publishes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (publishers, figures) = connect_all(dialer, target, opts.publishers).await?;
+    clients.extend(publishers);
+    let _ = latency.add(&figures.histogram);
+    let figures = ConnectFigures::new(clients.len(), started, latency);
+    Ok((clients, figures))
+}
+
 async fn connect_all(
     dialer: &Dialer,
     target: &Target,
@@ -521,16 +583,8 @@ async fn connect_all(
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok((
-        clients,
-        ConnectFigures {
-            connections: total,
-            seconds,
-            per_second: total as f64 / seconds.max(1e-9),
-            latency_us: Percentiles::of(&latency),
-        },
-    ))
+    let figures = ConnectFigures::new(total, started, latency);
+    Ok((clients, figures))
 }
 
 /// The source addresses to use: the given ones, or 127.0.0.1..127.0.0.k
