@@ -38,6 +38,7 @@ fn short_fanout(subscribers: usize, publishers: usize, rate: Option<f64>) -> Fan
         warmup: Duration::from_millis(200),
         duration: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(10),
+        subscriber_urls: Vec::new(),
     }
 }
 

@@ -432,3 +432,49 @@ async fn redis_cluster_survives_a_node_kill() {
 async fn nats_cluster_survives_a_node_kill() {
     node_killed(Kind::Nats).await;
 }
+
+/// `wsrelay bench fanout --subscriber-url`: publishers on one node,
+/// subscribers spread over the other two, every message accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fans_out_across_nodes() {
+    let broker = Broker::start(Kind::Redis);
+    let [a, b, c] = three_nodes(&broker).await;
+    // Hold the room open on b and c so their broker subscriptions are in
+    // place before the bench's subscribers arrive.
+    let _held: Vec<ClientStream> = vec![
+        join(b.addr, "/rooms/bench?role=publisher").await,
+        join(b.addr, "/rooms/bench").await,
+        join(c.addr, "/rooms/bench").await,
+    ];
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    c.wait_metric(SUBSCRIPTIONS, 1).await;
+    let url = |n: &TestServer| format!("ws://{}/rooms/bench", n.addr);
+    let target = wsrelay::bench::Target {
+        url: url(&a),
+        ca_file: None,
+        sources: Vec::new(),
+        connect_concurrency: 16,
+        pid: None,
+        progress: false,
+    };
+    let opts = wsrelay::bench::FanoutOptions {
+        subscribers: 10,
+        publishers: 2,
+        rate: Some(400.0),
+        window: 16,
+        size: 100,
+        binary: true,
+        warmup: std::time::Duration::from_millis(200),
+        duration: std::time::Duration::from_secs(1),
+        drain_timeout: std::time::Duration::from_secs(10),
+        subscriber_urls: vec![url(&b), url(&c)],
+    };
+    let report = wsrelay::bench::fanout(&target, &opts).await.unwrap();
+    assert!(report.published > 0);
+    assert!(!report.saw_loss(), "{report:?}");
+    assert_eq!(report.received_deliveries, report.expected_deliveries);
+    assert!(report.latency_us.p50 > 0.0, "{report:?}");
+    // The subscribers' copies came through the broker.
+    assert!(b.metric(RECEIVED).await >= report.published);
+    assert!(c.metric(RECEIVED).await >= report.published);
+}
