@@ -75,6 +75,8 @@ echo "== 19 000 connections"
 run C19000 wsrelay fanout 1 -n 18999 -p 1 -w 64 -s 64 --warmup 2s -d 5s --drain-timeout 30s
 
 echo "== writing docs/BENCHMARKS.md"
+# The cluster section is scripts/bench-cluster.sh's: keep it.
+cluster_section="$(sed -n '/<!-- cluster:begin/,/<!-- cluster:end -->/p' docs/BENCHMARKS.md 2>/dev/null || true)"
 python3 - "$out" "$RUNS" > docs/BENCHMARKS.md <<'PY'
 import glob, json, os, platform, statistics, subprocess, sys
 out, runs = sys.argv[1], int(sys.argv[2])
@@ -171,4 +173,7 @@ print("taskset -c 1 target/release/wsrelay bench idle --url ws://127.0.0.1:18443
 print("# S4: as S1 with --url wss://127.0.0.1:18443/ --ca-file cert.pem against a relay with server.tls set")
 print("```")
 PY
+if [ -n "$cluster_section" ]; then
+    printf '\n%s\n' "$cluster_section" >> docs/BENCHMARKS.md
+fi
 cat docs/BENCHMARKS.md

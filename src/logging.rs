@@ -12,7 +12,13 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(config: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => EnvFilter::builder().parse(env)?,
-        _ => EnvFilter::builder().parse(&config.level)?,
+        // async-nats logs "max reconnection attempts reached" at error
+        // level each time the relay's own reconnect loop takes over (see
+        // backplane::nats); the relay logs the outage itself, with context.
+        _ if config.level.contains("async_nats") => EnvFilter::builder().parse(&config.level)?,
+        _ => EnvFilter::builder()
+            .parse(&config.level)?
+            .add_directive("async_nats::connector=off".parse()?),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

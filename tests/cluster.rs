@@ -273,6 +273,45 @@ async fn wait_ready_body(metrics: SocketAddr, want: &str) {
     }
 }
 
+/// A message published through the HTTP API on one node reaches the
+/// room's subscribers on the others.
+async fn api_publish_crosses_nodes(kind: Kind) {
+    let broker = Broker::start(kind);
+    let mut config = node_config(&broker, "a");
+    config.api.enabled = true;
+    config.api.listen = "127.0.0.1:0".parse().unwrap();
+    config.api.keys = vec!["backend-key".into()];
+    let a = start(config).await;
+    let b = start(node_config(&broker, "b")).await;
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut reader = join(b.addr, "/rooms/news").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let (status, body) = http_request(
+        a.api_addr.expect("api enabled"),
+        "POST",
+        "/api/v1/rooms/news/messages",
+        "Authorization: Bearer backend-key\r\nContent-Type: text/plain\r\n",
+        b"from the backend",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        next_data(&mut reader).await,
+        (true, "from the backend".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_api_publish_reaches_other_nodes() {
+    api_publish_crosses_nodes(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_api_publish_reaches_other_nodes() {
+    api_publish_crosses_nodes(Kind::Nats).await;
+}
+
 /// The broker dies mid-stream: each node keeps relaying locally, says it
 /// is degraded, buffers what it would publish (dropping and counting the
 /// oldest beyond `cluster.buffer_messages`). The broker comes back on the

@@ -44,7 +44,12 @@ async fn the_grafana_dashboard_queries_only_what_the_relay_exports() {
     }
     assert!(exprs.len() >= 10, "{exprs:?}");
 
-    let server = start(test_config()).await;
+    // With a cluster backend, so the cluster series exist too; no broker
+    // is needed for the node to start and export them.
+    let mut config = test_config();
+    config.cluster.backend = wsrelay::config::ClusterBackend::Redis;
+    config.cluster.url = "redis://127.0.0.1:1".into();
+    let server = start(config).await;
     let exposition = server.metrics().await;
     let series: Vec<&str> = exposition.lines().filter(|l| !l.starts_with('#')).collect();
     let mut checked = 0;

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Fan-out across the nodes of a cluster, for each backend, beside the same
+# load on a single relay; writes the "Cluster" section of docs/BENCHMARKS.md
+# (scripts/bench.sh keeps that section when it rewrites the rest).
+#
+#   scripts/bench-cluster.sh            # 3 runs per figure (about 4 minutes)
+#   RUNS=5 scripts/bench-cluster.sh
+#
+# Three relays (a, b, c) share one redis-server or nats-server; the
+# publishers connect to a, the subscribers are split over b and c, so every
+# subscriber's copy crosses the broker. Latency is measured at the
+# subscribers. Five processes share this machine's two CPUs, so nothing is
+# pinned. Needs redis-server and nats-server (scripts/test.sh installs them).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+RUNS="${RUNS:-3}"
+out="$(mktemp -d)"
+trap 'pkill -P $$ 2>/dev/null || true' EXIT
+
+echo "== building wsrelay (release)"
+cargo build --release --quiet
+WSRELAY="$root/target/release/wsrelay"
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+# wait_connected METRICS_PORT: until the node reports its broker connection.
+wait_connected() {
+    for _ in $(seq 1 200); do
+        curl -fs "http://127.0.0.1:$1/metrics" | grep -q '^wsrelay_cluster_connected 1' && return 0
+        sleep 0.05
+    done
+    echo "node on metrics port $1 never connected to the broker" >&2
+    return 1
+}
+
+PIDS=()
+# start_cluster BACKEND: broker plus nodes a, b, c (or just a for "single").
+start_cluster() {
+    local backend=$1 url="" nodes=(a)
+    case "$backend" in
+        redis)
+            redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+            PIDS+=($!); url=redis://127.0.0.1:16379; wait_port 16379 ;;
+        nats)
+            nats-server -a 127.0.0.1 -p 14222 >/dev/null 2>&1 &
+            PIDS+=($!); url=nats://127.0.0.1:14222; wait_port 14222 ;;
+    esac
+    if [ "$backend" != single ]; then nodes=(a b c); fi
+    local i=0
+    for node in "${nodes[@]}"; do
+        {
+            printf 'server:\n  listen: "127.0.0.1:%d"\nmetrics:\n  listen: "127.0.0.1:%d"\n' $((18501 + i)) $((19501 + i))
+            printf 'rooms:\n  enabled: true\nlog:\n  level: warn\n'
+            if [ "$backend" != single ]; then
+                printf 'cluster:\n  backend: %s\n  url: "%s"\n  node_id: %s\n' "$backend" "$url" "$node"
+            fi
+        } > "$out/$node.yaml"
+        "$WSRELAY" --config-file "$out/$node.yaml" &
+        PIDS+=($!)
+        wait_port $((18501 + i))
+        if [ "$backend" != single ]; then wait_connected $((19501 + i)); fi
+        i=$((i + 1))
+    done
+    PUB=ws://127.0.0.1:18501/rooms/bench
+    SUBS=()
+    if [ "$backend" != single ]; then
+        SUBS=(--subscriber-url ws://127.0.0.1:18502/rooms/bench,ws://127.0.0.1:18503/rooms/bench)
+    fi
+}
+
+# Nodes first, broker last, so no node logs a lost broker on the way out.
+stop_cluster() {
+    local n
+    for ((n = ${#PIDS[@]} - 1; n >= 0; n--)); do
+        kill "${PIDS[n]}" 2>/dev/null || true
+        wait "${PIDS[n]}" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+# run NAME BACKEND I ARGS...: one bench run, JSON to $out/NAME.BACKEND.I.json
+run() {
+    local name=$1 backend=$2 i=$3; shift 3
+    start_cluster "$backend"
+    "$WSRELAY" bench fanout --url "$PUB" "${SUBS[@]}" --json "$@" \
+        > "$out/$name.$backend.$i.json" || echo "   (run reported loss or failed; kept for the report)"
+    stop_cluster
+}
+
+S2=(-n 100 -p 10 -r 2000 -s 1024 --warmup 2s -d 5s)
+T=(-n 100 -p 4 -r 10000 -s 64 --warmup 2s -d 5s --allow-loss)
+for i in $(seq 1 "$RUNS"); do
+    echo "== round $i of $RUNS"
+    for backend in single redis nats; do
+        run S2 "$backend" "$i" "${S2[@]}"
+        run T "$backend" "$i" "${T[@]}"
+    done
+done
+
+echo "== writing the cluster section of docs/BENCHMARKS.md"
+python3 - "$out" "$RUNS" <<'PY'
+import glob, json, re, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+
+def load(name, backend):
+    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}.{backend}.*.json"))]
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+def lat(rs, k): return med([r["latency_us"][k] for r in rs])
+def dps(rs): return med([r["deliveries_per_second"] for r in rs])
+def loss(rs): return med([r["loss_percent"] for r in rs])
+
+names = {"single": "one relay (no cluster)", "redis": "3 nodes, Redis 7.0", "nats": "3 nodes, NATS 2.9"}
+lines = ["<!-- cluster:begin (scripts/bench-cluster.sh writes this section) -->",
+         "## Cluster: publishers on node a, subscribers on nodes b and c\n",
+         f"`scripts/bench-cluster.sh`: three relays joined through one local broker; `wsrelay bench fanout --url <a> --subscriber-url <b>,<c>`, "
+         f"so every subscriber's copy crosses the broker, latency measured at the subscribers. Medians of {runs} runs, backends alternating run by run; "
+         "five processes share the two CPUs unpinned, so compare rows, not these figures with the pinned ones above. "
+         "\"one relay\" is the same load with everyone on a single relay.\n",
+         "### S2 across nodes: 100 subscribers, 10 publishers, 2000 msg/s in total, 1 KiB\n",
+         "| setup | p50 µs | p99 µs | p99.9 µs | deliveries/s | loss % |",
+         "|---|---|---|---|---|---|"]
+for b in ("single", "redis", "nats"):
+    rs = load("S2", b)
+    lines.append(f"| {names[b]} | {lat(rs,'p50'):.0f} | {lat(rs,'p99'):.0f} | {lat(rs,'p999'):.0f} | {dps(rs):,.0f} | {loss(rs):.3f} |")
+lines += ["", "### Throughput across nodes: 100 subscribers, 4 publishers, 10 000 msg/s offered, 64 B\n",
+          "| setup | deliveries/s | loss % | p50 µs | p99 µs |", "|---|---|---|---|---|"]
+for b in ("single", "redis", "nats"):
+    rs = load("T", b)
+    lines.append(f"| {names[b]} | {dps(rs):,.0f} | {loss(rs):.3f} | {lat(rs,'p50'):.0f} | {lat(rs,'p99'):.0f} |")
+lines.append("<!-- cluster:end -->")
+section = "\n".join(lines) + "\n"
+
+path = "docs/BENCHMARKS.md"
+text = open(path).read()
+pattern = re.compile(r"<!-- cluster:begin.*?<!-- cluster:end -->\n", re.S)
+text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+print(section)
+PY
