@@ -27,6 +27,24 @@ const MALFORMED: &str = "wsrelay_cluster_malformed_messages_total";
 const BUFFER_FULL: &str = "wsrelay_cluster_dropped_messages_total{reason=\"buffer_full\"}";
 const BUFFERED: &str = "wsrelay_cluster_buffered_messages";
 
+/// Runs `scenario(kind)` as two tests, `scenario::redis` and
+/// `scenario::nats`.
+macro_rules! on_both_brokers {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$scenario(super::Kind::Redis).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$scenario(super::Kind::Nats).await;
+            }
+        }
+    };
+}
+
 /// A node's config: rooms on, joined to `broker` as `node`.
 fn node_config(broker: &Broker, node: &str) -> Config {
     let mut c = test_config();
@@ -71,7 +89,7 @@ async fn next_data(ws: &mut ClientStream) -> (bool, String) {
 /// text and binary alternating) and then "a:done"; every client must hear
 /// every node's messages exactly once, in order, with their type, the
 /// sender's own included (echo is on, and delivered locally only).
-async fn exactly_once_in_order(kind: Kind) {
+async fn delivers_exactly_once_in_order(kind: Kind) {
     const PER_NODE: usize = 300;
     let broker = Broker::start(kind);
     let nodes = three_nodes(&broker).await;
@@ -120,20 +138,12 @@ async fn exactly_once_in_order(kind: Kind) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_delivers_exactly_once_in_order() {
-    exactly_once_in_order(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_cluster_delivers_exactly_once_in_order() {
-    exactly_once_in_order(Kind::Nats).await;
-}
+on_both_brokers!(delivers_exactly_once_in_order);
 
 /// A publisher with `?echo=false` never hears itself back through the
 /// cluster, while its neighbour on the same node and a client on another
 /// node hear it once.
-async fn echo_off_across_nodes(kind: Kind) {
+async fn respects_echo_off_across_nodes(kind: Kind) {
     let broker = Broker::start(kind);
     let [a, b, _c] = three_nodes(&broker).await;
     let mut quiet = join(a.addr, "/rooms/r?echo=false").await;
@@ -152,21 +162,13 @@ async fn echo_off_across_nodes(kind: Kind) {
     assert_eq!(next_data(&mut neighbour).await.1, "from remote");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_respects_echo_off() {
-    echo_off_across_nodes(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_cluster_respects_echo_off() {
-    echo_off_across_nodes(Kind::Nats).await;
-}
+on_both_brokers!(respects_echo_off_across_nodes);
 
 /// A node subscribes to a room on the broker only while it has a local
 /// subscriber there (a publish-only client does not count), and receives
 /// nothing for rooms it has no interest in. Messages on the room's channel
 /// that are not wsrelay messages are counted and dropped.
-async fn interest_and_malformed(kind: Kind) {
+async fn subscribes_by_interest_and_drops_malformed(kind: Kind) {
     let broker = Broker::start(kind);
     let [a, b, _c] = three_nodes(&broker).await;
     let mut publisher = join(a.addr, "/rooms/news?role=publisher").await;
@@ -204,15 +206,7 @@ async fn interest_and_malformed(kind: Kind) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_subscribes_by_interest_and_drops_malformed() {
-    interest_and_malformed(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_cluster_subscribes_by_interest_and_drops_malformed() {
-    interest_and_malformed(Kind::Nats).await;
-}
+on_both_brokers!(subscribes_by_interest_and_drops_malformed);
 
 /// Publishes raw bytes on a broker channel, as a foreign client would.
 async fn publish_raw(broker: &Broker, channel: &str, payload: &[u8]) {
@@ -275,7 +269,7 @@ async fn wait_ready_body(metrics: SocketAddr, want: &str) {
 
 /// A message published through the HTTP API on one node reaches the
 /// room's subscribers on the others.
-async fn api_publish_crosses_nodes(kind: Kind) {
+async fn api_publish_reaches_other_nodes(kind: Kind) {
     let broker = Broker::start(kind);
     let mut config = node_config(&broker, "a");
     config.api.enabled = true;
@@ -302,22 +296,14 @@ async fn api_publish_crosses_nodes(kind: Kind) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_api_publish_reaches_other_nodes() {
-    api_publish_crosses_nodes(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_api_publish_reaches_other_nodes() {
-    api_publish_crosses_nodes(Kind::Nats).await;
-}
+on_both_brokers!(api_publish_reaches_other_nodes);
 
 /// The broker dies mid-stream: each node keeps relaying locally, says it
 /// is degraded, buffers what it would publish (dropping and counting the
 /// oldest beyond `cluster.buffer_messages`). The broker comes back on the
 /// same port: the nodes reconnect and re-subscribe by themselves, and
 /// cross-node relay resumes.
-async fn broker_outage(kind: Kind) {
+async fn broker_outage_keeps_local_relay_and_recovers(kind: Kind) {
     let mut broker = Broker::start(kind);
     let mut config = node_config(&broker, "a");
     config.cluster.buffer_messages = 4;
@@ -375,19 +361,11 @@ async fn broker_outage(kind: Kind) {
     assert_eq!(next_data(&mut a2).await.1, "and back");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_broker_outage_keeps_local_relay_and_recovers() {
-    broker_outage(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_broker_outage_keeps_local_relay_and_recovers() {
-    broker_outage(Kind::Nats).await;
-}
+on_both_brokers!(broker_outage_keeps_local_relay_and_recovers);
 
 /// A node that cannot reach the broker at start-up still starts, relays
 /// locally, and joins the cluster once the broker appears.
-async fn broker_down_at_start(kind: Kind) {
+async fn node_starts_without_broker_and_joins_later(kind: Kind) {
     let mut broker = Broker::start(kind);
     broker.kill();
     let a = start(node_config(&broker, "a")).await;
@@ -408,19 +386,11 @@ async fn broker_down_at_start(kind: Kind) {
     assert_eq!(next_data(&mut b1).await.1, "clustered");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_node_starts_without_broker_and_joins_later() {
-    broker_down_at_start(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_node_starts_without_broker_and_joins_later() {
-    broker_down_at_start(Kind::Nats).await;
-}
+on_both_brokers!(node_starts_without_broker_and_joins_later);
 
 /// One node is killed (SIGKILL, a real process): the other two keep
 /// relaying between each other, connected to the broker.
-async fn node_killed(kind: Kind) {
+async fn survives_a_node_kill(kind: Kind) {
     let broker = Broker::start(kind);
     let dir = TempDir::new("cluster-node");
     let yaml = format!(
@@ -462,15 +432,7 @@ async fn node_killed(kind: Kind) {
     assert_eq!(b.metric(CONNECTED).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_survives_a_node_kill() {
-    node_killed(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_cluster_survives_a_node_kill() {
-    node_killed(Kind::Nats).await;
-}
+on_both_brokers!(survives_a_node_kill);
 
 /// `wsrelay bench fanout --subscriber-url`: publishers on one node,
 /// subscribers spread over the other two, every message accounted for.

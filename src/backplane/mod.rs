@@ -162,11 +162,6 @@ impl Cluster {
         }
     }
 
-    /// The name this node's messages carry.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// Where the hub reports rooms gaining or losing local subscribers.
     pub fn interest(&self) -> Arc<Interest> {
         self.interest.clone()
@@ -287,28 +282,32 @@ impl Cluster {
 
     /// Delivers one broker message to this node's subscribers.
     fn receive(&self, bytes: &[u8], cx: &ConnectionContext) {
-        let problem = match envelope::decode(bytes) {
+        match envelope::decode(bytes) {
             // Redis sends a node its own messages back; they were
             // delivered here when they were published.
-            Ok(m) if m.node == self.node_id => return,
-            Ok(m) if m.payload.len() > self.max_message_size => "larger than max_message_size",
+            Ok(m) if m.node == self.node_id => {}
+            Ok(m) if m.payload.len() > self.max_message_size => {
+                self.malformed(&"larger than limits.max_message_size");
+            }
             Ok(m) => {
                 self.metrics.received.inc();
                 cx.deliver(m.room, &Frame::new(m.text, m.payload), None);
-                return;
             }
-            Err(e) => {
-                self.metrics.malformed.inc();
-                if self.warned_malformed.swap(true, Ordering::Relaxed) {
-                    debug!(error = %e, "malformed cluster message dropped");
-                } else {
-                    warn!(error = %e, "malformed cluster message dropped (further ones are only counted, in wsrelay_cluster_malformed_messages_total)");
-                }
-                return;
-            }
-        };
+            Err(e) => self.malformed(&e),
+        }
+    }
+
+    /// Counts a broker message that will not be relayed; logs the first.
+    fn malformed(&self, why: &dyn std::fmt::Display) {
         self.metrics.malformed.inc();
-        debug!(problem, "cluster message dropped");
+        if self.warned_malformed.swap(true, Ordering::Relaxed) {
+            debug!(error = %why, "malformed cluster message dropped");
+        } else {
+            warn!(
+                error = %why,
+                "malformed cluster message dropped (further ones are only counted, in wsrelay_cluster_malformed_messages_total)"
+            );
+        }
     }
 }
 

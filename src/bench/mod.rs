@@ -509,8 +509,6 @@ async fn show_progress(run: Arc<Run>) {
     }
 }
 
-/// Opens `total` connections, `connect_concurrency` at a time, spreading
-/// source addresses when there are more than one address can hold.
 /// Connects the subscribers round-robin over `opts.subscriber_urls` (the
 /// other nodes of a cluster), then the publishers to the target; the
 /// clients come back subscribers first, as [`connect_all`] returns them.
@@ -544,6 +542,8 @@ async fn connect_across(
     Ok((clients, figures))
 }
 
+/// Opens `total` connections, `connect_concurrency` at a time, spreading
+/// source addresses when there are more than one address can hold.
 async fn connect_all(
     dialer: &Dialer,
     target: &Target,
