@@ -721,20 +721,25 @@ fn de_nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     }
 }
 
-/// A cluster prefix or node id: it becomes part of every broker subject,
-/// so only characters that Redis and NATS both carry verbatim, with dots
-/// only between other characters (an empty NATS token is invalid).
-fn de_cluster_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let name = String::deserialize(d)?;
+/// Checks a cluster prefix or node id: it becomes part of every broker
+/// subject, so only characters that Redis and NATS both carry verbatim,
+/// with dots only between other characters (an empty NATS token is invalid).
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     let ok_dots = !name.starts_with('.') && !name.ends_with('.') && !name.contains("..");
     if name.len() > 64 || !ok_chars || !ok_dots {
-        return Err(serde::de::Error::custom(format!(
+        return Err(format!(
             "{name:?} must be at most 64 of A-Z a-z 0-9 _ - and dots between them"
-        )));
+        ));
     }
+    Ok(())
+}
+
+fn de_cluster_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    check_cluster_name(&name).map_err(serde::de::Error::custom)?;
     Ok(name)
 }
 

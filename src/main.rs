@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wsrelay::client::{self, Ending};
-use wsrelay::config::{Config, LogFormat};
+use wsrelay::config::{ClusterBackend, Config, LogFormat};
 
 /// A fast, lean WebSocket relay.
 ///
@@ -222,6 +222,14 @@ struct Overrides {
     /// Log line format [config: log.format].
     #[arg(long, env = "WSRELAY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Join a cluster through this broker [config: cluster.url]; without
+    /// cluster.backend in the file, the scheme picks it: redis:// or
+    /// rediss:// for Redis, nats:// or tls:// for NATS.
+    #[arg(long, env = "WSRELAY_CLUSTER_URL", value_name = "URL")]
+    cluster_url: Option<String>,
+    /// This node's name in the cluster [config: cluster.node_id; default random].
+    #[arg(long, env = "WSRELAY_NODE_ID", value_name = "NAME")]
+    node_id: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +294,19 @@ fn effective_config(file: Option<&Path>, args: Overrides) -> anyhow::Result<Conf
     }
     if let Some(format) = args.log_format {
         config.log.format = format;
+    }
+    if let Some(url) = args.cluster_url {
+        if config.cluster.backend == ClusterBackend::None {
+            config.cluster.backend = wsrelay::backplane::backend_of(&url);
+        }
+        wsrelay::backplane::check_url(config.cluster.backend, &url)
+            .map_err(|e| anyhow::anyhow!("--cluster-url / WSRELAY_CLUSTER_URL {url:?}: {e}"))?;
+        config.cluster.url = url;
+    }
+    if let Some(id) = args.node_id {
+        wsrelay::config::check_cluster_name(&id)
+            .map_err(|e| anyhow::anyhow!("--node-id / WSRELAY_NODE_ID: {e}"))?;
+        config.cluster.node_id = id;
     }
     Ok(config)
 }

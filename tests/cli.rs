@@ -431,6 +431,50 @@ fn check_config_prints_the_effective_config_or_names_the_problem() {
     }
 }
 
+#[test]
+fn cluster_url_and_node_id_come_from_flags_or_the_environment() {
+    let dir = TempDir::new("cluster-flags");
+    let empty = dir.file("empty.yaml", "");
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = binary();
+        cmd.arg("check-config").arg(&empty).args(args);
+        cmd.env_remove("WSRELAY_CLUSTER_URL")
+            .env_remove("WSRELAY_NODE_ID");
+        cmd.envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    let parsed = |out: &std::process::Output| {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        wsrelay::config::Config::parse(&text, Path::new("stdout"))
+            .unwrap()
+            .cluster
+    };
+    // The scheme picks the backend when the file does not.
+    let c = parsed(&check(&["--cluster-url", "nats://broker:4222"], &[]));
+    assert_eq!(c.backend, wsrelay::config::ClusterBackend::Nats);
+    assert_eq!(c.url, "nats://broker:4222");
+    let c = parsed(&check(
+        &["--node-id", "flag-node"],
+        &[
+            ("WSRELAY_CLUSTER_URL", "rediss://:pw@broker:6380"),
+            ("WSRELAY_NODE_ID", "env-node"),
+        ],
+    ));
+    assert_eq!(c.backend, wsrelay::config::ClusterBackend::Redis);
+    assert_eq!(c.node_id, "flag-node");
+    // Bad values exit 2 and name the flag.
+    for (args, needle) in [
+        (&["--cluster-url", "http://broker"][..], "--cluster-url"),
+        (&["--node-id", "a b"][..], "--node-id"),
+    ] {
+        let out = check(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_turns_readyz_503_keeps_accepting_then_spreads_the_closes() {
     const CLIENTS: usize = 20;

@@ -87,7 +87,10 @@ impl From<async_nats::PublishError> for LinkError {
 /// loaded, so a typo fails at start-up with the key and line).
 pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
     match backend {
-        ClusterBackend::None => Err("`url` is set but `backend` is none".into()),
+        ClusterBackend::None => Err(
+            "`url` is set but `backend` is none (and the URL's scheme names neither redis nor nats)"
+                .into(),
+        ),
         ClusterBackend::Redis => ::redis::Client::open(url)
             .map(drop)
             .map_err(|e| format!("invalid Redis URL: {e}")),
@@ -99,6 +102,16 @@ pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+    }
+}
+
+/// The backend a broker URL's scheme names (`None` for an unknown one,
+/// which [`check_url`] then refuses).
+pub fn backend_of(url: &str) -> ClusterBackend {
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("redis" | "rediss" | "redis+unix" | "unix") => ClusterBackend::Redis,
+        Some("nats" | "tls") => ClusterBackend::Nats,
+        _ => ClusterBackend::None,
     }
 }
 
@@ -584,6 +597,9 @@ mod tests {
         assert!(check_url(ClusterBackend::Nats, "tls://host").is_ok());
         assert!(check_url(ClusterBackend::Nats, "redis://host").is_err());
         assert!(check_url(ClusterBackend::None, "redis://host").is_err());
+        assert_eq!(backend_of("rediss://h"), ClusterBackend::Redis);
+        assert_eq!(backend_of("tls://h"), ClusterBackend::Nats);
+        assert_eq!(backend_of("http://h"), ClusterBackend::None);
         assert_eq!(redact("redis://user:pw@host:1/0"), "redis://***@host:1/0");
         assert_eq!(redact("nats://host:4222"), "nats://host:4222");
     }
