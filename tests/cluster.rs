@@ -298,6 +298,32 @@ async fn api_publish_reaches_other_nodes(kind: Kind) {
 
 on_both_brokers!(api_publish_reaches_other_nodes);
 
+/// A message larger than the NATS server's `max_payload` is refused by
+/// the broker, counted, and delivered on its own node only; the link stays
+/// up and the next message crosses as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_refuses_is_counted_and_the_rest_flows() {
+    let broker = Broker::start_nats_with("max_payload: 1024\n");
+    let a = start(node_config(&broker, "a")).await;
+    let b = start(node_config(&broker, "b")).await;
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut a1 = join(a.addr, "/rooms/r").await;
+    let mut b1 = join(b.addr, "/rooms/r").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let big = "x".repeat(2000);
+    send(&mut a1, true, &big).await;
+    assert_eq!(next_data(&mut a1).await.1, big);
+    a.wait_metric(
+        "wsrelay_cluster_dropped_messages_total{reason=\"broker_error\"}",
+        1,
+    )
+    .await;
+    send(&mut a1, true, "small").await;
+    assert_eq!(next_data(&mut b1).await.1, "small");
+    assert_eq!(a.metric(CONNECTED).await, 1);
+}
+
 /// The broker dies mid-stream: each node keeps relaying locally, says it
 /// is degraded, buffers what it would publish (dropping and counting the
 /// oldest beyond `cluster.buffer_messages`). The broker comes back on the

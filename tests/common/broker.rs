@@ -34,12 +34,25 @@ impl Kind {
 pub struct Broker {
     pub kind: Kind,
     pub port: u16,
+    /// A nats-server configuration file, when one was given.
+    config: Option<super::TempDir>,
     child: Option<Child>,
 }
 
 impl Broker {
     /// Starts a broker on a free port and returns once it accepts clients.
     pub fn start(kind: Kind) -> Self {
+        Self::start_with(kind, None)
+    }
+
+    /// Starts nats-server with `config` (its configuration file format).
+    pub fn start_nats_with(config: &str) -> Self {
+        let dir = super::TempDir::new("nats-config");
+        dir.file("nats.conf", config);
+        Self::start_with(Kind::Nats, Some(dir))
+    }
+
+    fn start_with(kind: Kind, config: Option<super::TempDir>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("find a free port")
@@ -47,6 +60,7 @@ impl Broker {
         let mut broker = Self {
             kind,
             port,
+            config,
             child: None,
         };
         broker.restart();
@@ -82,6 +96,9 @@ impl Broker {
             }
             Kind::Nats => {
                 let mut c = Command::new("nats-server");
+                if let Some(dir) = &self.config {
+                    c.arg("-c").arg(dir.0.join("nats.conf"));
+                }
                 c.args(["-a", "127.0.0.1", "-p", &port]);
                 (c, "Server is ready")
             }
