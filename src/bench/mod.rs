@@ -84,9 +84,17 @@ pub struct FanoutOptions {
     pub subscriber_urls: Vec<String>,
 }
 
+/// How long subscribers on other nodes may take to hear the publishers.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a bench could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    #[error(
+        "subscribers on the other nodes did not hear the publishers within {SETTLE_TIMEOUT:?}: \
+         are the nodes in one cluster, and the URLs on one room?"
+    )]
+    Settle,
     #[error(transparent)]
     Client(#[from] Box<ClientError>),
     #[error("connection {index} of {total} failed: {source}")]
@@ -466,6 +474,9 @@ where
                 break;
             }
         };
+        if payload::is_probe(m.as_payload()) {
+            continue;
+        }
         let now = run.now_ns();
         let stamp = payload::decode(m.as_payload());
         r.check.observe(stamp);
@@ -532,14 +543,51 @@ async fn connect_across(
         clients.extend(more);
         let _ = latency.add(&figures.histogram);
     }
-    // Subscriptions on the broker follow a node's first subscriber in a
-    // room by a round trip; let them settle before anyone publishes.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (publishers, figures) = connect_all(dialer, target, opts.publishers).await?;
-    clients.extend(publishers);
+    let (mut publishers, figures) = connect_all(dialer, target, opts.publishers).await?;
     let _ = latency.add(&figures.histogram);
-    let figures = ConnectFigures::new(clients.len(), started, latency);
+    let figures = ConnectFigures::new(clients.len() + publishers.len(), started, latency);
+    if let Some(first) = publishers.first_mut() {
+        await_subscriptions(&mut clients, first).await?;
+    }
+    clients.extend(publishers);
     Ok((clients, figures))
+}
+
+/// Probes from `publisher` until every subscriber has heard one: each
+/// remote node subscribes to the room on the broker when its first
+/// subscriber arrives, and anything published before that would count as
+/// lost. Also catches nodes that are not in one cluster, or not on one room.
+async fn await_subscriptions(
+    subscribers: &mut [ClientStream],
+    publisher: &mut ClientStream,
+) -> Result<(), BenchError> {
+    let heard = futures_util::future::join_all(subscribers.iter_mut().map(|ws| async move {
+        while let Some(Ok(m)) = ws.next().await {
+            if payload::is_probe(m.as_payload()) {
+                return true;
+            }
+        }
+        false
+    }));
+    tokio::pin!(heard);
+    let deadline = tokio::time::sleep(SETTLE_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut probe = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            heard = &mut heard => {
+                return match heard.iter().all(|h| *h) {
+                    true => Ok(()),
+                    false => Err(BenchError::Settle),
+                };
+            }
+            _ = probe.tick() => {
+                let probe = Message::binary(bytes::Bytes::from_static(payload::PROBE));
+                publisher.send(probe).await.map_err(|_| BenchError::Settle)?;
+            }
+            () = &mut deadline => return Err(BenchError::Settle),
+        }
+    }
 }
 
 /// Opens `total` connections, `connect_concurrency` at a time, spreading

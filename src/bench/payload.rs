@@ -14,6 +14,15 @@ pub const HEADER_LEN: usize = 4 + 8 + 16 + 16;
 
 const MAGIC: &[u8; 4] = b"WSRB";
 
+/// Sent before a cross-node run until every subscriber hears it (proof that
+/// the nodes' broker subscriptions are in place); receivers skip it.
+pub const PROBE: &[u8] = b"WSRB-PROBE";
+
+/// Whether a payload is a [`PROBE`].
+pub fn is_probe(payload: &[u8]) -> bool {
+    payload == PROBE
+}
+
 /// What each bench message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
