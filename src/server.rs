@@ -275,9 +275,13 @@ impl Server {
         if cx.keepalive.is_some() {
             tokio::spawn(keepalive(cx.clone()));
         }
-        if let Some(cluster) = cx.cluster.clone() {
-            tokio::spawn(cluster.run(cx.clone()));
-        }
+        // Stopped last, once every client is gone: their last messages
+        // still reach the other nodes.
+        let cluster_stop = CancellationToken::new();
+        let cluster = cx.cluster.clone().map(|cluster| {
+            let task = tokio::spawn(cluster.clone().run(cx.clone(), cluster_stop.clone()));
+            (cluster, task)
+        });
         if let Some(certs) = certs.filter(|c| !c.watch_interval.is_zero()) {
             tokio::spawn(watch_certificate(certs, cx.clone()));
         }
@@ -340,6 +344,20 @@ impl Server {
             // Closing clients race `force` and handshakes race the shutdown
             // token, so this is quick; bound it anyway.
             let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+        }
+        if let Some((cluster, task)) = cluster {
+            info!(
+                waiting = cluster.waiting(),
+                timeout = ?shutdown_timeout,
+                "shutting down: sending what waits for the cluster broker"
+            );
+            cluster_stop.cancel();
+            if tokio::time::timeout(shutdown_timeout, task).await.is_err() {
+                warn!(
+                    waiting = cluster.waiting(),
+                    "cluster broker did not take the last messages in time; leaving them"
+                );
+            }
         }
         side_listeners_stop.cancel();
         info!("shutdown complete");

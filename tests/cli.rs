@@ -90,15 +90,7 @@ async fn a_second_signal_exits_at_once() {
     let _deaf = RawClient::connect(relay.addr).await;
     relay.signal("TERM");
     // Wait until the relay is draining, then insist.
-    loop {
-        let line = relay
-            .logs
-            .recv_timeout(PATIENCE)
-            .expect("no shutdown log line");
-        if line.contains("shutting down") {
-            break;
-        }
-    }
+    relay.wait_log("shutting down");
     relay.signal("TERM");
     let code = tokio::task::spawn_blocking(move || relay.wait_exit(PATIENCE))
         .await

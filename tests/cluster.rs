@@ -55,6 +55,20 @@ fn node_config(broker: &Broker, node: &str) -> Config {
     c
 }
 
+/// A node's config file, for a node run as its own process: rooms on,
+/// joined to `broker` as `node`, with `extra` YAML appended.
+fn node_yaml(broker: &Broker, node: &str, extra: &str) -> String {
+    let backend = match broker.kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\n\
+         rooms:\n  enabled: true\ncluster:\n  backend: {backend}\n  url: \"{}\"\n  node_id: {node}\n{extra}",
+        broker.url()
+    )
+}
+
 /// Three nodes on `broker`, each connected to it.
 async fn three_nodes(broker: &Broker) -> [TestServer; 3] {
     let nodes = [
@@ -419,15 +433,7 @@ on_both_brokers!(node_starts_without_broker_and_joins_later);
 async fn survives_a_node_kill(kind: Kind) {
     let broker = Broker::start(kind);
     let dir = TempDir::new("cluster-node");
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\n\
-         rooms:\n  enabled: true\ncluster:\n  backend: {}\n  url: \"{}\"\n  node_id: c\n",
-        match kind {
-            Kind::Redis => "redis",
-            Kind::Nats => "nats",
-        },
-        broker.url()
-    );
+    let yaml = node_yaml(&broker, "c", "");
     let mut c = spawn_relay(&dir.file("c.yaml", &yaml));
     let a = start(node_config(&broker, "a")).await;
     let b = start(node_config(&broker, "b")).await;
@@ -497,4 +503,50 @@ async fn bench_fans_out_across_nodes() {
     // The subscribers' copies came through the broker.
     assert!(b.metric(RECEIVED).await >= report.published);
     assert!(c.metric(RECEIVED).await >= report.published);
+}
+
+/// A node leaving (SIGTERM, as in a rolling restart) first sends what its
+/// clients published to the other nodes. Redis is frozen (SIGSTOP) so the
+/// node's first message hangs in flight and the rest wait in its outbox
+/// when the signal comes; once Redis goes on, all of them must arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_sends_its_last_messages_first() {
+    const N: usize = 50;
+    let broker = Broker::start(Kind::Redis);
+    let dir = TempDir::new("cluster-leave");
+    let yaml = node_yaml(&broker, "a", "shutdown:\n  timeout: 10s\n");
+    let mut a = spawn_relay(&dir.file("a.yaml", &yaml));
+    let a_metrics = a.metrics_addr.expect("a's metrics");
+    let b = start(node_config(&broker, "b")).await;
+    wait_metric_at(a_metrics, CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut subscriber = join(b.addr, "/rooms/r").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let mut publisher = join(a.addr, "/rooms/r").await;
+
+    broker.pause();
+    // A publisher's own copy is written by its task after the publish, so
+    // hearing it means the message is in the outbox (or taken from it).
+    send(&mut publisher, true, "last 0").await;
+    assert_eq!(next_data(&mut publisher).await.1, "last 0");
+    // Taken into a batch that Redis does not answer...
+    wait_metric_at(a_metrics, BUFFERED, 0).await;
+    // ...so the others wait in the outbox.
+    for i in 1..N {
+        send(&mut publisher, true, &format!("last {i}")).await;
+        assert_eq!(next_data(&mut publisher).await.1, format!("last {i}"));
+    }
+    wait_metric_at(a_metrics, BUFFERED, N as u64 - 1).await;
+    drop(publisher);
+    a.signal("TERM");
+    let line = a.wait_log("sending what waits for the cluster broker");
+    assert!(line.contains(&format!("waiting={}", N - 1)), "{line}");
+    broker.resume();
+    for i in 0..N {
+        assert_eq!(next_data(&mut subscriber).await.1, format!("last {i}"));
+    }
+    let code = tokio::task::spawn_blocking(move || a.wait_exit(PATIENCE))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
 }

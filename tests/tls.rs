@@ -264,16 +264,8 @@ async fn sighup_reloads_the_certificate_and_is_harmless_without_tls() {
     std::fs::copy(&b.cert_file, &live.cert_file).unwrap();
     std::fs::copy(&b.key_file, &live.key_file).unwrap();
     relay.signal("HUP");
-    within(async {
-        loop {
-            let line = relay.logs.recv_timeout(PATIENCE).expect("relay log");
-            if line.contains("TLS certificate reloaded") {
-                assert!(line.contains("SIGHUP"), "{line}");
-                return;
-            }
-        }
-    })
-    .await;
+    let line = relay.wait_log("TLS certificate reloaded");
+    assert!(line.contains("SIGHUP"), "{line}");
     let mut new = connect_trusting(&url, &b.cert_file).await.unwrap();
     new.send(Message::text("reloaded")).await.unwrap();
     assert_eq!(recv(&mut held).await.as_text(), Some("reloaded"));

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{ClusterBackend, ClusterConfig};
@@ -202,23 +203,31 @@ impl Cluster {
         self.metrics.buffered.set(waiting as i64);
     }
 
-    /// Talks to the broker until `cx.shutdown`: connects, reconnects with
-    /// backoff, and relays in both directions while connected.
-    pub async fn run(self: Arc<Self>, cx: Arc<ConnectionContext>) {
+    /// Messages waiting for the broker now.
+    pub fn waiting(&self) -> usize {
+        self.outbox.lock().messages.len()
+    }
+
+    /// Talks to the broker until `stop`: connects, reconnects with backoff,
+    /// and relays in both directions while connected. At `stop` it sends
+    /// what waits in the outbox if it is connected (the server cancels it
+    /// once every client is gone, so a node leaving in a rolling restart
+    /// still delivers its clients' last messages to the other nodes).
+    pub async fn run(self: Arc<Self>, cx: Arc<ConnectionContext>, stop: CancellationToken) {
         let broker = redact(&self.url);
         let mut failures: u32 = 0;
         loop {
             let connect = Link::connect(self.backend, &self.url, &self.node_id);
             let attempt = tokio::select! {
                 link = connect => link,
-                () = cx.shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
             };
             match attempt {
                 Ok(link) => {
                     info!(broker = %broker, node = %self.node_id, "cluster broker connected");
                     failures = 0;
                     self.metrics.connected.set(1);
-                    let ended = self.session(link, &cx).await;
+                    let ended = self.session(link, &cx, &stop).await;
                     self.metrics.connected.set(0);
                     self.metrics.subscriptions.set(0);
                     match ended {
@@ -241,14 +250,20 @@ impl Cluster {
             failures = failures.saturating_add(1);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = cx.shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
             }
         }
     }
 
     /// One connection's life: subscribe to every room of interest, then
-    /// relay until the connection fails (`Err`) or shutdown (`Ok`).
-    async fn session(&self, mut link: Link, cx: &ConnectionContext) -> Result<(), LinkError> {
+    /// relay until the connection fails (`Err`) or `stop` (`Ok`, after
+    /// sending what waits).
+    async fn session(
+        &self,
+        mut link: Link,
+        cx: &ConnectionContext,
+        stop: &CancellationToken,
+    ) -> Result<(), LinkError> {
         let mut subscribed = HashSet::new();
         for room in self.interest.resync() {
             link.subscribe(&self.channel(&room)).await?;
@@ -258,8 +273,14 @@ impl Cluster {
         self.metrics.subscriptions.set(subscribed.len() as i64);
         let mut batch = Vec::with_capacity(BATCH);
         loop {
+            // Checked first on every turn, so a stop that came while a
+            // batch was in flight is seen before anything else.
+            if stop.is_cancelled() {
+                while self.send_batch(&mut link, &mut batch).await? > 0 {}
+                return link.flush().await;
+            }
             tokio::select! {
-                () = cx.shutdown.cancelled() => return Ok(()),
+                () = stop.cancelled() => {}
                 () = self.interest.changed.notified() => {
                     for (room, wanted) in self.interest.take_changes() {
                         if wanted && !subscribed.contains(&room) {
@@ -277,20 +298,34 @@ impl Cluster {
                     None => return Err(LinkError::Lost),
                 },
                 () = self.outbox.ready() => {
-                    let waiting = self.outbox.take(&mut batch, BATCH);
-                    self.metrics.buffered.set(waiting as i64);
-                    let mut refused = 0;
-                    let sent = link.publish(&batch, &mut refused).await;
-                    let lost = if sent.is_ok() { refused } else { batch.len() };
-                    if lost > 0 {
-                        self.metrics.dropped(ClusterDropReason::BrokerError, lost as u64);
-                    }
-                    self.metrics.published.inc_by((batch.len() - lost) as u64);
-                    batch.clear();
-                    sent?;
+                    self.send_batch(&mut link, &mut batch).await?;
                 }
             }
         }
+    }
+
+    /// Takes up to [`BATCH`] messages from the outbox and publishes them,
+    /// counting what was sent and what was lost; returns how many it took.
+    async fn send_batch(
+        &self,
+        link: &mut Link,
+        batch: &mut Vec<(String, Bytes)>,
+    ) -> Result<usize, LinkError> {
+        batch.clear();
+        let waiting = self.outbox.take(batch, BATCH);
+        self.metrics.buffered.set(waiting as i64);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut refused = 0;
+        let sent = link.publish(batch, &mut refused).await;
+        let lost = if sent.is_ok() { refused } else { batch.len() };
+        if lost > 0 {
+            self.metrics
+                .dropped(ClusterDropReason::BrokerError, lost as u64);
+        }
+        self.metrics.published.inc_by((batch.len() - lost) as u64);
+        sent.map(|()| batch.len())
     }
 
     /// Delivers one broker message to this node's subscribers.
@@ -496,6 +531,15 @@ impl Link {
         match self {
             Self::Redis(l) => l.unsubscribe(channel).await,
             Self::Nats(l) => l.unsubscribe(channel).await,
+        }
+    }
+
+    /// Returns once everything published so far has left for the broker
+    /// (Redis has answered each pipeline already; the NATS client buffers).
+    async fn flush(&mut self) -> Result<(), LinkError> {
+        match self {
+            Self::Redis(_) => Ok(()),
+            Self::Nats(l) => l.flush().await,
         }
     }
 

@@ -74,6 +74,14 @@ impl NatsLink {
         }
     }
 
+    /// Returns once the client has written everything handed to it.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| LinkError::Nats(e.to_string()))
+    }
+
     pub async fn unsubscribe(&mut self, subject: &str) -> Result<(), LinkError> {
         // Dropping a subscriber unsubscribes it on the server.
         self.subscriptions.remove(subject);

@@ -83,6 +83,26 @@ impl Broker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay up, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("broker running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts the broker again on the same port, and waits until it is ready.
     pub fn restart(&mut self) {
         self.kill();

@@ -92,19 +92,7 @@ impl TestServer {
 
     /// Waits until a series has the expected value.
     pub async fn wait_metric(&self, series: &str, want: u64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let got = self.metric(series).await;
-            if got == want {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{series} stayed at {got}, wanted {want}\n{}",
-                self.metrics().await
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_metric_at(self.metrics_addr, series, want).await;
     }
 
     /// Shuts the server down and waits for `run` to return.
@@ -123,6 +111,25 @@ pub async fn join(addr: SocketAddr, path_and_query: &str) -> ClientStream {
     within(wsrelay::client::connect(&url, None))
         .await
         .unwrap_or_else(|e| panic!("{path_and_query}: {e}"))
+}
+
+/// Waits until a series on the metrics listener at `addr` (in this process
+/// or another) has the expected value.
+pub async fn wait_metric_at(addr: SocketAddr, series: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, text) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        let got = metric_value(&text, series);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed at {got:?}, wanted {want}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Parses one series' value out of a Prometheus text exposition.
@@ -477,6 +484,17 @@ pub fn spawn_relay(config_file: &Path) -> RelayProcess {
 }
 
 impl RelayProcess {
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        loop {
+            match self.logs.recv_timeout(PATIENCE) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
