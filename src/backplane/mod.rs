@@ -7,7 +7,7 @@
 //! the outbox, a bounded FIFO the cluster task drains to the broker in
 //! batches. Messages from the broker are delivered to local subscribers
 //! only, never published again, so nothing loops; a node drops its own
-//! messages if the broker echoes them (Redis does), which is also what
+//! messages when the broker echoes them (both do), which is also what
 //! keeps echo-off publishers from hearing themselves through the cluster.
 //!
 //! Interest: the hub tells [`Interest`] when a room gains its first local
@@ -21,7 +21,8 @@
 //! re-subscribes every room of interest, and sends what waited. Order per
 //! publisher holds: one outbox, one connection, one batch at a time.
 //! Delivery across nodes is at most once: a batch in flight when the
-//! connection breaks is counted as dropped, never sent twice.
+//! connection breaks is counted as dropped, never sent twice. At shutdown
+//! the task stops last and sends what its outbox holds first.
 
 pub mod envelope;
 mod nats;
@@ -331,7 +332,7 @@ impl Cluster {
     /// Delivers one broker message to this node's subscribers.
     fn receive(&self, bytes: &[u8], cx: &ConnectionContext) {
         match envelope::decode(bytes) {
-            // Redis sends a node its own messages back; they were
+            // The broker sends a node its own messages back; they were
             // delivered here when they were published.
             Ok(m) if m.node == self.node_id => {}
             Ok(m) if m.payload.len() > self.max_message_size => {
