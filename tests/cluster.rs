@@ -3,7 +3,8 @@
 //! and in order, echo control, interest-based subscriptions, malformed
 //! broker messages, and broker and node failures.
 //!
-//! Every scenario runs against both brokers. Before anything is published
+//! Most scenarios run against both brokers (`on_both_brokers!`); the
+//! rest need one broker's particular behaviour. Before anything is published
 //! across nodes a test waits for `wsrelay_cluster_subscriptions` on the
 //! receiving nodes: a node reports a room subscribed only once the broker
 //! has applied it, so nothing published afterwards can miss it.
