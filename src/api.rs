@@ -166,13 +166,22 @@ impl Api {
 
     fn stats(&self) -> Value {
         let m = &self.cx.metrics;
-        json!({
+        let mut stats = json!({
             "connections": m.connections_active.get(),
             "connections_total": m.connections.get(),
             "rooms": self.cx.hub.room_count(),
             "messages_received": m.messages_received.get(),
             "messages_delivered": m.messages_sent.get(),
-        })
+        });
+        if let (Some(cluster), Some(cm)) = (&self.cx.cluster, &m.cluster) {
+            stats["cluster"] = json!({
+                "backend": cluster.backend(),
+                "node_id": cluster.node_id(),
+                "connected": cm.connected.get() == 1,
+                "buffered": cluster.waiting(),
+            });
+        }
+        stats
     }
 
     async fn close_room(&self, room: &str, req: Request<Incoming>) -> Reply {

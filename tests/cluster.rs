@@ -59,10 +59,7 @@ fn node_config(broker: &Broker, node: &str) -> Config {
 /// A node's config file, for a node run as its own process: rooms on,
 /// joined to `broker` as `node`, with `extra` YAML appended.
 fn node_yaml(broker: &Broker, node: &str, extra: &str) -> String {
-    let backend = match broker.kind {
-        Kind::Redis => "redis",
-        Kind::Nats => "nats",
-    };
+    let backend = broker.kind.name();
     format!(
         "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\n\
          rooms:\n  enabled: true\ncluster:\n  backend: {backend}\n  url: \"{}\"\n  node_id: {node}\n{extra}",
@@ -308,6 +305,22 @@ async fn api_publish_reaches_other_nodes(kind: Kind) {
     assert_eq!(
         next_data(&mut reader).await,
         (true, "from the backend".into())
+    );
+    // The node's stats say which cluster it is in and that it is connected.
+    let (status, body) = http_request(
+        a.api_addr.expect("api enabled"),
+        "GET",
+        "/api/v1/stats",
+        "Authorization: Bearer backend-key\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("JSON stats");
+    assert_eq!(
+        stats["cluster"],
+        serde_json::json!({"backend": kind.name(), "node_id": "a", "connected": true, "buffered": 0}),
+        "{body}"
     );
 }
 

@@ -204,6 +204,16 @@ impl Cluster {
         self.metrics.buffered.set(waiting as i64);
     }
 
+    /// The name this node's messages carry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The kind of broker this node joins through.
+    pub fn backend(&self) -> ClusterBackend {
+        self.backend
+    }
+
     /// Messages waiting for the broker now.
     pub fn waiting(&self) -> usize {
         self.outbox.lock().messages.len()

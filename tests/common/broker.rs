@@ -22,6 +22,14 @@ impl Kind {
         }
     }
 
+    /// The backend's name in YAML (`cluster.backend`) and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Nats => "nats",
+        }
+    }
+
     fn program(self) -> &'static str {
         match self {
             Self::Redis => "redis-server",
