@@ -97,7 +97,8 @@ pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
             .map(drop)
             .map_err(|e| format!("invalid Redis URL: {e}")),
         ClusterBackend::Nats => {
-            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            // One list of schemes: the one the command line picks backends by.
+            if backend_of(url) != ClusterBackend::Nats {
                 return Err("a NATS URL starts with nats:// or tls://".into());
             }
             url.parse::<async_nats::ServerAddr>()
