@@ -484,12 +484,7 @@ async fn drain_turns_readyz_503_keeps_accepting_then_spreads_the_closes() {
     assert_eq!(http_get(metrics, "/readyz").await.0, 200);
 
     relay.signal("TERM");
-    within(async {
-        while http_get(metrics, "/readyz").await.0 != 503 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    wait_http(metrics, "/readyz", |status, _| status == 503).await;
     // Not ready, but still accepting during the drain delay: a client the
     // load balancer had already sent is served.
     clients.push(

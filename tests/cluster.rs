@@ -265,18 +265,16 @@ async fn redis_subscribers(broker: &Broker, channel: &str) -> u64 {
     counts[0].1
 }
 
-/// Waits until a relay's `/readyz` body starts with `want`.
+/// Waits until a relay's `/readyz` body starts with `want` (always a 200).
 async fn wait_ready_body(metrics: SocketAddr, want: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = http_get(metrics, "/readyz").await;
-        if body.starts_with(want) {
+    wait_http(metrics, "/readyz", |status, body| {
+        let matched = body.starts_with(want);
+        if matched {
             assert_eq!(status, 200, "{body}");
-            return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "/readyz: {body}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        matched
+    })
+    .await;
 }
 
 /// A message published through the HTTP API on one node reaches the

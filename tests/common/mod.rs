@@ -113,23 +113,36 @@ pub async fn join(addr: SocketAddr, path_and_query: &str) -> ClientStream {
         .unwrap_or_else(|e| panic!("{path_and_query}: {e}"))
 }
 
-/// Waits until a series on the metrics listener at `addr` (in this process
-/// or another) has the expected value.
-pub async fn wait_metric_at(addr: SocketAddr, series: &str, want: u64) {
+/// Polls `GET path` on `addr` (a relay in this process or another) until
+/// `done(status, body)` holds; returns that body. Fails the test, showing
+/// the last answer, if it does not within [`PATIENCE`].
+pub async fn wait_http(
+    addr: SocketAddr,
+    path: &str,
+    mut done: impl FnMut(u16, &str) -> bool,
+) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let (status, text) = http_get(addr, "/metrics").await;
-        assert_eq!(status, 200, "{text}");
-        let got = metric_value(&text, series);
-        if got == Some(want) {
-            return;
+        let (status, body) = http_get(addr, path).await;
+        if done(status, &body) {
+            return body;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{series} stayed at {got:?}, wanted {want}\n{text}"
+            "GET {path} still answers {status}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until a series on the metrics listener at `addr` has the
+/// expected value.
+pub async fn wait_metric_at(addr: SocketAddr, series: &str, want: u64) {
+    wait_http(addr, "/metrics", |status, text| {
+        assert_eq!(status, 200, "{text}");
+        metric_value(text, series) == Some(want)
+    })
+    .await;
 }
 
 /// Parses one series' value out of a Prometheus text exposition.
