@@ -6,8 +6,11 @@
 //! 2. the `token` query parameter (`wss://relay/?token=...`);
 //! 3. a `Sec-WebSocket-Protocol` entry `bearer.<token>`, the one header a
 //!    browser's `new WebSocket(url, protocols)` can set. The 101 then selects
-//!    the first other protocol the client offered, never the token itself
-//!    (so offer one: `new WebSocket(url, ["wsrelay", "bearer." + token])`).
+//!    the first other protocol the client offered, so the token does not
+//!    come back in the response (`new WebSocket(url, ["wsrelay", "bearer." +
+//!    token])`). Offered alone, the bearer entry itself is selected: a
+//!    browser that offered protocols fails a 101 that selects none, and the
+//!    value goes back only to the client that sent it.
 //!
 //! The token is accepted if it equals one of `auth.tokens` (compared in
 //! constant time) or is a JWT that verifies under `auth.jwt`: signature,
@@ -264,6 +267,7 @@ fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Optio
     let answer = offered
         .iter()
         .find(|p| !p.starts_with(PROTOCOL_PREFIX))
+        .or_else(|| offered.iter().find(|p| p.starts_with(PROTOCOL_PREFIX)))
         .and_then(|p| HeaderValue::from_str(p).ok());
     Some((token.to_owned(), answer))
 }
@@ -299,8 +303,12 @@ mod tests {
         let (token, answer) = find_token(Some("tokens=no"), &h).unwrap();
         assert_eq!(token, "from-protocol");
         assert_eq!(answer.unwrap(), "wsrelay");
+        // Offered alone, the bearer entry is selected: a browser requires
+        // the 101 to name one of the protocols it offered.
         let h = headers(&[("sec-websocket-protocol", "bearer.only")]);
-        assert_eq!(find_token(None, &h), Some(("only".to_owned(), None)));
+        let (token, answer) = find_token(None, &h).unwrap();
+        assert_eq!(token, "only");
+        assert_eq!(answer.unwrap(), "bearer.only");
         assert_eq!(find_token(Some("token="), &HeaderMap::new()), None);
         assert_eq!(find_token(Some("token=%zz"), &HeaderMap::new()), None);
         assert_eq!(

@@ -41,7 +41,7 @@ use tracing::debug;
 
 use crate::backplane::Cluster;
 use crate::config::OnRateExceeded;
-use crate::hub::{ClientId, Frame, Hub, Published, RoomName, Subscription};
+use crate::hub::{Backlog, ClientId, Frame, Hub, Published, RoomName, Subscription};
 use crate::limits::{Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
@@ -58,6 +58,18 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 const MAX_BATCHES_PER_POLL: usize = 4;
 const MAX_READS_PER_POLL: usize = 4;
 
+/// Messages a client may publish, and deliveries those may make, per poll
+/// before its task yields, so the writers it woke get their turn before it
+/// publishes more (a burst parsed from one read must not outrun them), and
+/// one publisher into a big room does not hold its worker thread.
+const PUBLISH_MESSAGES_PER_POLL: usize = 64;
+const PUBLISH_DELIVERIES_PER_POLL: usize = 16 * 1024;
+
+/// Pongs waiting for a frame boundary; past this the oldest are dropped
+/// (RFC 6455 allows answering only the latest ping), so a ping flood
+/// cannot grow memory.
+const MAX_PENDING_PONGS: usize = 16;
+
 /// Frames up to this size are copied into one buffer; larger ones are
 /// written from the shared frame itself (copying would cost more than the
 /// extra iovec).
@@ -66,9 +78,7 @@ const COPY_BELOW: usize = 1024;
 /// Chunks per vectored write (Linux allows 1024; more gains nothing).
 const MAX_IOVECS: usize = 64;
 
-/// A coalescing buffer larger than this is released once the client goes
-/// idle, so quiet clients do not keep a burst's worth of memory.
-const KEEP_SCRATCH: usize = 64 * 1024;
+/// Batch capacity kept while a client is idle.
 const KEEP_BATCH: usize = 16;
 
 /// Size of the read buffer each worker thread shares among its clients.
@@ -111,7 +121,19 @@ impl ConnectionContext {
     /// cluster, to the other nodes. Clients and the HTTP API both publish
     /// through here.
     pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
-        let published = self.deliver(room, frame, skip);
+        self.publish_from(room, frame, skip, None)
+    }
+
+    /// [`ConnectionContext::publish`] for a publisher that can wait: queues
+    /// its message filled past their limits go into `backlog`.
+    fn publish_from(
+        &self,
+        room: &str,
+        frame: &Frame,
+        skip: Option<ClientId>,
+        backlog: Option<&mut Backlog>,
+    ) -> Published {
+        let published = self.deliver_into(room, frame, skip, backlog);
         if let Some(cluster) = &self.cluster {
             cluster.publish(room, frame);
         }
@@ -122,7 +144,17 @@ impl ConnectionContext {
     /// counts what happened: drops by the slow-consumer policy and, if
     /// enabled, per-room figures. Messages from other nodes come in here.
     pub fn deliver(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
-        let published = self.hub.publish(room, frame, skip);
+        self.deliver_into(room, frame, skip, None)
+    }
+
+    fn deliver_into(
+        &self,
+        room: &str,
+        frame: &Frame,
+        skip: Option<ClientId>,
+        backlog: Option<&mut Backlog>,
+    ) -> Published {
+        let published = self.hub.publish(room, frame, skip, backlog);
         if published.dropped > 0 {
             self.metrics
                 .dropped(DropReason::SlowConsumer, published.dropped as u64);
@@ -279,6 +311,8 @@ where
     let mut outbox = Outbox::new(cx.write_timeout);
     let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
     let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
+    // Writers this client's last publish got ahead of.
+    let mut backlog = Backlog::default();
 
     let event = poll_fn(|task| {
         let dropped_by_hub = || match (queue.farewell(), cx.shutdown.is_cancelled()) {
@@ -297,17 +331,21 @@ where
                 Stop::TimedOut => Event::WriteTimeout,
             });
         }
-        if let Some(k) = &cx.keepalive
-            && k.is_idle(last_heard)
-        {
-            return Poll::Ready(Event::IdleTimeout);
-        }
         if let Some(expiry) = &mut expiry
             && expiry.as_mut().poll(task).is_ready()
         {
             return Poll::Ready(Event::TokenExpired);
         }
-        let pong = &mut outbox.pong;
+        // Publish nothing more until the writers the last publish got ahead
+        // of have drained: they can write (or they would count as slow), so
+        // they will, once this thread lets them run.
+        if !backlog.is_empty() && !cx.hub.caught_up(&mut backlog) {
+            task.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let mut published = 0;
+        let mut deliveries = 0;
+        let pongs = &mut outbox.pongs;
         let mut heard = false;
         let polled = poll_incoming(&mut io, &mut reader, task, &mut heard, |item| match item {
             Incoming::Message(frame) => {
@@ -316,39 +354,58 @@ where
                     && !rate.allow(std::time::Instant::now())
                 {
                     return match cx.on_rate_exceeded {
-                        OnRateExceeded::Close => Some(Event::RateLimited),
+                        OnRateExceeded::Close => Step::End(Event::RateLimited),
                         OnRateExceeded::Drop => {
                             cx.metrics.dropped(DropReason::RateLimit, 1);
-                            None
+                            Step::Go
                         }
                     };
                 }
                 if !client.role.sends() {
-                    return Some(Event::NotPermitted);
+                    return Step::End(Event::NotPermitted);
                 }
-                cx.publish(&subscription.room, &frame, skip);
-                None
+                let done = cx.publish_from(&subscription.room, &frame, skip, Some(&mut backlog));
+                published += 1;
+                deliveries += done.queued;
+                if !backlog.is_empty()
+                    || published >= PUBLISH_MESSAGES_PER_POLL
+                    || deliveries >= PUBLISH_DELIVERIES_PER_POLL
+                {
+                    Step::Pause
+                } else {
+                    Step::Go
+                }
             }
             Incoming::Ping(payload) => {
-                *pong = Some(protocol::pong_frame(&payload));
-                None
+                if pongs.len() == MAX_PENDING_PONGS {
+                    pongs.pop_front();
+                }
+                pongs.push_back(protocol::pong_frame(&payload));
+                Step::Go
             }
-            Incoming::Close(code) => Some(Event::PeerClosed(code)),
+            Incoming::Close(code) => Step::End(Event::PeerClosed(code)),
         });
         if heard && let Some(k) = &cx.keepalive {
             last_heard = k.now();
         }
-        if polled.is_pending() && outbox.pong.is_some() {
-            // A pong is waiting for the next frame boundary: get there.
-            task.waker().wake_by_ref();
+        if polled.is_pending() {
+            // Checked after reading, so a pong already in the socket counts.
+            if let Some(k) = &cx.keepalive
+                && k.is_idle(last_heard)
+            {
+                return Poll::Ready(Event::IdleTimeout);
+            }
+            if !outbox.pongs.is_empty() {
+                // A pong is waiting for the next frame boundary: get there.
+                task.waker().wake_by_ref();
+            }
         }
         polled
     })
     .await;
 
-    // Whatever is still queued will not be sent; free it now, not after the
-    // close handshake, so a stalled client stops holding memory at once.
-    let dropped = queue.discard();
+    // From here on nothing more is published to this client.
+    cx.hub.leave(&subscription.room, subscription.id);
 
     let (reason, close, await_peer, timeout) = match event {
         Event::PeerClosed(code) => (
@@ -362,7 +419,7 @@ where
             (
                 DisconnectReason::ProtocolError,
                 protocol::close_frame(v.code, v.reason),
-                false,
+                true,
                 cx.close_timeout,
             )
         }
@@ -370,23 +427,25 @@ where
             if let Some(e) = e {
                 debug!(error = %e, "read failed");
             }
+            queue.discard();
             return DisconnectReason::Reset;
         }
         Event::WriteFailed(e) => {
             debug!(error = %e, "write failed");
+            queue.discard();
             return DisconnectReason::WriteError;
         }
         // It takes no bytes, so it would not take a Close either.
-        Event::WriteTimeout => return DisconnectReason::WriteTimeout,
-        Event::Evicted => {
-            cx.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
-            (
-                DisconnectReason::SlowConsumer,
-                protocol::close_frame(1008, "slow consumer"),
-                true,
-                cx.close_timeout,
-            )
+        Event::WriteTimeout => {
+            queue.discard();
+            return DisconnectReason::WriteTimeout;
         }
+        Event::Evicted => (
+            DisconnectReason::SlowConsumer,
+            protocol::close_frame(1008, "slow consumer"),
+            true,
+            cx.close_timeout,
+        ),
         Event::IdleTimeout => (
             DisconnectReason::IdleTimeout,
             protocol::close_frame(1001, "idle timeout"),
@@ -424,23 +483,36 @@ where
         ),
     };
 
-    // Finish the close handshake: our Close goes right after the batch being
-    // written, ahead of everything that was still queued; then, if we started
-    // the close, wait for the peer's; then shut the socket. Bounded, because
-    // the peer may never answer.
-    outbox.pong = None;
-    outbox.chunks.push_back(close);
+    // What was queued before the decision goes out before the Close (the
+    // client's own echo included), except for a slow consumer, which is
+    // closed for not taking it: its queue is freed at once.
+    if reason == DisconnectReason::SlowConsumer {
+        let dropped = queue.discard();
+        cx.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
+        outbox.pongs.clear();
+    } else {
+        outbox.take_rest(queue, &cx.metrics);
+    }
+    outbox.close_with(close);
+
+    // Write all that, then (if we started the close) keep reading and
+    // discarding until the peer's Close or EOF, so the peer reads our Close
+    // before the socket goes and the connection ends with FIN, not a reset;
+    // then shut the socket. Reading goes on while writing, since a peer busy
+    // sending may read nothing until it is done. Bounded, because the peer
+    // may never answer or never stop sending.
     let finish = async {
-        poll_fn(|task| outbox.poll_write(&mut io, task)).await?;
-        if await_peer {
-            // Data still arriving is discarded; only the peer's Close (or EOF) matters.
-            let _ = poll_fn(|task| {
-                poll_incoming(&mut io, &mut reader, task, &mut false, |item| {
-                    matches!(item, Incoming::Close(_)).then_some(())
-                })
-            })
-            .await;
-        }
+        let mut peer_done = !await_peer;
+        poll_fn(|task| {
+            if !peer_done && poll_discard(&mut io, &mut reader, task).is_ready() {
+                peer_done = true;
+            }
+            match outbox.poll_write(&mut io, task) {
+                Poll::Ready(Ok(())) if !peer_done => Poll::Pending,
+                polled => polled,
+            }
+        })
+        .await?;
         poll_fn(|task| Pin::new(&mut io).poll_shutdown(task)).await
     };
     tokio::select! {
@@ -450,76 +522,105 @@ where
     reason
 }
 
+/// What reading does after one item.
+enum Step<T> {
+    /// Go on parsing.
+    Go,
+    /// Stop for now: keep what is not parsed yet, and let others run.
+    Pause,
+    /// Stop for good.
+    End(T),
+}
+
 /// Reads and parses what the client sent, handing each item to `on`, until
-/// `on` returns an event, the connection ends or fails, or nothing more is
-/// available (`Pending`). Sets `heard` when any bytes arrived.
-fn poll_incoming<S, T>(
+/// `on` ends or pauses, the connection ends or fails, or nothing more is
+/// available (`Pending`). Sets `heard` when any bytes arrived. A pause
+/// yields: the task is woken to carry on after others had a turn, and
+/// parses what it kept before it reads more.
+fn poll_incoming<S>(
     io: &mut S,
     reader: &mut Reader,
     task: &mut Context<'_>,
     heard: &mut bool,
-    mut on: impl FnMut(Incoming) -> Option<T>,
-) -> Poll<T>
+    mut on: impl FnMut(Incoming) -> Step<Event>,
+) -> Poll<Event>
 where
     S: AsyncRead + Unpin,
-    T: From<ReadEnd>,
 {
     for _ in 0..MAX_READS_PER_POLL {
-        let mut result = None;
-        let read = READ_SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            match Pin::new(&mut *io).poll_read(task, &mut buf) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(0)),
-                Poll::Ready(Ok(())) => {
-                    *heard = true;
-                    let parsed = reader.feed(buf.filled(), &mut |item| match on(item) {
-                        Some(t) => {
-                            result = Some(t);
-                            false
-                        }
-                        None => true,
-                    });
-                    if let Err(v) = parsed {
-                        result = Some(T::from(ReadEnd::Violation(v)));
-                    }
-                    Poll::Ready(Ok(buf.filled().len()))
+        let mut step = Step::Go;
+        let mut feed = |reader: &mut Reader, data: &[u8]| {
+            let parsed = reader.feed(data, &mut |item| match on(item) {
+                Step::Go => true,
+                other => {
+                    step = other;
+                    false
                 }
+            });
+            if let Err(v) = parsed {
+                step = Step::End(Event::Violation(v));
             }
-        });
-        match read {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(T::from(ReadEnd::Eof(Some(e)))),
-            Poll::Ready(Ok(0)) => return Poll::Ready(T::from(ReadEnd::Eof(None))),
-            Poll::Ready(Ok(_)) => {}
+        };
+        if reader.is_paused() {
+            feed(reader, &[]);
+        } else {
+            match read_scratch(io, task, |data| feed(reader, data)) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::Eof(Some(e))),
+                Poll::Ready(Ok(None)) => return Poll::Ready(Event::Eof(None)),
+                Poll::Ready(Ok(Some(()))) => *heard = true,
+            }
         }
-        if let Some(t) = result {
-            return Poll::Ready(t);
+        match step {
+            Step::Go => {}
+            Step::Pause => break,
+            Step::End(event) => return Poll::Ready(event),
         }
     }
-    // More may be readable; come back after others on this thread had a turn.
+    // More may be readable or parsed; come back after others on this thread had a turn.
     task.waker().wake_by_ref();
     Poll::Pending
 }
 
-/// How reading can end on its own.
-enum ReadEnd {
-    Violation(Violation),
-    Eof(Option<io::Error>),
-}
-
-impl From<ReadEnd> for Event {
-    fn from(end: ReadEnd) -> Self {
-        match end {
-            ReadEnd::Violation(v) => Event::Violation(v),
-            ReadEnd::Eof(e) => Event::Eof(e),
+/// Reads and discards after the relay's Close: `Ready` once the peer's
+/// Close has been seen, or the connection ended.
+fn poll_discard<S>(io: &mut S, reader: &mut Reader, task: &mut Context<'_>) -> Poll<()>
+where
+    S: AsyncRead + Unpin,
+{
+    if reader.discard(&[]) {
+        return Poll::Ready(());
+    }
+    for _ in 0..MAX_READS_PER_POLL {
+        match read_scratch(io, task, |data| reader.discard(data)) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Some(false))) => {}
+            Poll::Ready(_) => return Poll::Ready(()),
         }
     }
+    task.waker().wake_by_ref();
+    Poll::Pending
 }
 
-impl From<ReadEnd> for () {
-    fn from(_: ReadEnd) -> Self {}
+/// One read into the buffer this thread's clients share, handed to `f`;
+/// `None` at EOF.
+fn read_scratch<S, R>(
+    io: &mut S,
+    task: &mut Context<'_>,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Poll<io::Result<Option<R>>>
+where
+    S: AsyncRead + Unpin,
+{
+    READ_SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = ReadBuf::new(scratch);
+        match Pin::new(&mut *io).poll_read(task, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(f(buf.filled())))),
+        }
+    })
 }
 
 /// Why [`Outbox::pump`] stopped for good.
@@ -537,8 +638,8 @@ const PING: &[u8] = &[0x89, 0x00];
 /// Data frames taken from the queue and not yet fully written, in wire order.
 struct Outbox {
     chunks: VecDeque<Bytes>,
-    /// The pong for the latest ping, sent at the next frame boundary.
-    pong: Option<Bytes>,
+    /// Pongs for the pings read so far, sent at the next frame boundary.
+    pongs: VecDeque<Bytes>,
     /// Frames just taken from the queue (kept to reuse its memory).
     batch: Vec<Frame>,
     /// Where small frames are packed; its memory is reused batch after batch.
@@ -584,7 +685,7 @@ impl Outbox {
     fn new(write_timeout: Option<Duration>) -> Self {
         Self {
             chunks: VecDeque::new(),
-            pong: None,
+            pongs: VecDeque::new(),
             batch: Vec::new(),
             scratch: BytesMut::new(),
             stall: Stall {
@@ -611,9 +712,14 @@ impl Outbox {
     {
         for _ in 0..MAX_BATCHES_PER_POLL {
             match self.poll_write(io, task) {
-                Poll::Ready(Ok(())) => self.stall.armed = false,
+                Poll::Ready(Ok(())) => {
+                    self.stall.armed = false;
+                    queue.set_socket_full(false);
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Stop::Failed(e)),
                 Poll::Pending => {
+                    // Publishers may now count this client as slow.
+                    queue.set_socket_full(true);
                     // Waiting on the socket, not the queue: an eviction must
                     // still wake us, but new messages need not.
                     if queue.watch_close(task) {
@@ -622,9 +728,9 @@ impl Outbox {
                     return self.stall.poll(task).map(|()| Stop::TimedOut);
                 }
             }
-            // At a frame boundary: a pending pong goes before more data.
-            if let Some(pong) = self.pong.take() {
-                self.chunks.push_back(pong);
+            // At a frame boundary: pending pongs go before more data.
+            if !self.pongs.is_empty() {
+                self.chunks.extend(self.pongs.drain(..));
                 continue;
             }
             match queue.poll_next(task, &mut self.batch, MAX_BATCH, MAX_BATCH_BYTES) {
@@ -642,15 +748,34 @@ impl Outbox {
         Poll::Pending
     }
 
-    /// Gone idle: give back what a burst needed.
+    /// Gone idle: give back what a burst needed. The scratch buffer goes
+    /// whatever its apparent capacity: after `split` that capacity is only
+    /// the tail's, while the view still holds the whole allocation.
     fn release_memory(&mut self) {
-        if self.scratch.capacity() > KEEP_SCRATCH {
-            self.scratch = BytesMut::new();
-        }
+        self.scratch = BytesMut::new();
         if self.batch.capacity() > KEEP_BATCH {
             self.batch = Vec::new();
         }
+        if self.chunks.capacity() > KEEP_BATCH {
+            self.chunks = VecDeque::new();
+        }
         self.stall.timer = None;
+    }
+
+    /// The client is leaving: after what is being written, its pending
+    /// pongs and everything still queued for it.
+    fn take_rest(&mut self, queue: &Queue, metrics: &Metrics) {
+        self.chunks.extend(self.pongs.drain(..));
+        queue.take_all(&mut self.batch);
+        if !self.batch.is_empty() {
+            self.encode_batch(metrics);
+        }
+    }
+
+    /// Ends the stream with `close`; nothing may follow it.
+    fn close_with(&mut self, close: Bytes) {
+        self.pongs.clear();
+        self.chunks.push_back(close);
     }
 
     /// Moves the batch taken from the queue into the outbox.

@@ -140,6 +140,20 @@ pub struct Subscription {
     pub queue: Arc<Queue>,
 }
 
+/// The queues one publisher waits for before it publishes more: filled
+/// past their limits by its last publish while their writers had not yet
+/// run. See [`Queue::is_backlogged`].
+#[derive(Default)]
+pub struct Backlog {
+    queues: Vec<Arc<Queue>>,
+}
+
+impl Backlog {
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+}
+
 /// `rooms.max_rooms` rooms exist and the client asked for a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomsFull;
@@ -260,8 +274,15 @@ impl Hub {
     /// (the sender, when it does not want its own messages back), under the
     /// overflow policy. Members that overflow under `disconnect` are
     /// evicted: their queue is closed, which wakes their task to close them
-    /// with 1008.
-    pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
+    /// with 1008. Queues filled past their limits by a writer that has not
+    /// had its turn yet go into `backlog`, for a publisher that can wait.
+    pub fn publish(
+        &self,
+        room: &str,
+        frame: &Frame,
+        skip: Option<ClientId>,
+        mut backlog: Option<&mut Backlog>,
+    ) -> Published {
         let mut published = Published::default();
         let mut overflowed: Vec<ClientId> = Vec::new();
         {
@@ -278,6 +299,12 @@ impl Hub {
                         published.queued += 1;
                         published.dropped += dropped;
                     }
+                    Push::Backlogged => {
+                        published.queued += 1;
+                        if let Some(b) = backlog.as_deref_mut() {
+                            b.queues.push(member.queue.clone());
+                        }
+                    }
                     Push::Dropped => published.dropped += 1,
                     Push::Overflow => {
                         published.dropped += 1;
@@ -292,6 +319,16 @@ impl Hub {
             self.leave(room, id);
         }
         published
+    }
+
+    /// Drops from `backlog` the queues whose writers have caught up (or
+    /// turned out slow, or left); true when none is left to wait for.
+    pub fn caught_up(&self, backlog: &mut Backlog) -> bool {
+        backlog.queues.retain(|q| q.is_backlogged(&self.limits));
+        if backlog.queues.is_empty() && backlog.queues.capacity() > 16 {
+            backlog.queues = Vec::new();
+        }
+        backlog.queues.is_empty()
     }
 
     /// Removes every member of `room` and closes each with `farewell`
@@ -402,7 +439,7 @@ mod tests {
         let a = join(&hub);
         let b = join(&hub);
         let frame = Frame::new(false, b"hello");
-        let published = hub.publish("", &frame, None);
+        let published = hub.publish("", &frame, None, None);
         assert_eq!(
             published,
             Published {
@@ -421,15 +458,16 @@ mod tests {
     fn full_queue_evicts_only_that_subscriber() {
         let hub = hub(2, OnOverflow::Disconnect);
         let slow = join(&hub);
+        slow.queue.set_socket_full(true);
         let fast = join(&hub);
         let msg = Frame::new(true, b"x");
         for _ in 0..2 {
-            assert_eq!(hub.publish("", &msg, None).queued, 2);
+            assert_eq!(hub.publish("", &msg, None, None).queued, 2);
             assert_eq!(take(&fast).len(), 1);
         }
         // The slow queue is full: this publish evicts it and reaches the other.
         assert_eq!(
-            hub.publish("", &msg, None),
+            hub.publish("", &msg, None, None),
             Published {
                 queued: 1,
                 dropped: 1
@@ -438,7 +476,7 @@ mod tests {
         assert!(slow.queue.is_closed());
         assert!(!fast.queue.is_closed());
         assert_eq!(hub.len(), 1);
-        assert_eq!(hub.publish("", &msg, None).queued, 1);
+        assert_eq!(hub.publish("", &msg, None, None).queued, 1);
         assert_eq!(slow.queue.discard(), 2);
     }
 
@@ -447,9 +485,10 @@ mod tests {
         for policy in [OnOverflow::DropOldest, OnOverflow::DropNewest] {
             let hub = hub(1, policy);
             let slow = join(&hub);
-            hub.publish("", &Frame::new(true, b"1"), None);
+            slow.queue.set_socket_full(true);
+            hub.publish("", &Frame::new(true, b"1"), None, None);
             assert_eq!(
-                hub.publish("", &Frame::new(true, b"2"), None),
+                hub.publish("", &Frame::new(true, b"2"), None, None),
                 Published {
                     queued: usize::from(policy == OnOverflow::DropOldest),
                     dropped: 1
@@ -463,6 +502,27 @@ mod tests {
             assert_eq!(take(&slow)[0].payload(), kept);
             assert_eq!(hub.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_publisher_learns_which_writers_it_got_ahead_of() {
+        let hub = hub(2, OnOverflow::Disconnect);
+        let behind = join(&hub);
+        let ahead = join(&hub);
+        let mut backlog = Backlog::default();
+        let msg = Frame::new(true, b"x");
+        for _ in 0..2 {
+            hub.publish("", &msg, None, Some(&mut backlog));
+            assert!(backlog.is_empty());
+        }
+        take(&ahead);
+        // `behind` is full but its writer has not run: queued all the same.
+        assert_eq!(hub.publish("", &msg, None, Some(&mut backlog)).queued, 2);
+        assert!(!backlog.is_empty());
+        assert!(!hub.caught_up(&mut backlog));
+        assert_eq!(take(&behind).len(), 3);
+        assert!(hub.caught_up(&mut backlog));
+        assert_eq!(hub.len(), 2);
     }
 
     #[test]
@@ -531,10 +591,10 @@ mod tests {
 
         let m = Frame::new(true, b"to a");
         // Publish-only members hear nothing; the sender can be skipped.
-        assert_eq!(hub.publish("a", &m, Some(a1.id)).queued, 1);
+        assert_eq!(hub.publish("a", &m, Some(a1.id), None).queued, 1);
         assert_eq!(take(&a2).len(), 1);
         assert!(take(&a1).is_empty() && take(&b).is_empty() && take(&a3).is_empty());
-        assert_eq!(hub.publish("nowhere", &m, None), Published::default());
+        assert_eq!(hub.publish("nowhere", &m, None, None), Published::default());
         assert_eq!(
             hub.rooms(),
             vec![(RoomName::from("a"), 2), (RoomName::from("b"), 1)]

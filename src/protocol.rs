@@ -10,7 +10,7 @@
 //! UTF-8 (checked as fragments arrive, so a bad message fails on its first
 //! bad fragment).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::hub::Frame;
 
@@ -53,12 +53,23 @@ struct Fragmented {
 }
 
 /// Parses one client's frames. Holds memory only while a frame or a
-/// fragmented message is incomplete.
+/// fragmented message is incomplete, or while its owner has paused it.
+///
+/// After a violation, or once the relay has sent its own Close
+/// ([`Reader::discard`]), it only skips frames, keeping no payload, and
+/// watches for the peer's Close: the relay keeps reading until then so the
+/// client gets to read the Close it was sent (closing a socket with unread
+/// bytes in it makes the kernel send a reset, and browsers then report 1006).
 pub struct Reader {
-    /// The start of a frame whose remaining bytes have not arrived yet.
+    /// The start of a frame whose remaining bytes have not arrived yet, or
+    /// whole frames not yet parsed because `on` paused.
     partial: BytesMut,
     message: Option<Fragmented>,
     max_message: usize,
+    /// `on` stopped the last `feed` early: `partial` may hold whole frames.
+    paused: bool,
+    /// Set once nothing more is parsed, only skipped.
+    discarding: Option<Discard>,
 }
 
 impl Reader {
@@ -67,6 +78,8 @@ impl Reader {
             partial: BytesMut::new(),
             message: None,
             max_message,
+            paused: false,
+            discarding: None,
         }
     }
 
@@ -75,40 +88,95 @@ impl Reader {
         !self.partial.is_empty()
     }
 
-    /// Parses `data` (bytes just read), calling `on` for each complete
-    /// item. Stops at the first violation. `on` returns false to stop early
-    /// (e.g. after a Close); unparsed bytes are then discarded.
+    /// Whether `on` paused the last `feed` with bytes left over: the next
+    /// `feed` (with no new bytes) parses those before the socket is read.
+    pub fn is_paused(&self) -> bool {
+        self.paused && !self.partial.is_empty()
+    }
+
+    /// Parses `data` (bytes just read) after whatever is left over, calling
+    /// `on` for each complete item. `on` returns false to pause: the bytes
+    /// not yet parsed are kept for the next call. Stops at the first
+    /// violation, and from then on only skips ([`Reader::discard`]).
     pub fn feed(
         &mut self,
         data: &[u8],
         on: &mut impl FnMut(Incoming) -> bool,
     ) -> Result<(), Violation> {
+        self.paused = false;
         if self.partial.is_empty() {
-            let used = self.parse(data, on)?;
-            if used < data.len() {
-                self.partial.extend_from_slice(&data[used..]);
+            match self.parse(data, on) {
+                Ok(used) if used < data.len() => self.partial.extend_from_slice(&data[used..]),
+                Ok(_) => {}
+                Err((v, resume)) => {
+                    self.lose_step(resume.map(|at| &data[at..]));
+                    return Err(v);
+                }
             }
         } else {
             self.partial.extend_from_slice(data);
-            let buffered = std::mem::take(&mut self.partial);
-            let used = self.parse(&buffered, on)?;
-            if used < buffered.len() {
-                self.partial = buffered;
-                let _ = self.partial.split_to(used);
+            let mut buffered = std::mem::take(&mut self.partial);
+            match self.parse(&buffered, on) {
+                Ok(used) if used < buffered.len() => {
+                    buffered.advance(used);
+                    self.partial = buffered;
+                }
+                // `buffered` is dropped: an idle client keeps nothing.
+                Ok(_) => {}
+                Err((v, resume)) => {
+                    self.lose_step(resume.map(|at| &buffered[at..]));
+                    return Err(v);
+                }
             }
-            // Otherwise `buffered` is dropped: an idle client keeps nothing.
         }
         Ok(())
     }
 
+    /// From now on skips whatever arrives, returning true once the peer's
+    /// Close frame has been seen (in `data` or earlier).
+    pub fn discard(&mut self, data: &[u8]) -> bool {
+        let partial = std::mem::take(&mut self.partial);
+        let d = self.discarding.get_or_insert_with(Discard::default);
+        d.skip(&partial);
+        self.message = None;
+        self.paused = false;
+        d.skip(data)
+    }
+
+    /// After a violation: drop what was assembled and skip from `tail` on
+    /// (the bytes from where frames can still be followed), or, when the
+    /// violation left no way to tell where the next frame starts, drop
+    /// everything until the connection ends.
+    fn lose_step(&mut self, tail: Option<&[u8]>) {
+        self.message = None;
+        self.partial = BytesMut::new();
+        self.paused = false;
+        let mut d = Discard::default();
+        match tail {
+            Some(tail) => {
+                d.skip(tail);
+            }
+            None => d.lost = true,
+        }
+        self.discarding = Some(d);
+    }
+
     /// Parses whole frames from `buf`; returns how many bytes were used.
+    /// A violation comes with where frames can be followed again, if known.
     fn parse(
         &mut self,
         buf: &[u8],
         on: &mut impl FnMut(Incoming) -> bool,
-    ) -> Result<usize, Violation> {
+    ) -> Result<usize, (Violation, Option<usize>)> {
         let mut at = 0;
-        while let Some((header, len)) = self.header(&buf[at..])? {
+        loop {
+            let (header, len) = match self.header(&buf[at..]) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                // Too big is known from a well-formed header: the frame can
+                // be skipped whole. Other header faults leave no footing.
+                Err(v) => return Err((v, (v.code == 1009).then_some(at))),
+            };
             if buf.len() - at < header + len {
                 break;
             }
@@ -122,10 +190,15 @@ impl Reader {
             let payload = &buf[at + header..at + header + len];
             at += header + len;
             let fin = b0 & 0x80 != 0;
-            if let Some(item) = self.frame(fin, b0 & 0x0f, payload, mask)?
-                && !on(item)
-            {
-                return Ok(buf.len());
+            match self.frame(fin, b0 & 0x0f, payload, mask) {
+                Ok(Some(item)) => {
+                    if !on(item) {
+                        self.paused = true;
+                        return Ok(at);
+                    }
+                }
+                Ok(None) => {}
+                Err(v) => return Err((v, Some(at))),
             }
         }
         Ok(at)
@@ -269,6 +342,69 @@ impl Fragmented {
             Err(_) => return Err(invalid_utf8()),
         }
         Ok(())
+    }
+}
+
+/// Skips frames after the relay's Close, keeping at most one header.
+#[derive(Default)]
+struct Discard {
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: u64,
+    /// Frames cannot be followed: everything is dropped until EOF.
+    lost: bool,
+    /// The peer's Close has been seen.
+    closed: bool,
+}
+
+impl Discard {
+    /// Skips `data`; true once the peer's Close has been seen.
+    fn skip(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() && !self.lost && !self.closed {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len() as u64) as usize;
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let need = if self.have < 2 {
+                2
+            } else {
+                let b1 = self.header[1];
+                let extended = match b1 & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                2 + extended + if b1 & 0x80 != 0 { 4 } else { 0 }
+            };
+            if self.have < need {
+                let n = (need - self.have).min(data.len());
+                self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+                self.have += n;
+                data = &data[n..];
+                continue;
+            }
+            let (b0, h) = (self.header[0], &self.header);
+            if b0 & 0x70 != 0
+                || !matches!(
+                    b0 & 0x0f,
+                    CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG
+                )
+            {
+                self.lost = true;
+                break;
+            }
+            self.skip = match h[1] & 0x7f {
+                126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                n => u64::from(n),
+            };
+            self.closed = b0 & 0x0f == CLOSE;
+            self.have = 0;
+        }
+        self.closed
     }
 }
 
@@ -550,6 +686,65 @@ mod tests {
                 message(true, b"ab")
             ])
         );
+    }
+
+    #[test]
+    fn a_pause_keeps_what_is_not_parsed_for_the_next_feed() {
+        let wire: Vec<u8> = (0..5u8).flat_map(|n| frame(true, BINARY, &[n])).collect();
+        let mut r = Reader::new(1024);
+        let mut got = Vec::new();
+        let mut take_two = |r: &mut Reader, data: &[u8], got: &mut Vec<Incoming>| {
+            let mut n = 0;
+            r.feed(data, &mut |i| {
+                got.push(i);
+                n += 1;
+                n < 2
+            })
+            .unwrap();
+        };
+        take_two(&mut r, &wire, &mut got);
+        assert!(r.is_paused());
+        take_two(&mut r, &[], &mut got);
+        assert!(r.is_paused());
+        take_two(&mut r, &[], &mut got);
+        assert!(!r.is_paused() && !r.has_partial());
+        let want: Vec<Incoming> = (0..5u8).map(|n| message(false, &[n])).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn after_a_violation_frames_are_skipped_until_the_peers_close() {
+        // Too big: the rest of the frame is skipped by its length, however
+        // it arrives, and the Close after it is found.
+        let big = frame(true, BINARY, &[7; 3000]);
+        let close = frame(true, CLOSE, &1000u16.to_be_bytes());
+        for split in [4, 10, 2000, big.len()] {
+            let mut r = Reader::new(1024);
+            let err = feed_all(&mut r, &big[..split]).map_err(|v| v.code);
+            assert_eq!(err, Err(1009), "split {split}");
+            assert!(!r.discard(&big[split..]));
+            assert!(!r.discard(&frame(true, TEXT, b"more")));
+            assert!(r.discard(&close[..3]) || r.discard(&close[3..]));
+            assert!(!r.has_partial());
+        }
+        // A frame-level fault leaves the stream in step: a Close in the same
+        // read is seen.
+        let mut r = Reader::new(1024);
+        let wire = [frame(true, TEXT, &[0xff]), close.clone()].concat();
+        assert_eq!(feed_all(&mut r, &wire).map_err(|v| v.code), Err(1007));
+        assert!(r.discard(&[]));
+        // A bad header leaves no footing: nothing counts as a Close any more.
+        let mut r = Reader::new(1024);
+        let mut bad = frame(true, TEXT, b"x");
+        bad[0] |= 0x40;
+        assert_eq!(feed_all(&mut r, &bad).map_err(|v| v.code), Err(1002));
+        assert!(!r.discard(&close));
+        // The relay closing first: a frame half read is skipped to its end.
+        let mut r = Reader::new(1024);
+        let text = frame(true, TEXT, b"hello");
+        feed_all(&mut r, &text[..4]).unwrap();
+        assert!(!r.discard(&text[4..]));
+        assert!(r.discard(&close));
     }
 
     #[test]

@@ -11,9 +11,21 @@
 //! - `drop_oldest`: the oldest queued messages make room for the new one;
 //! - `drop_newest`: the new message is not queued for this client.
 //!
-//! Whatever the policy, a client holds at most `queue_messages` messages and
-//! `queue_bytes` payload bytes here (or one message of any size, so a large
-//! message still reaches a client with an empty queue).
+//! A full queue only counts against its client while the client's writer
+//! is held up by its socket: then the client is behind by a full socket
+//! buffer and a full queue, and it is slow. A writer that can still write
+//! and simply has not had its turn yet (a sender's burst was parsed and
+//! published in one go) is not slow: the push goes through as
+//! [`Push::Backlogged`] and the publisher pauses until the writer has
+//! caught up. So a reader that keeps up is never evicted, however a
+//! sender's bytes arrive; see docs/ARCHITECTURE.md.
+//!
+//! Memory stays bounded: past twice the limits the policy applies whatever
+//! the socket's state (only publishers that cannot pause, the HTTP API and
+//! the cluster, ever push that far), so a client holds at most
+//! `2 × queue_messages` messages and `2 × queue_bytes` payload bytes here
+//! (or one message of any size, so a large message still reaches a client
+//! with an empty queue).
 //!
 //! The keepalive ping is a flag, not a queued message: a control frame is
 //! never dropped by the policy, and never waits behind data.
@@ -42,6 +54,10 @@ pub struct QueueLimits {
 pub enum Push {
     /// Queued; `dropped` older messages were discarded to make room.
     Queued { dropped: usize },
+    /// Queued past the limits, because the client's writer is not held up
+    /// by its socket: it has just not run yet. The publisher should wait
+    /// for [`Queue::is_backlogged`] to clear before it publishes more.
+    Backlogged,
     /// Not queued: the queue is full and the policy drops the newest.
     Dropped,
     /// Not queued: the queue is full and the policy disconnects the client.
@@ -68,6 +84,9 @@ pub struct Queue {
     state: Mutex<State>,
     // Mirrors `state.closed`, so the client checks it without the lock.
     closed: AtomicBool,
+    /// The client's writer is waiting for its socket to take more bytes.
+    /// Written only when it changes, by the client's own task.
+    socket_full: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -95,29 +114,36 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `frame` within `limits`, applying the overflow policy.
+    /// Queues `frame` within `limits`, applying the overflow policy if the
+    /// queue is full and its client is slow (see the module docs).
     pub fn push(&self, frame: &Frame, limits: &QueueLimits) -> Push {
         let size = frame.payload().len();
         let mut state = self.lock();
         if state.closed {
             return Push::Closed;
         }
-        let fits = |s: &State| {
+        let fits = |s: &State, scale: usize| {
             s.frames.is_empty()
-                || (s.frames.len() < limits.messages && s.bytes + size <= limits.bytes)
+                || (s.frames.len() < limits.messages * scale
+                    && s.bytes + size <= limits.bytes.saturating_mul(scale))
         };
         let mut dropped = 0;
-        if !fits(&state) {
-            match limits.on_overflow {
-                OnOverflow::Disconnect => return Push::Overflow,
-                OnOverflow::DropNewest => return Push::Dropped,
-                OnOverflow::DropOldest => {
-                    while !fits(&state) {
-                        let Some(old) = state.frames.pop_front() else {
-                            break;
-                        };
-                        state.bytes -= old.payload().len();
-                        dropped += 1;
+        let mut backlogged = false;
+        if !fits(&state, 1) {
+            if !self.socket_full.load(Ordering::Relaxed) && fits(&state, 2) {
+                backlogged = true;
+            } else {
+                match limits.on_overflow {
+                    OnOverflow::Disconnect => return Push::Overflow,
+                    OnOverflow::DropNewest => return Push::Dropped,
+                    OnOverflow::DropOldest => {
+                        while !fits(&state, 1) {
+                            let Some(old) = state.frames.pop_front() else {
+                                break;
+                            };
+                            state.bytes -= old.payload().len();
+                            dropped += 1;
+                        }
                     }
                 }
             }
@@ -129,7 +155,34 @@ impl Queue {
         if let Some(w) = waker {
             w.wake();
         }
-        Push::Queued { dropped }
+        if backlogged {
+            Push::Backlogged
+        } else {
+            Push::Queued { dropped }
+        }
+    }
+
+    /// Whether a publisher that got [`Push::Backlogged`] should still wait:
+    /// the queue is over `limits`, open, and its writer is not held up by
+    /// its socket (so it will drain soon). A writer that is held up makes
+    /// the client slow instead, and the next push applies the policy.
+    pub fn is_backlogged(&self, limits: &QueueLimits) -> bool {
+        if self.is_closed() || self.socket_full.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Wait until half is left, not just under the limit, so a
+        // publisher and a writer do not take turns one message at a time.
+        let state = self.lock();
+        state.frames.len() > limits.messages / 2 || state.bytes > limits.bytes / 2
+    }
+
+    /// Called by the client's writer: whether its socket is refusing bytes.
+    pub fn set_socket_full(&self, full: bool) {
+        // Read first: the flag changes rarely, and a store would dirty the
+        // cache line publishers read.
+        if self.socket_full.load(Ordering::Relaxed) != full {
+            self.socket_full.store(full, Ordering::Relaxed);
+        }
     }
 
     /// Asks for a keepalive ping at the client's next frame boundary.
@@ -230,6 +283,14 @@ impl Queue {
         state.closed
     }
 
+    /// Moves every queued frame into `batch`, oldest first, closed or not:
+    /// what a client is sent before its Close.
+    pub fn take_all(&self, batch: &mut Vec<Frame>) {
+        let mut state = self.lock();
+        batch.extend(std::mem::take(&mut state.frames));
+        state.bytes = 0;
+    }
+
     /// Empties the queue for good, returning how many messages it held.
     pub fn discard(&self) -> usize {
         let mut state = self.lock();
@@ -275,6 +336,13 @@ mod tests {
         Frame::new(false, &vec![n; len])
     }
 
+    /// The queue of a client whose socket takes nothing more: a slow one.
+    fn slow() -> Queue {
+        let q = Queue::default();
+        q.set_socket_full(true);
+        q
+    }
+
     /// Takes everything, returning each frame's first payload byte.
     fn drain(q: &Queue) -> Vec<u8> {
         let mut batch = Vec::new();
@@ -285,7 +353,7 @@ mod tests {
 
     #[test]
     fn disconnect_reports_overflow_at_the_message_bound() {
-        let q = Queue::default();
+        let q = slow();
         let l = limits(2, 1 << 20, OnOverflow::Disconnect);
         assert_eq!(q.push(&msg(1, 8), &l), Push::Queued { dropped: 0 });
         assert_eq!(q.push(&msg(2, 8), &l), Push::Queued { dropped: 0 });
@@ -298,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_byte_bound_counts_payload_and_admits_one_large_message() {
-        let q = Queue::default();
+        let q = slow();
         let l = limits(100, 100, OnOverflow::Disconnect);
         // Larger than the bound, but the queue is empty: it goes.
         assert_eq!(q.push(&msg(1, 500), &l), Push::Queued { dropped: 0 });
@@ -311,7 +379,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_keeps_the_newest_within_both_bounds() {
-        let q = Queue::default();
+        let q = slow();
         let l = limits(3, 100, OnOverflow::DropOldest);
         for n in 1..=5 {
             q.push(&msg(n, 10), &l);
@@ -327,7 +395,7 @@ mod tests {
 
     #[test]
     fn drop_newest_keeps_the_oldest() {
-        let q = Queue::default();
+        let q = slow();
         let l = limits(2, 1 << 20, OnOverflow::DropNewest);
         for n in 1..=4 {
             q.push(&msg(n, 10), &l);
@@ -336,6 +404,40 @@ mod tests {
         assert_eq!(drain(&q), [1, 2]);
         assert_eq!(q.push(&msg(6, 10), &l), Push::Queued { dropped: 0 });
         assert_eq!(drain(&q), [6]);
+    }
+
+    #[test]
+    fn a_writer_that_can_write_is_backlogged_not_evicted_up_to_twice_the_limits() {
+        let q = Queue::default();
+        let l = limits(4, 1 << 20, OnOverflow::Disconnect);
+        for n in 0..4 {
+            assert_eq!(q.push(&msg(n, 8), &l), Push::Queued { dropped: 0 });
+        }
+        // Full, but its writer has not run yet: queued, and the publisher told.
+        for n in 4..8 {
+            assert_eq!(q.push(&msg(n, 8), &l), Push::Backlogged);
+        }
+        assert!(q.is_backlogged(&l));
+        // Twice the limits is the hard bound, whatever the socket.
+        assert_eq!(q.push(&msg(8, 8), &l), Push::Overflow);
+        // Its socket fills up: now it is slow, and no publisher waits for it.
+        q.set_socket_full(true);
+        assert!(!q.is_backlogged(&l));
+        // Draining to half the limit releases the publisher.
+        q.set_socket_full(false);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = Vec::new();
+        assert!(q.poll_next(&mut cx, &mut batch, 5, usize::MAX).is_ready());
+        assert!(q.is_backlogged(&l));
+        assert!(q.poll_next(&mut cx, &mut batch, 1, usize::MAX).is_ready());
+        assert!(!q.is_backlogged(&l));
+        assert_eq!(batch.len(), 6);
+        // What is left goes out before a Close, even once closed.
+        q.close();
+        batch.clear();
+        q.take_all(&mut batch);
+        assert_eq!(batch.len(), 2);
+        assert!(q.is_empty() && !q.is_backlogged(&l));
     }
 
     #[test]
