@@ -95,6 +95,20 @@ async fn static_tokens_are_taken_from_header_query_or_subprotocol() {
         "{head}"
     );
     assert!(!head.contains("first-token"), "{head}");
+    // Offered alone (`new WebSocket(url, ["bearer." + token])`), the bearer
+    // entry is what the 101 selects: a browser fails a 101 naming none.
+    let (head, _held) = handshake(
+        server.addr,
+        "127.0.0.1",
+        "Sec-WebSocket-Protocol: bearer.first-token\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: bearer.first-token\r\n"),
+        "{head}"
+    );
 
     for (target, extra) in [
         ("/", ""),
@@ -116,7 +130,7 @@ async fn static_tokens_are_taken_from_header_query_or_subprotocol() {
         );
     }
     server.wait_metric(&rejected("auth"), 6).await;
-    assert_eq!(server.metric("wsrelay_connections_total").await, 5);
+    assert_eq!(server.metric("wsrelay_connections_total").await, 6);
 
     // An admitted client relays as usual.
     let mut ws = within(wsrelay::client::connect(

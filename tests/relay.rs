@@ -3,10 +3,11 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_websockets::{CloseCode, Message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,5 +426,109 @@ async fn garbage_and_truncated_frames_affect_no_one_else() {
     assert_eq!(recv(&mut bystander).await.as_text(), Some("fine"));
     assert_eq!(server.metric("wsrelay_messages_total").await, 1);
     assert_eq!(server.metric("wsrelay_connections_active").await, 1);
+    server.stop().await;
+}
+
+/// A message past `limits.max_message_size` gets Close 1009, and the relay
+/// keeps reading (and discarding) while the client is still sending it, so
+/// the client reads the code and the connection ends with FIN, not a reset
+/// (a reset is what makes browsers report 1006 instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_limit_gets_1009_and_the_connection_ends_with_fin() {
+    let server = start(test_config()).await; // limit: 1 MiB
+    let mut bystander = server.client().await;
+    for mib in [2usize, 4, 16] {
+        let mut raw = RawClient::connect(server.addr).await;
+        // The whole message goes out before the client reads anything, as
+        // a browser's send() does.
+        raw.send(&frame(true, 0x2, &vec![7; mib << 20], true)).await;
+        assert_eq!(raw.read_close().await, 1009, "{mib} MiB");
+        raw.send(&frame(true, 0x8, &1009u16.to_be_bytes(), true))
+            .await;
+        assert!(raw.ends_with_fin().await, "{mib} MiB: reset, not FIN");
+    }
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}",
+            3,
+        )
+        .await;
+    bystander.send(Message::text("still here")).await.unwrap();
+    assert_eq!(recv(&mut bystander).await.as_text(), Some("still here"));
+    server.stop().await;
+}
+
+/// A client that keeps sending after the relay's Close is read and
+/// discarded only until `client.close_timeout`, then cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_stops_sending_is_cut_at_the_close_timeout() {
+    let mut config = test_config();
+    config.client.close_timeout = Duration::from_millis(500);
+    let server = start(config).await;
+    let raw = RawClient::connect(server.addr).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    // A frame header announcing 1 TiB, then bytes for as long as it is taken.
+    let mut header = frame(true, 0x2, b"", true);
+    header[1] = 0x80 | 127;
+    header.splice(2..2, (1u64 << 40).to_be_bytes());
+    let start = std::time::Instant::now();
+    write.write_all(&header).await.unwrap();
+    let sending = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        while write.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    // The Close arrives while the client is still sending...
+    let mut close = [0u8; 2 + 2 + 15];
+    within(read.read_exact(&mut close)).await.unwrap();
+    assert_eq!(close[0], 0x88);
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009);
+    // ...and the relay takes bytes until the timeout, not longer. (It can
+    // only start timing once it has the header, so this bound is safe.)
+    let sent = within(sending).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "cut after {:?} and {sent} bytes: the relay did not linger",
+        start.elapsed()
+    );
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}",
+            1,
+        )
+        .await;
+    server.stop().await;
+}
+
+/// What was queued for a client before it broke the protocol (its own echo
+/// here) still reaches it, before the Close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_queued_before_a_violation_go_out_before_the_close() {
+    let server = start(test_config()).await;
+    let mut raw = RawClient::connect(server.addr).await;
+    let mut bad = frame(true, 0x1, b"bad", true);
+    bad[0] |= 0x20;
+    raw.send(&[frame(true, 0x1, b"before", true), bad].concat())
+        .await;
+    assert_eq!(raw.read_frame().await, Some((0x1, b"before".to_vec())));
+    assert_eq!(raw.read_close().await, 1002);
+    server.stop().await;
+}
+
+/// Ten pings in one write get ten pongs, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ping_in_a_burst_gets_its_pong() {
+    let server = start(test_config()).await;
+    let mut raw = RawClient::connect(server.addr).await;
+    let pings: Vec<u8> = (0..10u8)
+        .flat_map(|i| frame(true, 0x9, &[b'p', b'0' + i], true))
+        .collect();
+    raw.send(&pings).await;
+    for i in 0..10u8 {
+        assert_eq!(raw.read_frame().await, Some((0xA, vec![b'p', b'0' + i])));
+    }
     server.stop().await;
 }
