@@ -401,6 +401,25 @@ impl RawClient {
         .await
     }
 
+    /// Reads to the end of the connection: true if it ended with FIN (a
+    /// clean EOF), false if with a reset. Data before the end is skipped.
+    pub async fn ends_with_fin(&mut self) -> bool {
+        within(async {
+            let mut chunk = [0u8; 65536];
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) => return true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                        return false;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     /// Reads until a Close frame and returns its code.
     pub async fn read_close(&mut self) -> u16 {
         loop {
@@ -456,7 +475,19 @@ pub fn binary() -> Command {
 
 /// Starts `wsrelay --config-file FILE` and waits for its "listening" lines.
 pub fn spawn_relay(config_file: &Path) -> RelayProcess {
-    let mut child = binary()
+    spawn_relay_with(binary(), config_file)
+}
+
+/// [`spawn_relay`] confined to one CPU with `taskset`, where the relay runs
+/// on its current-thread runtime (one worker).
+pub fn spawn_relay_on_one_cpu(config_file: &Path) -> RelayProcess {
+    let mut taskset = Command::new("taskset");
+    taskset.args(["-c", "0"]).arg(env!("CARGO_BIN_EXE_wsrelay"));
+    spawn_relay_with(taskset, config_file)
+}
+
+fn spawn_relay_with(mut command: Command, config_file: &Path) -> RelayProcess {
+    let mut child = command
         .arg("--config-file")
         .arg(config_file)
         .env_remove("RUST_LOG")
