@@ -70,6 +70,9 @@ pub struct Dialer {
     host: String,
     addr: SocketAddr,
     connector: Connector,
+    /// Bytes of frames a connection buffers before it writes them out
+    /// unasked; `None`: the library's default.
+    flush_threshold: Option<usize>,
 }
 
 impl Dialer {
@@ -114,7 +117,18 @@ impl Dialer {
             host,
             addr,
             connector,
+            flush_threshold: None,
         })
+    }
+
+    /// Lets connections buffer up to `bytes` of frames before writing them
+    /// unasked, so a sender that flushes after many frames writes them all
+    /// at once (`wsrelay bench --burst`).
+    pub fn with_flush_threshold(self, bytes: usize) -> Self {
+        Self {
+            flush_threshold: Some(bytes),
+            ..self
+        }
     }
 
     /// The relay's resolved address.
@@ -162,10 +176,11 @@ impl Dialer {
             .wrap(&self.host, stream)
             .await
             .map_err(failed)?;
-        let (ws, _response) = ClientBuilder::from_uri(self.uri.clone())
-            .connect_on(stream)
-            .await
-            .map_err(failed)?;
+        let mut builder = ClientBuilder::from_uri(self.uri.clone());
+        if let Some(bytes) = self.flush_threshold {
+            builder = builder.config(tokio_websockets::Config::default().flush_threshold(bytes));
+        }
+        let (ws, _response) = builder.connect_on(stream).await.map_err(failed)?;
         Ok(ws)
     }
 }

@@ -116,6 +116,10 @@ struct FanoutArgs {
     /// Messages a publisher may have in flight (sent, own copy not yet back).
     #[arg(short = 'w', long, default_value_t = 64)]
     window: usize,
+    /// Each publisher writes N messages at once, in one write, as a browser
+    /// calling send() in a loop does (the window grows to N if smaller).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    burst: usize,
     /// Payload bytes per message (at least 44, the stamp).
     #[arg(short = 's', long, default_value_t = 64)]
     size: usize,
@@ -401,6 +405,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     publishers: a.publishers.max(1),
                     rate: a.rate,
                     window: a.window,
+                    burst: a.burst,
                     size: a.size,
                     binary: a.binary,
                     warmup: a.warmup,

@@ -33,6 +33,7 @@ fn short_fanout(subscribers: usize, publishers: usize, rate: Option<f64>) -> Fan
         publishers,
         rate,
         window: 16,
+        burst: 1,
         size: 100,
         binary: false,
         warmup: Duration::from_millis(200),
@@ -67,6 +68,37 @@ async fn fanout_against_the_relay_sees_every_message_in_order() {
             report.expected_deliveries,
         )
         .await;
+    server.stop().await;
+}
+
+/// `--burst`: publishers write 500 messages at a time; none is lost and no
+/// subscriber is evicted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_in_bursts_loses_nothing_and_evicts_nobody() {
+    let server = start(test_config()).await;
+    let opts = FanoutOptions {
+        burst: 500,
+        ..short_fanout(20, 2, None)
+    };
+    let report = bench::fanout(&target(&server.url), &opts).await.unwrap();
+    assert_eq!(report.burst, 500);
+    assert_eq!(report.window, Some(500));
+    // Whole bursts only: each publisher sent a multiple of 500.
+    assert!(
+        report.published >= 1000 && report.published % 500 == 0,
+        "{report:?}"
+    );
+    assert_eq!(report.received_deliveries, report.expected_deliveries);
+    assert_eq!((report.lost, report.reorders, report.malformed), (0, 0, 0));
+    assert!(report.disconnects.is_empty(), "{:?}", report.disconnects);
+    let text = server.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "wsrelay_disconnections_by_reason_total{reason=\"slow_consumer\"}"
+        ),
+        Some(0)
+    );
     server.stop().await;
 }
 

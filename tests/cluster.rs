@@ -500,6 +500,7 @@ async fn bench_fans_out_across_nodes() {
         publishers: 2,
         rate: Some(400.0),
         window: 16,
+        burst: 1,
         size: 100,
         binary: true,
         warmup: std::time::Duration::from_millis(200),

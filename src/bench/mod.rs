@@ -71,6 +71,9 @@ pub struct FanoutOptions {
     pub rate: Option<f64>,
     /// Messages each publisher may have in flight (sent, own echo not yet back).
     pub window: usize,
+    /// Messages each publisher writes at once, in one write (1: as the
+    /// window or the rate allows). The window is at least this.
+    pub burst: usize,
     /// Payload bytes per message (at least the stamp header).
     pub size: usize,
     pub binary: bool,
@@ -156,6 +159,8 @@ pub struct FanoutReport {
     pub size: usize,
     pub binary: bool,
     pub window: Option<usize>,
+    /// Messages per write per publisher.
+    pub burst: usize,
     pub rate: Option<f64>,
     pub warmup_seconds: f64,
     pub duration_seconds: f64,
@@ -221,7 +226,7 @@ struct Received {
 
 /// Runs the fan-out scenario against `target`.
 pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
-    let dialer = prepare(target).await?;
+    let dialer = burst_dialer(prepare(target).await?, opts);
     let total = opts.subscribers + opts.publishers;
     let rss_before = sample(target.pid)?;
     let cross_node = !opts.subscriber_urls.is_empty();
@@ -251,14 +256,16 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
         let Some(ws) = clients.next() else { break };
         receivers.spawn(receive(ws, run.clone(), None, true));
     }
+    let burst = opts.burst.max(1);
+    // With a rate, each tick sends one burst.
     let interval = opts
         .rate
         .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(opts.publishers as f64 / r));
+        .map(|r| Duration::from_secs_f64(opts.publishers as f64 * burst as f64 / r));
     for (id, ws) in clients.enumerate() {
         let (sink, stream) = ws.split();
         let window = match interval {
-            None => Some(Arc::new(Semaphore::new(opts.window.max(1)))),
+            None => Some(Arc::new(Semaphore::new(opts.window.max(burst)))),
             Some(_) => None,
         };
         let own = window.clone().map(|w| (id as u32, w));
@@ -312,7 +319,8 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
         publishers: opts.publishers,
         size: opts.size.max(payload::HEADER_LEN),
         binary: opts.binary,
-        window: interval.is_none().then_some(opts.window),
+        window: interval.is_none().then_some(opts.window.max(burst)),
+        burst,
         rate: opts.rate,
         warmup_seconds: opts.warmup.as_secs_f64(),
         duration_seconds: seconds,
@@ -352,6 +360,14 @@ async fn prepare(target: &Target) -> Result<Dialer, BenchError> {
         .map_err(Box::new)?)
 }
 
+/// A burst's frames must all fit the write buffer to go out in one write.
+fn burst_dialer(dialer: Dialer, opts: &FanoutOptions) -> Dialer {
+    match opts.burst {
+        0 | 1 => dialer,
+        n => dialer.with_flush_threshold(n * (opts.size.max(payload::HEADER_LEN) + 14)),
+    }
+}
+
 /// Sends stamped messages until the measured window ends.
 async fn publish<S>(
     mut sink: S,
@@ -369,19 +385,21 @@ async fn publish<S>(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });
+    let burst = opts.burst.max(1);
     let mut seq = 0u64;
     loop {
         if let Some(window) = &window {
             // Feed while the window has room; flush only when it is full, so
-            // one write carries many messages.
-            if let Ok(permit) = window.try_acquire() {
+            // one write carries many messages. A burst waits for room for
+            // all of its messages.
+            if let Ok(permit) = window.try_acquire_many(burst as u32) {
                 permit.forget();
             } else {
                 if sink.flush().await.is_err() {
                     break;
                 }
                 tokio::select! {
-                    permit = window.acquire() => match permit {
+                    permit = window.acquire_many(burst as u32) => match permit {
                         Ok(p) => p.forget(),
                         Err(_) => break,
                     },
@@ -398,27 +416,34 @@ async fn publish<S>(
         if Instant::now() >= stop {
             break;
         }
-        let body = payload::encode(
-            Stamp {
-                publisher: id,
-                seq,
-                sent_ns: run.now_ns(),
-            },
-            opts.size,
-        );
-        let message = match opts.binary {
-            true => Message::binary(body),
-            false => Message::text(Payload::from(body)),
-        };
-        let fed = match ticker {
-            Some(_) => sink.send(message).await,
-            None => sink.feed(message).await,
-        };
+        let mut fed = Ok(());
+        for _ in 0..burst {
+            let body = payload::encode(
+                Stamp {
+                    publisher: id,
+                    seq,
+                    sent_ns: run.now_ns(),
+                },
+                opts.size,
+            );
+            let message = match opts.binary {
+                true => Message::binary(body),
+                false => Message::text(Payload::from(body)),
+            };
+            fed = sink.feed(message).await;
+            if fed.is_err() {
+                break;
+            }
+            seq += 1;
+            run.sent[id as usize].store(seq, Ordering::Release);
+        }
+        // Paced and burst messages go out now; others when the window fills.
+        if fed.is_ok() && (ticker.is_some() || burst > 1) {
+            fed = sink.flush().await;
+        }
         if fed.is_err() {
             break;
         }
-        seq += 1;
-        run.sent[id as usize].store(seq, Ordering::Release);
     }
     let _ = sink.flush().await;
 }
@@ -857,6 +882,10 @@ impl fmt::Display for FanoutReport {
             (Some(r), _) => format!("{r} msg/s in total"),
             (None, Some(w)) => format!("window {w} per publisher"),
             _ => String::new(),
+        };
+        let pace = match self.burst {
+            0 | 1 => pace,
+            n => format!("{pace}, bursts of {n} per write"),
         };
         writeln!(
             f,
