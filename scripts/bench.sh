@@ -68,6 +68,7 @@ for i in $(seq 1 "$RUNS"); do
         run S3 "$server" idle "$i" -n 10000 -d 3s
     done
     run S4 wsrelay-tls fanout "$i" "${S1[@]}"
+    run S1-burst wsrelay fanout "$i" "${S1[@]}" --burst 1000
     run S1-100 wsrelay fanout "$i" -n 100 -p 1 -w 64 -s 64 --warmup 2s -d 5s
     run S1-10000 wsrelay fanout "$i" -n 10000 -p 1 -w 64 -s 64 --warmup 2s -d 5s
 done
@@ -135,6 +136,16 @@ print(f"| ws:// | {ns(s1w):.0f} | {dps(s1w):,.0f} | {lost(s1w)} |")
 print(f"| wss:// | {ns(s4):.0f} | {dps(s4):,.0f} | {lost(s4)} |")
 print(f"\n**wss / ws: {ns(s4)/ns(s1w):.2f} ×** (target ≤ 1.7 ×)\n")
 
+s1b = load("S1-burst", "wsrelay")
+print("## S1 in bursts: each publish is one write of 1 000 messages\n")
+print("As a browser calling `send()` in a loop: `--burst 1000`, so the window is 1 000 and the relay parses")
+print("1 000 frames from a few reads. No subscriber may be evicted for it (issue #8).\n")
+print("| sender | CPU ns / delivery | deliveries/s | lost, reordered, malformed | disconnected |")
+print("|---|---|---|---|---|")
+print(f"| window 64 (S1) | {ns(s1w):.0f} | {dps(s1w):,.0f} | {lost(s1w)} | {sum(sum(r['disconnects'].values()) for r in s1w)} |")
+print(f"| bursts of 1 000 | {ns(s1b):.0f} | {dps(s1b):,.0f} | {lost(s1b)} | {sum(sum(r['disconnects'].values()) for r in s1b)} |")
+print(f"\n**bursts / S1: {ns(s1b)/ns(s1w):.2f} ×** (target ≤ 1.1 ×)\n")
+
 print("## Scale: S1 at 100, 1000 and 10 000 subscribers (wsrelay)\n")
 print("| subscribers | CPU ns / delivery | vs 1000 | deliveries/s | lost |")
 print("|---|---|---|---|---|")
@@ -171,6 +182,7 @@ print("taskset -c 1 target/release/wsrelay bench fanout --url ws://127.0.0.1:184
 print("# S3")
 print("taskset -c 1 target/release/wsrelay bench idle --url ws://127.0.0.1:18443/ --pid $PID -n 10000 -d 3s")
 print("# S4: as S1 with --url wss://127.0.0.1:18443/ --ca-file cert.pem against a relay with server.tls set")
+print("# S1 in bursts: as S1 with --burst 1000")
 print("```")
 PY
 if [ -n "$cluster_section" ]; then

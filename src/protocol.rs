@@ -693,7 +693,7 @@ mod tests {
         let wire: Vec<u8> = (0..5u8).flat_map(|n| frame(true, BINARY, &[n])).collect();
         let mut r = Reader::new(1024);
         let mut got = Vec::new();
-        let mut take_two = |r: &mut Reader, data: &[u8], got: &mut Vec<Incoming>| {
+        let take_two = |r: &mut Reader, data: &[u8], got: &mut Vec<Incoming>| {
             let mut n = 0;
             r.feed(data, &mut |i| {
                 got.push(i);
