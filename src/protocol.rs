@@ -70,6 +70,17 @@ pub struct Reader {
     paused: bool,
     /// Set once nothing more is parsed, only skipped.
     discarding: Option<Discard>,
+    /// How much of an incomplete text frame has been checked as UTF-8.
+    arriving: ArrivingText,
+}
+
+/// The UTF-8 check of a text frame still arriving, so that a message fails
+/// on its first bad byte even inside one large frame.
+#[derive(Default)]
+struct ArrivingText {
+    /// Payload bytes of the frame checked so far.
+    checked: usize,
+    utf8: Utf8Stream,
 }
 
 impl Reader {
@@ -80,6 +91,7 @@ impl Reader {
             max_message,
             paused: false,
             discarding: None,
+            arriving: ArrivingText::default(),
         }
     }
 
@@ -139,6 +151,7 @@ impl Reader {
         let d = self.discarding.get_or_insert_with(Discard::default);
         d.skip(&partial);
         self.message = None;
+        self.arriving = ArrivingText::default();
         self.paused = false;
         d.skip(data)
     }
@@ -149,6 +162,7 @@ impl Reader {
     /// everything until the connection ends.
     fn lose_step(&mut self, tail: Option<&[u8]>) {
         self.message = None;
+        self.arriving = ArrivingText::default();
         self.partial = BytesMut::new();
         self.paused = false;
         let mut d = Discard::default();
@@ -178,6 +192,10 @@ impl Reader {
                 Err(v) => return Err((v, (v.code == 1009).then_some(at))),
             };
             if buf.len() - at < header + len {
+                // Text that is already invalid fails now, not when its
+                // frame ends; the frame's length says where to skip to.
+                self.check_arriving_text(&buf[at..], header)
+                    .map_err(|v| (v, Some(at)))?;
                 break;
             }
             let b0 = buf[at];
@@ -189,6 +207,7 @@ impl Reader {
             ];
             let payload = &buf[at + header..at + header + len];
             at += header + len;
+            self.arriving = ArrivingText::default();
             let fin = b0 & 0x80 != 0;
             match self.frame(fin, b0 & 0x0f, payload, mask) {
                 Ok(Some(item)) => {
@@ -254,6 +273,46 @@ impl Reader {
             return Ok(None);
         }
         Ok(Some((header, len as usize)))
+    }
+
+    /// Checks the UTF-8 of a text frame's payload received so far (`frame`
+    /// is the frame from its first byte, `header` bytes of header).
+    fn check_arriving_text(&mut self, frame: &[u8], header: usize) -> Result<(), Violation> {
+        let text = match frame[0] & 0x0f {
+            TEXT => true,
+            CONTINUATION => self.message.as_ref().is_some_and(|m| m.text),
+            _ => false,
+        };
+        if !text || frame.len() <= header {
+            return Ok(());
+        }
+        let mask = [
+            frame[header - 4],
+            frame[header - 3],
+            frame[header - 2],
+            frame[header - 1],
+        ];
+        let payload = &frame[header..];
+        let arriving = &mut self.arriving;
+        if arriving.checked == 0
+            && let Some(m) = &self.message
+        {
+            // A character the previous fragment left incomplete.
+            arriving.utf8.push(&m.payload[m.valid_up_to..]);
+        }
+        let mut chunk = [0u8; 256];
+        while arriving.checked < payload.len() {
+            let from = arriving.checked;
+            let n = (payload.len() - from).min(chunk.len());
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                *b = payload[from + i] ^ mask[(from + i) & 3];
+            }
+            if !arriving.utf8.push(&chunk[..n]) {
+                return Err(invalid_utf8());
+            }
+            arriving.checked += n;
+        }
+        Ok(())
     }
 
     /// Handles one complete frame.
@@ -342,6 +401,42 @@ impl Fragmented {
             Err(_) => return Err(invalid_utf8()),
         }
         Ok(())
+    }
+}
+
+/// Checks UTF-8 across chunks, carrying an incomplete character over.
+#[derive(Default)]
+struct Utf8Stream {
+    carry: [u8; 4],
+    len: usize,
+}
+
+impl Utf8Stream {
+    /// False once the bytes so far cannot be valid UTF-8.
+    fn push(&mut self, mut data: &[u8]) -> bool {
+        while self.len > 0 {
+            let Some((&b, rest)) = data.split_first() else {
+                return true;
+            };
+            self.carry[self.len] = b;
+            self.len += 1;
+            data = rest;
+            match std::str::from_utf8(&self.carry[..self.len]) {
+                Ok(_) => self.len = 0,
+                Err(e) if e.error_len().is_none() && self.len < 4 => {}
+                Err(_) => return false,
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_none() => {
+                let tail = &data[e.valid_up_to()..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.len = tail.len();
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -648,6 +743,39 @@ mod tests {
         ]
         .concat();
         assert_eq!(feed_all(&mut r, &wire).map_err(|v| v.code), Err(1007));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_while_its_frame_is_still_arriving() {
+        // "κόσμε" then bytes that can never be UTF-8, in one frame sent in
+        // chops: refused at the bad chop, before the frame is complete.
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(b"edited");
+        let wire = frame(true, TEXT, &payload);
+        let bad_at = 6 + "κόσμε".len() + 1; // header, text, 0xf4 is still possible
+        let mut r = Reader::new(1024);
+        assert_eq!(feed_all(&mut r, &wire[..bad_at]), Ok(vec![]));
+        assert_eq!(
+            feed_all(&mut r, &wire[bad_at..bad_at + 1]).map_err(|v| v.code),
+            Err(1007)
+        );
+        // Valid text split anywhere, characters included, still passes, in a
+        // continuation too.
+        let text = "€uro ✓ κόσμε";
+        let wire = [
+            frame(false, TEXT, &text.as_bytes()[..2]),
+            frame(true, CONTINUATION, &text.as_bytes()[2..]),
+        ]
+        .concat();
+        for step in 1..8 {
+            let mut r = Reader::new(1024);
+            let mut got = Vec::new();
+            for chunk in wire.chunks(step) {
+                got.extend(feed_all(&mut r, chunk).unwrap());
+            }
+            assert_eq!(got, vec![message(true, text.as_bytes())], "step {step}");
+        }
     }
 
     #[test]
