@@ -2,26 +2,33 @@
 # The README's test command: every test, on a fresh machine.
 #
 # The cluster tests start their own redis-server and nats-server (Debian
-# packages of those names) on free loopback ports; this installs whichever
-# is missing, then runs `cargo test` with any arguments given.
+# packages of those names) on free loopback ports, and tests/browser.rs
+# drives /usr/bin/chromium through /usr/bin/chromedriver (packages chromium
+# and chromium-driver); this installs whichever is missing, then runs
+# `cargo test` with any arguments given. WSRELAY_REQUIRE_BROWSER=1 makes
+# the browser tests fail, rather than skip, should the browser be missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+# The paths tests/common/browser.rs looks at.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "scripts/test.sh: the cluster tests need ${missing[*]}; install them and retry" >&2
+        echo "scripts/test.sh: the cluster and browser tests need ${missing[*]}; install them and retry" >&2
         exit 1
     fi
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         sudo="sudo"
     fi
-    echo "scripts/test.sh: installing ${missing[*]} for the cluster tests" >&2
+    echo "scripts/test.sh: installing ${missing[*]} for the cluster and browser tests" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+export WSRELAY_REQUIRE_BROWSER=1
 exec cargo test "$@"

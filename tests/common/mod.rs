@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod broker;
+pub mod browser;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
