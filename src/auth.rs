@@ -215,8 +215,10 @@ impl Authenticator {
         };
         match jsonwebtoken::decode::<Claims>(token.as_bytes(), key, validation) {
             Ok(data) => {
-                admission.expires_at =
-                    Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp) + self.leeway);
+                // A signed `exp` past what the clock can hold never comes.
+                admission.expires_at = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(data.claims.exp))
+                    .and_then(|t| t.checked_add(self.leeway));
                 admission.grants = data.claims.grants;
                 Ok(admission)
             }

@@ -656,10 +656,21 @@ fn bare_message(s: &str) -> String {
     }
 }
 
-/// Parses a human duration such as `10s`, `500ms` or `1m 30s`.
+/// The longest duration any setting takes. Longer ones are surely typos,
+/// and would overflow the clock arithmetic that timers do.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a human duration such as `10s`, `500ms` or `1m 30s`, at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"10s\" or \"500ms\""))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"10s\" or \"500ms\""))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is longer than the 10 years any setting allows"
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses a byte size such as `1048576`, `64KiB`, `1MiB` or `1MB`.
@@ -892,6 +903,14 @@ mod tests {
         assert!(parse_size("1XB").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        // Past what timers can add to the clock: refused, not a panic later.
+        assert!(
+            parse_duration("500000000000y")
+                .unwrap_err()
+                .contains("10 years")
+        );
+        let e = parse("limits:\n  handshake_timeout: 500000000000y\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.handshake_timeout"));
         assert!(parse_duration("forever").is_err());
     }
 

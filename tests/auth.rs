@@ -158,6 +158,12 @@ async fn jwts_are_verified_for_signature_and_every_checked_claim() {
     assert_eq!(status(&server, &format!("/?token={good}"), "").await, "101");
     let offered = format!("Sec-WebSocket-Protocol: bearer.{good}, wsrelay\r\n");
     assert_eq!(status(&server, "/", &offered).await, "101");
+    // A validly signed `exp` beyond what the clock can hold is a token that
+    // never expires, not a panic in the handshake.
+    let mut forever = claims(0);
+    forever["exp"] = json!(u64::MAX);
+    let forever = sign(Algorithm::HS256, forever);
+    assert_eq!(status(&server, "/", &bearer(&forever)).await, "101");
 
     let with = |patch: serde_json::Value| {
         let mut c = claims(600);
@@ -193,7 +199,7 @@ async fn jwts_are_verified_for_signature_and_every_checked_claim() {
     server
         .wait_metric(&rejected("auth"), refused.len() as u64)
         .await;
-    assert_eq!(server.metric("wsrelay_connections_total").await, 3);
+    assert_eq!(server.metric("wsrelay_connections_total").await, 4);
     server.stop().await;
 }
 

@@ -406,11 +406,26 @@ fn check_config_prints_the_effective_config_or_names_the_problem() {
         "server:\n  tls:\n    cert_file: /nonexistent/cert.pem\n    key_file: /nonexistent/key.pem\n",
     );
     let bad_key = dir.file("key.yaml", "client:\n  write_timeout: soon\n");
+    // Parses as a duration, but no timer could run that long: refused here,
+    // not a panic on every connection later.
+    let endless = dir.file(
+        "endless.yaml",
+        "limits:\n  handshake_timeout: 500000000000y\n",
+    );
     for (file, needles) in [
         (&missing_cert, &["tls.yaml", "/nonexistent/cert.pem"][..]),
         (
             &bad_key,
             &["key.yaml", "client.write_timeout", "line 2"][..],
+        ),
+        (
+            &endless,
+            &[
+                "endless.yaml",
+                "limits.handshake_timeout",
+                "line 2",
+                "10 years",
+            ][..],
         ),
     ] {
         let out = binary().arg("check-config").arg(file).output().unwrap();
