@@ -185,16 +185,19 @@ impl Queue {
         }
     }
 
-    /// Asks for a keepalive ping at the client's next frame boundary.
+    /// Asks for a keepalive ping at the client's next frame boundary, and
+    /// wakes the client's task even if it waits on its socket: the tick is
+    /// also when it checks whether its peer has gone silent, which a task
+    /// blocked on a write to a dead peer would otherwise never do.
     pub fn ping(&self) {
         let mut state = self.lock();
         if state.closed {
             return;
         }
         state.ping = true;
-        let waker = state.on_data.take();
+        let wakers = [state.on_data.take(), state.on_close.take()];
         drop(state);
-        if let Some(w) = waker {
+        for w in wakers.into_iter().flatten() {
             w.wake();
         }
     }
@@ -478,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn a_task_waiting_on_its_socket_wakes_for_close_but_not_for_data() {
+    fn a_task_waiting_on_its_socket_wakes_for_close_and_pings_but_not_for_data() {
         let q = Queue::default();
         let l = limits(10, 1 << 20, OnOverflow::Disconnect);
         let count = Arc::new(CountWakes(AtomicUsize::new(0)));
@@ -486,10 +489,12 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(!q.watch_close(&mut cx));
         q.push(&msg(1, 1), &l);
-        q.ping();
         assert_eq!(count.0.load(Ordering::Relaxed), 0);
-        q.close();
+        q.ping();
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(!q.watch_close(&mut cx));
+        q.close();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(q.watch_close(&mut cx));
     }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_websockets::Message;
 
@@ -227,11 +227,49 @@ async fn with_drop_the_excess_is_dropped_and_the_client_stays() {
     server.stop().await;
 }
 
+/// A dead peer whose socket is full (nothing reads it, nothing answers) is
+/// found idle even with `write_timeout: 0s`: the keepalive tick wakes a task
+/// blocked on its write too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_blocking_a_write_is_closed_at_the_idle_timeout() {
+    let mut config = test_config();
+    config.client.write_timeout = std::time::Duration::ZERO;
+    config.client.on_overflow = wsrelay::config::OnOverflow::DropNewest;
+    config.client.ping_interval = std::time::Duration::from_millis(250);
+    config.client.idle_timeout = std::time::Duration::from_secs(1);
+    config.client.close_timeout = std::time::Duration::from_millis(500);
+    let server = start(config).await;
+    let _dead = RawClient::connect_stalling(server.addr).await;
+    let mut publisher = join(server.addr, "/?echo=false").await;
+    // Well past what the dead peer's socket buffers take (the relay's send
+    // buffer grows to 4 MiB): its writer stays blocked, and the rest is
+    // dropped by the policy.
+    for _ in 0..256 {
+        publisher
+            .send(Message::binary(vec![0u8; 64 * 1024]))
+            .await
+            .unwrap();
+    }
+    // Polling the publisher is what makes it answer pings: it stays.
+    let answering = tokio::spawn(async move { while publisher.next().await.is_some() {} });
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"idle_timeout\"}",
+            1,
+        )
+        .await;
+    assert_eq!(server.metric("wsrelay_connections_active").await, 1);
+    server.stop().await;
+    within(answering).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_answers_pings_is_closed_and_others_stay() {
     let mut config = test_config();
-    config.client.ping_interval = std::time::Duration::from_millis(100);
-    config.client.idle_timeout = std::time::Duration::from_millis(300);
+    // The answering client has a whole idle timeout to answer, on a loaded
+    // machine too.
+    config.client.ping_interval = std::time::Duration::from_millis(250);
+    config.client.idle_timeout = std::time::Duration::from_secs(2);
     let server = start(config).await;
     // Reads (so it sees the pings) but never answers anything.
     let mut deaf = RawClient::connect(server.addr).await;
