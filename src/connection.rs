@@ -45,7 +45,7 @@ use crate::hub::{Backlog, ClientId, Frame, Hub, Published, RoomName, Subscriptio
 use crate::limits::{Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::protocol::{self, Incoming, Reader, Violation};
-use crate::queue::{Next, Queue};
+use crate::queue::{Ending, Next, Queue};
 
 /// Most messages, and most payload bytes (or one message), taken from the
 /// queue for one flush. Bounds what a client holds beyond its queue, and keeps one
@@ -319,10 +319,10 @@ where
     let mut backlog = Backlog::default();
 
     let event = poll_fn(|task| {
-        let dropped_by_hub = || match (queue.farewell(), cx.shutdown.is_cancelled()) {
-            (Some(close), _) => Event::ClosedByOperator(close),
-            (None, true) => Event::Shutdown,
-            (None, false) => Event::Evicted,
+        let dropped_by_hub = || match queue.ending() {
+            Some(Ending::Closed(close)) => Event::ClosedByOperator(close),
+            Some(Ending::Shutdown) => Event::Shutdown,
+            Some(Ending::Evicted | Ending::Left) | None => Event::Evicted,
         };
         // Dropped from the hub: evicted as a slow consumer, or shutdown.
         if queue.is_closed() {

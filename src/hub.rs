@@ -17,7 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::backplane::Interest;
-use crate::queue::{Push, Queue, QueueLimits};
+use crate::queue::{Ending, Push, Queue, QueueLimits};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// A data message encoded once as the unmasked, final server frame that
@@ -111,8 +111,8 @@ pub struct Hub {
 #[derive(Default)]
 struct Rooms {
     by_name: HashMap<RoomName, Room>,
-    /// Set once shutdown has taken every member: a client joining later
-    /// gets a queue that is already closed.
+    /// Set once shutdown has begun: a client joining later gets a queue
+    /// that is already closed.
     draining: bool,
 }
 
@@ -217,7 +217,7 @@ impl Hub {
         let queue = Arc::new(Queue::default());
         let mut rooms = self.write();
         if rooms.draining {
-            queue.close();
+            queue.close(Ending::Shutdown);
         } else {
             if self.max_rooms > 0
                 && rooms.by_name.len() >= self.max_rooms
@@ -247,6 +247,10 @@ impl Hub {
     /// Removes a client from its room (the room goes when it empties) and
     /// closes its queue. Idempotent.
     pub fn leave(&self, room: &str, id: ClientId) {
+        self.remove(room, id, Ending::Left);
+    }
+
+    fn remove(&self, room: &str, id: ClientId, ending: Ending) {
         let removed = {
             let mut rooms = self.write();
             let Some(r) = rooms.by_name.get_mut(room) else {
@@ -266,7 +270,7 @@ impl Hub {
             removed
         };
         if let Some(member) = removed {
-            member.queue.close();
+            member.queue.close(ending);
         }
     }
 
@@ -316,7 +320,7 @@ impl Hub {
             }
         }
         for id in overflowed {
-            self.leave(room, id);
+            self.remove(room, id, Ending::Evicted);
         }
         published
     }
@@ -347,7 +351,7 @@ impl Hub {
         };
         let Some(r) = removed else { return 0 };
         for member in r.members.values() {
-            member.queue.close_with(farewell.clone());
+            member.queue.close(Ending::Closed(farewell.clone()));
         }
         r.members.len()
     }
@@ -359,22 +363,18 @@ impl Hub {
         }
     }
 
-    /// Ends every membership for shutdown and hands back the members'
-    /// queues, for the server to close (each close wakes that client's task
-    /// to say goodbye with 1001). Clients joining from now on get a closed
-    /// queue at once.
+    /// Begins shutdown: hands back every member's queue, for the server to
+    /// close in batches (each close wakes that client's task to say goodbye
+    /// with 1001, and it leaves then). Members stay in their rooms until
+    /// then, hearing and being heard as before. Clients joining from now on
+    /// get a closed queue at once.
     pub fn drain(&self) -> Vec<Arc<Queue>> {
         let mut rooms = self.write();
         rooms.draining = true;
-        self.rooms_active.set(0);
-        std::mem::take(&mut rooms.by_name)
-            .into_iter()
-            .flat_map(|(name, r)| {
-                if r.receivers > 0 {
-                    self.lost_interest(&name);
-                }
-                r.members.into_values().map(|m| m.queue)
-            })
+        rooms
+            .by_name
+            .values()
+            .flat_map(|r| r.members.values().map(|m| m.queue.clone()))
             .collect()
     }
 
@@ -473,7 +473,7 @@ mod tests {
                 dropped: 1
             }
         );
-        assert!(slow.queue.is_closed());
+        assert_eq!(slow.queue.ending(), Some(Ending::Evicted));
         assert!(!fast.queue.is_closed());
         assert_eq!(hub.len(), 1);
         assert_eq!(hub.publish("", &msg, None, None).queued, 1);
@@ -539,13 +539,20 @@ mod tests {
             );
         }
         let drained = hub.drain();
-        assert!(hub.is_empty());
         assert_eq!(drained.len(), 2);
-        // Draining hands the queues over; closing them is the server's turn.
+        // Draining hands the queues over; closing them is the server's turn,
+        // and until then the members still hear what is published.
         assert!(!a.queue.is_closed());
-        drained.iter().for_each(|q| q.close());
+        assert_eq!(
+            hub.publish("", &Frame::new(true, b"x"), None, None).queued,
+            2
+        );
+        drained.iter().for_each(|q| q.close(Ending::Shutdown));
         assert!(a.queue.is_closed() && b.queue.is_closed());
-        assert!(join(&hub).queue.is_closed());
+        assert_eq!(a.queue.ending(), Some(Ending::Shutdown));
+        assert_eq!(join(&hub).queue.ending(), Some(Ending::Shutdown));
+        hub.leave("", a.id);
+        hub.leave("", b.id);
         assert!(hub.is_empty());
     }
 
@@ -605,6 +612,11 @@ mod tests {
         assert!(hub.join("c".into(), true).is_ok());
         assert_eq!(hub.room_count(), 2);
         hub.drain();
-        assert_eq!(rooms_active.get(), 0);
+        // Rooms go as their members leave, not at the drain.
+        assert_eq!(rooms_active.get(), 2);
+        for s in [a1, a2, a3] {
+            hub.leave("a", s.id);
+        }
+        assert_eq!(rooms_active.get(), 1);
     }
 }

@@ -67,6 +67,21 @@ pub enum Push {
     Closed,
 }
 
+/// Why a client's queue was closed, recorded when it is, so that what the
+/// client is told does not depend on what happens after (a client evicted
+/// just before a shutdown is still a slow consumer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// It overflowed under `on_overflow: disconnect`.
+    Evicted,
+    /// The relay is shutting down.
+    Shutdown,
+    /// An operator closed it (the HTTP API), with this Close frame.
+    Closed(Bytes),
+    /// The client left by itself; nobody reads this.
+    Left,
+}
+
 /// What the client's task takes next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -96,9 +111,8 @@ struct State {
     bytes: usize,
     ping: bool,
     closed: bool,
-    /// The Close frame to send when the queue was closed by an operator
-    /// (the HTTP API), rather than for eviction or shutdown.
-    farewell: Option<Bytes>,
+    /// Why it was closed: decided by whoever closed it first.
+    ending: Option<Ending>,
     /// Woken by a push, a ping or close: the task is waiting for data.
     on_data: Option<Waker>,
     /// Woken by close only: the task is waiting on its socket instead, and
@@ -203,25 +217,12 @@ impl Queue {
     }
 
     /// Ends the queue: the client's task wakes and finds it closed, whatever
-    /// it was waiting for. Idempotent.
-    pub fn close(&self) {
-        self.close_inner(None);
-    }
-
-    /// Ends the queue with the Close frame the client is to be sent.
-    pub fn close_with(&self, farewell: Bytes) {
-        self.close_inner(Some(farewell));
-    }
-
-    /// The Close frame given to [`Queue::close_with`], if that closed it.
-    pub fn farewell(&self) -> Option<Bytes> {
-        self.lock().farewell.clone()
-    }
-
-    fn close_inner(&self, farewell: Option<Bytes>) {
+    /// it was waiting for. The first close decides the [`Ending`]; later
+    /// ones change nothing.
+    pub fn close(&self, ending: Ending) {
         let mut state = self.lock();
         if !state.closed {
-            state.farewell = farewell;
+            state.ending = Some(ending);
         }
         state.closed = true;
         self.closed.store(true, Ordering::Release);
@@ -284,6 +285,11 @@ impl Queue {
             register(&mut state.on_close, task);
         }
         state.closed
+    }
+
+    /// Why the queue was closed (`None` while it is open).
+    pub fn ending(&self) -> Option<Ending> {
+        self.lock().ending.clone()
     }
 
     /// Moves every queued frame into `batch`, oldest first, closed or not:
@@ -361,7 +367,7 @@ mod tests {
         assert_eq!(q.push(&msg(1, 8), &l), Push::Queued { dropped: 0 });
         assert_eq!(q.push(&msg(2, 8), &l), Push::Queued { dropped: 0 });
         assert_eq!(q.push(&msg(3, 8), &l), Push::Overflow);
-        q.close();
+        q.close(Ending::Left);
         assert_eq!(q.push(&msg(4, 8), &l), Push::Closed);
         assert!(q.is_closed());
         assert_eq!(q.discard(), 2);
@@ -436,7 +442,7 @@ mod tests {
         assert!(!q.is_backlogged(&l));
         assert_eq!(batch.len(), 6);
         // What is left goes out before a Close, even once closed.
-        q.close();
+        q.close(Ending::Left);
         batch.clear();
         q.take_all(&mut batch);
         assert_eq!(batch.len(), 2);
@@ -493,7 +499,7 @@ mod tests {
         q.ping();
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         assert!(!q.watch_close(&mut cx));
-        q.close();
+        q.close(Ending::Left);
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(q.watch_close(&mut cx));
     }
@@ -519,7 +525,7 @@ mod tests {
             Poll::Ready(Next::Frames)
         );
         q.push(&msg(2, 1), &l);
-        q.close();
+        q.close(Ending::Left);
         assert_eq!(
             q.poll_next(&mut cx, &mut batch, 10, 100),
             Poll::Ready(Next::Closed)

@@ -39,7 +39,7 @@ use crate::config::{ClusterBackend, Config};
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
-use crate::queue::{Queue, QueueLimits};
+use crate::queue::{Ending, Queue, QueueLimits};
 use crate::tls::{self, CertStore, TlsError};
 use crate::upgrade::{self, Decision, Gate, GateError};
 
@@ -322,15 +322,23 @@ impl Server {
         drop(listener);
 
         // Cancel first (handshakes in flight give up; the keepalive stops),
-        // then take every member: a client whose queue closes sees the token
-        // and says goodbye with 1001.
+        // then close every member's queue in batches: a client whose queue
+        // closes says goodbye with 1001 and leaves its room. Until its batch
+        // comes it stays in its room, hearing and being heard.
         cx.shutdown.cancel();
         let clients = cx.hub.drain();
         info!(clients = clients.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
         tracker.close();
         let closing = async {
-            close_in_batches(clients, shutdown_timeout / 2).await;
-            tracker.wait().await;
+            // Done when every client is gone, whether or not the last
+            // batches were due yet.
+            tokio::select! {
+                () = async {
+                    close_in_batches(clients, shutdown_timeout / 2).await;
+                    tracker.wait().await;
+                } => {}
+                () = tracker.wait() => {}
+            }
         };
         if tokio::time::timeout(shutdown_timeout, closing)
             .await
@@ -447,7 +455,7 @@ async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration) {
         if i > 0 {
             tokio::time::sleep(pause).await;
         }
-        batch.iter().for_each(|queue| queue.close());
+        batch.iter().for_each(|queue| queue.close(Ending::Shutdown));
     }
 }
 

@@ -381,6 +381,54 @@ async fn shutdown_sends_going_away_to_everyone() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// During a graceful shutdown clients are closed in batches; until its own
+/// Close, a client still hears the others and is heard, its own echo
+/// included. And shutdown ends as soon as every client is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_for_their_close_still_relay() {
+    let mut config = test_config();
+    // Three clients, three batches a minute apart: the test is done long
+    // before a second batch is due.
+    config.shutdown.timeout = Duration::from_secs(360);
+    let mut server = start(config).await;
+    let mut clients = vec![
+        server.client().await,
+        server.client().await,
+        server.client().await,
+    ];
+    server.begin_stop();
+    // The first batch: one client gets 1001.
+    let closed = within(async {
+        let (i, m) = {
+            let [a, b, c] = &mut clients[..] else {
+                unreachable!()
+            };
+            tokio::select! {
+                m = a.next() => (0, m),
+                m = b.next() => (1, m),
+                m = c.next() => (2, m),
+            }
+        };
+        match m {
+            Some(Ok(m)) if m.is_close() => {
+                assert_eq!(m.as_close().unwrap().0, CloseCode::GOING_AWAY);
+                i
+            }
+            other => panic!("client {i}: {other:?}"),
+        }
+    })
+    .await;
+    clients.remove(closed);
+    let [mut talker, mut listener] = <[_; 2]>::try_from(clients).ok().unwrap();
+    talker.send(Message::text("during")).await.unwrap();
+    assert_eq!(recv(&mut listener).await.as_text(), Some("during"));
+    assert_eq!(recv(&mut talker).await.as_text(), Some("during"));
+    // Leaving by themselves, they end the shutdown without waiting out
+    // the batches.
+    drop((talker, listener));
+    within(server.stop()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_truncated_frames_affect_no_one_else() {
     let server = start(test_config()).await;

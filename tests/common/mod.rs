@@ -96,6 +96,13 @@ impl TestServer {
         wait_metric_at(self.metrics_addr, series, want).await;
     }
 
+    /// Starts shutting the server down without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Shuts the server down and waits for `run` to return.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
