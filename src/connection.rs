@@ -406,6 +406,10 @@ where
     // From here on nothing more is published to this client.
     cx.hub.leave(&subscription.room, subscription.id);
 
+    // A message over the size limit is read through (and discarded) before
+    // the Close goes: a browser that is still sending it when the Close
+    // arrives stops, and reports the close as unclean however it ends.
+    let skip_message_first = matches!(&event, Event::Violation(v) if v.code == 1009);
     let (reason, close, await_peer, timeout) = match event {
         Event::PeerClosed(code) => (
             DisconnectReason::ClientClose,
@@ -492,7 +496,6 @@ where
     } else {
         outbox.take_rest(queue, &cx.metrics);
     }
-    outbox.close_with(close);
 
     // Write all that, then (if we started the close) keep reading and
     // discarding until the peer's Close or EOF, so the peer reads our Close
@@ -502,6 +505,23 @@ where
     // may never answer or never stop sending.
     let finish = async {
         let mut peer_done = !await_peer;
+        if skip_message_first {
+            // Half the time at most, so the Close still goes out in time.
+            let skipped = poll_fn(|task| {
+                if poll_discard(&mut io, &mut reader, task).is_ready() {
+                    peer_done = true;
+                }
+                match outbox.poll_write(&mut io, task) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ if peer_done || reader.message_skipped() => Poll::Ready(Ok(())),
+                    _ => Poll::Pending,
+                }
+            });
+            if let Ok(written) = tokio::time::timeout(timeout / 2, skipped).await {
+                written?;
+            }
+        }
+        outbox.close_with(close);
         poll_fn(|task| {
             if !peer_done && poll_discard(&mut io, &mut reader, task).is_ready() {
                 peer_done = true;

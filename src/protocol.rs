@@ -144,6 +144,15 @@ impl Reader {
         Ok(())
     }
 
+    /// While skipping: whether the message that was being sent has been
+    /// skipped to its end (or can no longer be followed), so a Close sent
+    /// now does not cut the client off in the middle of it.
+    pub fn message_skipped(&self) -> bool {
+        self.discarding
+            .as_ref()
+            .is_none_or(|d| d.lost || (d.skip == 0 && d.have == 0 && !d.message_open))
+    }
+
     /// From now on skips whatever arrives, returning true once the peer's
     /// Close frame has been seen (in `data` or earlier).
     pub fn discard(&mut self, data: &[u8]) -> bool {
@@ -451,6 +460,8 @@ struct Discard {
     lost: bool,
     /// The peer's Close has been seen.
     closed: bool,
+    /// The last data frame skipped was not final: the message goes on.
+    message_open: bool,
 }
 
 impl Discard {
@@ -497,6 +508,9 @@ impl Discard {
                 n => u64::from(n),
             };
             self.closed = b0 & 0x0f == CLOSE;
+            if b0 & 0x0f <= BINARY {
+                self.message_open = b0 & 0x80 == 0;
+            }
             self.have = 0;
         }
         self.closed
@@ -855,6 +869,15 @@ mod tests {
             assert!(r.discard(&close[..3]) || r.discard(&close[3..]));
             assert!(!r.has_partial());
         }
+        // Where the too-big message ends is known, fragmented or not.
+        let mut r = Reader::new(1024);
+        let first = frame(false, BINARY, &[1; 1000]);
+        let rest = frame(true, CONTINUATION, &[2; 1000]);
+        assert_eq!(feed_all(&mut r, &first).unwrap(), vec![]);
+        assert_eq!(feed_all(&mut r, &rest[..10]).map_err(|v| v.code), Err(1009));
+        assert!(!r.message_skipped());
+        assert!(!r.discard(&rest[10..]));
+        assert!(r.message_skipped());
         // A frame-level fault leaves the stream in step: a Close in the same
         // read is seen.
         let mut r = Reader::new(1024);
