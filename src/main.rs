@@ -350,7 +350,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let code = runtime.block_on(async {
         let ws = client::connect(&args.url, args.ca_file.as_deref()).await?;
         let stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let ending = client::run(ws, &args.url, stdin, tokio::io::stdout()).await?;
@@ -379,7 +380,12 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             }
         })
-    })
+    });
+    // Tokio reads stdin on a blocking thread that no one can interrupt, and
+    // dropping the runtime would wait for it: for the next line, forever if
+    // stdin stays open after the server has closed the connection.
+    runtime.shutdown_background();
+    code
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -279,6 +279,33 @@ async fn client_subcommand_round_trip() {
     server.stop().await;
 }
 
+/// The server closing (here: shutting down) ends the client with exit 0
+/// even while its stdin stays open and silent, as a terminal's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_exits_when_the_server_closes_though_stdin_is_open() {
+    let server = start(test_config()).await;
+    let mut child = binary()
+        .args(["client", &server.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open, never written.
+    let _stdin = child.stdin.take().unwrap();
+    server.wait_metric("wsrelay_connections_active", 1).await;
+    server.stop().await;
+    let out = within(tokio::task::spawn_blocking(move || {
+        child.wait_with_output()
+    }))
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1001"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_while_a_client_never_reads_whatever_the_policy() {
     const MESSAGES: usize = 4000;
