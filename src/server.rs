@@ -52,8 +52,10 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
+        /// Which listener: the key that sets its address.
+        what: &'static str,
         addr: SocketAddr,
         #[source]
         source: io::Error,
@@ -101,13 +103,19 @@ impl Server {
             Some(store) => Some(TlsAcceptor::from(tls::server_config(store.clone())?)),
             None => None,
         };
-        let listener = bind(config.server.listen).await?;
+        let listener = bind("server.listen, --listen", config.server.listen).await?;
         let metrics_listener = match config.metrics.enabled {
-            true => Some(bind(config.metrics.listen).await?),
+            true => Some(
+                bind(
+                    "metrics.listen, --metrics-listen; metrics.enabled: false turns it off",
+                    config.metrics.listen,
+                )
+                .await?,
+            ),
             false => None,
         };
         let api_listener = match config.api.enabled {
-            true => Some(bind(config.api.listen).await?),
+            true => Some(bind("api.listen", config.api.listen).await?),
             false => None,
         };
         let mut metrics = Metrics::with_per_room_labels(config.metrics.per_room_labels);
@@ -470,10 +478,10 @@ async fn keepalive(cx: Arc<ConnectionContext>) {
     .await;
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, source })
+        .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
 /// One accepted socket: TLS if configured, then HTTP and the upgrade.
