@@ -15,12 +15,16 @@
 //! Writing: the `Outbox` drains the queue in batches, packs small frames
 //! into one buffer and writes each batch with one vectored write, so a busy
 //! client gets many frames per syscall and an idle one gets each message at
-//! once. Control frames win: a pong (the latest one only), a keepalive
-//! ping or a close goes out at the next frame boundary, ahead of queued
-//! data. While a batch is partly written the queue is left alone: that is
-//! what lets a stalled client's queue fill up and trip the slow-consumer
-//! policy instead of growing without bound; `client.write_timeout` drops a
-//! socket that takes nothing at all.
+//! once. Pongs (one per ping, the 16 latest at most) and keepalive pings go
+//! out at the next frame boundary, ahead of queued data. While a batch is
+//! partly written the queue is left alone: that is what lets a stalled
+//! client's queue fill up and trip the slow-consumer policy instead of
+//! growing without bound; `client.write_timeout` drops a socket that takes
+//! nothing at all.
+//!
+//! Closing: the client leaves the hub, what was queued goes out, then the
+//! Close; if the relay started the close it reads on (discarding) until the
+//! peer's Close, so the peer sees the code and the connection ends with FIN.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -288,9 +292,8 @@ where
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         Box::pin(tokio::time::sleep(left))
     });
+    // `drive` leaves the hub as soon as the client's end is decided.
     let reason = drive(io, &subscription, &client, expiry, &cx).await;
-
-    cx.hub.leave(&subscription.room, id);
     cx.metrics.disconnected(reason);
     // Per-client events stay at debug whatever the reason: a client can
     // cause any of them at will, and the metrics count them by reason.
@@ -394,8 +397,9 @@ where
             {
                 return Poll::Ready(Event::IdleTimeout);
             }
-            if !outbox.pongs.is_empty() {
+            if !outbox.pongs.is_empty() && !outbox.socket_full {
                 // A pong is waiting for the next frame boundary: get there.
+                // (A full socket wakes the task itself when it drains.)
                 task.waker().wake_by_ref();
             }
         }
@@ -488,8 +492,10 @@ where
 
     // What was queued before the decision goes out before the Close (the
     // client's own echo included), except for a slow consumer, which is
-    // closed for not taking it: its queue is freed at once.
-    if reason == DisconnectReason::SlowConsumer {
+    // closed for not taking it, or a client whose socket is full now: their
+    // queue is freed at once.
+    if reason == DisconnectReason::SlowConsumer || outbox.socket_full {
+        // A socket that takes nothing more would not take these either.
         let dropped = queue.discard();
         cx.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
         outbox.pongs.clear();
@@ -659,6 +665,8 @@ struct Outbox {
     chunks: VecDeque<Bytes>,
     /// Pongs for the pings read so far, sent at the next frame boundary.
     pongs: VecDeque<Bytes>,
+    /// The last write was held up by the socket.
+    socket_full: bool,
     /// Frames just taken from the queue (kept to reuse its memory).
     batch: Vec<Frame>,
     /// Where small frames are packed; its memory is reused batch after batch.
@@ -705,6 +713,7 @@ impl Outbox {
         Self {
             chunks: VecDeque::new(),
             pongs: VecDeque::new(),
+            socket_full: false,
             batch: Vec::new(),
             scratch: BytesMut::new(),
             stall: Stall {
@@ -733,11 +742,13 @@ impl Outbox {
             match self.poll_write(io, task) {
                 Poll::Ready(Ok(())) => {
                     self.stall.armed = false;
+                    self.socket_full = false;
                     queue.set_socket_full(false);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Stop::Failed(e)),
                 Poll::Pending => {
                     // Publishers may now count this client as slow.
+                    self.socket_full = true;
                     queue.set_socket_full(true);
                     // Waiting on the socket, not the queue: an eviction must
                     // still wake us, but new messages need not.

@@ -118,8 +118,9 @@ struct FanoutArgs {
     window: usize,
     /// Each publisher writes N messages at once, in one write, as a browser
     /// calling send() in a loop does (the window grows to N if smaller).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    burst: usize,
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    burst: u32,
     /// Payload bytes per message (at least 44, the stamp).
     #[arg(short = 's', long, default_value_t = 64)]
     size: usize,
@@ -411,7 +412,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     publishers: a.publishers.max(1),
                     rate: a.rate,
                     window: a.window,
-                    burst: a.burst,
+                    burst: a.burst as usize,
                     size: a.size,
                     binary: a.binary,
                     warmup: a.warmup,

@@ -288,7 +288,9 @@ impl Reader {
     /// is the frame from its first byte, `header` bytes of header).
     fn check_arriving_text(&mut self, frame: &[u8], header: usize) -> Result<(), Violation> {
         let text = match frame[0] & 0x0f {
-            TEXT => true,
+            // Inside a fragmented message, a new one is a protocol error
+            // that `frame` reports (1002) once it is complete.
+            TEXT => self.message.is_none(),
             CONTINUATION => self.message.as_ref().is_some_and(|m| m.text),
             _ => false,
         };
@@ -458,7 +460,10 @@ struct Discard {
     skip: u64,
     /// Frames cannot be followed: everything is dropped until EOF.
     lost: bool,
-    /// The peer's Close has been seen.
+    /// The header of the peer's Close has been read; its payload is being
+    /// skipped.
+    in_close: bool,
+    /// The peer's Close has been read whole.
     closed: bool,
     /// The last data frame skipped was not final: the message goes on.
     message_open: bool,
@@ -467,12 +472,21 @@ struct Discard {
 impl Discard {
     /// Skips `data`; true once the peer's Close has been seen.
     fn skip(&mut self, mut data: &[u8]) -> bool {
-        while !data.is_empty() && !self.lost && !self.closed {
+        while !self.lost && !self.closed {
             if self.skip > 0 {
+                if data.is_empty() {
+                    break;
+                }
                 let n = self.skip.min(data.len() as u64) as usize;
                 self.skip -= n as u64;
                 data = &data[n..];
                 continue;
+            }
+            // A Close counts once its payload is read too: closing the
+            // socket with bytes unread would reset it.
+            if self.in_close {
+                self.closed = true;
+                break;
             }
             let need = if self.have < 2 {
                 2
@@ -486,10 +500,15 @@ impl Discard {
                 2 + extended + if b1 & 0x80 != 0 { 4 } else { 0 }
             };
             if self.have < need {
+                if data.is_empty() {
+                    break;
+                }
                 let n = (need - self.have).min(data.len());
                 self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
                 self.have += n;
                 data = &data[n..];
+                // Go round even with no bytes left: a header just completed
+                // may be a whole frame (an empty Close).
                 continue;
             }
             let (b0, h) = (self.header[0], &self.header);
@@ -507,7 +526,7 @@ impl Discard {
                 127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
                 n => u64::from(n),
             };
-            self.closed = b0 & 0x0f == CLOSE;
+            self.in_close = b0 & 0x0f == CLOSE;
             if b0 & 0x0f <= BINARY {
                 self.message_open = b0 & 0x80 == 0;
             }
@@ -890,6 +909,30 @@ mod tests {
         bad[0] |= 0x40;
         assert_eq!(feed_all(&mut r, &bad).map_err(|v| v.code), Err(1002));
         assert!(!r.discard(&close));
+        // An empty Close (`ws.close()`) is seen as soon as its header is,
+        // and a Close with a payload only once that is read too.
+        let mut r = Reader::new(1024);
+        assert_eq!(feed_all(&mut r, &bad).map_err(|v| v.code), Err(1002));
+        let mut r = Reader::new(1024);
+        r.discard(&[]);
+        assert!(r.discard(&frame(true, CLOSE, b"")));
+        let mut r = Reader::new(1024);
+        r.discard(&[]);
+        assert!(!r.discard(&close[..close.len() - 1]));
+        assert!(r.discard(&close[close.len() - 1..]));
+        // A new text message inside a fragmented binary one is 1002 (not a
+        // UTF-8 fault of the binary bytes before it).
+        let mut r = Reader::new(1024);
+        let wire = [
+            frame(false, BINARY, &[0x61, 0xe2, 0x82]),
+            frame(true, TEXT, b"abc"),
+        ]
+        .concat();
+        assert_eq!(feed_all(&mut r, &wire[..wire.len() - 1]), Ok(vec![]));
+        assert_eq!(
+            feed_all(&mut r, &wire[wire.len() - 1..]).map_err(|v| v.code),
+            Err(1002)
+        );
         // The relay closing first: a frame half read is skipped to its end.
         let mut r = Reader::new(1024);
         let text = frame(true, TEXT, b"hello");

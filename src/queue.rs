@@ -21,11 +21,13 @@
 //! sender's bytes arrive; see docs/ARCHITECTURE.md.
 //!
 //! Memory stays bounded: past twice the limits the policy applies whatever
-//! the socket's state (only publishers that cannot pause, the HTTP API and
-//! the cluster, ever push that far), so a client holds at most
-//! `2 × queue_messages` messages and `2 × queue_bytes` payload bytes here
-//! (or one message of any size, so a large message still reaches a client
-//! with an empty queue).
+//! the socket's state, so a client holds at most `2 × queue_messages`
+//! messages and `2 × queue_bytes` payload bytes here (or two messages of any
+//! size, so a message larger than the byte limit still reaches a client).
+//! A queue gets that far only when many senders publish into it before its
+//! writer runs (each adds a message before it waits), or when publishers
+//! that cannot wait (the HTTP API, messages from other cluster nodes) do;
+//! then a reader can be evicted though its socket was not full.
 //!
 //! The keepalive ping is a flag, not a queued message: a control frame is
 //! never dropped by the policy, and never waits behind data.
@@ -138,13 +140,16 @@ impl Queue {
         }
         let fits = |s: &State, scale: usize| {
             s.frames.is_empty()
-                || (s.frames.len() < limits.messages * scale
+                || (s.frames.len() < limits.messages.saturating_mul(scale)
                     && s.bytes + size <= limits.bytes.saturating_mul(scale))
         };
         let mut dropped = 0;
         let mut backlogged = false;
         if !fits(&state, 1) {
-            if !self.socket_full.load(Ordering::Relaxed) && fits(&state, 2) {
+            // Twice the limits, or two messages of any size (a message may
+            // be larger than the byte limit on its own).
+            let within_hard_bound = fits(&state, 2) || state.frames.len() < 2;
+            if !self.socket_full.load(Ordering::Relaxed) && within_hard_bound {
                 backlogged = true;
             } else {
                 match limits.on_overflow {

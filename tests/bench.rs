@@ -75,7 +75,10 @@ async fn fanout_against_the_relay_sees_every_message_in_order() {
 /// subscriber is evicted for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_in_bursts_loses_nothing_and_evicts_nobody() {
-    let server = start(test_config()).await;
+    let mut config = test_config();
+    // Far below a burst: only the burst rule keeps the subscribers.
+    config.client.queue_messages = 64;
+    let server = start(config).await;
     let opts = FanoutOptions {
         burst: 500,
         ..short_fanout(20, 2, None)

@@ -566,6 +566,28 @@ async fn frames_queued_before_a_violation_go_out_before_the_close() {
     server.stop().await;
 }
 
+/// A client answering the relay's Close with an empty Close (what
+/// `ws.close()` sends) ends the connection at once, with FIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_close_in_reply_ends_the_connection_at_once() {
+    let mut config = test_config();
+    // Far longer than the test may take: only the reply can end it in time.
+    config.client.close_timeout = Duration::from_secs(600);
+    let server = start(config).await;
+    let mut raw = RawClient::connect(server.addr).await;
+    raw.send(&frame(true, 0x1, &[0xff], true)).await;
+    assert_eq!(raw.read_close().await, 1007);
+    raw.send(&frame(true, 0x8, b"", true)).await;
+    assert!(raw.ends_with_fin().await);
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"protocol_error\"}",
+            1,
+        )
+        .await;
+    server.stop().await;
+}
+
 /// Ten pings in one write get ten pongs, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ping_in_a_burst_gets_its_pong() {
@@ -578,5 +600,33 @@ async fn every_ping_in_a_burst_gets_its_pong() {
     for i in 0..10u8 {
         assert_eq!(raw.read_frame().await, Some((0xA, vec![b'p', b'0' + i])));
     }
+    server.stop().await;
+}
+
+/// A flood of pings from a client that does not read grows nothing: at most
+/// the 16 latest pongs wait, and the oldest are the ones dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_pongs_are_bounded_to_the_latest_sixteen() {
+    let server = start(test_config()).await;
+    let mut raw = RawClient::connect(server.addr).await;
+    // 40 pings and then a message, all in one write: the relay reads them
+    // in one go, so the pongs all wait for the same frame boundary.
+    let mut burst: Vec<u8> = (0..40u8)
+        .flat_map(|i| frame(true, 0x9, &[i], true))
+        .collect();
+    burst.extend(frame(true, 0x1, b"after", true));
+    raw.send(&burst).await;
+    let mut pongs = Vec::new();
+    loop {
+        match raw.read_frame().await {
+            Some((0xA, p)) => pongs.push(p[0]),
+            Some((0x1, p)) => {
+                assert_eq!(p, b"after");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pongs, (24..40u8).collect::<Vec<_>>());
     server.stop().await;
 }
