@@ -518,6 +518,25 @@ async fn bench_fans_out_across_nodes() {
     assert!(c.metric(RECEIVED).await >= report.published);
 }
 
+/// A Redis that stops answering but keeps its connections open (SIGSTOP)
+/// is found out by the next subscribe's timeout, reported like a dead one,
+/// and reconnected to once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_is_reported_and_left_like_a_dead_one() {
+    let broker = Broker::start(Kind::Redis);
+    let node = start(node_config(&broker, "a")).await;
+    node.wait_metric(CONNECTED, 1).await;
+    broker.pause();
+    // A new room needs a SUBSCRIBE, which Redis will not answer.
+    let _member = join(node.addr, "/rooms/hung").await;
+    node.wait_metric(CONNECTED, 0).await;
+    wait_ready_body(node.metrics_addr, "degraded").await;
+    broker.resume();
+    node.wait_metric(CONNECTED, 1).await;
+    node.wait_metric(SUBSCRIPTIONS, 1).await;
+    node.stop().await;
+}
+
 /// A node leaving (SIGTERM, as in a rolling restart) first sends what its
 /// clients published to the other nodes. Redis is frozen (SIGSTOP) so the
 /// node's first message hangs in flight and the rest wait in its outbox

@@ -276,10 +276,10 @@ impl Cluster {
         cx: &ConnectionContext,
         stop: &CancellationToken,
     ) -> Result<(), LinkError> {
-        let mut subscribed = HashSet::new();
-        for room in self.interest.resync() {
-            link.subscribe(&self.channel(&room)).await?;
-            subscribed.insert(room);
+        let mut subscribed: HashSet<RoomName> = self.interest.resync().into_iter().collect();
+        let channels: Vec<String> = subscribed.iter().map(|r| self.channel(r)).collect();
+        if !channels.is_empty() {
+            link.subscribe(&channels).await?;
         }
         link.confirm().await?;
         self.metrics.subscriptions.set(subscribed.len() as i64);
@@ -294,13 +294,21 @@ impl Cluster {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = self.interest.changed.notified() => {
+                    let (mut add, mut drop) = (Vec::new(), Vec::new());
                     for (room, wanted) in self.interest.take_changes() {
                         if wanted && !subscribed.contains(&room) {
-                            link.subscribe(&self.channel(&room)).await?;
+                            add.push(self.channel(&room));
                             subscribed.insert(room);
                         } else if !wanted && subscribed.remove(&room) {
-                            link.unsubscribe(&self.channel(&room)).await?;
+                            drop.push(self.channel(&room));
                         }
+                    }
+                    // One command each way, however many rooms changed.
+                    if !add.is_empty() {
+                        link.subscribe(&add).await?;
+                    }
+                    if !drop.is_empty() {
+                        link.unsubscribe(&drop).await?;
                     }
                     link.confirm().await?;
                     self.metrics.subscriptions.set(subscribed.len() as i64);
@@ -532,18 +540,26 @@ impl Link {
         }
     }
 
-    async fn subscribe(&mut self, channel: &str) -> Result<(), LinkError> {
-        match self {
-            Self::Redis(l) => l.subscribe(channel).await,
-            Self::Nats(l) => l.subscribe(channel).await,
-        }
+    /// Every broker round trip is bounded: a broker that keeps the
+    /// connection open but answers nothing is as lost as a dead one.
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), LinkError> {
+        bounded(async {
+            match self {
+                Self::Redis(l) => l.subscribe(channels).await,
+                Self::Nats(l) => l.subscribe(channels).await,
+            }
+        })
+        .await
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), LinkError> {
-        match self {
-            Self::Redis(l) => l.unsubscribe(channel).await,
-            Self::Nats(l) => l.unsubscribe(channel).await,
-        }
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), LinkError> {
+        bounded(async {
+            match self {
+                Self::Redis(l) => l.unsubscribe(channels).await,
+                Self::Nats(l) => l.unsubscribe(channels).await,
+            }
+        })
+        .await
     }
 
     /// Returns once everything published so far has left for the broker
@@ -551,7 +567,7 @@ impl Link {
     async fn flush(&mut self) -> Result<(), LinkError> {
         match self {
             Self::Redis(_) => Ok(()),
-            Self::Nats(l) => l.flush().await,
+            Self::Nats(l) => bounded(l.flush()).await,
         }
     }
 
@@ -583,6 +599,13 @@ impl Link {
             Self::Nats(l) => l.next().await.map(Incoming::Nats),
         }
     }
+}
+
+/// `op`, or [`LinkError::Timeout`] after [`BROKER_TIMEOUT`].
+async fn bounded<T>(op: impl Future<Output = Result<T, LinkError>>) -> Result<T, LinkError> {
+    tokio::time::timeout(BROKER_TIMEOUT, op)
+        .await
+        .unwrap_or(Err(LinkError::Timeout))
 }
 
 #[cfg(test)]

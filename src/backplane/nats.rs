@@ -53,9 +53,13 @@ impl NatsLink {
         })
     }
 
-    pub async fn subscribe(&mut self, subject: &str) -> Result<(), LinkError> {
-        let sub = self.client.subscribe(subject.to_owned()).await?;
-        self.subscriptions.insert(subject.to_owned(), sub);
+    /// Subscribes to every subject (the client sends them without waiting;
+    /// [`NatsLink::confirm`] is the round trip).
+    pub async fn subscribe(&mut self, subjects: &[String]) -> Result<(), LinkError> {
+        for subject in subjects {
+            let sub = self.client.subscribe(subject.clone()).await?;
+            self.subscriptions.insert(subject.clone(), sub);
+        }
         Ok(())
     }
 
@@ -82,9 +86,11 @@ impl NatsLink {
             .map_err(|e| LinkError::Nats(e.to_string()))
     }
 
-    pub async fn unsubscribe(&mut self, subject: &str) -> Result<(), LinkError> {
+    pub async fn unsubscribe(&mut self, subjects: &[String]) -> Result<(), LinkError> {
         // Dropping a subscriber unsubscribes it on the server.
-        self.subscriptions.remove(subject);
+        for subject in subjects {
+            self.subscriptions.remove(subject);
+        }
         Ok(())
     }
 

@@ -42,12 +42,15 @@ impl RedisLink {
         })
     }
 
-    pub async fn subscribe(&mut self, channel: &str) -> Result<(), LinkError> {
-        Ok(self.subscriptions.subscribe(channel).await?)
+    /// Subscribes to every channel in one `SUBSCRIBE` (a node rejoining
+    /// after an outage may have thousands of rooms), and waits for Redis to
+    /// confirm them.
+    pub async fn subscribe(&mut self, channels: &[String]) -> Result<(), LinkError> {
+        Ok(self.subscriptions.subscribe(channels).await?)
     }
 
-    pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), LinkError> {
-        Ok(self.subscriptions.unsubscribe(channel).await?)
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), LinkError> {
+        Ok(self.subscriptions.unsubscribe(channels).await?)
     }
 
     /// Publishes a batch in order, as one pipeline.
