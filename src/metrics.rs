@@ -1,7 +1,11 @@
 //! Prometheus metrics and the small HTTP listener that serves them.
 //!
-//! Every metric is created once at start-up and held as a handle, so the hot
-//! path is one relaxed atomic add per update: no label lookup, no lock.
+//! Every metric is created once at start-up and held as a handle (labelled
+//! ones by reason, one handle per label value), so the hot path is one
+//! relaxed atomic add per update: no label lookup, no lock. The one
+//! exception is opt-in: with `metrics.per_room_labels`, each publish looks
+//! its room's series up under a lock, and at most [`MAX_ROOM_SERIES`] rooms
+//! get series of their own.
 //! Counters end in `_total` (prometheus-client appends it) and only go up;
 //! gauges describe the present.
 
@@ -177,8 +181,31 @@ impl ClusterDropReason {
 
 type ReasonLabel = [(&'static str, &'static str); 1];
 
+/// A counter family labelled by a fixed set of reasons, every series
+/// created at start-up (so each reads 0, not absent) and held by index, so
+/// counting is one atomic add with no label lookup. A reason's index is its
+/// enum discriminant, which is its place in the enum's `ALL` (a test checks).
+#[derive(Clone)]
+struct ByReason<const N: usize> {
+    family: Family<ReasonLabel, Counter>,
+    series: [Counter; N],
+}
+
+impl<const N: usize> ByReason<N> {
+    fn new(reasons: [&'static str; N]) -> Self {
+        let family = Family::<ReasonLabel, Counter>::default();
+        // A counter handle shares its value with the family's series.
+        let series = reasons.map(|r| family.get_or_create(&[("reason", r)]).clone());
+        Self { family, series }
+    }
+
+    fn get(&self, index: usize) -> &Counter {
+        &self.series[index]
+    }
+}
+
 /// The cluster's metrics, registered only when a backend is configured.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ClusterMetrics {
     /// 1 while the broker connection is up.
     pub connected: Gauge,
@@ -192,15 +219,27 @@ pub struct ClusterMetrics {
     pub received: Counter,
     /// Broker messages that were not wsrelay messages of a known version.
     pub malformed: Counter,
-    dropped: Family<ReasonLabel, Counter>,
+    dropped: ByReason<{ ClusterDropReason::ALL.len() }>,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        Self {
+            connected: Gauge::default(),
+            subscriptions: Gauge::default(),
+            buffered: Gauge::default(),
+            published: Counter::default(),
+            received: Counter::default(),
+            malformed: Counter::default(),
+            dropped: ByReason::new(ClusterDropReason::ALL.map(|r| r.as_str())),
+        }
+    }
 }
 
 impl ClusterMetrics {
     /// `n` messages bound for the broker were lost.
     pub fn dropped(&self, reason: ClusterDropReason, n: u64) {
-        self.dropped
-            .get_or_create(&[("reason", reason.as_str())])
-            .inc_by(n);
+        self.dropped.get(reason as usize).inc_by(n);
     }
 
     fn register(&self, r: &mut Registry) {
@@ -232,19 +271,22 @@ impl ClusterMetrics {
         r.register(
             "cluster_dropped_messages",
             "Messages for the broker that never reached it, by reason",
-            self.dropped.clone(),
+            self.dropped.family.clone(),
         );
         r.register(
             "cluster_malformed_messages",
             "Broker messages dropped as not wsrelay messages of a known version",
             self.malformed.clone(),
         );
-        for reason in ClusterDropReason::ALL {
-            let _ = self.dropped.get_or_create(&[("reason", reason.as_str())]);
-        }
     }
 }
 type RoomLabel = [(&'static str, String); 1];
+
+/// Rooms that get series of their own with `metrics.per_room_labels`: room
+/// names are chosen by clients, and each name would otherwise be a series
+/// forever. The rest are counted together under [`OTHER_ROOMS`].
+pub const MAX_ROOM_SERIES: usize = 1000;
+const OTHER_ROOMS: &str = "other";
 
 /// The relay's metrics. Cheap to share: every field is a handle onto an atomic.
 pub struct Metrics {
@@ -253,7 +295,7 @@ pub struct Metrics {
     pub connections: Counter,
     /// Clients gone, for any reason.
     pub disconnections: Counter,
-    disconnections_by_reason: Family<ReasonLabel, Counter>,
+    disconnections_by_reason: ByReason<{ DisconnectReason::ALL.len() }>,
     /// Clients connected now.
     pub connections_active: Gauge,
     /// Rooms with at least one member.
@@ -261,7 +303,7 @@ pub struct Metrics {
     /// 1 while the relay accepts new clients, 0 once it drains for
     /// shutdown; `/readyz` answers from it.
     pub ready: Gauge,
-    rejected: Family<ReasonLabel, Counter>,
+    rejected: ByReason<{ RejectReason::ALL.len() }>,
     /// Data messages received from clients.
     pub messages_received: Counter,
     /// Payload bytes of data messages received from clients.
@@ -270,10 +312,13 @@ pub struct Metrics {
     pub messages_sent: Counter,
     /// Payload bytes of data messages written to clients' sockets.
     pub bytes_sent: Counter,
-    dropped: Family<ReasonLabel, Counter>,
+    dropped: ByReason<{ DropReason::ALL.len() }>,
     tls_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     room_messages: Family<RoomLabel, Counter>,
     room_deliveries: Family<RoomLabel, Counter>,
+    /// The per-room series made so far (messages, deliveries), at most
+    /// [`MAX_ROOM_SERIES`]; rooms past that count under `room="other"`.
+    room_series: std::sync::Mutex<std::collections::HashMap<String, (Counter, Counter)>>,
     /// Whether the per-room families are exported at all.
     per_room: bool,
     /// When the certificate in use expires (Unix seconds; 0 without TLS).
@@ -300,19 +345,20 @@ impl Metrics {
         let m = Self {
             connections: Counter::default(),
             disconnections: Counter::default(),
-            disconnections_by_reason: Family::default(),
+            disconnections_by_reason: ByReason::new(DisconnectReason::ALL.map(|r| r.as_str())),
             connections_active: Gauge::default(),
             ready: Gauge::default(),
             rooms_active: Gauge::default(),
-            rejected: Family::default(),
+            rejected: ByReason::new(RejectReason::ALL.map(|r| r.as_str())),
             messages_received: Counter::default(),
             bytes_received: Counter::default(),
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
-            dropped: Family::default(),
+            dropped: ByReason::new(DropReason::ALL.map(|r| r.as_str())),
             tls_reloads: Family::default(),
             room_messages: Family::default(),
             room_deliveries: Family::default(),
+            room_series: Default::default(),
             per_room: false,
             tls_certificate_expiry: Gauge::default(),
             cluster: None,
@@ -332,7 +378,7 @@ impl Metrics {
         r.register(
             "disconnections_by_reason",
             "WebSocket clients gone, by reason",
-            m.disconnections_by_reason.clone(),
+            m.disconnections_by_reason.family.clone(),
         );
         r.register(
             "connections_active",
@@ -353,7 +399,7 @@ impl Metrics {
         r.register(
             "rejected_connections",
             "Connection attempts that never became WebSocket clients, by reason",
-            m.rejected.clone(),
+            m.rejected.family.clone(),
         );
         r.register(
             "messages",
@@ -378,7 +424,7 @@ impl Metrics {
         r.register(
             "dropped_messages",
             "Messages not delivered, by reason: discarded by the slow-consumer policy, or over a client's rate limit",
-            m.dropped.clone(),
+            m.dropped.family.clone(),
         );
         r.register(
             "tls_reloads",
@@ -406,17 +452,6 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = m.tls_reloads.get_or_create(&[("result", result)]);
         }
-        for reason in DisconnectReason::ALL {
-            let _ = m
-                .disconnections_by_reason
-                .get_or_create(&[("reason", reason.as_str())]);
-        }
-        for reason in DropReason::ALL {
-            let _ = m.dropped.get_or_create(&[("reason", reason.as_str())]);
-        }
-        for reason in RejectReason::ALL {
-            let _ = m.rejected.get_or_create(&[("reason", reason.as_str())]);
-        }
         Self {
             registry,
             per_room,
@@ -441,24 +476,18 @@ impl Metrics {
     /// A client is gone; called exactly once per accepted client.
     pub fn disconnected(&self, reason: DisconnectReason) {
         self.disconnections.inc();
-        self.disconnections_by_reason
-            .get_or_create(&[("reason", reason.as_str())])
-            .inc();
+        self.disconnections_by_reason.get(reason as usize).inc();
         self.connections_active.dec();
     }
 
     /// `n` messages were not delivered.
     pub fn dropped(&self, reason: DropReason, n: u64) {
-        self.dropped
-            .get_or_create(&[("reason", reason.as_str())])
-            .inc_by(n);
+        self.dropped.get(reason as usize).inc_by(n);
     }
 
     /// A connection attempt was turned away before the upgrade.
     pub fn rejected(&self, reason: RejectReason) {
-        self.rejected
-            .get_or_create(&[("reason", reason.as_str())])
-            .inc();
+        self.rejected.get(reason as usize).inc();
     }
 
     /// A data message of `bytes` payload bytes arrived (from a client or
@@ -474,11 +503,31 @@ impl Metrics {
         if !self.per_room {
             return;
         }
-        let label = [("room", room.to_owned())];
-        self.room_messages.get_or_create(&label).inc();
-        self.room_deliveries
-            .get_or_create(&label)
-            .inc_by(deliveries as u64);
+        let (messages, delivered) = {
+            let mut series = self
+                .room_series
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let full = series.len() >= MAX_ROOM_SERIES;
+            let name = match (series.contains_key(room), full) {
+                (false, true) => OTHER_ROOMS,
+                _ => room,
+            };
+            match series.get(name) {
+                Some(handles) => handles.clone(),
+                None => {
+                    let label = [("room", name.to_owned())];
+                    let handles = (
+                        self.room_messages.get_or_create(&label).clone(),
+                        self.room_deliveries.get_or_create(&label).clone(),
+                    );
+                    series.insert(name.to_owned(), handles.clone());
+                    handles
+                }
+            }
+        };
+        messages.inc();
+        delivered.inc_by(deliveries as u64);
     }
 
     /// A certificate reload succeeded (`ok`) or was refused.
@@ -575,5 +624,67 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn per_room_series_are_capped_with_the_rest_as_other() {
+        let m = Metrics::with_per_room_labels(true);
+        for i in 0..MAX_ROOM_SERIES + 10 {
+            m.room_published(&format!("room{i}"), 2);
+        }
+        m.room_published("room0", 2);
+        let text = m.render();
+        let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        // The first MAX_ROOM_SERIES names, and "other" for the rest.
+        assert_eq!(count("wsrelay_room_messages_total{"), MAX_ROOM_SERIES + 1);
+        assert!(text.contains("wsrelay_room_messages_total{room=\"room0\"} 2\n"));
+        assert!(text.contains("wsrelay_room_messages_total{room=\"other\"} 10\n"));
+        assert!(text.contains("wsrelay_room_deliveries_total{room=\"other\"} 20\n"));
+    }
+
+    /// Series are held by the reason's discriminant: each reason must land
+    /// in its own series, whatever order the enum lists them in.
+    #[test]
+    fn each_reason_counts_in_its_own_series() {
+        let mut m = Metrics::new();
+        let cluster = m.register_cluster();
+        for (i, r) in DisconnectReason::ALL.into_iter().enumerate() {
+            (0..=i).for_each(|_| m.disconnected(r));
+        }
+        for (i, r) in RejectReason::ALL.into_iter().enumerate() {
+            (0..=i).for_each(|_| m.rejected(r));
+        }
+        for (i, r) in DropReason::ALL.into_iter().enumerate() {
+            m.dropped(r, i as u64 + 1);
+        }
+        for (i, r) in ClusterDropReason::ALL.into_iter().enumerate() {
+            cluster.dropped(r, i as u64 + 1);
+        }
+        let text = m.render();
+        let want = |family: &str, reasons: Vec<&str>| {
+            for (i, r) in reasons.into_iter().enumerate() {
+                let line = format!("wsrelay_{family}_total{{reason=\"{r}\"}} {}", i + 1);
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "missing {line:?} in\n{text}"
+                );
+            }
+        };
+        want(
+            "disconnections_by_reason",
+            DisconnectReason::ALL.map(|r| r.as_str()).to_vec(),
+        );
+        want(
+            "rejected_connections",
+            RejectReason::ALL.map(|r| r.as_str()).to_vec(),
+        );
+        want(
+            "dropped_messages",
+            DropReason::ALL.map(|r| r.as_str()).to_vec(),
+        );
+        want(
+            "cluster_dropped_messages",
+            ClusterDropReason::ALL.map(|r| r.as_str()).to_vec(),
+        );
     }
 }
