@@ -509,41 +509,46 @@ where
     // then shut the socket. Reading goes on while writing, since a peer busy
     // sending may read nothing until it is done. Bounded, because the peer
     // may never answer or never stop sending.
-    let finish = async {
-        let mut peer_done = !await_peer;
-        if skip_message_first {
-            // Half the time at most, so the Close still goes out in time.
-            let skipped = poll_fn(|task| {
-                if poll_discard(&mut io, &mut reader, task).is_ready() {
+    // Boxed: the close phase runs once per client, and its futures and
+    // timers would otherwise be part of every idle client's task state.
+    Box::pin(async {
+        let finish = async {
+            let mut peer_done = !await_peer;
+            if skip_message_first {
+                // Half the time at most, so the Close still goes out in time.
+                let skipped = poll_fn(|task| {
+                    if poll_discard(&mut io, &mut reader, task).is_ready() {
+                        peer_done = true;
+                    }
+                    match outbox.poll_write(&mut io, task) {
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        _ if peer_done || reader.message_skipped() => Poll::Ready(Ok(())),
+                        _ => Poll::Pending,
+                    }
+                });
+                if let Ok(written) = tokio::time::timeout(timeout / 2, skipped).await {
+                    written?;
+                }
+            }
+            outbox.close_with(close);
+            poll_fn(|task| {
+                if !peer_done && poll_discard(&mut io, &mut reader, task).is_ready() {
                     peer_done = true;
                 }
                 match outbox.poll_write(&mut io, task) {
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    _ if peer_done || reader.message_skipped() => Poll::Ready(Ok(())),
-                    _ => Poll::Pending,
+                    Poll::Ready(Ok(())) if !peer_done => Poll::Pending,
+                    polled => polled,
                 }
-            });
-            if let Ok(written) = tokio::time::timeout(timeout / 2, skipped).await {
-                written?;
-            }
+            })
+            .await?;
+            poll_fn(|task| Pin::new(&mut io).poll_shutdown(task)).await
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, finish) => {}
+            _ = cx.force.cancelled() => {}
         }
-        outbox.close_with(close);
-        poll_fn(|task| {
-            if !peer_done && poll_discard(&mut io, &mut reader, task).is_ready() {
-                peer_done = true;
-            }
-            match outbox.poll_write(&mut io, task) {
-                Poll::Ready(Ok(())) if !peer_done => Poll::Pending,
-                polled => polled,
-            }
-        })
-        .await?;
-        poll_fn(|task| Pin::new(&mut io).poll_shutdown(task)).await
-    };
-    tokio::select! {
-        _ = tokio::time::timeout(timeout, finish) => {}
-        _ = cx.force.cancelled() => {}
-    }
+    })
+    .await;
     reason
 }
 

@@ -157,6 +157,14 @@ struct IdleArgs {
     /// Hold them this long.
     #[arg(short = 'd', long, default_value = "5s", value_parser = parse_duration)]
     duration: std::time::Duration,
+    /// Before holding them idle, send every connection this many messages
+    /// (from one of them) and wait until all have them: the report then
+    /// also gives the relay's memory per connection idle after traffic.
+    #[arg(long, value_name = "MESSAGES", default_value_t = 0)]
+    traffic: usize,
+    /// Payload bytes of each --traffic message.
+    #[arg(short = 's', long, default_value_t = 900)]
+    size: usize,
 }
 
 #[derive(Args, Debug)]
@@ -429,7 +437,13 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             BenchMode::Idle(a) => {
                 let (t, json) = target(a.target);
-                let report = bench::idle(&t, a.connections, a.duration).await?;
+                let opts = bench::IdleOptions {
+                    connections: a.connections,
+                    hold: a.duration,
+                    traffic: a.traffic,
+                    size: a.size,
+                };
+                let report = bench::idle(&t, &opts).await?;
                 print_report(&report, json)?;
                 Ok(match report.disconnects.is_empty() {
                     true => ExitCode::SUCCESS,

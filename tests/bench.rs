@@ -108,9 +108,13 @@ async fn fanout_in_bursts_loses_nothing_and_evicts_nobody() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_connect_modes_hold_their_connections() {
     let server = start(test_config()).await;
-    let idle = bench::idle(&target(&server.url), 50, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let opts = bench::IdleOptions {
+        connections: 50,
+        hold: Duration::from_millis(100),
+        traffic: 20,
+        size: 900,
+    };
+    let idle = bench::idle(&target(&server.url), &opts).await.unwrap();
     assert_eq!(idle.connect.connections, 50);
     assert!(idle.disconnects.is_empty());
     server.wait_metric("wsrelay_connections_total", 50).await;
@@ -261,4 +265,35 @@ async fn churn_ends_connections_every_way_and_the_relay_counts_each() {
         report.started - ended("half_handshake")
     );
     server.stop().await;
+}
+
+/// An idle client that has received traffic holds no more than a fresh one
+/// does, give or take what the allocator keeps: the relay as its own
+/// process, 800 clients, 100 messages of 900 B to each, then idle. (Each
+/// client used to keep its biggest batch's buffer: about 60 KiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_give_back_what_traffic_took() {
+    let dir = TempDir::new("idle-after-traffic");
+    let relay = spawn_relay(&dir.file(
+        "wsrelay.yaml",
+        "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  enabled: false\n",
+    ));
+    let target = Target {
+        pid: Some(relay.child.id()),
+        ..target(&format!("ws://{}/", relay.addr))
+    };
+    let opts = bench::IdleOptions {
+        connections: 800,
+        hold: Duration::from_millis(100),
+        traffic: 100,
+        size: 900,
+    };
+    let report = within(bench::idle(&target, &opts)).await.unwrap();
+    assert!(report.disconnects.is_empty(), "{report:?}");
+    let fresh = report.server.as_ref().unwrap().rss_per_connection_bytes;
+    let after = report.rss_per_connection_after_traffic_bytes.unwrap();
+    assert!(
+        after < 10.0 * 1024.0,
+        "{after:.0} B per idle client after traffic ({fresh:.0} B fresh)"
+    );
 }

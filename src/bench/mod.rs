@@ -713,26 +713,61 @@ pub struct IdleReport {
     pub held_seconds: f64,
     /// Connections that were closed or dropped while held, by close code.
     pub disconnects: BTreeMap<String, u64>,
+    /// Relay memory with the connections fresh (never sent anything).
     pub server: Option<ServerFigures>,
+    /// Messages every connection received before the idle phase.
+    pub traffic_messages: usize,
+    /// Relay memory per connection once they are idle again after that
+    /// traffic, against the relay before the connections (bytes).
+    pub rss_per_connection_after_traffic_bytes: Option<f64>,
 }
 
-/// Opens `connections` and holds them for `hold`, watching for closes.
-pub async fn idle(
-    target: &Target,
-    connections: usize,
-    hold: Duration,
-) -> Result<IdleReport, BenchError> {
+/// The `idle` scenario: connections held open, optionally after traffic.
+#[derive(Debug, Clone)]
+pub struct IdleOptions {
+    pub connections: usize,
+    pub hold: Duration,
+    /// Messages one connection publishes to all of them before the idle
+    /// phase (0: none), of `size` bytes each.
+    pub traffic: usize,
+    pub size: usize,
+}
+
+/// Opens the connections, optionally sends them `traffic` messages and
+/// waits until every one has them all, then holds them for `hold`,
+/// watching for closes.
+pub async fn idle(target: &Target, opts: &IdleOptions) -> Result<IdleReport, BenchError> {
+    let connections = opts.connections;
     let dialer = prepare(target).await?;
     let rss_before = sample(target.pid)?;
     let cpu_from = rss_before;
-    let (clients, connect) = connect_all(&dialer, target, connections).await?;
+    let (mut clients, connect) = connect_all(&dialer, target, connections).await?;
     // Let the relay finish its side of the last handshakes before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = sample(target.pid)?;
+    if opts.traffic > 0
+        && let Some(publisher) = clients.first_mut()
+    {
+        let failed = |source| {
+            Box::new(ClientError::Connection {
+                url: target.url.clone(),
+                source,
+            })
+        };
+        let body = bytes::Bytes::from(vec![b'x'; opts.size]);
+        for _ in 0..opts.traffic {
+            publisher
+                .feed(Message::binary(body.clone()))
+                .await
+                .map_err(failed)?;
+        }
+        publisher.flush().await.map_err(failed)?;
+    }
     let stop = CancellationToken::new();
+    let received = Arc::new(AtomicU64::new(0));
     let mut watchers = JoinSet::new();
     for mut ws in clients {
-        let stop = stop.clone();
+        let (stop, received) = (stop.clone(), received.clone());
         watchers.spawn(async move {
             loop {
                 tokio::select! {
@@ -741,7 +776,11 @@ pub async fn idle(
                         Some(Ok(m)) if m.is_close() => {
                             return Some(m.as_close().map_or_else(|| "close".to_owned(), |(c, _)| u16::from(c).to_string()));
                         }
-                        Some(Ok(_)) => continue,
+                        Some(Ok(m)) => {
+                            if m.is_binary() {
+                                received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         Some(Err(_)) => return Some("error".to_owned()),
                         None => return Some("eof".to_owned()),
                     },
@@ -749,7 +788,19 @@ pub async fn idle(
             }
         });
     }
-    tokio::time::sleep(hold).await;
+    let mut rss_after_traffic = None;
+    if opts.traffic > 0 {
+        // Everyone has everything (or the drain deadline passed), then the
+        // relay's writers go idle.
+        let want = (opts.traffic * connections) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_after_traffic = sample(target.pid)?;
+    }
+    tokio::time::sleep(opts.hold).await;
     let cpu_to = sample(target.pid)?;
     stop.cancel();
     let mut disconnects = BTreeMap::new();
@@ -758,11 +809,17 @@ pub async fn idle(
             *disconnects.entry(why).or_insert(0) += 1;
         }
     }
+    let per_connection = |after: process::Sample| {
+        let before = rss_before.map_or(0, |b| b.rss_bytes);
+        (after.rss_bytes as f64 - before as f64) / connections.max(1) as f64
+    };
     Ok(IdleReport {
         connect,
-        held_seconds: hold.as_secs_f64(),
+        held_seconds: opts.hold.as_secs_f64(),
         disconnects,
         server: server_figures(rss_before, rss_after, cpu_from, cpu_to, connections, None),
+        traffic_messages: opts.traffic,
+        rss_per_connection_after_traffic_bytes: rss_after_traffic.map(per_connection),
     })
 }
 
@@ -934,6 +991,13 @@ impl fmt::Display for IdleReport {
         write_disconnects(f, &self.disconnects)?;
         if let Some(s) = &self.server {
             writeln!(f, "{s}")?;
+        }
+        if let Some(b) = self.rss_per_connection_after_traffic_bytes {
+            writeln!(
+                f,
+                "after {} messages to each, idle again: {b:.0} B per connection",
+                self.traffic_messages
+            )?;
         }
         Ok(())
     }
