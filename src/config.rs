@@ -180,6 +180,10 @@ pub struct LimitsConfig {
     /// slower ones are dropped.
     #[serde(with = "humantime_serde_compat")]
     pub handshake_timeout: Duration,
+    /// Longest one message may take to arrive, from its first byte to its
+    /// last (0: no limit); slower gets close 1008.
+    #[serde(with = "humantime_serde_compat")]
+    pub message_timeout: Duration,
     /// Messages per second one client may send on average (0: no limit).
     pub messages_per_second: u32,
     /// Messages one client may send in a burst (0: one second's worth).
@@ -205,6 +209,7 @@ impl Default for LimitsConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
             handshake_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(60),
             messages_per_second: 0,
             burst: 0,
             on_rate_exceeded: OnRateExceeded::Close,

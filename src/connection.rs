@@ -114,6 +114,8 @@ pub struct ConnectionContext {
     pub write_timeout: Option<Duration>,
     /// Largest message (and frame) a client may send.
     pub max_message_size: usize,
+    /// Longest one message may take to arrive; `None`: no limit.
+    pub message_timeout: Option<Duration>,
     /// Messages per second and burst per client (0 per second: no limit).
     pub rate_limit: (u32, u32),
     pub on_rate_exceeded: OnRateExceeded,
@@ -270,6 +272,8 @@ enum Event {
     TokenExpired,
     /// A subscriber sent a message.
     NotPermitted,
+    /// A message took longer than `limits.message_timeout` to arrive.
+    MessageTimeout,
     /// Closed through the HTTP API, with this Close frame.
     ClosedByOperator(Bytes),
     Shutdown,
@@ -320,6 +324,8 @@ where
     let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
     // Writers this client's last publish got ahead of.
     let mut backlog = Backlog::default();
+    // When the message now arriving began to.
+    let mut message_began: Option<std::time::Instant> = None;
 
     let event = poll_fn(|task| {
         let dropped_by_hub = || match queue.ending() {
@@ -389,6 +395,19 @@ where
         });
         if heard && let Some(k) = &cx.keepalive {
             last_heard = k.now();
+        }
+        // Checked as bytes arrive: what a client dribbling a message does.
+        // (One that goes silent mid-message meets the idle timeout.)
+        if heard && let Some(limit) = cx.message_timeout {
+            match reader.mid_message() {
+                false => message_began = None,
+                true => {
+                    let began = *message_began.get_or_insert_with(std::time::Instant::now);
+                    if began.elapsed() > limit {
+                        return Poll::Ready(Event::MessageTimeout);
+                    }
+                }
+            }
         }
         if polled.is_pending() {
             // Checked after reading, so a pong already in the socket counts.
@@ -466,6 +485,12 @@ where
         Event::NotPermitted => (
             DisconnectReason::NotPermitted,
             protocol::close_frame(1008, "subscribers may not send"),
+            true,
+            cx.close_timeout,
+        ),
+        Event::MessageTimeout => (
+            DisconnectReason::MessageTimeout,
+            protocol::close_frame(1008, "message took too long"),
             true,
             cx.close_timeout,
         ),

@@ -49,10 +49,13 @@ pub enum DisconnectReason {
     NotPermitted,
     /// Its room's connections were closed through the HTTP API (1000).
     ClosedByApi,
+    /// One of its messages took longer than `limits.message_timeout` to
+    /// arrive; closed with 1008.
+    MessageTimeout,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
@@ -65,6 +68,7 @@ impl DisconnectReason {
         Self::TokenExpired,
         Self::NotPermitted,
         Self::ClosedByApi,
+        Self::MessageTimeout,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -82,6 +86,7 @@ impl DisconnectReason {
             Self::TokenExpired => "token_expired",
             Self::NotPermitted => "not_permitted",
             Self::ClosedByApi => "closed_by_api",
+            Self::MessageTimeout => "message_timeout",
         }
     }
 }

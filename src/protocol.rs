@@ -100,6 +100,12 @@ impl Reader {
         !self.partial.is_empty()
     }
 
+    /// Whether part of a message has arrived and the rest has not: a frame
+    /// still arriving, or a fragmented message not yet complete.
+    pub fn mid_message(&self) -> bool {
+        self.message.is_some() || (self.has_partial() && !self.paused)
+    }
+
     /// Whether `on` paused the last `feed` with bytes left over: the next
     /// `feed` (with no new bytes) parses those before the socket is read.
     pub fn is_paused(&self) -> bool {

@@ -155,6 +155,7 @@ impl Server {
             close_timeout: config.client.close_timeout,
             write_timeout: Some(config.client.write_timeout).filter(|t| !t.is_zero()),
             max_message_size: config.limits.max_message_size,
+            message_timeout: Some(config.limits.message_timeout).filter(|t| !t.is_zero()),
             rate_limit: (config.limits.messages_per_second, config.limits.burst),
             on_rate_exceeded: config.limits.on_rate_exceeded,
             keepalive: KeepAlive::new(config.client.ping_interval, config.client.idle_timeout),

@@ -307,3 +307,42 @@ async fn a_client_that_never_answers_pings_is_closed_and_others_stay() {
     assert_eq!(server.metric("wsrelay_messages_delivered_total").await, 2);
     server.stop().await;
 }
+
+/// A client dribbling a message (here a byte at a time) cannot hold its
+/// partial message open: past `limits.message_timeout` it gets 1008, and
+/// others carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dribbled_past_the_message_timeout_gets_1008() {
+    let mut config = test_config();
+    config.limits.message_timeout = std::time::Duration::from_millis(500);
+    config.client.close_timeout = std::time::Duration::from_millis(500);
+    let server = start(config).await;
+    let mut bystander = server.client().await;
+    let raw = RawClient::connect(server.addr).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    // A 1 000-byte message, one byte of it every 50 ms: 50 s if let be.
+    let whole = frame(true, 0x2, &[7; 1000], true);
+    let dribbling = tokio::spawn(async move {
+        for b in whole {
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+            // Pacing the attacker, not waiting for the relay.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let mut close = [0u8; 4];
+    within(read.read_exact(&mut close)).await.unwrap();
+    assert_eq!(close[0], 0x88);
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1008);
+    server
+        .wait_metric(
+            "wsrelay_disconnections_by_reason_total{reason=\"message_timeout\"}",
+            1,
+        )
+        .await;
+    bystander.send(Message::text("fine")).await.unwrap();
+    assert_eq!(recv(&mut bystander).await.as_text(), Some("fine"));
+    dribbling.abort();
+    server.stop().await;
+}
