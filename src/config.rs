@@ -180,6 +180,9 @@ pub struct LimitsConfig {
     /// slower ones are dropped.
     #[serde(with = "humantime_serde_compat")]
     pub handshake_timeout: Duration,
+    /// Most connections in their handshake (TLS and HTTP, before the 101)
+    /// at once (0: no cap); further ones wait in the kernel's accept queue.
+    pub max_handshakes: usize,
     /// Longest one message may take to arrive, from its first byte to its
     /// last (0: no limit); slower gets close 1008.
     #[serde(with = "humantime_serde_compat")]
@@ -209,6 +212,7 @@ impl Default for LimitsConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
             message_timeout: Duration::from_secs(60),
             messages_per_second: 0,
             burst: 0,

@@ -28,6 +28,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,6 +90,8 @@ struct Shared {
     gate: Gate,
     /// How long a client may take from TCP accept to its 101 (TLS included).
     handshake_timeout: Duration,
+    /// Places for connections in their handshake (`limits.max_handshakes`).
+    handshakes: Option<Arc<Semaphore>>,
 }
 
 impl Server {
@@ -176,6 +179,8 @@ impl Server {
                 tls,
                 gate: Gate::new(config)?,
                 handshake_timeout: config.limits.handshake_timeout,
+                handshakes: (config.limits.max_handshakes > 0)
+                    .then(|| Arc::new(Semaphore::new(config.limits.max_handshakes))),
             }),
             certs: certs.map(|store| CertReloader {
                 store,
@@ -316,9 +321,15 @@ impl Server {
                     info!(drain_delay = ?drain_delay, "draining: /readyz now answers 503");
                     drain_until = Some(tokio::time::Instant::now() + drain_delay);
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tracker.spawn(handle_socket(stream, peer, shared.clone()));
+                accepted = accept(&listener, shared.handshakes.as_ref()) => match accepted {
+                    Ok((stream, peer, place)) => {
+                        let shared = shared.clone();
+                        tracker.spawn(async move {
+                            handle_socket(stream, peer, shared).await;
+                            // The handshake is over: upgraded (the client runs
+                            // on a task of its own by now) or refused.
+                            drop(place);
+                        });
                     }
                     Err(e) => {
                         // Usually out of file descriptors: back off instead of spinning.
@@ -477,6 +488,21 @@ async fn keepalive(cx: Arc<ConnectionContext>) {
         cx.hub.ping_all();
     })
     .await;
+}
+
+/// Accepts the next connection once a handshake place is free: while all
+/// are taken, connections wait in the kernel's accept queue. Cancel-safe.
+async fn accept(
+    listener: &TcpListener,
+    handshakes: Option<&Arc<Semaphore>>,
+) -> io::Result<(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>)> {
+    let place = match handshakes {
+        // Never closed, so acquiring cannot fail.
+        Some(places) => places.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, place))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {

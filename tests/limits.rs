@@ -346,3 +346,48 @@ async fn a_message_dribbled_past_the_message_timeout_gets_1008() {
     dribbling.abort();
     server.stop().await;
 }
+
+/// With `limits.max_handshakes` connections in their handshake, the next
+/// one waits in the accept queue, unanswered, until one of them ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_cap_wait_for_a_place() {
+    let mut config = test_config();
+    config.limits.max_handshakes = 2;
+    config.limits.handshake_timeout = std::time::Duration::from_secs(60);
+    let server = start(config).await;
+    // Two connections that never send their request hold both places.
+    let stalled = [
+        within(tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap(),
+        within(tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap(),
+    ];
+    let mut third = within(tokio::net::TcpStream::connect(server.addr))
+        .await
+        .unwrap();
+    third
+        .write_all(upgrade_request("/", "").as_bytes())
+        .await
+        .unwrap();
+    // Unanswered while the places are taken. (With the cap broken the 101
+    // comes at once, so this cannot pass by luck; it only takes the wait.)
+    let mut head = [0u8; 12];
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            third.read_exact(&mut head)
+        )
+        .await
+        .is_err(),
+        "answered past the cap: {:?}",
+        String::from_utf8_lossy(&head)
+    );
+    // One leaves: the third is accepted and upgraded.
+    let [leaving, _staying] = stalled;
+    drop(leaving);
+    within(third.read_exact(&mut head)).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    server.stop().await;
+}
