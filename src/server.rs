@@ -823,6 +823,15 @@ mod tests {
 
     #[test]
     fn open_file_limit_is_raised_to_the_hard_limit() {
-        assert!(raise_open_file_limit() > 0);
+        let raised = raise_open_file_limit();
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+        let (soft, hard) = (rl.rlim_cur as u64, rl.rlim_max as u64);
+        assert_eq!((raised, soft), (hard, hard));
     }
 }

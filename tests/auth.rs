@@ -172,8 +172,16 @@ async fn jwts_are_verified_for_signature_and_every_checked_claim() {
         }
         sign(Algorithm::HS256, c)
     };
-    let mut forged = good.clone();
-    forged.pop();
+    // Well formed and signed, with the wrong key: verification must fail.
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(600),
+        &EncodingKey::from_secret(b"not the relay's secret"),
+    )
+    .unwrap();
+    // One character short: not even a valid signature encoding.
+    let mut truncated = good.clone();
+    truncated.pop();
     let refused = [
         ("expired", with(json!({ "exp": now() - 5 }))),
         ("not yet valid", with(json!({ "nbf": now() + 600 }))),
@@ -189,7 +197,8 @@ async fn jwts_are_verified_for_signature_and_every_checked_claim() {
                 json!({ "aud": "relay", "iss": "https://issuer.example" }),
             ),
         ),
-        ("bad signature", forged),
+        ("signed with another key", forged),
+        ("truncated signature", truncated),
         ("another algorithm", sign(Algorithm::ES256, claims(600))),
         ("not a JWT", "abc.def.ghi".into()),
     ];

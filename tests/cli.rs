@@ -81,6 +81,13 @@ async fn shutdown_is_bounded_when_a_client_ignores_the_close() {
         took >= Duration::from_secs(1),
         "gave up before the timeout: {took:?}"
     );
+    // And not much after it: the deaf client is dropped at the timeout.
+    // (A force path that did not work would still exit, after one more
+    // second of waiting for the tasks: about 2 s.)
+    assert!(
+        took < Duration::from_millis(1900),
+        "shutdown overran its timeout: {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -555,6 +555,9 @@ async fn a_node_shutting_down_sends_its_last_messages_first() {
     let mut subscriber = join(b.addr, "/rooms/r").await;
     b.wait_metric(SUBSCRIPTIONS, 1).await;
     let mut publisher = join(a.addr, "/rooms/r").await;
+    // The publisher also receives: its node subscribes first, and a
+    // SUBSCRIBE caught by the pause would time out and reconnect.
+    wait_metric_at(a_metrics, SUBSCRIPTIONS, 1).await;
 
     broker.pause();
     // A publisher's own copy is written by its task after the publish, so
