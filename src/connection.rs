@@ -396,20 +396,20 @@ where
         if heard && let Some(k) = &cx.keepalive {
             last_heard = k.now();
         }
-        // Checked as bytes arrive: what a client dribbling a message does.
-        // (One that goes silent mid-message meets the idle timeout.)
-        if heard && let Some(limit) = cx.message_timeout {
-            match reader.mid_message() {
-                false => message_began = None,
-                true => {
-                    let began = *message_began.get_or_insert_with(std::time::Instant::now);
-                    if began.elapsed() > limit {
-                        return Poll::Ready(Event::MessageTimeout);
+        if polled.is_pending() {
+            // Checked as bytes arrive: what a client dribbling a message
+            // does. (One that goes silent mid-message meets the idle timeout.)
+            if heard && let Some(limit) = cx.message_timeout {
+                match reader.mid_message() {
+                    false => message_began = None,
+                    true => {
+                        let began = *message_began.get_or_insert_with(std::time::Instant::now);
+                        if began.elapsed() > limit {
+                            return Poll::Ready(Event::MessageTimeout);
+                        }
                     }
                 }
             }
-        }
-        if polled.is_pending() {
             // Checked after reading, so a pong already in the socket counts.
             if let Some(k) = &cx.keepalive
                 && k.is_idle(last_heard)
