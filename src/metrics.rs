@@ -289,7 +289,7 @@ type RoomLabel = [(&'static str, String); 1];
 
 /// Rooms that get series of their own with `metrics.per_room_labels`: room
 /// names are chosen by clients, and each name would otherwise be a series
-/// forever. The rest are counted together under [`OTHER_ROOMS`].
+/// forever. The rest are counted together under `room="other"`.
 pub const MAX_ROOM_SERIES: usize = 1000;
 const OTHER_ROOMS: &str = "other";
 
