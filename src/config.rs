@@ -787,7 +787,7 @@ fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(level)
 }
 
-/// Durations as human-readable strings, both ways.
+/// A list of networks: CIDRs, or bare addresses as networks of one.
 fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
@@ -813,6 +813,7 @@ fn ser_display_list<S: serde::Serializer, T: fmt::Display>(
     s.collect_seq(v.iter().map(ToString::to_string))
 }
 
+/// Durations as human-readable strings, both ways.
 mod humantime_serde_compat {
     use super::*;
 

@@ -1,13 +1,14 @@
 //! `wsrelay bench`: a load generator that checks what it measures.
 //!
-//! It points at any relay URL (wsrelay or another) and runs one of three modes:
+//! It points at any relay URL (wsrelay or another) and runs one of four modes:
 //!
 //! - [`fanout`]: N subscribers and P publishers. Every message carries its
 //!   publisher, a per-publisher sequence number and its send time
 //!   ([`payload`]); every receiver checks order and completeness
 //!   ([`stats::OrderCheck`]). Publishers send as fast as an in-flight window
 //!   allows (their own echo frees a slot) or at a fixed total rate.
-//! - [`idle`]: hold N connections open, to measure memory per connection.
+//! - [`idle`]: hold N connections open, to measure memory per connection,
+//!   fresh or after a burst of traffic.
 //! - [`connect`]: open connections as fast as possible until one fails.
 //! - [`churn::churn`]: connections that come and go at a steady rate,
 //!   ending every way a client can (for soak tests).
