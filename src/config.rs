@@ -340,6 +340,12 @@ pub struct ClusterConfig {
     /// Payload bytes that may wait for the broker.
     #[serde(serialize_with = "ser_size")]
     pub buffer_bytes: usize,
+    /// Messages from the broker that may wait for fan-out to this node's
+    /// clients; beyond that the oldest are dropped and counted.
+    pub inbound_messages: usize,
+    /// Bytes from the broker that may wait for fan-out.
+    #[serde(serialize_with = "ser_size")]
+    pub inbound_bytes: usize,
 }
 
 impl Default for ClusterConfig {
@@ -351,6 +357,8 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             buffer_messages: 10_000,
             buffer_bytes: 16 << 20,
+            inbound_messages: 10_000,
+            inbound_bytes: 16 << 20,
         }
     }
 }
@@ -383,6 +391,10 @@ struct RawClusterConfig {
     buffer_messages: usize,
     #[serde(deserialize_with = "de_size")]
     buffer_bytes: usize,
+    #[serde(deserialize_with = "de_nonzero")]
+    inbound_messages: usize,
+    #[serde(deserialize_with = "de_size")]
+    inbound_bytes: usize,
 }
 
 impl Default for RawClusterConfig {
@@ -395,6 +407,8 @@ impl Default for RawClusterConfig {
             node_id: d.node_id,
             buffer_messages: d.buffer_messages,
             buffer_bytes: d.buffer_bytes,
+            inbound_messages: d.inbound_messages,
+            inbound_bytes: d.inbound_bytes,
         }
     }
 }
@@ -416,6 +430,8 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
             node_id: raw.node_id,
             buffer_messages: raw.buffer_messages,
             buffer_bytes: raw.buffer_bytes,
+            inbound_messages: raw.inbound_messages,
+            inbound_bytes: raw.inbound_bytes,
         })
     }
 }

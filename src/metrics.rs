@@ -163,7 +163,7 @@ impl DropReason {
     }
 }
 
-/// Why a message bound for the cluster broker never reached it.
+/// Why a cluster message was lost on its way to the broker or from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClusterDropReason {
     /// Pushed out of the outbox (`cluster.buffer_messages` / `buffer_bytes`),
@@ -171,15 +171,20 @@ pub enum ClusterDropReason {
     BufferFull,
     /// In a batch whose publish failed, or refused by the broker (too large).
     BrokerError,
+    /// From the broker, with no room for it on this node: pushed out of the
+    /// inbound queues (`cluster.inbound_messages` / `inbound_bytes`), or
+    /// dropped by the NATS client as a slow consumer.
+    InboundOverflow,
 }
 
 impl ClusterDropReason {
-    pub const ALL: [Self; 2] = [Self::BufferFull, Self::BrokerError];
+    pub const ALL: [Self; 3] = [Self::BufferFull, Self::BrokerError, Self::InboundOverflow];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BufferFull => "buffer_full",
             Self::BrokerError => "broker_error",
+            Self::InboundOverflow => "inbound_overflow",
         }
     }
 }
@@ -242,9 +247,14 @@ impl Default for ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    /// `n` messages bound for the broker were lost.
+    /// `n` messages to or from the broker were lost.
     pub fn dropped(&self, reason: ClusterDropReason, n: u64) {
         self.dropped.get(reason as usize).inc_by(n);
+    }
+
+    /// What [`ClusterMetrics::dropped`] has counted for `reason`.
+    pub fn dropped_count(&self, reason: ClusterDropReason) -> u64 {
+        self.dropped.get(reason as usize).get()
     }
 
     fn register(&self, r: &mut Registry) {
@@ -275,7 +285,7 @@ impl ClusterMetrics {
         );
         r.register(
             "cluster_dropped_messages",
-            "Messages for the broker that never reached it, by reason",
+            "Cluster messages lost on their way to the broker or from it, by reason",
             self.dropped.family.clone(),
         );
         r.register(

@@ -27,6 +27,8 @@ const RECEIVED: &str = "wsrelay_cluster_received_messages_total";
 const MALFORMED: &str = "wsrelay_cluster_malformed_messages_total";
 const BUFFER_FULL: &str = "wsrelay_cluster_dropped_messages_total{reason=\"buffer_full\"}";
 const BUFFERED: &str = "wsrelay_cluster_buffered_messages";
+const INBOUND_OVERFLOW: &str =
+    "wsrelay_cluster_dropped_messages_total{reason=\"inbound_overflow\"}";
 
 /// Runs `scenario(kind)` as two tests, `scenario::redis` and
 /// `scenario::nats`.
@@ -219,6 +221,83 @@ async fn subscribes_by_interest_and_drops_malformed(kind: Kind) {
 }
 
 on_both_brokers!(subscribes_by_interest_and_drops_malformed);
+
+/// A flood from the broker into a busy room on a node that cannot keep
+/// up: the node's inbound queues hold at most one message per fan-out
+/// worker (`inbound_bytes` of one byte), so most of the flood is dropped
+/// oldest first and counted as `inbound_overflow`; every message is either
+/// delivered or counted, the reader hears what was delivered in order, and
+/// the newest message always gets through.
+async fn an_inbound_flood_is_bounded_and_counted(kind: Kind) {
+    const N: u64 = 5_000;
+    const LISTENERS: usize = 50;
+    let broker = Broker::start(kind);
+    let mut config = node_config(&broker, "b");
+    config.cluster.inbound_bytes = 1;
+    let b = start(config).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut reader = join(b.addr, "/rooms/flood").await;
+    // Listeners that never read make each delivery cost more; what they
+    // get fits in their socket buffers.
+    let mut listeners = Vec::new();
+    for _ in 0..LISTENERS {
+        listeners.push(join(b.addr, "/rooms/flood").await);
+    }
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+
+    let messages: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let payload = i.to_string();
+            wsrelay::backplane::envelope::encode("a", "flood", true, i, payload.as_bytes()).to_vec()
+        })
+        .collect();
+    publish_raw_many(&broker, "wsrelay.room.flood", &messages).await;
+
+    let counted = |text: &str, series| metric_value(text, series).unwrap_or(0);
+    let text = wait_http(b.metrics_addr, "/metrics", |_, text| {
+        counted(text, RECEIVED) + counted(text, INBOUND_OVERFLOW) == N
+    })
+    .await;
+    let received = counted(&text, RECEIVED);
+    assert!(received < N, "nothing was dropped: the bound did not hold");
+    let mut last = None;
+    for _ in 0..received {
+        let seq: u64 = next_data(&mut reader).await.1.parse().unwrap();
+        assert!(last < Some(seq), "{seq} after {last:?}");
+        last = Some(seq);
+    }
+    assert_eq!(last, Some(N - 1), "the newest message was not delivered");
+}
+
+on_both_brokers!(an_inbound_flood_is_bounded_and_counted);
+
+/// Publishes many raw messages on one broker channel at once (one Redis
+/// pipeline; NATS publishes then one flush).
+async fn publish_raw_many(broker: &Broker, channel: &str, payloads: &[Vec<u8>]) {
+    match broker.kind {
+        Kind::Redis => {
+            let client = redis::Client::open(broker.url()).unwrap();
+            let mut con = within(client.get_multiplexed_async_connection())
+                .await
+                .unwrap();
+            let mut pipe = redis::pipe();
+            for p in payloads {
+                pipe.cmd("PUBLISH").arg(channel).arg(&p[..]).ignore();
+            }
+            within(pipe.exec_async(&mut con)).await.unwrap();
+        }
+        Kind::Nats => {
+            let client = within(async_nats::connect(broker.url())).await.unwrap();
+            for p in payloads {
+                client
+                    .publish(channel.to_owned(), p.clone().into())
+                    .await
+                    .unwrap();
+            }
+            within(client.flush()).await.unwrap();
+        }
+    }
+}
 
 /// Publishes raw bytes on a broker channel, as a foreign client would.
 async fn publish_raw(broker: &Broker, channel: &str, payload: &[u8]) {

@@ -5,10 +5,12 @@
 //! queued for the node's own subscribers at once and handed to
 //! [`Cluster::publish`], which encodes it once ([`envelope`]) and puts it in
 //! the outbox, a bounded FIFO the cluster task drains to the broker in
-//! batches. Messages from the broker are delivered to local subscribers
-//! only, never published again, so nothing loops; a node drops its own
-//! messages when the broker echoes them (both do), which is also what
-//! keeps echo-off publishers from hearing themselves through the cluster.
+//! batches. Messages from the broker go through bounded inbound queues
+//! ([`inbound`]) to fan-out workers, one per CPU, and are delivered to
+//! local subscribers only, never published again, so nothing loops; a
+//! node drops its own messages when the broker echoes them (both do),
+//! which is also what keeps echo-off publishers from hearing themselves
+//! through the cluster.
 //!
 //! Interest: the hub tells [`Interest`] when a room gains its first local
 //! subscriber or loses its last, and the cluster task (un)subscribes that
@@ -25,16 +27,18 @@
 //! the task stops last and sends what its outbox holds first.
 
 pub mod envelope;
+mod inbound;
 mod nats;
 mod redis;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -43,6 +47,7 @@ use crate::connection::ConnectionContext;
 use crate::hub::{Frame, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 
+use self::inbound::{Inbound, InboundLimits};
 use self::nats::NatsLink;
 use self::redis::RedisLink;
 
@@ -137,12 +142,12 @@ pub struct Cluster {
     node_id: String,
     next_id: AtomicU64,
     outbox: Outbox,
+    inbound: Arc<Inbound>,
+    /// How many messages the NATS client may hold per subject before it
+    /// drops them as a slow consumer.
+    subject_capacity: usize,
     interest: Arc<Interest>,
     metrics: ClusterMetrics,
-    /// Larger messages from the broker are refused, as from a client.
-    max_message_size: usize,
-    /// Whether a malformed message has been logged (the rest are counted).
-    warned_malformed: AtomicBool,
 }
 
 impl Cluster {
@@ -159,10 +164,20 @@ impl Cluster {
             "" => format!("{:016x}", fastrand::u64(..)),
             id => id.to_owned(),
         };
+        // One fan-out worker per CPU the relay may use (the runtime has
+        // as many threads).
+        let inbound = InboundLimits {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_messages: config.inbound_messages,
+            max_bytes: config.inbound_bytes,
+            max_message_size,
+        };
         Self {
             backend: config.backend,
             url,
             prefix: config.prefix.clone(),
+            inbound: Arc::new(Inbound::new(&node_id, inbound, metrics.clone())),
+            subject_capacity: config.inbound_messages,
             node_id,
             next_id: AtomicU64::new(1),
             outbox: Outbox {
@@ -173,8 +188,6 @@ impl Cluster {
             },
             interest: Arc::new(Interest::default()),
             metrics,
-            max_message_size,
-            warned_malformed: AtomicBool::new(false),
         }
     }
 
@@ -226,10 +239,17 @@ impl Cluster {
     /// once every client is gone, so a node leaving in a rolling restart
     /// still delivers its clients' last messages to the other nodes).
     pub async fn run(self: Arc<Self>, cx: Arc<ConnectionContext>, stop: CancellationToken) {
+        // The fan-out workers live as long as this task (dropping the set
+        // aborts them).
+        let mut workers = JoinSet::new();
+        for worker in 0..self.inbound.workers() {
+            let (inbound, cx) = (self.inbound.clone(), cx.clone());
+            workers.spawn(async move { inbound.fan_out(worker, &cx).await });
+        }
         let broker = redact(&self.url);
         let mut failures: u32 = 0;
         loop {
-            let connect = Link::connect(self.backend, &self.url, &self.node_id);
+            let connect = Link::connect(&self, &self.url);
             let attempt = tokio::select! {
                 link = connect => link,
                 () = stop.cancelled() => return,
@@ -239,7 +259,7 @@ impl Cluster {
                     info!(broker = %broker, node = %self.node_id, "cluster broker connected");
                     failures = 0;
                     self.metrics.connected.set(1);
-                    let ended = self.session(link, &cx, &stop).await;
+                    let ended = self.session(link, &stop).await;
                     self.metrics.connected.set(0);
                     self.metrics.subscriptions.set(0);
                     match ended {
@@ -270,12 +290,7 @@ impl Cluster {
     /// One connection's life: subscribe to every room of interest, then
     /// relay until the connection fails (`Err`) or `stop` (`Ok`, after
     /// sending what waits).
-    async fn session(
-        &self,
-        mut link: Link,
-        cx: &ConnectionContext,
-        stop: &CancellationToken,
-    ) -> Result<(), LinkError> {
+    async fn session(&self, mut link: Link, stop: &CancellationToken) -> Result<(), LinkError> {
         let mut subscribed: HashSet<RoomName> = self.interest.resync().into_iter().collect();
         let channels: Vec<String> = subscribed.iter().map(|r| self.channel(r)).collect();
         if !channels.is_empty() {
@@ -314,7 +329,7 @@ impl Cluster {
                     self.metrics.subscriptions.set(subscribed.len() as i64);
                 }
                 incoming = link.next() => match incoming {
-                    Some(message) => self.receive(message.payload(), cx),
+                    Some(message) => self.inbound.accept(message),
                     None => return Err(LinkError::Lost),
                 },
                 () = self.outbox.ready() => {
@@ -346,36 +361,6 @@ impl Cluster {
         }
         self.metrics.published.inc_by((batch.len() - lost) as u64);
         sent.map(|()| batch.len())
-    }
-
-    /// Delivers one broker message to this node's subscribers.
-    fn receive(&self, bytes: &[u8], cx: &ConnectionContext) {
-        match envelope::decode(bytes) {
-            // The broker sends a node its own messages back; they were
-            // delivered here when they were published.
-            Ok(m) if m.node == self.node_id => {}
-            Ok(m) if m.payload.len() > self.max_message_size => {
-                self.malformed(&"larger than limits.max_message_size");
-            }
-            Ok(m) => {
-                self.metrics.received.inc();
-                cx.deliver(m.room, &Frame::new(m.text, m.payload), None);
-            }
-            Err(e) => self.malformed(&e),
-        }
-    }
-
-    /// Counts a broker message that will not be relayed; logs the first.
-    fn malformed(&self, why: &dyn std::fmt::Display) {
-        self.metrics.malformed.inc();
-        if self.warned_malformed.swap(true, Ordering::Relaxed) {
-            debug!(error = %why, "malformed cluster message dropped");
-        } else {
-            warn!(
-                error = %why,
-                "malformed cluster message dropped (further ones are only counted, in wsrelay_cluster_malformed_messages_total)"
-            );
-        }
     }
 }
 
@@ -512,30 +497,20 @@ enum Link {
     Nats(NatsLink),
 }
 
-/// One message from the broker.
-enum Incoming {
-    Redis(::redis::Msg),
-    Nats(async_nats::Message),
-}
-
-impl Incoming {
-    fn payload(&self) -> &[u8] {
-        match self {
-            Self::Redis(m) => m.get_payload_bytes(),
-            Self::Nats(m) => &m.payload,
-        }
-    }
-}
-
 impl Link {
-    async fn connect(backend: ClusterBackend, url: &str, node: &str) -> Result<Self, LinkError> {
-        match backend {
-            ClusterBackend::Redis => {
-                Ok(Self::Redis(RedisLink::connect(url, BROKER_TIMEOUT).await?))
-            }
-            ClusterBackend::Nats => Ok(Self::Nats(
-                NatsLink::connect(url, node, BROKER_TIMEOUT).await?,
+    /// Connects to `cluster`'s broker at `url`; what the broker sends goes
+    /// to the cluster's inbound queues.
+    async fn connect(cluster: &Cluster, url: &str) -> Result<Self, LinkError> {
+        let inbound = cluster.inbound.clone();
+        match cluster.backend {
+            ClusterBackend::Redis => Ok(Self::Redis(
+                RedisLink::connect(url, BROKER_TIMEOUT, inbound).await?,
             )),
+            ClusterBackend::Nats => {
+                let (node, capacity) = (&cluster.node_id, cluster.subject_capacity);
+                let link = NatsLink::connect(url, node, BROKER_TIMEOUT, capacity, inbound).await?;
+                Ok(Self::Nats(link))
+            }
             ClusterBackend::None => Err(LinkError::Lost),
         }
     }
@@ -593,10 +568,16 @@ impl Link {
         }
     }
 
-    async fn next(&mut self) -> Option<Incoming> {
+    /// The next message from the broker for the cluster task to pass on
+    /// (Redis hands its messages to the inbound queues itself, so this
+    /// only waits for its connection to end); `None` once the link is lost.
+    async fn next(&mut self) -> Option<Bytes> {
         match self {
-            Self::Redis(l) => l.next().await.map(Incoming::Redis),
-            Self::Nats(l) => l.next().await.map(Incoming::Nats),
+            Self::Redis(l) => {
+                l.lost().await;
+                None
+            }
+            Self::Nats(l) => l.next().await.map(|m| m.payload),
         }
     }
 }

@@ -8,38 +8,59 @@
 //! The server sends this node its own messages back (NATS's `no_echo`
 //! would also silence the probe [`NatsLink::confirm`] relies on); the
 //! cluster drops them by node id, as it does for Redis.
+//!
+//! The client keeps up to `cluster.inbound_messages` per subject for the
+//! cluster task, which moves them to the inbound queues as they come;
+//! past that it drops them as a slow consumer, which is counted as
+//! `inbound_overflow` (it reports through a bounded event channel, so a
+//! flood of drops may be undercounted).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::client::PublishErrorKind;
 use async_nats::{Client, ConnectOptions, Event, Message, Subscriber};
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::LinkError;
+use super::inbound::Inbound;
 
 /// A connected NATS client and its subscriptions, one per room.
 pub struct NatsLink {
     client: Client,
     subscriptions: StreamMap<String, Subscriber>,
-    /// Signalled when the client loses its connection.
-    lost: mpsc::UnboundedReceiver<()>,
+    /// Notified when the client loses its connection.
+    lost: Arc<Notify>,
     timeout: Duration,
 }
 
 impl NatsLink {
-    pub async fn connect(url: &str, node: &str, timeout: Duration) -> Result<Self, LinkError> {
-        let (tx, lost) = mpsc::unbounded_channel();
+    /// Connects; each subject may hold `capacity` messages for
+    /// [`NatsLink::next`], and those dropped beyond it are counted on
+    /// `inbound`.
+    pub async fn connect(
+        url: &str,
+        node: &str,
+        timeout: Duration,
+        capacity: usize,
+        inbound: Arc<Inbound>,
+    ) -> Result<Self, LinkError> {
+        let lost = Arc::new(Notify::new());
+        let on_lost = lost.clone();
         let client = ConnectOptions::new()
             .name(format!("wsrelay {node}"))
             .connection_timeout(timeout)
             .max_reconnects(1)
+            .subscription_capacity(capacity)
             .event_callback(move |event| {
-                let tx = tx.clone();
+                let (on_lost, inbound) = (on_lost.clone(), inbound.clone());
                 async move {
-                    if matches!(event, Event::Disconnected | Event::Closed) {
-                        let _ = tx.send(());
+                    match event {
+                        Event::Disconnected | Event::Closed => on_lost.notify_one(),
+                        Event::SlowConsumer(_) => inbound.overflowed(1),
+                        _ => {}
                     }
                 }
             })
@@ -117,7 +138,7 @@ impl NatsLink {
     pub async fn next(&mut self) -> Option<Message> {
         tokio::select! {
             biased;
-            _ = self.lost.recv() => None,
+            () = self.lost.notified() => None,
             // An empty map yields None at once: then only wait for loss.
             Some((_, message)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
                 Some(message)

@@ -1,0 +1,268 @@
+//! Messages from the broker on their way to this node's subscribers.
+//!
+//! The broker client hands over each message as it reads it (Redis: its
+//! connection driver calls [`Inbound::accept`] through a push callback;
+//! NATS: the cluster task drains the client's subscriptions into it).
+//! Accepting only checks the envelope and queues the message, so reading
+//! never waits on fan-out and the clients' own buffers stay short.
+//!
+//! Fan-out runs on one worker task per CPU the relay may use. Each room
+//! belongs to one worker, chosen by hashing its name, so a room's messages
+//! keep their order while different rooms fan out in parallel. Each
+//! worker's queue holds its share of `cluster.inbound_messages` and
+//! `cluster.inbound_bytes`; past that the oldest waiting message is
+//! dropped and counted (`inbound_overflow`): a node that cannot keep up
+//! loses messages it counts, rather than memory and latency it cannot see.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use super::envelope;
+use crate::connection::ConnectionContext;
+use crate::hub::Frame;
+use crate::metrics::{ClusterDropReason, ClusterMetrics};
+
+/// Deliveries a worker makes before it lets other tasks on its thread run.
+const DELIVERIES_PER_TURN: usize = 16 * 1024;
+
+/// What the broker brought, queued per worker.
+pub(super) struct Inbound {
+    node_id: String,
+    /// Larger messages from the broker are refused, as from a client.
+    max_message_size: usize,
+    workers: Box<[WorkerQueue]>,
+    /// Picks a room's worker.
+    hasher: RandomState,
+    metrics: ClusterMetrics,
+    /// Whether a malformed message has been logged (the rest are counted).
+    warned_malformed: AtomicBool,
+}
+
+/// One worker's messages, oldest first, bounded in count and bytes.
+struct WorkerQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    messages: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// The bounds and the number of workers they are shared by.
+pub(super) struct InboundLimits {
+    pub workers: usize,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_message_size: usize,
+}
+
+impl Inbound {
+    pub fn new(node_id: &str, limits: InboundLimits, metrics: ClusterMetrics) -> Self {
+        let workers = limits.workers.max(1);
+        let worker = || WorkerQueue {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            max_messages: (limits.max_messages / workers).max(1),
+            max_bytes: limits.max_bytes / workers,
+        };
+        Self {
+            node_id: node_id.to_owned(),
+            max_message_size: limits.max_message_size,
+            workers: (0..workers).map(|_| worker()).collect(),
+            hasher: RandomState::new(),
+            metrics,
+            warned_malformed: AtomicBool::new(false),
+        }
+    }
+
+    /// How many workers [`Inbound::fan_out`] expects, numbered from 0.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Queues one broker message for its room's worker. Never waits: this
+    /// runs where the broker client reads.
+    pub fn accept(&self, message: Bytes) {
+        let worker = match envelope::decode(&message) {
+            // The broker sends a node its own messages back; they were
+            // delivered here when they were published.
+            Ok(m) if m.node == self.node_id => return,
+            Ok(m) if m.payload.len() > self.max_message_size => {
+                return self.malformed(&"larger than limits.max_message_size");
+            }
+            Ok(m) => self.hasher.hash_one(m.room) as usize % self.workers.len(),
+            Err(e) => return self.malformed(&e),
+        };
+        let dropped = self.workers[worker].push(message);
+        if dropped > 0 {
+            self.overflowed(dropped as u64);
+        }
+    }
+
+    /// Counts `n` messages from the broker this node had no room for.
+    pub fn overflowed(&self, n: u64) {
+        self.metrics.dropped(ClusterDropReason::InboundOverflow, n);
+    }
+
+    /// Worker `worker`'s loop: delivers its queue's messages to local
+    /// subscribers, in order, until the task is dropped.
+    pub async fn fan_out(&self, worker: usize, cx: &ConnectionContext) {
+        let queue = &self.workers[worker];
+        let mut batch = VecDeque::new();
+        let mut deliveries = 0;
+        loop {
+            queue.take_all(&mut batch).await;
+            for message in batch.drain(..) {
+                // Checked when it was accepted; decoding again is a few
+                // header bytes, and spares an allocation per message.
+                let Ok(m) = envelope::decode(&message) else {
+                    continue;
+                };
+                self.metrics.received.inc();
+                let published = cx.deliver(m.room, &Frame::new(m.text, m.payload), None);
+                deliveries += published.queued;
+                if deliveries >= DELIVERIES_PER_TURN {
+                    deliveries = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// Counts a broker message that will not be relayed; logs the first.
+    fn malformed(&self, why: &dyn std::fmt::Display) {
+        self.metrics.malformed.inc();
+        if self.warned_malformed.swap(true, Ordering::Relaxed) {
+            debug!(error = %why, "malformed cluster message dropped");
+        } else {
+            warn!(
+                error = %why,
+                "malformed cluster message dropped (further ones are only counted, in wsrelay_cluster_malformed_messages_total)"
+            );
+        }
+    }
+}
+
+impl WorkerQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends a message, first dropping the oldest ones it does not fit
+    /// beside (one message always fits an empty queue); returns how many
+    /// were dropped.
+    fn push(&self, message: Bytes) -> usize {
+        let mut s = self.lock();
+        let mut dropped = 0;
+        while !s.messages.is_empty()
+            && (s.messages.len() >= self.max_messages || s.bytes + message.len() > self.max_bytes)
+        {
+            if let Some(old) = s.messages.pop_front() {
+                s.bytes -= old.len();
+                dropped += 1;
+            }
+        }
+        s.bytes += message.len();
+        s.messages.push_back(message);
+        drop(s);
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// Waits until something is queued, then moves all of it into `batch`
+    /// (empty), so the lock is held for a swap, not for the fan-out.
+    async fn take_all(&self, batch: &mut VecDeque<Bytes>) {
+        loop {
+            {
+                let mut s = self.lock();
+                if !s.messages.is_empty() {
+                    std::mem::swap(&mut s.messages, batch);
+                    s.bytes = 0;
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound(workers: usize, max_messages: usize, max_bytes: usize) -> Inbound {
+        let limits = InboundLimits {
+            workers,
+            max_messages,
+            max_bytes,
+            max_message_size: 1000,
+        };
+        Inbound::new("me", limits, ClusterMetrics::default())
+    }
+
+    fn message(node: &str, room: &str, id: u64, len: usize) -> Bytes {
+        envelope::encode(node, room, false, id, &vec![0; len])
+    }
+
+    fn queued(i: &Inbound) -> Vec<Vec<u64>> {
+        i.workers
+            .iter()
+            .map(|w| {
+                let s = w.lock();
+                let ids = s.messages.iter().map(|m| envelope::decode(m).unwrap().id);
+                ids.collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_room_stays_with_one_worker_in_order() {
+        let i = inbound(4, 1000, 1 << 20);
+        for id in 0..20 {
+            i.accept(message("other", "lobby", id, 1));
+        }
+        let queues = queued(&i);
+        let busy: Vec<&Vec<u64>> = queues.iter().filter(|q| !q.is_empty()).collect();
+        assert_eq!(busy, [&(0..20).collect::<Vec<u64>>()]);
+    }
+
+    #[test]
+    fn own_oversized_and_foreign_messages_are_not_queued() {
+        let i = inbound(1, 1000, 1 << 20);
+        i.accept(message("me", "lobby", 1, 1));
+        i.accept(message("other", "lobby", 2, 1001));
+        i.accept(Bytes::from_static(b"not a wsrelay message"));
+        assert_eq!(queued(&i), [Vec::<u64>::new()]);
+        assert_eq!(i.metrics.malformed.get(), 2);
+    }
+
+    #[test]
+    fn the_oldest_are_dropped_beyond_the_bounds_and_counted() {
+        // Two workers share 4 messages: 2 each.
+        let i = inbound(2, 4, 1 << 20);
+        for id in 0..5 {
+            i.accept(message("other", "lobby", id, 1));
+        }
+        assert!(queued(&i).contains(&vec![3, 4]));
+        let overflow = i.metrics.dropped_count(ClusterDropReason::InboundOverflow);
+        assert_eq!(overflow, 3);
+        // Bytes: a message that does not fit beside the waiting one pushes
+        // it out; one message always fits an empty queue.
+        let i = inbound(1, 100, 60);
+        i.accept(message("other", "lobby", 1, 10));
+        i.accept(message("other", "lobby", 2, 40));
+        assert_eq!(queued(&i), [vec![2]]);
+        i.accept(message("other", "lobby", 3, 500));
+        assert_eq!(queued(&i), [vec![3]]);
+    }
+}
