@@ -341,7 +341,8 @@ pub struct ClusterConfig {
     #[serde(serialize_with = "ser_size")]
     pub buffer_bytes: usize,
     /// Messages from the broker that may wait for fan-out to this node's
-    /// clients; beyond that the oldest are dropped and counted.
+    /// clients; beyond that the oldest are dropped and counted. Small, as
+    /// for a client's queue: what waits here is latency.
     pub inbound_messages: usize,
     /// Bytes from the broker that may wait for fan-out.
     #[serde(serialize_with = "ser_size")]
@@ -357,8 +358,8 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             buffer_messages: 10_000,
             buffer_bytes: 16 << 20,
-            inbound_messages: 10_000,
-            inbound_bytes: 16 << 20,
+            inbound_messages: 1024,
+            inbound_bytes: 4 << 20,
         }
     }
 }

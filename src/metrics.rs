@@ -541,8 +541,10 @@ impl Metrics {
                 }
             }
         };
-        messages.inc();
+        // Deliveries first: whoever sees a message counted sees its
+        // deliveries counted too.
         delivered.inc_by(deliveries as u64);
+        messages.inc();
     }
 
     /// A certificate reload succeeded (`ok`) or was refused.

@@ -277,10 +277,12 @@ async fn a_jwt_expiring_while_connected_closes_with_1008_and_others_stay() {
             sign(Algorithm::HS256, claims(ttl))
         )
     };
-    let mut short = within(wsrelay::client::connect(&url(2), None))
+    let mut long = within(wsrelay::client::connect(&url(600), None))
         .await
         .unwrap();
-    let mut long = within(wsrelay::client::connect(&url(600), None))
+    // `exp` is in whole seconds: 3 s from now leaves 2 to 3 s for this
+    // handshake and one relayed message, on a loaded machine too.
+    let mut short = within(wsrelay::client::connect(&url(3), None))
         .await
         .unwrap();
 

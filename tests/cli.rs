@@ -518,7 +518,7 @@ fn cluster_url_and_node_id_come_from_flags_or_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_turns_readyz_503_keeps_accepting_then_spreads_the_closes() {
-    const CLIENTS: usize = 20;
+    const CLIENTS: usize = 29;
     let dir = TempDir::new("drain");
     let mut relay = relay_with(&dir, "shutdown:\n  drain_delay: 3s\n  timeout: 4s\n");
     let metrics = relay.metrics_addr.expect("metrics listener");
@@ -556,11 +556,12 @@ async fn drain_turns_readyz_503_keeps_accepting_then_spreads_the_closes() {
     let closed_at: Vec<Instant> = closing.join_all().await;
     let first = closed_at.iter().min().unwrap();
     let last = closed_at.iter().max().unwrap();
-    // Batches over half of the 4 s timeout (with these 21 clients, 7 of 3,
-    // 2 s / 7 apart): the last comes about 1.7 s after the first (later,
-    // never earlier, on a loaded machine).
+    // Batches over half of the 4 s timeout (with these 30 clients, 10 of
+    // 3, 0.2 s apart): the last comes 1.8 s after the first. A client task
+    // scheduled late can shorten what is measured here, so half of that is
+    // asked for; closes sent at once would be milliseconds apart.
     assert!(
-        *last - *first >= Duration::from_millis(1500),
+        *last - *first >= Duration::from_millis(900),
         "closes spread over only {:?}",
         *last - *first
     );

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use common::broker::{Broker, Kind};
 use common::*;
 use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_websockets::Message;
 use wsrelay::client::ClientStream;
 use wsrelay::config::Config;
@@ -188,10 +189,13 @@ async fn subscribes_by_interest_and_drops_malformed(kind: Kind) {
     let mut publisher = join(a.addr, "/rooms/news?role=publisher").await;
     let mut other_publisher = join(a.addr, "/rooms/other?role=publisher").await;
     let _b_publisher = join(b.addr, "/rooms/quiet?role=publisher").await;
-    // Subscribers join after the publishers: had publish-only clients
-    // counted, the gauges would reach 2 and 3, not 1.
+    // Subscribers join after the publishers, so had publish-only clients
+    // counted, "other" and "quiet" would be subscribed on the broker by the
+    // time "elsewhere" and "news" are (a node applies interest changes in
+    // order): this set is never seen then.
     let _a_listener = join(a.addr, "/rooms/elsewhere").await;
     let mut reader = join(b.addr, "/rooms/news").await;
+    wait_broker_channels(&broker, &["wsrelay.room.elsewhere", "wsrelay.room.news"]).await;
     a.wait_metric(SUBSCRIPTIONS, 1).await;
     b.wait_metric(SUBSCRIPTIONS, 1).await;
 
@@ -227,13 +231,17 @@ on_both_brokers!(subscribes_by_interest_and_drops_malformed);
 /// worker (`inbound_bytes` of one byte), so most of the flood is dropped
 /// oldest first and counted as `inbound_overflow`; every message is either
 /// delivered or counted, the reader hears what was delivered in order, and
-/// the newest message always gets through.
+/// the newest message always gets through. (`inbound_messages` is left
+/// above the flood so the NATS client, which holds that many per subject,
+/// drops nothing itself: its slow-consumer reports may be lost, and the
+/// sum would not add up.)
 async fn an_inbound_flood_is_bounded_and_counted(kind: Kind) {
     const N: u64 = 5_000;
     const LISTENERS: usize = 50;
     let broker = Broker::start(kind);
     let mut config = node_config(&broker, "b");
     config.cluster.inbound_bytes = 1;
+    config.cluster.inbound_messages = 2 * N as usize;
     let b = start(config).await;
     b.wait_metric(CONNECTED, 1).await;
     let mut reader = join(b.addr, "/rooms/flood").await;
@@ -324,6 +332,54 @@ async fn publish_raw(broker: &Broker, channel: &str, payload: &[u8]) {
                 .unwrap();
             within(client.flush()).await.unwrap();
         }
+    }
+}
+
+/// Waits until the channels (Redis) or subjects (NATS) with subscribers on
+/// the broker, those of the relay's prefix, are exactly `want` (sorted).
+async fn wait_broker_channels(broker: &Broker, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut channels: Vec<String> = match broker.kind {
+            Kind::Redis => {
+                let client = redis::Client::open(broker.url()).unwrap();
+                let mut con = within(client.get_multiplexed_async_connection())
+                    .await
+                    .unwrap();
+                within(redis::cmd("PUBSUB").arg("CHANNELS").query_async(&mut con))
+                    .await
+                    .unwrap()
+            }
+            Kind::Nats => {
+                // HTTP/1.0, so the answer is not chunked.
+                let monitor = ("127.0.0.1", broker.monitor_port);
+                let mut s = within(tokio::net::TcpStream::connect(monitor))
+                    .await
+                    .unwrap();
+                s.write_all(b"GET /subsz?subs=1&limit=100000 HTTP/1.0\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut raw = String::new();
+                within(s.read_to_string(&mut raw)).await.unwrap();
+                let (_, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+                let subs: serde_json::Value = serde_json::from_str(body).unwrap();
+                let list = subs["subscriptions_list"].as_array().cloned();
+                let subjects = list.unwrap_or_default().into_iter();
+                subjects
+                    .filter_map(|s| s["subject"].as_str().map(str::to_owned))
+                    .collect()
+            }
+        };
+        channels.retain(|c| c.starts_with("wsrelay."));
+        channels.sort();
+        if channels == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broker channels are {channels:?}, not {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

@@ -302,7 +302,8 @@ async fn a_client_that_never_answers_pings_is_closed_and_others_stay() {
         )
         .await;
 
-    // Many idle timeouts later, the answering client is still there and relays.
+    // A whole idle timeout after both joined, the answering client is still
+    // there and relays.
     let mut other = server.client().await;
     other.send(Message::text("done")).await.unwrap();
     let _alive = within(answering).await.unwrap();

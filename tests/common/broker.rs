@@ -42,6 +42,8 @@ impl Kind {
 pub struct Broker {
     pub kind: Kind,
     pub port: u16,
+    /// nats-server's monitoring port (its HTTP endpoint, for `/subsz`).
+    pub monitor_port: u16,
     /// A nats-server configuration file, when one was given.
     config: Option<super::TempDir>,
     child: Option<Child>,
@@ -61,13 +63,16 @@ impl Broker {
     }
 
     fn start_with(kind: Kind, config: Option<super::TempDir>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("find a free port")
-            .port();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("find a free port")
+                .port()
+        };
         let mut broker = Self {
             kind,
-            port,
+            port: free_port(),
+            monitor_port: free_port(),
             config,
             child: None,
         };
@@ -128,6 +133,7 @@ impl Broker {
                     c.arg("-c").arg(dir.0.join("nats.conf"));
                 }
                 c.args(["-a", "127.0.0.1", "-p", &port]);
+                c.args(["-m", &self.monitor_port.to_string()]);
                 (c, "Server is ready")
             }
         };
