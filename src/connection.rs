@@ -699,6 +699,9 @@ struct Outbox {
     socket_full: bool,
     /// Frames just taken from the queue (kept to reuse its memory).
     batch: Vec<Frame>,
+    /// A keepalive ping was taken: once the queue is empty again, every
+    /// buffer goes back, not only those past [`KEEP_BATCH`].
+    pinged: bool,
     /// Where small frames are packed; its memory is reused batch after batch.
     scratch: BytesMut,
     stall: Stall,
@@ -745,6 +748,7 @@ impl Outbox {
             pongs: VecDeque::new(),
             socket_full: false,
             batch: Vec::new(),
+            pinged: false,
             scratch: BytesMut::new(),
             stall: Stall {
                 limit: write_timeout,
@@ -799,7 +803,10 @@ impl Outbox {
                     return Poll::Pending;
                 }
                 Poll::Ready(Next::Closed) => return Poll::Ready(Stop::Closed),
-                Poll::Ready(Next::Ping) => self.chunks.push_back(Bytes::from_static(PING)),
+                Poll::Ready(Next::Ping) => {
+                    self.pinged = true;
+                    self.chunks.push_back(Bytes::from_static(PING));
+                }
                 Poll::Ready(Next::Frames) => self.encode_batch(metrics),
             }
         }
@@ -810,14 +817,21 @@ impl Outbox {
 
     /// Gone idle: give back what a burst needed. The scratch buffer goes
     /// whatever its apparent capacity: after `split` that capacity is only
-    /// the tail's, while the view still holds the whole allocation.
+    /// the tail's, while the view still holds the whole allocation. Small
+    /// batch buffers are kept for the next burst, until a keepalive ping
+    /// finds the client idle: then they go too, and an idle client costs
+    /// what a fresh one does.
     fn release_memory(&mut self) {
         self.scratch = BytesMut::new();
-        if self.batch.capacity() > KEEP_BATCH {
+        let keep = if std::mem::take(&mut self.pinged) { 0 } else { KEEP_BATCH };
+        if self.batch.capacity() > keep {
             self.batch = Vec::new();
         }
-        if self.chunks.capacity() > KEEP_BATCH {
+        if self.chunks.capacity() > keep {
             self.chunks = VecDeque::new();
+        }
+        if self.pongs.capacity() > keep {
+            self.pongs = VecDeque::new();
         }
         self.stall.timer = None;
     }

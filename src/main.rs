@@ -158,8 +158,11 @@ struct IdleArgs {
     #[arg(short = 'd', long, default_value = "5s", value_parser = parse_duration)]
     duration: std::time::Duration,
     /// Before holding them idle, send every connection this many messages
-    /// (from one of them) and wait until all have them: the report then
-    /// also gives the relay's memory per connection idle after traffic.
+    /// (from one of them) and wait until all have them and two of the
+    /// relay's keepalive pings (up to 65 s: an idle client gives its
+    /// buffers back at a ping, and the relay returns freed memory to the
+    /// system at the next): the report then also gives the relay's memory
+    /// per connection idle after traffic.
     #[arg(long, value_name = "MESSAGES", default_value_t = 0)]
     traffic: usize,
     /// Payload bytes of each --traffic message.

@@ -122,7 +122,10 @@ struct State {
     on_close: Option<Waker>,
 }
 
-/// Capacity kept by an emptied queue; beyond it the memory goes back.
+/// Capacity an emptied queue keeps for the next burst; beyond it the
+/// memory goes back at once, and all of it at the next ping the client
+/// takes while its queue is empty (it has been idle since the last one,
+/// or nearly).
 const KEEP_CAPACITY: usize = 64;
 
 impl Queue {
@@ -257,6 +260,9 @@ impl Queue {
             return Poll::Ready(Next::Closed);
         }
         if std::mem::take(&mut state.ping) {
+            if state.frames.is_empty() {
+                state.frames = VecDeque::new();
+            }
             return Poll::Ready(Next::Ping);
         }
         let Some(first) = state.frames.pop_front() else {

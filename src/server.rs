@@ -480,14 +480,32 @@ async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration) {
 }
 
 /// Asks every client to ping its peer once per interval, and advances the
-/// clock clients measure idleness by.
+/// clock clients measure idleness by. A client idle at its ping gives back
+/// its buffers; the next tick hands what they freed back to the system.
 async fn keepalive(cx: Arc<ConnectionContext>) {
     let Some(clock) = &cx.keepalive else { return };
     every(clock.interval, &cx.shutdown, || {
         clock.advance();
+        // Off the runtime's threads: after a burst it can take milliseconds.
+        tokio::task::spawn_blocking(give_back_free_memory);
         cx.hub.ping_all();
     })
     .await;
+}
+
+/// Returns the allocator's free memory to the system. glibc keeps what
+/// clients freed after a burst inside its heap, pinned by the live
+/// allocations around it: 10 000 idle clients that had received 20
+/// messages each held 3.2 KB apiece against 2.4 KB fresh, though less of
+/// it was in use than when fresh; trimmed, within 1 % of fresh. Nothing to
+/// trim costs microseconds.
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free
+    // lists, under its locks; it may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Accepts the next connection once a handshake place is free: while all

@@ -268,15 +268,15 @@ async fn churn_ends_connections_every_way_and_the_relay_counts_each() {
 }
 
 /// An idle client that has received traffic holds no more than a fresh one
-/// does, give or take what the allocator keeps: the relay as its own
-/// process, 800 clients, 100 messages of 900 B to each, then idle. (Each
-/// client used to keep its biggest batch's buffer: about 60 KiB.)
+/// does, give or take page-sized noise: the relay as its own process, 800
+/// clients, 100 messages of 900 B to each, then idle through two pings.
+/// (Each client used to keep its biggest batch's buffer: about 60 KiB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_give_back_what_traffic_took() {
     let dir = TempDir::new("idle-after-traffic");
     let relay = spawn_relay(&dir.file(
         "wsrelay.yaml",
-        "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  enabled: false\n",
+        "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  enabled: false\nclient:\n  ping_interval: 500ms\n",
     ));
     let target = Target {
         pid: Some(relay.child.id()),

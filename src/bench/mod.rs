@@ -719,7 +719,8 @@ pub struct IdleReport {
     /// Messages every connection received before the idle phase.
     pub traffic_messages: usize,
     /// Relay memory per connection once they are idle again after that
-    /// traffic, against the relay before the connections (bytes).
+    /// traffic and two of the relay's keepalive pings have reached them all,
+    /// against the relay before the connections (bytes).
     pub rss_per_connection_after_traffic_bytes: Option<f64>,
 }
 
@@ -766,10 +767,16 @@ pub async fn idle(target: &Target, opts: &IdleOptions) -> Result<IdleReport, Ben
     }
     let stop = CancellationToken::new();
     let received = Arc::new(AtomicU64::new(0));
+    // Clients pinged twice after they had all the traffic: the relay gives
+    // back an idle client's buffers at a keepalive ping, and what they
+    // freed to the system at the next one.
+    let pinged_after = Arc::new(AtomicU64::new(0));
+    let traffic = opts.traffic;
     let mut watchers = JoinSet::new();
     for mut ws in clients {
-        let (stop, received) = (stop.clone(), received.clone());
+        let (stop, received, pinged_after) = (stop.clone(), received.clone(), pinged_after.clone());
         watchers.spawn(async move {
+            let (mut mine, mut pings) = (0, 0);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return None,
@@ -779,7 +786,13 @@ pub async fn idle(target: &Target, opts: &IdleOptions) -> Result<IdleReport, Ben
                         }
                         Some(Ok(m)) => {
                             if m.is_binary() {
+                                mine += 1;
                                 received.fetch_add(1, Ordering::Relaxed);
+                            } else if m.is_ping() && mine >= traffic {
+                                pings += 1;
+                                if pings == 2 {
+                                    pinged_after.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                         Some(Err(_)) => return Some("error".to_owned()),
@@ -796,6 +809,13 @@ pub async fn idle(target: &Target, opts: &IdleOptions) -> Result<IdleReport, Ben
         let want = (opts.traffic * connections) as u64;
         let deadline = Instant::now() + Duration::from_secs(30);
         while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Then two of the relay's keepalive pings (at most two ping
+        // intervals; with pings off, the wait ends at the deadline).
+        let deadline = Instant::now() + IDLE_PING_WAIT;
+        while pinged_after.load(Ordering::Relaxed) < connections as u64 && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -823,6 +843,10 @@ pub async fn idle(target: &Target, opts: &IdleOptions) -> Result<IdleReport, Ben
         rss_per_connection_after_traffic_bytes: rss_after_traffic.map(per_connection),
     })
 }
+
+/// How long `idle` waits, after the traffic, for two of the relay's
+/// keepalive pings (its default interval is 30 s).
+const IDLE_PING_WAIT: Duration = Duration::from_secs(65);
 
 /// What a `connect` run saw.
 #[derive(Debug, Clone, Serialize)]
@@ -996,7 +1020,7 @@ impl fmt::Display for IdleReport {
         if let Some(b) = self.rss_per_connection_after_traffic_bytes {
             writeln!(
                 f,
-                "after {} messages to each, idle again: {b:.0} B per connection",
+                "after {} messages to each and two keepalive pings, idle again: {b:.0} B per connection",
                 self.traffic_messages
             )?;
         }
