@@ -26,8 +26,9 @@ use serde_json::{Value, json};
 
 use crate::auth::{Secrets, bearer_token};
 use crate::connection::ConnectionContext;
-use crate::hub::{Frame, RoomName};
-use crate::protocol;
+use crate::hub::RoomName;
+use crate::wire;
+use crate::wire::Frame;
 
 /// The API's name for the shared room when rooms are off.
 const DEFAULT_ROOM: &str = "default";
@@ -192,7 +193,7 @@ impl Api {
         let closed = self
             .cx
             .hub
-            .close_room(room, &protocol::close_frame(1000, reason.trim()));
+            .close_room(room, &wire::close_frame(1000, reason.trim()));
         match closed {
             0 => Err(fail(StatusCode::NOT_FOUND, "no such room")),
             n => Ok(json!({ "closed": n })),

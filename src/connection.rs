@@ -7,7 +7,7 @@
 //! per-client footprint and needs no lock around the socket.
 //!
 //! Reading: bytes are read into a buffer shared by every client on the
-//! thread and parsed by [`protocol::Reader`], which keeps per-client bytes
+//! thread and parsed by [`wire::Reader`], which keeps per-client bytes
 //! only for a frame still arriving, so an idle client holds no read buffer.
 //! A complete data message is encoded once as the frame everyone will be
 //! sent, and published.
@@ -45,11 +45,11 @@ use tracing::debug;
 
 use crate::backplane::Cluster;
 use crate::config::OnRateExceeded;
-use crate::hub::{Backlog, ClientId, Frame, Hub, Published, RoomName, Subscription};
+use crate::hub::{Backlog, ClientId, Hub, Published, RoomName, Subscription};
 use crate::limits::{Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
-use crate::protocol::{self, Incoming, Reader, Violation};
 use crate::queue::{Ending, Next, Queue};
+use crate::wire::{self, Frame, Incoming, Reader, Violation};
 
 /// Most messages, and most payload bytes (or one message), taken from the
 /// queue for one flush. Bounds what a client holds beyond its queue, and keeps one
@@ -388,7 +388,7 @@ where
                 if pongs.len() == MAX_PENDING_PONGS {
                     pongs.pop_front();
                 }
-                pongs.push_back(protocol::pong_frame(&payload));
+                pongs.push_back(wire::pong_frame(&payload));
                 Step::Go
             }
             Incoming::Close(code) => Step::End(Event::PeerClosed(code)),
@@ -436,7 +436,7 @@ where
     let (reason, close, await_peer, timeout) = match event {
         Event::PeerClosed(code) => (
             DisconnectReason::ClientClose,
-            protocol::close_reply(code),
+            wire::close_reply(code),
             false,
             cx.close_timeout,
         ),
@@ -444,7 +444,7 @@ where
             debug!(code = v.code, reason = v.reason, "protocol error");
             (
                 DisconnectReason::ProtocolError,
-                protocol::close_frame(v.code, v.reason),
+                wire::close_frame(v.code, v.reason),
                 true,
                 cx.close_timeout,
             )
@@ -468,13 +468,13 @@ where
         }
         Event::Evicted => (
             DisconnectReason::SlowConsumer,
-            protocol::close_frame(1008, "slow consumer"),
+            wire::close_frame(1008, "slow consumer"),
             true,
             cx.close_timeout,
         ),
         Event::IdleTimeout => (
             DisconnectReason::IdleTimeout,
-            protocol::close_frame(1001, "idle timeout"),
+            wire::close_frame(1001, "idle timeout"),
             // It has not answered pings; it will not answer a close either.
             false,
             cx.close_timeout,
@@ -484,31 +484,31 @@ where
         }
         Event::NotPermitted => (
             DisconnectReason::NotPermitted,
-            protocol::close_frame(1008, "subscribers may not send"),
+            wire::close_frame(1008, "subscribers may not send"),
             true,
             cx.close_timeout,
         ),
         Event::MessageTimeout => (
             DisconnectReason::MessageTimeout,
-            protocol::close_frame(1008, "message took too long"),
+            wire::close_frame(1008, "message took too long"),
             true,
             cx.close_timeout,
         ),
         Event::TokenExpired => (
             DisconnectReason::TokenExpired,
-            protocol::close_frame(1008, "token expired"),
+            wire::close_frame(1008, "token expired"),
             true,
             cx.close_timeout,
         ),
         Event::RateLimited => (
             DisconnectReason::RateLimit,
-            protocol::close_frame(1008, "rate limit exceeded"),
+            wire::close_frame(1008, "rate limit exceeded"),
             true,
             cx.close_timeout,
         ),
         Event::Shutdown => (
             DisconnectReason::Shutdown,
-            protocol::close_frame(1001, "server shutting down"),
+            wire::close_frame(1001, "server shutting down"),
             true,
             // The server bounds the whole shutdown; `force` ends this earlier if needed.
             Duration::MAX,

@@ -14,77 +14,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::backplane::Interest;
 use crate::queue::{Ending, Push, Queue, QueueLimits};
+use crate::wire::Frame;
 use prometheus_client::metrics::gauge::Gauge;
-
-/// A data message encoded once as the unmasked, final server frame that
-/// goes on every subscriber's wire unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
-
-impl Frame {
-    const TEXT: u8 = 0x1;
-    const BINARY: u8 = 0x2;
-
-    /// Encodes a text (`text == true`) or binary message.
-    pub fn new(text: bool, payload: &[u8]) -> Self {
-        let mut b = Self::header(text, payload.len());
-        b.extend_from_slice(payload);
-        Self(b.freeze())
-    }
-
-    /// Encodes a message from a client frame's masked payload, unmasking it
-    /// in the same pass as the copy that encoding needs anyway.
-    pub fn from_masked(text: bool, masked: &[u8], mask: [u8; 4]) -> Self {
-        let mut b = Self::header(text, masked.len());
-        let start = b.len();
-        b.extend_from_slice(masked);
-        crate::protocol::unmask(&mut b[start..], mask);
-        Self(b.freeze())
-    }
-
-    /// A buffer holding the frame header, with room for the payload.
-    fn header(text: bool, n: usize) -> BytesMut {
-        let opcode = if text { Self::TEXT } else { Self::BINARY };
-        let mut b = BytesMut::with_capacity(n + 10);
-        b.put_u8(0x80 | opcode);
-        if n < 126 {
-            b.put_u8(n as u8);
-        } else if n <= 0xffff {
-            b.put_u8(126);
-            b.put_u16(n as u16);
-        } else {
-            b.put_u8(127);
-            b.put_u64(n as u64);
-        }
-        b
-    }
-
-    /// The whole frame, header included.
-    pub fn wire(&self) -> &Bytes {
-        &self.0
-    }
-
-    fn header_len(&self) -> usize {
-        match self.0.get(1) {
-            Some(126) => 4,
-            Some(127) => 10,
-            _ => 2,
-        }
-    }
-
-    /// The message's payload.
-    pub fn payload(&self) -> &[u8] {
-        &self.0[self.header_len()..]
-    }
-
-    pub fn is_text(&self) -> bool {
-        self.0.first() == Some(&(0x80 | Self::TEXT))
-    }
-}
 
 /// Identifies one connected client for the lifetime of the process.
 pub type ClientId = u64;

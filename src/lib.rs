@@ -12,7 +12,7 @@
 //! - [`connection`]: one client's reader and writer after the upgrade.
 //! - [`hub`]: membership and fan-out into bounded per-client queues.
 //! - [`queue`]: one client's bounded queue and the slow-consumer policy.
-//! - [`protocol`]: RFC 6455 frame parsing and encoding, strict, bufferless when idle.
+//! - [`wire`]: RFC 6455 frames, parsed strictly and bufferless when idle, and encoded once.
 //! - [`limits`]: caps on concurrent clients, checked before the upgrade.
 //! - [`origin`]: the `Origin` allowlist.
 //! - [`auth`]: static tokens and JWTs, checked before the upgrade.
@@ -51,9 +51,10 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
-pub mod protocol;
+
 pub mod query;
 pub mod queue;
 pub mod server;
 pub mod tls;
 pub mod upgrade;
+pub mod wire;

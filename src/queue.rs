@@ -40,7 +40,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 use crate::config::OnOverflow;
-use crate::hub::Frame;
+use crate::wire::Frame;
 
 /// How much a client's queue may hold, and what happens beyond that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

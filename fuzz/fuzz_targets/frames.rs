@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsrelay::protocol::{Incoming, Reader, Violation};
+use wsrelay::wire::{Incoming, Reader, Violation};
 
 const MAX_MESSAGE: usize = 4096;
 

@@ -25,8 +25,8 @@ use tracing::{debug, warn};
 
 use super::envelope;
 use crate::connection::ConnectionContext;
-use crate::hub::Frame;
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
+use crate::wire::Frame;
 
 /// Deliveries a worker makes before it lets other tasks on its thread run.
 const DELIVERIES_PER_TURN: usize = 16 * 1024;

@@ -44,8 +44,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ClusterBackend, ClusterConfig};
 use crate::connection::ConnectionContext;
-use crate::hub::{Frame, RoomName};
+use crate::hub::RoomName;
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
+use crate::wire::Frame;
 
 use self::inbound::{Inbound, InboundLimits};
 use self::nats::NatsLink;

@@ -1,5 +1,4 @@
-//! RFC 6455 on the server side: parsing what clients send, encoding what
-//! the relay sends back.
+//! Parsing what clients send (RFC 6455, server side).
 //!
 //! The relay owns this rather than using a WebSocket library's stream so
 //! that an idle client holds no read buffer: bytes are read into a buffer
@@ -10,17 +9,9 @@
 //! UTF-8 (checked as fragments arrive, so a bad message fails on its first
 //! bad fragment).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
-use crate::hub::Frame;
-
-/// A WebSocket opcode the relay understands.
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
+use super::frame::{BINARY, CLOSE, CONTINUATION, Frame, PING, PONG, TEXT, unmask};
 
 /// Something a client sent that the connection must act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -561,52 +552,6 @@ fn put_unmasked(out: &mut BytesMut, masked: &[u8], mask: [u8; 4]) {
     unmask(&mut out[start..], mask);
 }
 
-/// XORs `buf` with the frame's mask, eight bytes at a time.
-pub(crate) fn unmask(buf: &mut [u8], mask: [u8; 4]) {
-    let m = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = buf.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ m;
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
-}
-
-/// A server control frame (unmasked, final).
-fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(2 + payload.len());
-    b.put_u8(0x80 | opcode);
-    b.put_u8(payload.len().min(125) as u8);
-    b.extend_from_slice(&payload[..payload.len().min(125)]);
-    b.freeze()
-}
-
-/// A close frame with `code` and `reason`.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    control_frame(CLOSE, &payload)
-}
-
-/// The reply to a peer's Close: its code echoed (RFC 6455 section 5.5.1),
-/// or an empty close if it sent none.
-pub fn close_reply(code: Option<u16>) -> Bytes {
-    match code {
-        Some(code) => close_frame(code, ""),
-        None => control_frame(CLOSE, &[]),
-    }
-}
-
-/// A pong answering a ping's payload.
-pub fn pong_frame(payload: &[u8]) -> Bytes {
-    control_frame(PONG, payload)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -830,11 +775,6 @@ mod tests {
             feed_all(&mut r, &frame(true, CLOSE, &payload)),
             Ok(vec![Incoming::Close(Some(1000))])
         );
-        assert_eq!(
-            &close_frame(1001, "bye")[..],
-            &[0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']
-        );
-        assert_eq!(&pong_frame(b"hi")[..], &[0x8A, 2, b'h', b'i']);
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! RFC 6455 frames, both ways, with no I/O: [`Reader`] parses what clients
+//! send, [`Frame`] and the control-frame encoders are what the relay sends.
+//!
+//! The bottom layer: it knows nothing of sockets, rooms, clients or
+//! configuration, and nothing in the crate is below it.
+
+mod frame;
+mod reader;
+
+pub use frame::{Frame, close_frame, close_reply, pong_frame, unmask};
+pub use reader::{Incoming, Reader, Violation};
