@@ -65,7 +65,7 @@ impl Api {
 
     /// The hub's room for an API room name.
     fn room(&self, name: &str) -> Result<RoomName, Failure> {
-        if !crate::upgrade::is_room_name(name) {
+        if !crate::hub::is_room_name(name) {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
                 "room names are 1-128 characters of A-Z a-z 0-9 . _ : -",

@@ -27,6 +27,16 @@ pub type ClientId = u64;
 /// A room's name; with rooms off, every client is in the room "".
 pub type RoomName = Arc<str>;
 
+/// Whether `name` may name a room, wherever it comes from (a client's
+/// path, the HTTP API, a broker message): 1 to 128 characters of
+/// `A-Za-z0-9._:-`.
+pub fn is_room_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Everyone who hears published messages, room by room.
 pub struct Hub {
     // Publishing takes the read lock, so publishers on different threads run

@@ -90,7 +90,7 @@ impl Gate {
             };
         };
         let name = path.strip_prefix(prefix.as_str()).ok_or(NOT_FOUND)?;
-        match is_room_name(name) {
+        match crate::hub::is_room_name(name) {
             true => Ok(RoomName::from(name)),
             false => Err((
                 StatusCode::BAD_REQUEST,
@@ -199,14 +199,6 @@ impl Gate {
             ),
         }
     }
-}
-
-/// 1 to 128 characters of `A-Za-z0-9._:-`.
-pub fn is_room_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The response to a WebSocket upgrade request: 101 if it is a valid one,

@@ -91,7 +91,7 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, Malformed> {
         return Err(Malformed::Node);
     }
     let room = r.short_str().map_err(|_| Malformed::Room)?;
-    if !room.is_empty() && !crate::upgrade::is_room_name(room) {
+    if !room.is_empty() && !crate::hub::is_room_name(room) {
         return Err(Malformed::Room);
     }
     let id = u64::from_be_bytes(r.take(8)?.try_into().map_err(|_| Malformed::Truncated)?);
