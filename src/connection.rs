@@ -818,9 +818,9 @@ impl Outbox {
     /// Gone idle: give back what a burst needed. The scratch buffer goes
     /// whatever its apparent capacity: after `split` that capacity is only
     /// the tail's, while the view still holds the whole allocation. Small
-    /// batch buffers are kept for the next burst, until a keepalive ping
-    /// finds the client idle: then they go too, and an idle client costs
-    /// what a fresh one does.
+    /// batch buffers are kept for the next burst, until the queue is empty
+    /// just after a keepalive ping: then they go too, and an idle client
+    /// costs what a fresh one does.
     fn release_memory(&mut self) {
         self.scratch = BytesMut::new();
         let keep = if std::mem::take(&mut self.pinged) {
@@ -926,7 +926,8 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use std::task::Waker;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
 
     use prometheus_client::metrics::gauge::Gauge;
     use tokio::io::AsyncWriteExt;
@@ -936,10 +937,21 @@ mod tests {
     use crate::limits::ConnectionLimits;
     use crate::queue::QueueLimits;
 
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// One read of tiny frames into a big room stops fanning out once the
     /// publisher's deliveries pass its budget, lets the thread's other tasks
-    /// run, and carries on at its next poll. (Without the budget, one poll
-    /// delivered the whole read: here 1.2 million pushes.)
+    /// run (having woken itself to carry on), and carries on at its next
+    /// poll. (Without the budget, one poll delivered the whole read: here
+    /// 1.2 million pushes.)
     #[tokio::test]
     async fn a_publisher_yields_its_thread_after_its_delivery_budget() {
         const MEMBERS: usize = 300;
@@ -984,7 +996,9 @@ mod tests {
         peer.write_all(&frames).await.unwrap();
 
         let mut serving = Box::pin(serve(relay_end, client, publisher, cx));
-        let mut task = Context::from_waker(Waker::noop());
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = Waker::from(wakes.clone());
+        let mut task = Context::from_waker(&waker);
         let queued = |members: &[Subscription]| members.iter().map(|s| s.queue.len()).sum();
         assert!(serving.as_mut().poll(&mut task).is_pending());
         let first: usize = queued(&members);
@@ -992,9 +1006,18 @@ mod tests {
             (PUBLISH_DELIVERIES_PER_POLL..PUBLISH_DELIVERIES_PER_POLL + MEMBERS).contains(&first),
             "{first} deliveries in one poll"
         );
-        // The rest at the next polls.
+        assert!(
+            wakes.0.load(Ordering::Relaxed) > 0,
+            "paused without a wake-up"
+        );
+        // The rest at the next polls, each one asked for by a wake-up.
         for _ in 0..4 {
+            let before = wakes.0.load(Ordering::Relaxed);
             assert!(serving.as_mut().poll(&mut task).is_pending());
+            if queued(&members) == MEMBERS * MESSAGES {
+                break;
+            }
+            assert!(wakes.0.load(Ordering::Relaxed) > before);
         }
         assert_eq!(queued(&members), MEMBERS * MESSAGES);
     }

@@ -123,9 +123,9 @@ struct State {
 }
 
 /// Capacity an emptied queue keeps for the next burst; beyond it the
-/// memory goes back at once, and all of it at the next ping the client
-/// takes while its queue is empty (it has been idle since the last one,
-/// or nearly).
+/// memory goes back at once, and all of it when a keepalive ping finds the
+/// queue empty (once per ping interval, so a client that goes on receiving
+/// only reallocates that often).
 const KEEP_CAPACITY: usize = 64;
 
 impl Queue {

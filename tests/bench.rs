@@ -267,10 +267,10 @@ async fn churn_ends_connections_every_way_and_the_relay_counts_each() {
     server.stop().await;
 }
 
-/// An idle client that has received traffic holds no more than a fresh one
-/// does, give or take page-sized noise: the relay as its own process, 800
-/// clients, 100 messages of 900 B to each, then idle through two pings.
-/// (Each client used to keep its biggest batch's buffer: about 60 KiB.)
+/// An idle client that has received traffic holds about what a fresh one
+/// does: the relay as its own process, 800 clients, 100 messages of 900 B
+/// to each, then idle through two pings. (Each client used to keep its
+/// biggest batch's buffer: about 60 KiB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_give_back_what_traffic_took() {
     let dir = TempDir::new("idle-after-traffic");
@@ -292,8 +292,11 @@ async fn idle_clients_give_back_what_traffic_took() {
     assert!(report.disconnects.is_empty(), "{report:?}");
     let fresh = report.server.as_ref().unwrap().rss_per_connection_bytes;
     let after = report.rss_per_connection_after_traffic_bytes.unwrap();
+    // Within 40 % of fresh here (1.1-1.2 x measured; 1.7-1.9 x while
+    // clients kept their small buffers and the allocator its free pages),
+    // and never the tens of KiB a client once kept.
     assert!(
-        after < 10.0 * 1024.0,
+        after < 1.4 * fresh && after < 10.0 * 1024.0,
         "{after:.0} B per idle client after traffic ({fresh:.0} B fresh)"
     );
 }

@@ -9,8 +9,10 @@
 //! Fan-out runs on one worker task per CPU the relay may use. Each room
 //! belongs to one worker, chosen by hashing its name, so a room's messages
 //! keep their order while different rooms fan out in parallel. Each
-//! worker's queue holds its share of `cluster.inbound_messages` and
-//! `cluster.inbound_bytes`; past that the oldest waiting message is
+//! worker's queue holds up to `cluster.inbound_messages` and
+//! `cluster.inbound_bytes` (each worker the whole bound, so one hot room
+//! gets all of it; the node at most the bound times its workers, plus the
+//! batch each is fanning out); past that the oldest waiting message is
 //! dropped and counted (`inbound_overflow`): a node that cannot keep up
 //! loses messages it counts, rather than memory and latency it cannot see.
 
@@ -58,7 +60,7 @@ struct QueueState {
     bytes: usize,
 }
 
-/// The bounds and the number of workers they are shared by.
+/// How many workers, and the bounds each worker's queue keeps.
 pub(super) struct InboundLimits {
     pub workers: usize,
     pub max_messages: usize,
@@ -72,8 +74,8 @@ impl Inbound {
         let worker = || WorkerQueue {
             state: Mutex::default(),
             ready: Notify::new(),
-            max_messages: (limits.max_messages / workers).max(1),
-            max_bytes: limits.max_bytes / workers,
+            max_messages: limits.max_messages.max(1),
+            max_bytes: limits.max_bytes,
         };
         Self {
             node_id: node_id.to_owned(),
@@ -130,7 +132,9 @@ impl Inbound {
                 };
                 self.metrics.received.inc();
                 let published = cx.deliver(m.room, &Frame::new(m.text, m.payload), None);
-                deliveries += published.queued;
+                // Each message counts, delivered to anyone or not, so a
+                // stream that reaches no one still lets the thread go.
+                deliveries += published.queued.max(1);
                 if deliveries >= DELIVERIES_PER_TURN {
                     deliveries = 0;
                     tokio::task::yield_now().await;
@@ -237,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn own_oversized_and_foreign_messages_are_not_queued() {
+    fn own_oversized_and_malformed_messages_are_not_queued() {
         let i = inbound(1, 1000, 1 << 20);
         i.accept(message("me", "lobby", 1, 1));
         i.accept(message("other", "lobby", 2, 1001));
@@ -248,8 +252,8 @@ mod tests {
 
     #[test]
     fn the_oldest_are_dropped_beyond_the_bounds_and_counted() {
-        // Two workers share 4 messages: 2 each.
-        let i = inbound(2, 4, 1 << 20);
+        // Each worker holds the whole bound: 2 here.
+        let i = inbound(2, 2, 1 << 20);
         for id in 0..5 {
             i.accept(message("other", "lobby", id, 1));
         }

@@ -250,7 +250,7 @@ impl Cluster {
         let broker = redact(&self.url);
         let mut failures: u32 = 0;
         loop {
-            let connect = Link::connect(&self, &self.url);
+            let connect = Link::connect(&self);
             let attempt = tokio::select! {
                 link = connect => link,
                 () = stop.cancelled() => return,
@@ -499,9 +499,10 @@ enum Link {
 }
 
 impl Link {
-    /// Connects to `cluster`'s broker at `url`; what the broker sends goes
-    /// to the cluster's inbound queues.
-    async fn connect(cluster: &Cluster, url: &str) -> Result<Self, LinkError> {
+    /// Connects to `cluster`'s broker; what the broker sends goes to the
+    /// cluster's inbound queues.
+    async fn connect(cluster: &Cluster) -> Result<Self, LinkError> {
+        let url = &cluster.url;
         let inbound = cluster.inbound.clone();
         match cluster.backend {
             ClusterBackend::Redis => Ok(Self::Redis(

@@ -11,14 +11,17 @@
 //!
 //! The client keeps up to `cluster.inbound_messages` per subject for the
 //! cluster task, which moves them to the inbound queues as they come;
-//! past that it drops them as a slow consumer, which is counted as
-//! `inbound_overflow` (it reports through a bounded event channel, so a
-//! flood of drops may be undercounted).
+//! past that it drops the newest as a slow consumer, which is counted as
+//! `inbound_overflow`. It reports drops and disconnects through one
+//! bounded event channel that it lets overflow, so a flood of drops may be
+//! undercounted and may crowd out the disconnect event: the link also
+//! checks the client's connection state every second.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::client::PublishErrorKind;
+use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event, Message, Subscriber};
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -27,12 +30,17 @@ use tokio_stream::{StreamExt, StreamMap};
 use super::LinkError;
 use super::inbound::Inbound;
 
+/// How often [`NatsLink::next`] looks at the connection state, in case the
+/// disconnect event was lost.
+const STATE_CHECK: Duration = Duration::from_secs(1);
+
 /// A connected NATS client and its subscriptions, one per room.
 pub struct NatsLink {
     client: Client,
     subscriptions: StreamMap<String, Subscriber>,
     /// Notified when the client loses its connection.
     lost: Arc<Notify>,
+    state_check: tokio::time::Interval,
     timeout: Duration,
 }
 
@@ -70,6 +78,7 @@ impl NatsLink {
             client,
             subscriptions: StreamMap::new(),
             lost,
+            state_check: tokio::time::interval(STATE_CHECK),
             timeout,
         })
     }
@@ -136,12 +145,19 @@ impl NatsLink {
     /// The next message on a subscribed subject; `None` once the
     /// connection is gone.
     pub async fn next(&mut self) -> Option<Message> {
-        tokio::select! {
-            biased;
-            () = self.lost.notified() => None,
-            // An empty map yields None at once: then only wait for loss.
-            Some((_, message)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                Some(message)
+        loop {
+            tokio::select! {
+                biased;
+                () = self.lost.notified() => return None,
+                _ = self.state_check.tick() => {
+                    if self.client.connection_state() == State::Disconnected {
+                        return None;
+                    }
+                }
+                // An empty map yields None at once: then only wait for loss.
+                Some((_, message)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                    return Some(message);
+                }
             }
         }
     }

@@ -43,12 +43,11 @@ impl RedisLink {
         let lost = Arc::new(Notify::new());
         let on_push = {
             let lost = lost.clone();
-            move |push: PushInfo| -> Result<(), LinkError> {
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
                 match push.kind {
+                    // Anything but a bulk string is not a wsrelay message.
                     PushKind::Message => {
-                        if let Some(payload) = message_payload(push.data) {
-                            inbound.accept(payload);
-                        }
+                        inbound.accept(message_payload(push.data).unwrap_or_default())
                     }
                     PushKind::Disconnection => lost.notify_one(),
                     // Subscription confirmations; the commands' own replies
