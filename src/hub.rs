@@ -16,7 +16,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 
-use crate::backplane::Interest;
 use crate::queue::{Ending, Push, Queue, QueueLimits};
 use crate::wire::Frame;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,7 +49,19 @@ pub struct Hub {
     rooms_active: Gauge,
     /// Told when a room gains its first receiving member or loses its
     /// last (in a cluster: which rooms to hear from the broker).
-    interest: Option<Arc<Interest>>,
+    interest: Option<Arc<dyn RoomInterest>>,
+}
+
+/// Who wants to know which rooms have anyone receiving: the cluster, to
+/// hear from the broker only what someone here listens to. Called under
+/// the hub's own lock, so the calls come in the order the changes happened
+/// and the two never disagree; they must be quick and must not call back
+/// into the hub.
+pub trait RoomInterest: Send + Sync {
+    /// `room` gained its first receiving member.
+    fn add(&self, room: &RoomName);
+    /// `room` lost its last receiving member.
+    fn remove(&self, room: &str);
 }
 
 #[derive(Default)]
@@ -132,7 +143,7 @@ impl Hub {
 
     /// Reports rooms gaining their first or losing their last receiving
     /// member to `interest`.
-    pub fn with_interest(self, interest: Arc<Interest>) -> Self {
+    pub fn with_interest(self, interest: Arc<dyn RoomInterest>) -> Self {
         Self {
             interest: Some(interest),
             ..self

@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ClusterBackend, ClusterConfig};
 use crate::connection::ConnectionContext;
-use crate::hub::RoomName;
+use crate::hub::{RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::wire::Frame;
 
@@ -397,25 +397,6 @@ impl Interest {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `room` gained its first local subscriber.
-    pub fn add(&self, room: &RoomName) {
-        let mut s = self.lock();
-        s.wanted.insert(room.clone());
-        s.pending.insert(room.clone(), true);
-        drop(s);
-        self.changed.notify_one();
-    }
-
-    /// `room` lost its last local subscriber.
-    pub fn remove(&self, room: &str) {
-        let mut s = self.lock();
-        if let Some(room) = s.wanted.take(room) {
-            s.pending.insert(room, false);
-            drop(s);
-            self.changed.notify_one();
-        }
-    }
-
     /// The changes since the last call.
     fn take_changes(&self) -> Vec<(RoomName, bool)> {
         self.lock().pending.drain().collect()
@@ -427,6 +408,27 @@ impl Interest {
         let mut s = self.lock();
         s.pending.clear();
         s.wanted.iter().cloned().collect()
+    }
+}
+
+impl RoomInterest for Interest {
+    /// `room` gained its first local subscriber.
+    fn add(&self, room: &RoomName) {
+        let mut s = self.lock();
+        s.wanted.insert(room.clone());
+        s.pending.insert(room.clone(), true);
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// `room` lost its last local subscriber.
+    fn remove(&self, room: &str) {
+        let mut s = self.lock();
+        if let Some(room) = s.wanted.take(room) {
+            s.pending.insert(room, false);
+            drop(s);
+            self.changed.notify_one();
+        }
     }
 }
 
