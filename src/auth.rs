@@ -28,9 +28,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthConfig, JwtKey};
+/// A JWT verification key: the algorithm decides what kind.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "algorithm")]
+pub enum JwtKey {
+    HS256 { secret: String },
+    RS256 { public_key_file: PathBuf },
+    ES256 { public_key_file: PathBuf },
+}
+
+/// How JSON Web Tokens are verified (`auth.jwt`, as the server hands it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtRules {
+    pub key: JwtKey,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+}
 
 /// Why the authenticator could not be built from the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -154,14 +173,16 @@ struct Claims {
 const PROTOCOL_PREFIX: &str = "bearer.";
 
 impl Authenticator {
-    /// Builds the authenticator, reading any public key file now, so a bad
-    /// file stops start-up instead of refusing every client later.
-    /// `None` when auth is off.
-    pub fn new(config: &AuthConfig) -> Result<Option<Self>, AuthError> {
-        if !config.is_enabled() {
+    /// Builds the authenticator from static `tokens` and JWT rules,
+    /// reading any public key file now, so a bad file stops start-up
+    /// instead of refusing every client later. `None` when auth is off
+    /// (neither is given).
+    pub fn new(tokens: &[String], jwt: Option<&JwtRules>) -> Result<Option<Self>, AuthError> {
+        if tokens.is_empty() && jwt.is_none() {
             return Ok(None);
         }
-        let jwt = match &config.jwt {
+        let leeway = jwt.map_or(Duration::ZERO, |j| j.leeway);
+        let jwt = match jwt {
             None => None,
             Some(jwt) => {
                 let (key, algorithm) = match &jwt.key {
@@ -193,9 +214,9 @@ impl Authenticator {
             }
         };
         Ok(Some(Self {
-            tokens: Secrets::new(&config.tokens),
+            tokens: Secrets::new(tokens),
             jwt,
-            leeway: config.jwt.as_ref().map_or(Duration::ZERO, |j| j.leeway),
+            leeway,
         }))
     }
 
@@ -321,11 +342,9 @@ mod tests {
 
     #[test]
     fn static_tokens_admit_without_expiry() {
-        let config = AuthConfig {
-            tokens: vec!["s3cret".into()],
-            jwt: None,
-        };
-        let auth = Authenticator::new(&config).unwrap().unwrap();
+        let auth = Authenticator::new(&["s3cret".into()], None)
+            .unwrap()
+            .unwrap();
         let ok = auth.admit(Some("token=s3cret"), &HeaderMap::new()).unwrap();
         assert_eq!(ok.expires_at, None);
         assert_eq!(
@@ -333,27 +352,23 @@ mod tests {
             Err(Refusal::Invalid)
         );
         assert_eq!(auth.admit(None, &HeaderMap::new()), Err(Refusal::Missing));
-        assert!(
-            Authenticator::new(&AuthConfig::default())
-                .unwrap()
-                .is_none()
-        );
+        assert!(Authenticator::new(&[], None).unwrap().is_none());
     }
 
     #[test]
     fn a_missing_key_file_is_named() {
-        let config = AuthConfig {
-            tokens: vec![],
-            jwt: Some(crate::config::JwtConfig {
-                key: JwtKey::ES256 {
-                    public_key_file: "/nonexistent/key.pem".into(),
-                },
-                audience: None,
-                issuer: None,
-                leeway: Duration::ZERO,
-            }),
+        let rules = JwtRules {
+            key: JwtKey::ES256 {
+                public_key_file: "/nonexistent/key.pem".into(),
+            },
+            audience: None,
+            issuer: None,
+            leeway: Duration::ZERO,
         };
-        let e = Authenticator::new(&config).err().unwrap().to_string();
+        let e = Authenticator::new(&[], Some(&rules))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("/nonexistent/key.pem"), "{e}");
     }
 }

@@ -14,6 +14,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
+// The settings' own types, defined by the parts they configure.
+pub use crate::auth::JwtKey;
+pub use crate::backplane::ClusterBackend;
+pub use crate::limits::OnRateExceeded;
+pub use crate::logging::LogFormat;
+pub use crate::queue::OnOverflow;
+
 /// Everything the relay can be told. `Config::default()` is the relay that
 /// `wsrelay` runs with no file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -152,19 +159,6 @@ impl Default for ClientConfig {
     }
 }
 
-/// The slow-consumer policy: what happens when a client's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnOverflow {
-    /// Close the client with 1008 "slow consumer".
-    #[default]
-    Disconnect,
-    /// Discard its oldest queued messages to make room: it skips ahead.
-    DropOldest,
-    /// Discard the new message for it: it misses what it cannot take.
-    DropNewest,
-}
-
 /// Protection against oversized input.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,16 +187,6 @@ pub struct LimitsConfig {
     pub burst: u32,
     /// What happens to a client over its rate.
     pub on_rate_exceeded: OnRateExceeded,
-}
-
-/// What happens to a client that sends faster than its rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnRateExceeded {
-    /// Close it with 1008 "rate limit exceeded".
-    Close,
-    /// Drop the excess messages and keep the client.
-    Drop,
 }
 
 impl Default for LimitsConfig {
@@ -364,19 +348,6 @@ impl Default for ClusterConfig {
     }
 }
 
-/// The broker a cluster is joined through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClusterBackend {
-    /// A single relay.
-    #[default]
-    None,
-    /// Redis pub/sub: one channel per room.
-    Redis,
-    /// NATS core: one subject per room.
-    Nats,
-}
-
 /// `cluster` as written; checked so that a URL of the wrong scheme, or a
 /// prefix or node id no broker can carry, names the key and line.
 #[derive(Deserialize)]
@@ -472,15 +443,6 @@ pub struct JwtConfig {
     pub leeway: Duration,
 }
 
-/// A JWT verification key: the algorithm decides what kind.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "algorithm")]
-pub enum JwtKey {
-    HS256 { secret: String },
-    RS256 { public_key_file: PathBuf },
-    ES256 { public_key_file: PathBuf },
-}
-
 /// `auth.jwt` as written; checked into a [`JwtConfig`] so that a secret
 /// given for RS256, say, is an error that names the key and line.
 #[derive(Deserialize)]
@@ -567,16 +529,6 @@ impl Default for LogConfig {
             format: LogFormat::Text,
         }
     }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Why a configuration could not be used.

@@ -44,9 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::backplane::Cluster;
-use crate::config::OnRateExceeded;
 use crate::hub::{Backlog, ClientId, Hub, Published, RoomName, Subscription};
-use crate::limits::{Permit, RateLimit};
+use crate::limits::{OnRateExceeded, Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::queue::{Ending, Next, Queue};
 use crate::wire::{self, Frame, Incoming, Reader, Violation};
@@ -933,9 +932,9 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::config::OnOverflow;
+
     use crate::limits::ConnectionLimits;
-    use crate::queue::QueueLimits;
+    use crate::queue::{OnOverflow, QueueLimits};
 
     /// Counts its wake-ups.
     #[derive(Default)]

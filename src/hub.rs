@@ -364,8 +364,8 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OnOverflow;
     use crate::queue::Next;
+    use crate::queue::OnOverflow;
     use std::task::{Context, Poll, Waker};
 
     fn hub(messages: usize, on_overflow: OnOverflow) -> Hub {

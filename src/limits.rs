@@ -9,6 +9,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
+/// What happens to a client that sends faster than its rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRateExceeded {
+    /// Close it with 1008 "rate limit exceeded".
+    Close,
+    /// Drop the excess messages and keep the client.
+    Drop,
+}
+
 /// Caps on concurrent clients; 0 means no cap.
 pub struct ConnectionLimits {
     max_total: usize,

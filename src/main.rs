@@ -355,7 +355,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    wsrelay::logging::init(&config.log)
+    wsrelay::logging::init(&config.log.level, config.log.format)
         .map_err(|e| anyhow::anyhow!("invalid log level {:?}: {e}", config.log.level))?;
     runtime()?.block_on(wsrelay::server::run(&config))?;
     Ok(ExitCode::SUCCESS)

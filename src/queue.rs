@@ -38,9 +38,22 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use crate::config::OnOverflow;
 use crate::wire::Frame;
+
+/// The slow-consumer policy: what happens when a client's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// Close the client with 1008 "slow consumer".
+    #[default]
+    Disconnect,
+    /// Discard its oldest queued messages to make room: it skips ahead.
+    DropOldest,
+    /// Discard the new message for it: it misses what it cannot take.
+    DropNewest,
+}
 
 /// How much a client's queue may hold, and what happens beyond that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,14 +35,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::api::Api;
-use crate::backplane::Cluster;
+use crate::auth::JwtRules;
+use crate::backplane::{Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
 use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::queue::{Ending, Queue, QueueLimits};
 use crate::tls::{self, CertStore, TlsError};
-use crate::upgrade::{self, Decision, Gate, GateError};
+use crate::upgrade::{self, Decision, Gate, GateError, GateSettings};
 
 /// How long a metrics or API client may take to send its request head.
 const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,8 +126,7 @@ impl Server {
         let cluster = match config.cluster.backend {
             ClusterBackend::None => None,
             _ => Some(Arc::new(Cluster::new(
-                &config.cluster,
-                config.limits.max_message_size,
+                &cluster_settings(config),
                 metrics.register_cluster(),
             ))),
         };
@@ -177,7 +177,7 @@ impl Server {
                 conn,
                 tracker: TaskTracker::new(),
                 tls,
-                gate: Gate::new(config)?,
+                gate: Gate::new(gate_settings(config))?,
                 handshake_timeout: config.limits.handshake_timeout,
                 handshakes: (config.limits.max_handshakes > 0)
                     .then(|| Arc::new(Semaphore::new(config.limits.max_handshakes))),
@@ -790,7 +790,7 @@ pub fn check(config: &Config) -> Result<(), ServerError> {
     if let Some(t) = &config.server.tls {
         CertStore::load(&t.cert_file, &t.key_file)?;
     }
-    Gate::new(config)?;
+    Gate::new(gate_settings(config))?;
     Ok(())
 }
 
@@ -814,6 +814,43 @@ pub async fn run(config: &Config) -> Result<(), ServerError> {
         })
         .await;
     Ok(())
+}
+
+/// The cluster's settings from the configuration.
+fn cluster_settings(config: &Config) -> ClusterSettings {
+    let c = &config.cluster;
+    ClusterSettings {
+        backend: c.backend,
+        url: c.url.clone(),
+        prefix: c.prefix.clone(),
+        node_id: c.node_id.clone(),
+        buffer_messages: c.buffer_messages,
+        buffer_bytes: c.buffer_bytes,
+        inbound_messages: c.inbound_messages,
+        inbound_bytes: c.inbound_bytes,
+        max_message_size: config.limits.max_message_size,
+    }
+}
+
+/// The gate's settings from the configuration.
+fn gate_settings(config: &Config) -> GateSettings {
+    let auth = &config.auth;
+    GateSettings {
+        path: config.server.path.clone(),
+        room_prefix: config.rooms.enabled.then(|| config.rooms.prefix.clone()),
+        echo: config.relay.echo_to_sender,
+        allowed_origins: config.server.allowed_origins.clone(),
+        tokens: auth.tokens.clone(),
+        jwt: auth.jwt.as_ref().map(|j| JwtRules {
+            key: j.key.clone(),
+            audience: j.audience.clone(),
+            issuer: j.issuer.clone(),
+            leeway: j.leeway,
+        }),
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+    }
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the new soft limit.

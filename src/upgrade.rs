@@ -16,8 +16,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::Full;
 
-use crate::auth::{Admission, AuthError, Authenticator};
-use crate::config::Config;
+use ipnet::IpNet;
+
+use crate::auth::{Admission, AuthError, Authenticator, JwtRules};
 use crate::connection::{Client, Role};
 use crate::forwarded::TrustedProxies;
 use crate::hub::RoomName;
@@ -32,6 +33,27 @@ pub enum GateError {
     Origins(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
+}
+
+/// What the gate checks (the server builds it from the configuration).
+#[derive(Debug, Clone, Default)]
+pub struct GateSettings {
+    /// The path clients upgrade on, with rooms off.
+    pub path: String,
+    /// With rooms on, the path prefix before a room's name.
+    pub room_prefix: Option<String>,
+    /// Whether senders hear their own messages unless they say otherwise.
+    pub echo: bool,
+    /// `Origin` values allowed (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Static bearer tokens.
+    pub tokens: Vec<String>,
+    pub jwt: Option<JwtRules>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Caps on clients in all and per address (0: none).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// Everything decided before the upgrade.
@@ -57,20 +79,19 @@ pub enum Decision {
 }
 
 impl Gate {
-    /// Builds the checks from the configuration, reading any key files now.
-    pub fn new(config: &Config) -> Result<Self, GateError> {
+    /// Builds the checks, reading any key files now.
+    pub fn new(settings: GateSettings) -> Result<Self, GateError> {
         Ok(Self {
-            path: config.server.path.clone(),
-            room_prefix: config.rooms.enabled.then(|| config.rooms.prefix.clone()),
-            echo: config.relay.echo_to_sender,
-            origins: OriginPolicy::new(&config.server.allowed_origins)
-                .map_err(GateError::Origins)?,
-            auth: Authenticator::new(&config.auth)?,
-            proxies: TrustedProxies::new(&config.server.trusted_proxies),
+            origins: OriginPolicy::new(&settings.allowed_origins).map_err(GateError::Origins)?,
+            auth: Authenticator::new(&settings.tokens, settings.jwt.as_ref())?,
+            proxies: TrustedProxies::new(&settings.trusted_proxies),
             limits: ConnectionLimits::new(
-                config.limits.max_connections,
-                config.limits.max_connections_per_ip,
+                settings.max_connections,
+                settings.max_connections_per_ip,
             ),
+            path: settings.path,
+            room_prefix: settings.room_prefix,
+            echo: settings.echo,
         })
     }
 

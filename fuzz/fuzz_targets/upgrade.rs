@@ -9,24 +9,27 @@ use std::sync::LazyLock;
 
 use http::{Request, StatusCode, header};
 use libfuzzer_sys::fuzz_target;
-use wsrelay::config::{Config, JwtConfig, JwtKey};
-use wsrelay::upgrade::{Decision, Gate};
+use wsrelay::auth::{JwtKey, JwtRules};
+use wsrelay::upgrade::{Decision, Gate, GateSettings};
 
 static GATE: LazyLock<Gate> = LazyLock::new(|| {
-    let mut config = Config::default();
-    config.server.path = "/ws".into();
-    config.server.allowed_origins = vec!["https://app.example.com".into(), "https://*.example.org".into()];
-    config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
-    config.auth.tokens = vec!["static-token".into()];
-    config.auth.jwt = Some(JwtConfig {
-        key: JwtKey::HS256 { secret: "fuzz secret".into() },
-        audience: Some("relay".into()),
-        issuer: None,
-        leeway: std::time::Duration::ZERO,
-    });
-    config.limits.max_connections = 4;
-    config.limits.max_connections_per_ip = 2;
-    Gate::new(&config).expect("fuzz configuration")
+    let settings = GateSettings {
+        path: "/ws".into(),
+        room_prefix: None,
+        echo: true,
+        allowed_origins: vec!["https://app.example.com".into(), "https://*.example.org".into()],
+        tokens: vec!["static-token".into()],
+        jwt: Some(JwtRules {
+            key: JwtKey::HS256 { secret: "fuzz secret".into() },
+            audience: Some("relay".into()),
+            issuer: None,
+            leeway: std::time::Duration::ZERO,
+        }),
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        max_connections: 4,
+        max_connections_per_ip: 2,
+    };
+    Gate::new(settings).expect("fuzz configuration")
 });
 
 fuzz_target!(|data: &[u8]| {

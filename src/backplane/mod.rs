@@ -37,12 +37,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{ClusterBackend, ClusterConfig};
 use crate::connection::ConnectionContext;
 use crate::hub::{RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
@@ -51,6 +51,19 @@ use crate::wire::Frame;
 use self::inbound::{Inbound, InboundLimits};
 use self::nats::NatsLink;
 use self::redis::RedisLink;
+
+/// The broker a cluster is joined through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterBackend {
+    /// A single relay.
+    #[default]
+    None,
+    /// Redis pub/sub: one channel per room.
+    Redis,
+    /// NATS core: one subject per room.
+    Nats,
+}
 
 /// Most messages sent to the broker in one batch (one Redis pipeline).
 const BATCH: usize = 256;
@@ -151,10 +164,31 @@ pub struct Cluster {
     metrics: ClusterMetrics,
 }
 
+/// This node's part in a cluster (the server builds it from `cluster` and
+/// `limits.max_message_size`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub backend: ClusterBackend,
+    /// The broker; empty means the backend's default port on 127.0.0.1.
+    pub url: String,
+    /// Starts every channel or subject.
+    pub prefix: String,
+    /// Empty means a random one.
+    pub node_id: String,
+    /// What may wait for the broker, in messages and bytes.
+    pub buffer_messages: usize,
+    pub buffer_bytes: usize,
+    /// What may wait, from the broker, for each fan-out worker.
+    pub inbound_messages: usize,
+    pub inbound_bytes: usize,
+    /// Larger messages from the broker are refused, as from a client.
+    pub max_message_size: usize,
+}
+
 impl Cluster {
     /// This node's end of the cluster `config` describes (whose backend
     /// is not `none`).
-    pub fn new(config: &ClusterConfig, max_message_size: usize, metrics: ClusterMetrics) -> Self {
+    pub fn new(config: &ClusterSettings, metrics: ClusterMetrics) -> Self {
         let url = match (config.backend, config.url.as_str()) {
             (_, url) if !url.is_empty() => url.to_owned(),
             (ClusterBackend::Redis, _) => "redis://127.0.0.1:6379".to_owned(),
@@ -171,7 +205,7 @@ impl Cluster {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_messages: config.inbound_messages,
             max_bytes: config.inbound_bytes,
-            max_message_size,
+            max_message_size: config.max_message_size,
         };
         Self {
             backend: config.backend,
