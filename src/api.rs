@@ -23,10 +23,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Secrets, bearer_token};
-use crate::connection::ConnectionContext;
+use crate::backplane::Cluster;
 use crate::hub::RoomName;
+use crate::relay::Relay;
 use crate::wire;
 use crate::wire::Frame;
 
@@ -36,8 +38,13 @@ const DEFAULT_ROOM: &str = "default";
 /// What the API needs from the relay.
 pub struct Api {
     keys: Secrets,
-    cx: Arc<ConnectionContext>,
+    relay: Arc<Relay>,
+    /// For `/stats`, in a cluster.
+    cluster: Option<Arc<Cluster>>,
+    max_message_size: usize,
     rooms_enabled: bool,
+    /// Cancelled when the server starts shutting down: requests get 503.
+    shutdown: CancellationToken,
 }
 
 /// A failed request: its status and what to say.
@@ -50,12 +57,24 @@ fn fail(status: StatusCode, why: impl Into<String>) -> Failure {
 }
 
 impl Api {
-    pub fn new(keys: &[String], cx: Arc<ConnectionContext>, rooms_enabled: bool) -> Self {
+    /// The API with these `keys`, publishing through `relay` messages of
+    /// at most `max_message_size`.
+    pub fn new(
+        keys: &[String],
+        relay: Arc<Relay>,
+        cluster: Option<Arc<Cluster>>,
+        max_message_size: usize,
+        rooms_enabled: bool,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             // A blank key can never be presented: bearer_token trims.
             keys: Secrets::new(keys),
-            cx,
+            relay,
+            cluster,
+            max_message_size,
             rooms_enabled,
+            shutdown,
         }
     }
 
@@ -115,7 +134,7 @@ impl Api {
                 "missing or unknown API key: send Authorization: Bearer <key>",
             ));
         }
-        if self.cx.shutdown.is_cancelled() {
+        if self.shutdown.is_cancelled() {
             return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
         }
         let path = req.uri().path().to_owned();
@@ -142,21 +161,21 @@ impl Api {
 
     async fn publish(&self, room: RoomName, req: Request<Incoming>) -> Reply {
         let text = is_text(req.headers());
-        let body = read_body(req, self.cx.max_message_size).await?;
+        let body = read_body(req, self.max_message_size).await?;
         if text && std::str::from_utf8(&body).is_err() {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
                 "a text message must be UTF-8 (send binary with another content type)",
             ));
         }
-        self.cx.metrics.received(body.len());
-        let published = self.cx.publish(&room, &Frame::new(text, &body), None);
+        self.relay.metrics.received(body.len());
+        let published = self.relay.publish(&room, &Frame::new(text, &body), None);
         Ok(json!({ "delivered": published.queued }))
     }
 
     fn rooms(&self) -> Value {
         let rooms: Vec<Value> = self
-            .cx
+            .relay
             .hub
             .rooms()
             .into_iter()
@@ -166,15 +185,15 @@ impl Api {
     }
 
     fn stats(&self) -> Value {
-        let m = &self.cx.metrics;
+        let m = &self.relay.metrics;
         let mut stats = json!({
             "connections": m.connections_active.get(),
             "connections_total": m.connections.get(),
-            "rooms": self.cx.hub.room_count(),
+            "rooms": self.relay.hub.room_count(),
             "messages_received": m.messages_received.get(),
             "messages_delivered": m.messages_sent.get(),
         });
-        if let (Some(cluster), Some(cm)) = (&self.cx.cluster, &m.cluster) {
+        if let (Some(cluster), Some(cm)) = (&self.cluster, &m.cluster) {
             stats["cluster"] = json!({
                 "backend": cluster.backend(),
                 "node_id": cluster.node_id(),
@@ -191,7 +210,7 @@ impl Api {
         let reason = std::str::from_utf8(&body)
             .map_err(|_| fail(StatusCode::BAD_REQUEST, "the reason must be UTF-8"))?;
         let closed = self
-            .cx
+            .relay
             .hub
             .close_room(room, &wire::close_frame(1000, reason.trim()));
         match closed {

@@ -43,11 +43,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backplane::Cluster;
-use crate::hub::{Backlog, ClientId, Hub, Published, RoomName, Subscription};
+use crate::hub::{Backlog, RoomName, Subscription};
 use crate::limits::{OnRateExceeded, Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::queue::{Ending, Next, Queue};
+use crate::relay::Relay;
 use crate::wire::{self, Frame, Incoming, Reader, Violation};
 
 /// Most messages, and most payload bytes (or one message), taken from the
@@ -97,8 +97,8 @@ thread_local! {
 
 /// What one client needs from the server around it.
 pub struct ConnectionContext {
-    pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
+    /// Where its messages go, and the hub it is a member of.
+    pub relay: Arc<Relay>,
     /// Cancelled when the server starts shutting down: clients get 1001.
     /// Clients are woken by the hub closing their queues, not by
     /// polling this token: a shared token's waiter list is a lock every
@@ -120,57 +120,6 @@ pub struct ConnectionContext {
     pub on_rate_exceeded: OnRateExceeded,
     /// Server pings and the idle timeout; `None` when pings are off.
     pub keepalive: Option<KeepAlive>,
-    /// The other nodes' broker, when the relay is part of a cluster.
-    pub cluster: Option<Arc<Cluster>>,
-}
-
-impl ConnectionContext {
-    /// Publishes a message into `room`: to this node's subscribers
-    /// (skipping `skip`, the sender that does not want it back) and, in a
-    /// cluster, to the other nodes. Clients and the HTTP API both publish
-    /// through here.
-    pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
-        self.publish_from(room, frame, skip, None)
-    }
-
-    /// [`ConnectionContext::publish`] for a publisher that can wait: queues
-    /// its message filled past their limits go into `backlog`.
-    fn publish_from(
-        &self,
-        room: &str,
-        frame: &Frame,
-        skip: Option<ClientId>,
-        backlog: Option<&mut Backlog>,
-    ) -> Published {
-        let published = self.deliver_into(room, frame, skip, backlog);
-        if let Some(cluster) = &self.cluster {
-            cluster.publish(room, frame);
-        }
-        published
-    }
-
-    /// Queues a message for this node's subscribers in `room` only, and
-    /// counts what happened: drops by the slow-consumer policy and, if
-    /// enabled, per-room figures. Messages from other nodes come in here.
-    pub fn deliver(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
-        self.deliver_into(room, frame, skip, None)
-    }
-
-    fn deliver_into(
-        &self,
-        room: &str,
-        frame: &Frame,
-        skip: Option<ClientId>,
-        backlog: Option<&mut Backlog>,
-    ) -> Published {
-        let published = self.hub.publish(room, frame, skip, backlog);
-        if published.dropped > 0 {
-            self.metrics
-                .dropped(DropReason::SlowConsumer, published.dropped as u64);
-        }
-        self.metrics.room_published(room, published.queued);
-        published
-    }
 }
 
 /// A coarse clock that advances once per ping interval, when the server
@@ -287,7 +236,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (id, peer, ip) = (subscription.id, client.peer, client.ip);
-    cx.metrics.connected();
+    cx.relay.metrics.connected();
     debug!(%peer, %ip, id, "client connected");
 
     // A timer only for clients whose credentials expire.
@@ -297,7 +246,7 @@ where
     });
     // `drive` leaves the hub as soon as the client's end is decided.
     let reason = drive(io, &subscription, &client, expiry, &cx).await;
-    cx.metrics.disconnected(reason);
+    cx.relay.metrics.disconnected(reason);
     // Per-client events stay at debug whatever the reason: a client can
     // cause any of them at will, and the metrics count them by reason.
     debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
@@ -336,7 +285,7 @@ where
         if queue.is_closed() {
             return Poll::Ready(dropped_by_hub());
         }
-        if let Poll::Ready(stop) = outbox.pump(&mut io, queue, &cx.metrics, task) {
+        if let Poll::Ready(stop) = outbox.pump(&mut io, queue, &cx.relay.metrics, task) {
             return Poll::Ready(match stop {
                 Stop::Closed => dropped_by_hub(),
                 Stop::Failed(e) => Event::WriteFailed(e),
@@ -351,7 +300,7 @@ where
         // Publish nothing more until the writers the last publish got ahead
         // of have drained: they can write (or they would count as slow), so
         // they will, once this thread lets them run.
-        if !backlog.is_empty() && !cx.hub.caught_up(&mut backlog) {
+        if !backlog.is_empty() && !cx.relay.hub.caught_up(&mut backlog) {
             task.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -360,14 +309,14 @@ where
         let mut heard = false;
         let polled = poll_incoming(&mut io, &mut reader, task, &mut heard, |item| match item {
             Incoming::Message(frame) => {
-                cx.metrics.received(frame.payload().len());
+                cx.relay.metrics.received(frame.payload().len());
                 if let Some(rate) = rate.as_mut()
                     && !rate.allow(std::time::Instant::now())
                 {
                     return match cx.on_rate_exceeded {
                         OnRateExceeded::Close => Step::End(Event::RateLimited),
                         OnRateExceeded::Drop => {
-                            cx.metrics.dropped(DropReason::RateLimit, 1);
+                            cx.relay.metrics.dropped(DropReason::RateLimit, 1);
                             Step::Go
                         }
                     };
@@ -375,7 +324,9 @@ where
                 if !client.role.sends() {
                     return Step::End(Event::NotPermitted);
                 }
-                let done = cx.publish_from(&subscription.room, &frame, skip, Some(&mut backlog));
+                let done =
+                    cx.relay
+                        .publish_from(&subscription.room, &frame, skip, Some(&mut backlog));
                 deliveries += done.queued.max(1);
                 if !backlog.is_empty() || deliveries >= PUBLISH_DELIVERIES_PER_POLL {
                     Step::Pause
@@ -426,7 +377,7 @@ where
     .await;
 
     // From here on nothing more is published to this client.
-    cx.hub.leave(&subscription.room, subscription.id);
+    cx.relay.hub.leave(&subscription.room, subscription.id);
 
     // A message over the size limit is read through (and discarded) before
     // the Close goes: a browser that is still sending it when the Close
@@ -521,10 +472,12 @@ where
     if reason == DisconnectReason::SlowConsumer || outbox.socket_full {
         // A socket that takes nothing more would not take these either.
         let dropped = queue.discard();
-        cx.metrics.dropped(DropReason::SlowConsumer, dropped as u64);
+        cx.relay
+            .metrics
+            .dropped(DropReason::SlowConsumer, dropped as u64);
         outbox.pongs.clear();
     } else {
-        outbox.take_rest(queue, &cx.metrics);
+        outbox.take_rest(queue, &cx.relay.metrics);
     }
 
     // Write all that, then (if we started the close) keep reading and
@@ -932,7 +885,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-
+    use crate::hub::Hub;
     use crate::limits::ConnectionLimits;
     use crate::queue::{OnOverflow, QueueLimits};
 
@@ -976,8 +929,7 @@ mod tests {
         };
         let publisher = hub.join("".into(), false).unwrap();
         let cx = Arc::new(ConnectionContext {
-            hub,
-            metrics: Arc::new(Metrics::new()),
+            relay: Arc::new(Relay::new(hub, Arc::new(Metrics::new()), None)),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             close_timeout: Duration::from_secs(1),
@@ -987,7 +939,6 @@ mod tests {
             rate_limit: (0, 0),
             on_rate_exceeded: OnRateExceeded::Close,
             keepalive: None,
-            cluster: None,
         });
         // Empty masked binary frames, all readable at once: 24 KB.
         let (mut peer, relay_end) = tokio::io::duplex(1 << 20);

@@ -54,6 +54,7 @@ pub mod origin;
 
 pub mod query;
 pub mod queue;
+pub mod relay;
 pub mod server;
 pub mod tls;
 pub mod upgrade;

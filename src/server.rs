@@ -42,6 +42,7 @@ use crate::connection::{self, Client, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::queue::{Ending, Queue, QueueLimits};
+use crate::relay::{Relay, Remote};
 use crate::tls::{self, CertStore, TlsError};
 use crate::upgrade::{self, Decision, Gate, GateError, GateSettings};
 
@@ -84,6 +85,8 @@ pub struct Server {
 /// What every connection task needs, shared by reference count.
 struct Shared {
     conn: Arc<ConnectionContext>,
+    /// This node's end of the cluster, if it is in one.
+    cluster: Option<Arc<Cluster>>,
     /// Tracks every task that serves a client, for shutdown.
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
@@ -150,9 +153,10 @@ impl Server {
         if let Some(c) = &cluster {
             hub = hub.with_interest(c.interest());
         }
+        let remote = cluster.clone().map(|c| c as Arc<dyn Remote>);
+        let relay = Arc::new(Relay::new(Arc::new(hub), metrics, remote));
         let conn = ConnectionContext {
-            hub: Arc::new(hub),
-            metrics,
+            relay: relay.clone(),
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             close_timeout: config.client.close_timeout,
@@ -162,11 +166,17 @@ impl Server {
             rate_limit: (config.limits.messages_per_second, config.limits.burst),
             on_rate_exceeded: config.limits.on_rate_exceeded,
             keepalive: KeepAlive::new(config.client.ping_interval, config.client.idle_timeout),
-            cluster,
         };
         let conn = Arc::new(conn);
         let api = api_listener.map(|l| {
-            let api = Api::new(&config.api.keys, conn.clone(), config.rooms.enabled);
+            let api = Api::new(
+                &config.api.keys,
+                relay,
+                cluster.clone(),
+                config.limits.max_message_size,
+                config.rooms.enabled,
+                conn.shutdown.clone(),
+            );
             (l, Arc::new(api))
         });
         Ok(Self {
@@ -175,6 +185,7 @@ impl Server {
             api,
             shared: Arc::new(Shared {
                 conn,
+                cluster,
                 tracker: TaskTracker::new(),
                 tls,
                 gate: Gate::new(gate_settings(config))?,
@@ -249,7 +260,7 @@ impl Server {
                     () = cx.shutdown.cancelled() => return,
                 }
                 match &certs {
-                    Some(certs) => certs.reload(&cx.metrics, "SIGHUP"),
+                    Some(certs) => certs.reload(&cx.relay.metrics, "SIGHUP"),
                     None => info!("SIGHUP received; no TLS certificate to reload"),
                 }
             }
@@ -272,7 +283,7 @@ impl Server {
         // Stops the metrics and API listeners once shutdown is complete.
         let side_listeners_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
-            let metrics = cx.metrics.clone();
+            let metrics = cx.relay.metrics.clone();
             let handle = move |req| metrics::handle_http(req, metrics.clone());
             let stop = side_listeners_stop.clone();
             tokio::spawn(serve_http_listener(l, "metrics", stop, handle));
@@ -292,8 +303,9 @@ impl Server {
         // Stopped last, once every client is gone: their last messages
         // still reach the other nodes.
         let cluster_stop = CancellationToken::new();
-        let cluster = cx.cluster.clone().map(|cluster| {
-            let task = tokio::spawn(cluster.clone().run(cx.clone(), cluster_stop.clone()));
+        let cluster = shared.cluster.clone().map(|cluster| {
+            let relay = cx.relay.clone();
+            let task = tokio::spawn(cluster.clone().run(relay, cluster_stop.clone()));
             (cluster, task)
         });
         if let Some(certs) = certs.filter(|c| !c.watch_interval.is_zero()) {
@@ -317,7 +329,7 @@ impl Server {
                 () = &mut shutdown, if drain_until.is_none() => {
                     // Load balancers stop sending clients; those already on
                     // their way are still served for the drain delay.
-                    cx.metrics.ready.set(0);
+                    cx.relay.metrics.ready.set(0);
                     info!(drain_delay = ?drain_delay, "draining: /readyz now answers 503");
                     drain_until = Some(tokio::time::Instant::now() + drain_delay);
                 }
@@ -346,7 +358,7 @@ impl Server {
         // closes says goodbye with 1001 and leaves its room. Until its batch
         // comes it stays in its room, hearing and being heard.
         cx.shutdown.cancel();
-        let clients = cx.hub.drain();
+        let clients = cx.relay.hub.drain();
         info!(clients = clients.len(), timeout = ?shutdown_timeout, "shutting down: closing clients with 1001");
         tracker.close();
         let closing = async {
@@ -365,7 +377,7 @@ impl Server {
             .is_err()
         {
             warn!(
-                clients = cx.metrics.connections_active.get(),
+                clients = cx.relay.metrics.connections_active.get(),
                 "shutdown timeout passed; dropping remaining clients"
             );
             cx.force.cancel();
@@ -456,7 +468,7 @@ async fn watch_certificate(certs: CertReloader, cx: Arc<ConnectionContext>) {
         // bad pair is reported once, not every interval.
         if now != seen {
             seen = now;
-            certs.reload(&cx.metrics, "file change");
+            certs.reload(&cx.relay.metrics, "file change");
         }
     })
     .await;
@@ -488,7 +500,7 @@ async fn keepalive(cx: Arc<ConnectionContext>) {
         clock.advance();
         // Off the runtime's threads: after a burst it can take milliseconds.
         tokio::task::spawn_blocking(give_back_free_memory);
-        cx.hub.ping_all();
+        cx.relay.hub.ping_all();
     })
     .await;
 }
@@ -555,11 +567,15 @@ async fn handle_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, shared, deadline).await,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
-            shared.conn.metrics.rejected(RejectReason::Tls);
+            shared.conn.relay.metrics.rejected(RejectReason::Tls);
         }
         Err(_) => {
             debug!(%peer, "TLS handshake timed out");
-            shared.conn.metrics.rejected(RejectReason::HandshakeTimeout);
+            shared
+                .conn
+                .relay
+                .metrics
+                .rejected(RejectReason::HandshakeTimeout);
         }
     }
 }
@@ -585,6 +601,7 @@ async fn serve_http<IO>(
                 Decision::Upgrade(response, client) => {
                     match shared
                         .conn
+                        .relay
                         .hub
                         .join(client.room.clone(), client.role.receives())
                     {
@@ -610,13 +627,14 @@ async fn serve_http<IO>(
                     if let Some(old) = lock(&slot).replace(admitted) {
                         shared
                             .conn
+                            .relay
                             .hub
                             .leave(&old.subscription.room, old.subscription.id);
                     }
                     response
                 }
                 Err((reason, response)) => {
-                    shared.conn.metrics.rejected(reason);
+                    shared.conn.relay.metrics.rejected(reason);
                     // The path only: a query may carry a token.
                     debug!(%peer, status = %response.status(), path = req.uri().path(), reason = reason.as_str(), "request refused");
                     response
@@ -639,13 +657,13 @@ async fn serve_http<IO>(
                 // hyper answered these itself (400, or 431 for a head over
                 // the limit) before any request reached the gate.
                 if e.is_parse() || e.is_parse_too_large() {
-                    shared.conn.metrics.rejected(RejectReason::BadRequest);
+                    shared.conn.relay.metrics.rejected(RejectReason::BadRequest);
                 }
                 debug!(%peer, error = %e, "HTTP connection failed")
             }).is_ok(),
             Err(_) => {
                 debug!(%peer, "handshake timed out");
-                shared.conn.metrics.rejected(RejectReason::HandshakeTimeout);
+                shared.conn.relay.metrics.rejected(RejectReason::HandshakeTimeout);
                 false
             }
         },
@@ -677,7 +695,11 @@ async fn serve_http<IO>(
                 .tracker
                 .spawn(connection::serve(io, client, subscription, cx));
         }
-        None => shared.conn.hub.leave(&subscription.room, subscription.id),
+        None => shared
+            .conn
+            .relay
+            .hub
+            .leave(&subscription.room, subscription.id),
     }
 }
 

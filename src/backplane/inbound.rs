@@ -26,8 +26,8 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::envelope;
-use crate::connection::ConnectionContext;
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
+use crate::relay::Relay;
 use crate::wire::Frame;
 
 /// Deliveries a worker makes before it lets other tasks on its thread run.
@@ -118,7 +118,7 @@ impl Inbound {
 
     /// Worker `worker`'s loop: delivers its queue's messages to local
     /// subscribers, in order, until the task is dropped.
-    pub async fn fan_out(&self, worker: usize, cx: &ConnectionContext) {
+    pub async fn fan_out(&self, worker: usize, relay: &Relay) {
         let queue = &self.workers[worker];
         let mut batch = VecDeque::new();
         let mut deliveries = 0;
@@ -131,7 +131,7 @@ impl Inbound {
                     continue;
                 };
                 self.metrics.received.inc();
-                let published = cx.deliver(m.room, &Frame::new(m.text, m.payload), None);
+                let published = relay.deliver(m.room, &Frame::new(m.text, m.payload), None);
                 // Each message counts, delivered to anyone or not, so a
                 // stream that reaches no one still lets the thread go.
                 deliveries += published.queued.max(1);

@@ -43,9 +43,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::connection::ConnectionContext;
 use crate::hub::{RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
+use crate::relay::{Relay, Remote};
 use crate::wire::Frame;
 
 use self::inbound::{Inbound, InboundLimits};
@@ -240,19 +240,6 @@ impl Cluster {
         }
     }
 
-    /// Queues a message published on this node for the other nodes. Never
-    /// waits: if the outbox is full the oldest message in it is dropped.
-    pub fn publish(&self, room: &str, frame: &Frame) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let message = envelope::encode(&self.node_id, room, frame.is_text(), id, frame.payload());
-        let (dropped, waiting) = self.outbox.push(self.channel(room), message);
-        if dropped > 0 {
-            self.metrics
-                .dropped(ClusterDropReason::BufferFull, dropped as u64);
-        }
-        self.metrics.buffered.set(waiting as i64);
-    }
-
     /// The name this node's messages carry.
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -273,13 +260,13 @@ impl Cluster {
     /// what waits in the outbox if it is connected (the server cancels it
     /// once every client is gone, so a node leaving in a rolling restart
     /// still delivers its clients' last messages to the other nodes).
-    pub async fn run(self: Arc<Self>, cx: Arc<ConnectionContext>, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, relay: Arc<Relay>, stop: CancellationToken) {
         // The fan-out workers live as long as this task (dropping the set
         // aborts them).
         let mut workers = JoinSet::new();
         for worker in 0..self.inbound.workers() {
-            let (inbound, cx) = (self.inbound.clone(), cx.clone());
-            workers.spawn(async move { inbound.fan_out(worker, &cx).await });
+            let (inbound, relay) = (self.inbound.clone(), relay.clone());
+            workers.spawn(async move { inbound.fan_out(worker, &relay).await });
         }
         let broker = redact(&self.url);
         let mut failures: u32 = 0;
@@ -396,6 +383,22 @@ impl Cluster {
         }
         self.metrics.published.inc_by((batch.len() - lost) as u64);
         sent.map(|()| batch.len())
+    }
+}
+
+/// The cluster is where a node's messages go besides its own clients.
+impl Remote for Cluster {
+    /// Queues a message published on this node for the other nodes. Never
+    /// waits: if the outbox is full the oldest message in it is dropped.
+    fn publish(&self, room: &str, frame: &Frame) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = envelope::encode(&self.node_id, room, frame.is_text(), id, frame.payload());
+        let (dropped, waiting) = self.outbox.push(self.channel(room), message);
+        if dropped > 0 {
+            self.metrics
+                .dropped(ClusterDropReason::BufferFull, dropped as u64);
+        }
+        self.metrics.buffered.set(waiting as i64);
     }
 }
 
