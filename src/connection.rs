@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
-use std::net::{IpAddr, SocketAddr};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,11 +43,12 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::{Backlog, RoomName, Subscription};
-use crate::limits::{OnRateExceeded, Permit, RateLimit};
+use crate::hub::{Backlog, Subscription};
+use crate::limits::{OnRateExceeded, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::queue::{Ending, Next, Queue};
 use crate::relay::Relay;
+use crate::upgrade::Client;
 use crate::wire::{self, Frame, Incoming, Reader, Violation};
 
 /// Most messages, and most payload bytes (or one message), taken from the
@@ -160,43 +161,6 @@ impl KeepAlive {
     /// `idle_timeout` and one ping interval more.
     fn is_idle(&self, last_heard: u32) -> bool {
         self.now().wrapping_sub(last_heard) > self.idle_ticks
-    }
-}
-
-/// One upgraded client, as admitted.
-pub struct Client {
-    /// The TCP peer (a proxy, when there is one).
-    pub peer: SocketAddr,
-    /// The client's own address, as trusted proxies report it.
-    pub ip: IpAddr,
-    /// The room it joined ("" with rooms off).
-    pub room: RoomName,
-    pub role: Role,
-    /// Whether it hears its own messages.
-    pub echo: bool,
-    /// When its credentials expire: it is closed with 1008 then.
-    pub expires_at: Option<SystemTime>,
-    /// Its place under the connection caps, held for its lifetime.
-    pub permit: Permit,
-}
-
-/// What a client may do, chosen with `?role=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Receives only; a message from it gets close 1008.
-    Subscriber,
-    /// Sends only; it hears nothing.
-    Publisher,
-    Both,
-}
-
-impl Role {
-    pub fn receives(self) -> bool {
-        self != Role::Publisher
-    }
-
-    pub fn sends(self) -> bool {
-        self != Role::Subscriber
     }
 }
 
@@ -878,6 +842,7 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, SocketAddr};
     use std::sync::atomic::AtomicUsize;
     use std::task::{Wake, Waker};
 
@@ -885,7 +850,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::hub::Hub;
+    use crate::hub::{Hub, Role};
     use crate::limits::ConnectionLimits;
     use crate::queue::{OnOverflow, QueueLimits};
 

@@ -36,6 +36,26 @@ pub fn is_room_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// What a member may do, chosen with `?role=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Receives only; a message from it gets close 1008.
+    Subscriber,
+    /// Sends only; it hears nothing.
+    Publisher,
+    Both,
+}
+
+impl Role {
+    pub fn receives(self) -> bool {
+        self != Role::Publisher
+    }
+
+    pub fn sends(self) -> bool {
+        self != Role::Subscriber
+    }
+}
+
 /// Everyone who hears published messages, room by room.
 pub struct Hub {
     // Publishing takes the read lock, so publishers on different threads run

@@ -38,13 +38,13 @@ use crate::api::Api;
 use crate::auth::JwtRules;
 use crate::backplane::{Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
-use crate::connection::{self, Client, ConnectionContext, KeepAlive};
+use crate::connection::{self, ConnectionContext, KeepAlive};
 use crate::hub::{Hub, RoomsFull, Subscription};
 use crate::metrics::{self, Metrics, RejectReason};
 use crate::queue::{Ending, Queue, QueueLimits};
 use crate::relay::{Relay, Remote};
 use crate::tls::{self, CertStore, TlsError};
-use crate::upgrade::{self, Decision, Gate, GateError, GateSettings};
+use crate::upgrade::{self, Client, Decision, Gate, GateError, GateSettings};
 
 /// How long a metrics or API client may take to send its request head.
 const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

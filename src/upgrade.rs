@@ -8,8 +8,9 @@
 //! [`Gate`] is generic over the request body, so the same code is fuzzed on
 //! requests parsed from raw bytes (`fuzz/`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -19,10 +20,9 @@ use http_body_util::Full;
 use ipnet::IpNet;
 
 use crate::auth::{Admission, AuthError, Authenticator, JwtRules};
-use crate::connection::{Client, Role};
 use crate::forwarded::TrustedProxies;
-use crate::hub::RoomName;
-use crate::limits::{ConnectionLimits, LimitExceeded};
+use crate::hub::{Role, RoomName};
+use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::RejectReason;
 use crate::origin::OriginPolicy;
 
@@ -68,6 +68,23 @@ pub struct Gate {
     auth: Option<Authenticator>,
     proxies: TrustedProxies,
     limits: Arc<ConnectionLimits>,
+}
+
+/// One client as the gate admitted it: who it is and what it may do.
+pub struct Client {
+    /// The TCP peer (a proxy, when there is one).
+    pub peer: SocketAddr,
+    /// The client's own address, as trusted proxies report it.
+    pub ip: IpAddr,
+    /// The room it joined ("" with rooms off).
+    pub room: RoomName,
+    pub role: Role,
+    /// Whether it hears its own messages.
+    pub echo: bool,
+    /// When its credentials expire: it is closed with 1008 then.
+    pub expires_at: Option<SystemTime>,
+    /// Its place under the connection caps, held for its lifetime.
+    pub permit: Permit,
 }
 
 /// What to do with a request on the WebSocket listener.
