@@ -594,8 +594,8 @@ async fn survives_a_node_kill(kind: Kind) {
     }
     let c_metrics = c.metrics_addr.expect("c's metrics");
     wait_ready_body(c_metrics, "ready").await;
-    let (_, text) = http_get(c_metrics, "/metrics").await;
-    assert_eq!(metric_value(&text, SUBSCRIPTIONS), Some(1), "{text}");
+    // Connected is not yet subscribed: wait for c's room to be applied.
+    wait_metric_at(c_metrics, SUBSCRIPTIONS, 1).await;
     send(&mut c1, true, "from c").await;
     assert_eq!(next_data(&mut a1).await.1, "from c");
     assert_eq!(next_data(&mut b1).await.1, "from c");
