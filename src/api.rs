@@ -15,6 +15,9 @@
 //!   with 1000 and the request body as the reason; answers `{"closed": n}`.
 //!
 //! With rooms off, the one shared room is called `default` here.
+//!
+//! It knows the relay (and the cluster, for `/stats`); nothing of client
+//! sessions or the configuration file.
 
 use std::sync::Arc;
 

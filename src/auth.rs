@@ -22,6 +22,9 @@
 //! `prefix*` patterns such as `"chat:*"`), `publish: false` and
 //! `subscribe: false`. A connection outside them gets 403 before the
 //! upgrade.
+//!
+//! It knows HTTP headers and the query string; nothing of the
+//! configuration file ([`JwtRules`] is what it is given).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -3,6 +3,9 @@
 //! Also the one place that knows how to open a client connection (with an
 //! extra trusted CA for `wss://` to private servers), so the CLI, the bench
 //! and the tests all connect the same way.
+//!
+//! A tool: it talks to a relay as any client would, over `tls`; nothing
+//! of the server's internals.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -5,6 +5,10 @@
 //! [`Config::load`] returns. Unknown keys are rejected, and every error names
 //! the file, the key and the line, because an operator reading a failed
 //! start-up should not have to guess which of forty lines is wrong.
+//!
+//! It names the types of what it configures (and checks broker URLs and
+//! origins with their owners' rules, so an error names the key and line);
+//! only the server reads it.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -25,6 +25,10 @@
 //! Closing: the client leaves the hub, what was queued goes out, then the
 //! Close; if the relay started the close it reads on (discarding) until the
 //! peer's Close, so the peer sees the code and the connection ends with FIN.
+//!
+//! It knows the relay, the wire format and its own settings
+//! ([`ConnectionContext`]); nothing of the cluster, the HTTP layer or the
+//! configuration file.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

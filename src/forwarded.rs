@@ -7,6 +7,8 @@
 //! (the hop nearest to us), each address given by a trusted proxy replaces
 //! the current one, and the first address that is not itself a trusted
 //! proxy is the client. `Forwarded` wins when both are present.
+//!
+//! A leaf: nothing else in the crate.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -9,6 +9,9 @@
 //! full queue gets the slow-consumer policy (`client.on_overflow`) for that
 //! subscriber only; under `disconnect` the hub evicts it on the spot by
 //! closing its queue, which wakes its task to close it with 1008.
+//!
+//! It knows queues and frames; nothing of sockets, the cluster (only the
+//! [`RoomInterest`] it reports to) or the configuration file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

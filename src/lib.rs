@@ -4,27 +4,27 @@
 //! connected client, text as text and binary as binary, byte for byte.
 //!
 //! The crate is the whole server; the `wsrelay` binary only parses its
-//! command line and calls in here. One module per concept:
+//! command line and calls in here. One module per concept, in layers: a
+//! module uses only those below it (`tests/layers.rs` checks).
 //!
-//! - [`config`]: the YAML configuration, its defaults and its errors.
-//! - [`server`]: listeners, TLS and HTTP, graceful shutdown.
-//! - [`upgrade`]: the checks that decide an upgrade request (101 or 4xx).
-//! - [`connection`]: one client's reader and writer after the upgrade.
-//! - [`hub`]: membership and fan-out into bounded per-client queues.
-//! - [`queue`]: one client's bounded queue and the slow-consumer policy.
-//! - [`wire`]: RFC 6455 frames, parsed strictly and bufferless when idle, and encoded once.
-//! - [`limits`]: caps on concurrent clients, checked before the upgrade.
-//! - [`origin`]: the `Origin` allowlist.
-//! - [`auth`]: static tokens and JWTs, checked before the upgrade.
-//! - [`forwarded`]: the real client address behind trusted proxies.
-//! - [`query`]: parameters from a request's query string.
-//! - [`api`]: the HTTP API for backends (publish, rooms, stats, close).
-//! - [`backplane`]: clustering through Redis pub/sub or NATS.
-//! - [`metrics`]: Prometheus counters and gauges, and their HTTP endpoint.
-//! - [`tls`]: PEM certificates and keys into rustls configurations.
-//! - [`bench`](mod@bench): the load generator behind `wsrelay bench`.
-//! - [`client`]: the line-oriented client behind `wsrelay client`.
-//! - [`logging`]: the `tracing` subscriber (text or JSON).
+//! - Bottom: [`wire`] (RFC 6455 frames, strict and bufferless when idle,
+//!   encoded once), [`metrics`] (Prometheus counters and their endpoint),
+//!   [`origin`] (the `Origin` allowlist), [`forwarded`] (the client address
+//!   behind trusted proxies), [`query`] (query-string parameters), [`tls`]
+//!   (PEM files into rustls), [`logging`] (the `tracing` subscriber).
+//! - Core: [`queue`] (one client's bounded queue and the slow-consumer
+//!   policy), [`hub`] (rooms, members, fan-out), [`relay`] (publishing
+//!   here and to the other nodes, delivering).
+//! - Edges: [`limits`] (connection caps, rate limit), [`auth`] (tokens and
+//!   JWTs), [`upgrade`] (the checks that decide an upgrade request),
+//!   [`backplane`] (clustering through Redis pub/sub or NATS),
+//!   [`connection`] (one client after the upgrade), [`api`] (the HTTP API
+//!   for backends).
+//! - Root: [`config`] (the YAML configuration, its defaults and errors),
+//!   [`server`] (the only reader of the configuration: listeners, TLS and
+//!   HTTP, graceful shutdown).
+//! - Tools: [`client`] (`wsrelay client`), [`bench`](mod@bench) (`wsrelay
+//!   bench`).
 //!
 //! Running a relay on an ephemeral port from code:
 //!

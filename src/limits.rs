@@ -2,6 +2,8 @@
 //! refused client gets an HTTP status, 503 for the relay-wide cap and 429
 //! for the per-address cap, never a WebSocket that is then closed), and the
 //! per-connection message rate.
+//!
+//! Nothing else in the crate: plain counters and a token bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,4 +1,6 @@
 //! Log output: `tracing` events to stderr as text or one JSON object per line.
+//!
+//! A leaf: nothing else in the crate.
 
 use std::io::IsTerminal;
 

@@ -8,6 +8,8 @@
 //! get series of their own.
 //! Counters end in `_total` (prometheus-client appends it) and only go up;
 //! gauges describe the present.
+//!
+//! A leaf: it knows nothing of who counts.
 
 use std::sync::Arc;
 

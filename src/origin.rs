@@ -8,6 +8,8 @@
 //! itself). An empty list allows any origin. A handshake without an `Origin`
 //! header comes from a non-browser client, which could claim any origin
 //! anyway, and is allowed.
+//!
+//! A leaf: nothing else in the crate.
 
 /// Allowed origins, lower-cased and checked at load.
 #[derive(Debug, Clone, Default)]

@@ -1,4 +1,6 @@
 //! Parameters from a request's query string (`?token=...&echo=false`).
+//!
+//! A leaf: nothing else in the crate.
 
 /// The first value of parameter `name`, percent-decoded; `None` if absent
 /// or not decodable as UTF-8.

@@ -31,6 +31,8 @@
 //!
 //! The keepalive ping is a flag, not a queued message: a control frame is
 //! never dropped by the policy, and never waits behind data.
+//!
+//! It knows frames; nothing of rooms, sockets or the configuration file.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

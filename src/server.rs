@@ -10,6 +10,9 @@
 //! accepting, cancel the token (every client gets Close 1001), wait for the
 //! tracked tasks up to `shutdown.timeout`, then cancel a second token that
 //! makes every remaining task drop its socket at once.
+//!
+//! The composition root: the only module that reads [`Config`], turning it
+//! into each part's own settings; nothing below it knows it exists.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -4,6 +4,9 @@
 //! The crypto provider is aws-lc-rs, chosen explicitly for every
 //! configuration rather than installed process-wide, so no other crate's
 //! choice can make rustls panic at start-up.
+//!
+//! A leaf: nothing else in the crate, nor the configuration file (it is
+//! given paths).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};

@@ -7,6 +7,10 @@
 //! counted against the client's real address behind trusted proxies. The
 //! [`Gate`] is generic over the request body, so the same code is fuzzed on
 //! requests parsed from raw bytes (`fuzz/`).
+//!
+//! It knows admission (auth, caps, origins, proxies) and room names;
+//! nothing of sessions after the 101, the server or the configuration
+//! file ([`GateSettings`] is what it is given).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
