@@ -2,7 +2,7 @@
 //!
 //! A connection goes: TCP accept → (TLS handshake) → hyper reads the HTTP
 //! request → the [`Gate`] checks it and answers 101 or a 4xx → the
-//! upgraded socket is handed to [`connection::serve`]. Doing the upgrade in
+//! upgraded socket is handed to [`crate::connection::serve`]. Doing the upgrade in
 //! hyper rather than inside a WebSocket library lets the relay refuse a
 //! request with a proper HTTP status before any WebSocket state exists.
 //!
@@ -12,42 +12,51 @@
 //! makes every remaining task drop its socket at once.
 //!
 //! The composition root: the only module that reads [`Config`], turning it
-//! into each part's own settings; nothing below it knows it exists.
+//! into each part's own settings; nothing below it knows it exists. Here:
+//! wiring, `Server::bind` and `Server::run` (the shutdown sequence); the
+//! rest by concern: `accept` (the WebSocket listener: accept, TLS, HTTP,
+//! the upgrade), `side` (the metrics and API listeners), `shutdown`
+//! (signals, closes spread over time), `certs` (certificate reloads),
+//! `ticks` (what runs once per interval).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::auth::JwtRules;
 use crate::backplane::{Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
-use crate::connection::{self, ConnectionContext, KeepAlive};
-use crate::hub::{Hub, RoomsFull, Subscription};
-use crate::metrics::{self, Metrics, RejectReason};
-use crate::queue::{Ending, Queue, QueueLimits};
+use crate::connection::{ConnectionContext, KeepAlive};
+use crate::hub::Hub;
+use crate::metrics::{self, Metrics};
+use crate::queue::QueueLimits;
 use crate::relay::{Relay, Remote};
 use crate::tls::{self, CertStore, TlsError};
-use crate::upgrade::{self, Client, Decision, Gate, GateError, GateSettings};
+use crate::upgrade::{Gate, GateError, GateSettings};
+
+mod accept;
+mod certs;
+mod shutdown;
+mod side;
+mod ticks;
+
+use accept::{bind, handle_socket};
+use certs::{CertReloader, watch_certificate};
+use shutdown::close_in_batches;
+use ticks::keepalive;
+
+pub use shutdown::Signals;
+pub(crate) use side::serve_http_listener;
 
 /// How long a metrics or API client may take to send its request head.
 const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -336,7 +345,7 @@ impl Server {
                     info!(drain_delay = ?drain_delay, "draining: /readyz now answers 503");
                     drain_until = Some(tokio::time::Instant::now() + drain_delay);
                 }
-                accepted = accept(&listener, shared.handshakes.as_ref()) => match accepted {
+                accepted = accept::accept(&listener, shared.handshakes.as_ref()) => match accepted {
                     Ok((stream, peer, place)) => {
                         let shared = shared.clone();
                         tracker.spawn(async move {
@@ -404,408 +413,6 @@ impl Server {
         }
         side_listeners_stop.cancel();
         info!("shutdown complete");
-    }
-}
-
-/// The server's certificate store, and how often to look for new files.
-#[derive(Clone)]
-struct CertReloader {
-    store: Arc<CertStore>,
-    watch_interval: Duration,
-}
-
-impl CertReloader {
-    /// Loads the files again: new handshakes get the new pair; on failure
-    /// the old one stays in use. Either way it is logged and counted.
-    fn reload(&self, metrics: &Metrics, trigger: &str) {
-        match self.store.reload() {
-            Ok(()) => {
-                metrics.tls_reloaded(true);
-                let expiry = self.store.not_after().unwrap_or(0);
-                metrics.tls_certificate_expiry.set(expiry);
-                info!(trigger, not_after = expiry, "TLS certificate reloaded");
-            }
-            Err(e) => {
-                metrics.tls_reloaded(false);
-                error!(trigger, error = %e, "TLS certificate reload failed; keeping the current certificate");
-            }
-        }
-    }
-
-    /// What identifies the files' current contents: modification time, size
-    /// and inode of each, through symlinks, so a Kubernetes-style swap of
-    /// the directory a link points to counts as a change.
-    fn fingerprint(&self) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
-        use std::os::unix::fs::MetadataExt;
-        self.store
-            .files()
-            .iter()
-            .map(|f| {
-                let m = std::fs::metadata(f).ok()?;
-                Some((m.modified().ok()?, m.len(), m.ino()))
-            })
-            .collect()
-    }
-}
-
-/// Calls `tick` every `period` (the first time one period from now) until
-/// shutdown starts.
-async fn every(period: Duration, shutdown: &CancellationToken, mut tick: impl FnMut()) {
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => tick(),
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Reloads the certificate whenever its files change.
-async fn watch_certificate(certs: CertReloader, cx: Arc<ConnectionContext>) {
-    let mut seen = certs.fingerprint();
-    every(certs.watch_interval, &cx.shutdown, || {
-        let now = certs.fingerprint();
-        // A failed reload is retried only once the files change again, so a
-        // bad pair is reported once, not every interval.
-        if now != seen {
-            seen = now;
-            certs.reload(&cx.relay.metrics, "file change");
-        }
-    })
-    .await;
-}
-
-/// Batches the shutdown closes are spread over.
-const CLOSE_BATCHES: usize = 10;
-
-/// Closes clients a batch at a time over `spread`, so that they do not all
-/// reconnect to the next relay in the same instant.
-async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration) {
-    let per_batch = clients.len().div_ceil(CLOSE_BATCHES).max(1);
-    let batches = clients.len().div_ceil(per_batch).max(1);
-    let pause = spread / batches as u32;
-    for (i, batch) in clients.chunks(per_batch).enumerate() {
-        if i > 0 {
-            tokio::time::sleep(pause).await;
-        }
-        batch.iter().for_each(|queue| queue.close(Ending::Shutdown));
-    }
-}
-
-/// Asks every client to ping its peer once per interval, and advances the
-/// clock clients measure idleness by. A client idle at its ping gives back
-/// its buffers; the next tick hands what they freed back to the system.
-async fn keepalive(cx: Arc<ConnectionContext>) {
-    let Some(clock) = &cx.keepalive else { return };
-    every(clock.interval, &cx.shutdown, || {
-        clock.advance();
-        // Off the runtime's threads: after a burst it can take milliseconds.
-        tokio::task::spawn_blocking(give_back_free_memory);
-        cx.relay.hub.ping_all();
-    })
-    .await;
-}
-
-/// Returns the allocator's free memory to the system once there is enough
-/// of it to matter. glibc keeps what clients freed after a burst inside its
-/// heap, pinned by the live allocations around it: 10 000 idle clients that
-/// had received 50 messages of 900 B each held 4.4 KB apiece against 2.4 KB
-/// fresh, though less of it was in use than when fresh; trimmed, 0.93 × of
-/// fresh. A trim after such a burst took 7 ms; with nothing to give back,
-/// microseconds. Other allocators and platforms: nothing is done.
-fn give_back_free_memory() {
-    /// Free bytes in the heap below which a trim is not worth its locks.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    const TRIM_ABOVE: usize = 1 << 20;
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallinfo2 and malloc_trim only read and release the
-    // allocator's own free lists, under its locks; they may be called from
-    // any thread at any time.
-    unsafe {
-        if libc::mallinfo2().fordblks >= TRIM_ABOVE {
-            libc::malloc_trim(0);
-        }
-    }
-}
-
-/// Accepts the next connection once a handshake place is free: while all
-/// are taken, connections wait in the kernel's accept queue. Cancel-safe.
-async fn accept(
-    listener: &TcpListener,
-    handshakes: Option<&Arc<Semaphore>>,
-) -> io::Result<(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>)> {
-    let place = match handshakes {
-        // Never closed, so acquiring cannot fail.
-        Some(places) => places.clone().acquire_owned().await.ok(),
-        None => None,
-    };
-    let (stream, peer) = listener.accept().await?;
-    Ok((stream, peer, place))
-}
-
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { what, addr, source })
-}
-
-/// One accepted socket: TLS if configured, then HTTP and the upgrade.
-async fn handle_socket(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    // Relayed messages are small and latency matters more than packet count;
-    // the writer batches frames itself.
-    let _ = stream.set_nodelay(true);
-    // One deadline for the whole handshake, so a slow TLS handshake cannot
-    // buy a slow HTTP request more time (slowloris).
-    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
-    let Some(acceptor) = &shared.tls else {
-        return serve_http(stream, peer, shared, deadline).await;
-    };
-    let accepted = tokio::select! {
-        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
-        () = shared.conn.shutdown.cancelled() => return,
-    };
-    match accepted {
-        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, shared, deadline).await,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake failed");
-            shared.conn.relay.metrics.rejected(RejectReason::Tls);
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
-            shared
-                .conn
-                .relay
-                .metrics
-                .rejected(RejectReason::HandshakeTimeout);
-        }
-    }
-}
-
-/// Reads HTTP requests until one upgrades, then starts the WebSocket client.
-async fn serve_http<IO>(
-    io: IO,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    deadline: tokio::time::Instant,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // The service hands the pending upgrade back through this slot, so the
-    // WebSocket runs on this same task once hyper lets go of the socket.
-    // The client joins the hub before its 101 is sent: once a client sees
-    // the handshake complete, it hears every message published after it.
-    let slot: Arc<Mutex<Option<Admitted>>> = Arc::default();
-    let service = {
-        let (shared, slot) = (shared.clone(), slot.clone());
-        service_fn(move |mut req: Request<Incoming>| {
-            let decision = match shared.gate.admit(&req, peer) {
-                Decision::Upgrade(response, client) => {
-                    match shared
-                        .conn
-                        .relay
-                        .hub
-                        .join(client.room.clone(), client.role.receives())
-                    {
-                        Ok(subscription) => Ok((response, client, subscription)),
-                        Err(RoomsFull) => Err((
-                            RejectReason::MaxRooms,
-                            upgrade::refuse(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "too many rooms; try again later",
-                            ),
-                        )),
-                    }
-                }
-                Decision::Refuse(reason, response) => Err((reason, response)),
-            };
-            let response = match decision {
-                Ok((response, client, subscription)) => {
-                    let admitted = Admitted {
-                        upgrade: hyper::upgrade::on(&mut req),
-                        subscription,
-                        client,
-                    };
-                    if let Some(old) = lock(&slot).replace(admitted) {
-                        shared
-                            .conn
-                            .relay
-                            .hub
-                            .leave(&old.subscription.room, old.subscription.id);
-                    }
-                    response
-                }
-                Err((reason, response)) => {
-                    shared.conn.relay.metrics.rejected(reason);
-                    // The path only: a query may carry a token.
-                    debug!(%peer, status = %response.status(), path = req.uri().path(), reason = reason.as_str(), "request refused");
-                    response
-                }
-            };
-            std::future::ready(Ok::<_, Infallible>(response))
-        })
-    };
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        // The handshake deadline below is what counts; hyper's own timer is
-        // only a backstop, so it must not fire first.
-        .header_read_timeout(shared.handshake_timeout + Duration::from_secs(1))
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    let served = tokio::select! {
-        r = tokio::time::timeout_at(deadline, conn) => match r {
-            Ok(r) => r.map_err(|e| {
-                // hyper answered these itself (400, or 431 for a head over
-                // the limit) before any request reached the gate.
-                if e.is_parse() || e.is_parse_too_large() {
-                    shared.conn.relay.metrics.rejected(RejectReason::BadRequest);
-                }
-                debug!(%peer, error = %e, "HTTP connection failed")
-            }).is_ok(),
-            Err(_) => {
-                debug!(%peer, "handshake timed out");
-                shared.conn.relay.metrics.rejected(RejectReason::HandshakeTimeout);
-                false
-            }
-        },
-        () = shared.conn.shutdown.cancelled() => false,
-    };
-    let Some(admitted) = lock(&slot).take() else {
-        return;
-    };
-    let Admitted {
-        upgrade,
-        subscription,
-        client,
-    } = admitted;
-    let upgraded = match served {
-        true => upgrade
-            .await
-            .map_err(|e| debug!(%peer, error = %e, "upgrade failed"))
-            .ok(),
-        false => None,
-    };
-    match upgraded {
-        Some(upgraded) => {
-            let io = TokioIo::new(upgraded);
-            let cx = shared.conn.clone();
-            // A task of its own: this one's state is sized for the TLS and
-            // HTTP phases (about 5.5 KiB), the client's needs about 1.5 KiB,
-            // and an idle client should hold only what it uses.
-            shared
-                .tracker
-                .spawn(connection::serve(io, client, subscription, cx));
-        }
-        None => shared
-            .conn
-            .relay
-            .hub
-            .leave(&subscription.room, subscription.id),
-    }
-}
-
-/// A request that passed every check, waiting for hyper to hand over its socket.
-struct Admitted {
-    upgrade: OnUpgrade,
-    /// Joined before the 101 is sent.
-    subscription: Subscription,
-    client: Client,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Serves plain HTTP/1.1 (the metrics and the API listeners), each
-/// request answered by `handle`, until `stop` is cancelled.
-pub(crate) async fn serve_http_listener<F, Fut>(
-    listener: TcpListener,
-    what: &'static str,
-    stop: CancellationToken,
-    handle: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, listener = what, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let reply = handle(req);
-                async move { Ok::<_, Infallible>(reply.await) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HTTP_REQUEST_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// SIGINT and SIGTERM, listened for from the moment this is created: a
-/// signal that arrives before the server starts waiting is not lost (nor
-/// does it kill the process with the default action).
-pub struct Signals {
-    int: Option<tokio::signal::unix::Signal>,
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    pub fn install() -> Self {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (int, term) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        );
-        if int.is_err() || term.is_err() {
-            warn!("cannot install signal handlers; the relay may not shut down gracefully");
-        }
-        Self {
-            int: int.ok(),
-            term: term.ok(),
-        }
-    }
-
-    /// The next signal's name.
-    pub async fn next(&mut self) -> &'static str {
-        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            () = recv(&mut self.int) => "SIGINT",
-            () = recv(&mut self.term) => "SIGTERM",
-        }
-    }
-
-    /// Resolves on the first signal, naming it. A second signal afterwards
-    /// ends the process at once, for operators who cannot wait.
-    pub async fn shutdown(mut self) -> &'static str {
-        let name = self.next().await;
-        tokio::spawn(async move {
-            let again = self.next().await;
-            warn!(signal = again, "second signal: exiting now");
-            std::process::exit(if again == "SIGINT" { 130 } else { 143 });
-        });
-        name
     }
 }
 
