@@ -41,7 +41,9 @@
 pub mod api;
 pub mod auth;
 pub mod backplane;
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "client")]
 use wsrelay::client::{self, Ending};
 use wsrelay::config::{ClusterBackend, Config, LogFormat};
 
@@ -37,6 +38,7 @@ enum Command {
     /// When stdin ends, the client closes with 1000 and exits 0. It exits 0
     /// too when the server closes normally (1000) or goes away (1001), and 1
     /// on any other close or error.
+    #[cfg(feature = "client")]
     Client(ClientArgs),
     /// Measure a relay (this one or any other): fan-out throughput, latency
     /// and loss, idle memory per connection, or connection rate.
@@ -46,6 +48,7 @@ enum Command {
     /// a relay on this host, the report includes its CPU time per delivery
     /// and memory per connection. Exits 1 if anything was lost, reordered or
     /// disconnected, unless --allow-loss is given.
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
     /// Check a config file and print the effective configuration.
     ///
@@ -56,12 +59,14 @@ enum Command {
     CheckConfig(CheckConfigArgs),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 struct BenchArgs {
     #[command(subcommand)]
     mode: BenchMode,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Subcommand, Debug)]
 enum BenchMode {
     /// N subscribers and P publishers; every message goes to every client.
@@ -75,6 +80,7 @@ enum BenchMode {
     Churn(ChurnArgs),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 struct TargetArgs {
     /// Relay URL, ws:// or wss://.
@@ -99,6 +105,7 @@ struct TargetArgs {
     json: bool,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 struct FanoutArgs {
     #[command(flatten)]
@@ -147,6 +154,7 @@ struct FanoutArgs {
     subscriber_url: Vec<String>,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 struct IdleArgs {
     #[command(flatten)]
@@ -170,6 +178,7 @@ struct IdleArgs {
     size: usize,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 struct ChurnArgs {
     #[command(flatten)]
@@ -189,6 +198,7 @@ struct ChurnArgs {
     max_alive: usize,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 struct ConnectArgs {
     #[command(flatten)]
@@ -201,6 +211,7 @@ struct ConnectArgs {
     duration: std::time::Duration,
 }
 
+#[cfg(feature = "bench")]
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     wsrelay::config::parse_duration(s)
 }
@@ -248,6 +259,7 @@ struct Overrides {
     node_id: Option<String>,
 }
 
+#[cfg(feature = "client")]
 #[derive(Args, Debug)]
 struct ClientArgs {
     /// Relay URL, ws:// or wss://.
@@ -263,7 +275,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),
+        #[cfg(feature = "client")]
         Some(Command::Client(args)) => run_client(args),
+        #[cfg(feature = "bench")]
         Some(Command::Bench(args)) => run_bench(args),
         Some(Command::CheckConfig(args)) => check_config(args),
     };
@@ -361,6 +375,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "client")]
 fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
@@ -400,6 +415,7 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
+#[cfg(feature = "bench")]
 fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use wsrelay::bench;
     let target = |t: TargetArgs| {
@@ -478,6 +494,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+#[cfg(feature = "bench")]
 fn print_report<R: serde::Serialize + std::fmt::Display>(
     report: &R,
     json: bool,

@@ -15,7 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{self, ServerConfig};
 
 /// Why a certificate or key could not be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +213,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// A client configuration trusting the public web roots plus, when given,
 /// the certificates in `extra_ca_file` (for private or self-signed servers).
-pub fn client_config(extra_ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+#[cfg(feature = "client")]
+pub fn client_config(extra_ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca_file {
         for cert in load_certs(path)? {
             roots.add(cert).map_err(|source| TlsError::BadCa {
@@ -223,7 +225,7 @@ pub fn client_config(extra_ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, 
             })?;
         }
     }
-    let config = ClientConfig::builder_with_provider(provider())
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Setup)?
         .with_root_certificates(roots)

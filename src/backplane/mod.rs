@@ -29,9 +29,17 @@
 //! connection breaks is counted as dropped, never sent twice. At shutdown
 //! the task stops last and sends what its outbox holds first.
 
+// A build without a backend leaves parts of the link unused.
+#![cfg_attr(
+    not(all(feature = "redis", feature = "nats")),
+    allow(unused_variables, dead_code)
+)]
+
 pub mod envelope;
 mod inbound;
+#[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "redis")]
 mod redis;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -52,7 +60,9 @@ use crate::relay::{Relay, Remote};
 use crate::wire::Frame;
 
 use self::inbound::{Inbound, InboundLimits};
+#[cfg(feature = "nats")]
 use self::nats::NatsLink;
+#[cfg(feature = "redis")]
 use self::redis::RedisLink;
 
 /// The broker a cluster is joined through.
@@ -79,8 +89,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Why the broker connection could not be made or was lost.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    #[cfg(feature = "redis")]
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
+    #[cfg(feature = "nats")]
     #[error("nats: {0}")]
     Nats(String),
     #[error("timed out after {BROKER_TIMEOUT:?}")]
@@ -89,23 +101,32 @@ pub enum LinkError {
     Lost,
 }
 
+#[cfg(feature = "nats")]
 impl From<async_nats::ConnectError> for LinkError {
     fn from(e: async_nats::ConnectError) -> Self {
         Self::Nats(e.to_string())
     }
 }
 
+#[cfg(feature = "nats")]
 impl From<async_nats::SubscribeError> for LinkError {
     fn from(e: async_nats::SubscribeError) -> Self {
         Self::Nats(e.to_string())
     }
 }
 
+#[cfg(feature = "nats")]
 impl From<async_nats::PublishError> for LinkError {
     fn from(e: async_nats::PublishError) -> Self {
         Self::Nats(e.to_string())
     }
 }
+
+/// What a build without a backend's feature says when it is configured.
+#[cfg(not(feature = "redis"))]
+const MISSING_REDIS: &str = "this wsrelay was built without Redis support (cargo feature `redis`)";
+#[cfg(not(feature = "nats"))]
+const MISSING_NATS: &str = "this wsrelay was built without NATS support (cargo feature `nats`)";
 
 /// Checks that `url` is one `backend` can use (called when the config is
 /// loaded, so a typo fails at start-up with the key and line).
@@ -115,9 +136,11 @@ pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
             "`url` is set but `backend` is none (and the URL's scheme names neither redis nor nats)"
                 .into(),
         ),
+        #[cfg(feature = "redis")]
         ClusterBackend::Redis => ::redis::Client::open(url)
             .map(drop)
             .map_err(|e| format!("invalid Redis URL: {e}")),
+        #[cfg(feature = "nats")]
         ClusterBackend::Nats => {
             // One list of schemes: the one the command line picks backends by.
             if backend_of(url) != ClusterBackend::Nats {
@@ -127,6 +150,10 @@ pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+        #[cfg(not(feature = "redis"))]
+        ClusterBackend::Redis => Err(MISSING_REDIS.into()),
+        #[cfg(not(feature = "nats"))]
+        ClusterBackend::Nats => Err(MISSING_NATS.into()),
     }
 }
 
@@ -536,8 +563,15 @@ impl Outbox {
 
 /// A live connection to the broker.
 enum Link {
+    #[cfg(feature = "redis")]
     Redis(RedisLink),
+    #[cfg(feature = "nats")]
     Nats(NatsLink),
+    /// With neither backend built in there is no link (config refuses
+    /// both); this keeps the matches below whole.
+    #[cfg(not(any(feature = "redis", feature = "nats")))]
+    #[allow(dead_code)]
+    None(std::convert::Infallible),
 }
 
 impl Link {
@@ -547,15 +581,18 @@ impl Link {
         let url = &cluster.url;
         let inbound = cluster.inbound.clone();
         match cluster.backend {
+            #[cfg(feature = "redis")]
             ClusterBackend::Redis => Ok(Self::Redis(
                 RedisLink::connect(url, BROKER_TIMEOUT, inbound).await?,
             )),
+            #[cfg(feature = "nats")]
             ClusterBackend::Nats => {
                 let (node, capacity) = (&cluster.node_id, cluster.subject_capacity);
                 let link = NatsLink::connect(url, node, BROKER_TIMEOUT, capacity, inbound).await?;
                 Ok(Self::Nats(link))
             }
-            ClusterBackend::None => Err(LinkError::Lost),
+            #[allow(unreachable_patterns)]
+            _ => Err(LinkError::Lost),
         }
     }
 
@@ -564,7 +601,11 @@ impl Link {
     async fn subscribe(&mut self, channels: &[String]) -> Result<(), LinkError> {
         bounded(async {
             match self {
+                #[cfg(not(any(feature = "redis", feature = "nats")))]
+                Self::None(never) => match *never {},
+                #[cfg(feature = "redis")]
                 Self::Redis(l) => l.subscribe(channels).await,
+                #[cfg(feature = "nats")]
                 Self::Nats(l) => l.subscribe(channels).await,
             }
         })
@@ -574,7 +615,11 @@ impl Link {
     async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), LinkError> {
         bounded(async {
             match self {
+                #[cfg(not(any(feature = "redis", feature = "nats")))]
+                Self::None(never) => match *never {},
+                #[cfg(feature = "redis")]
                 Self::Redis(l) => l.unsubscribe(channels).await,
+                #[cfg(feature = "nats")]
                 Self::Nats(l) => l.unsubscribe(channels).await,
             }
         })
@@ -585,7 +630,11 @@ impl Link {
     /// (Redis has answered each pipeline already; the NATS client buffers).
     async fn flush(&mut self) -> Result<(), LinkError> {
         match self {
+            #[cfg(not(any(feature = "redis", feature = "nats")))]
+            Self::None(never) => match *never {},
+            #[cfg(feature = "redis")]
             Self::Redis(_) => Ok(()),
+            #[cfg(feature = "nats")]
             Self::Nats(l) => bounded(l.flush()).await,
         }
     }
@@ -594,7 +643,11 @@ impl Link {
     /// (Redis confirms each one already).
     async fn confirm(&mut self) -> Result<(), LinkError> {
         match self {
+            #[cfg(not(any(feature = "redis", feature = "nats")))]
+            Self::None(never) => match *never {},
+            #[cfg(feature = "redis")]
             Self::Redis(_) => Ok(()),
+            #[cfg(feature = "nats")]
             Self::Nats(l) => l.confirm().await,
         }
     }
@@ -607,7 +660,11 @@ impl Link {
         refused: &mut usize,
     ) -> Result<(), LinkError> {
         match self {
+            #[cfg(not(any(feature = "redis", feature = "nats")))]
+            Self::None(never) => match *never {},
+            #[cfg(feature = "redis")]
             Self::Redis(l) => l.publish(batch).await,
+            #[cfg(feature = "nats")]
             Self::Nats(l) => l.publish(batch, refused).await,
         }
     }
@@ -617,10 +674,14 @@ impl Link {
     /// only waits for its connection to end); `None` once the link is lost.
     async fn next(&mut self) -> Option<Bytes> {
         match self {
+            #[cfg(not(any(feature = "redis", feature = "nats")))]
+            Self::None(never) => match *never {},
+            #[cfg(feature = "redis")]
             Self::Redis(l) => {
                 l.lost().await;
                 None
             }
+            #[cfg(feature = "nats")]
             Self::Nats(l) => l.next().await.map(|m| m.payload),
         }
     }
