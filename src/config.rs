@@ -396,6 +396,7 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
         if raw.prefix.is_empty() {
             return Err("`prefix` must not be empty".into());
         }
+        crate::backplane::check_backend(raw.backend)?;
         if !raw.url.is_empty() {
             crate::backplane::check_url(raw.backend, &raw.url)?;
         }

@@ -128,6 +128,17 @@ const MISSING_REDIS: &str = "this wsrelay was built without Redis support (cargo
 #[cfg(not(feature = "nats"))]
 const MISSING_NATS: &str = "this wsrelay was built without NATS support (cargo feature `nats`)";
 
+/// Checks that this build can join a cluster through `backend`.
+pub fn check_backend(backend: ClusterBackend) -> Result<(), String> {
+    match backend {
+        #[cfg(not(feature = "redis"))]
+        ClusterBackend::Redis => Err(MISSING_REDIS.into()),
+        #[cfg(not(feature = "nats"))]
+        ClusterBackend::Nats => Err(MISSING_NATS.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that `url` is one `backend` can use (called when the config is
 /// loaded, so a typo fails at start-up with the key and line).
 pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
