@@ -2,30 +2,13 @@
 //!
 //! A leaf: nothing else in the crate.
 
-/// The first value of parameter `name`, percent-decoded; `None` if absent
-/// or not decodable as UTF-8.
+/// The first value of parameter `name`, percent-decoded (`+` as a space;
+/// a malformed escape is kept as written, invalid UTF-8 replaced, so such a
+/// value simply matches nothing); `None` if absent.
 pub fn param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decode(value)).flatten()
-    })
-}
-
-/// Decodes `%XX` escapes and `+`; `None` if malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        out.push(match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
-            }
-            b'+' => b' ',
-            b => b,
-        });
-    }
-    String::from_utf8(out).ok()
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 #[cfg(test)]
@@ -40,8 +23,11 @@ mod tests {
         );
         assert_eq!(param(Some("tokens=no"), "token"), None);
         assert_eq!(param(Some("echo"), "echo").as_deref(), Some(""));
-        assert_eq!(param(Some("token=%zz"), "token"), None);
-        assert_eq!(param(Some("token=%e2%9c"), "token"), None);
+        assert_eq!(param(Some("token=%zz"), "token").as_deref(), Some("%zz"));
+        assert_eq!(
+            param(Some("token=%e2%9c"), "token").as_deref(),
+            Some("\u{fffd}")
+        );
         assert_eq!(param(None, "token"), None);
         assert_eq!(param(Some("x=1&x=2"), "x").as_deref(), Some("1"));
     }

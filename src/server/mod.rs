@@ -485,30 +485,10 @@ fn gate_settings(config: &Config) -> GateSettings {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit; returns the new soft limit.
+/// Raises the soft open-file limit to the hard limit; returns the new soft
+/// limit (0 if it cannot be read).
 pub fn raise_open_file_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 0;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                rl = raised;
-            }
-        }
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    let limit = rl.rlim_cur as u64;
-    limit
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -518,14 +498,7 @@ mod tests {
     #[test]
     fn open_file_limit_is_raised_to_the_hard_limit() {
         let raised = raise_open_file_limit();
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct we pass.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
-        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-        let (soft, hard) = (rl.rlim_cur as u64, rl.rlim_max as u64);
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
         assert_eq!((raised, soft), (hard, hard));
     }
 }
