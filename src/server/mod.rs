@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::auth::JwtRules;
-use crate::backplane::{Cluster, ClusterSettings};
+use crate::backplane::{self, Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
 use crate::connection::{ConnectionContext, KeepAlive};
 use crate::hub::Hub;
@@ -79,6 +79,9 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// A cluster backend this build does not have.
+    #[error("cluster.backend: {0}")]
+    Cluster(String),
 }
 
 /// A relay whose listeners are bound and ready; [`Server::run`] serves it.
@@ -114,6 +117,7 @@ impl Server {
     /// Loads TLS files and binds both listeners. Fails with the file or the
     /// address at fault; nothing is served until [`Server::run`].
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        backplane::check_backend(config.cluster.backend).map_err(ServerError::Cluster)?;
         let certs = match &config.server.tls {
             Some(t) => Some(Arc::new(CertStore::load(&t.cert_file, &t.key_file)?)),
             None => None,
@@ -419,6 +423,7 @@ impl Server {
 /// Loads everything [`Server::bind`] would load from `config` (TLS files,
 /// the JWT key, the origin list) without binding anything.
 pub fn check(config: &Config) -> Result<(), ServerError> {
+    backplane::check_backend(config.cluster.backend).map_err(ServerError::Cluster)?;
     if let Some(t) = &config.server.tls {
         CertStore::load(&t.cert_file, &t.key_file)?;
     }
