@@ -85,7 +85,7 @@ fn references(code: &str, depth: usize) -> Vec<(usize, String)> {
     };
     // After a path that reached the crate root: the module it names, or
     // each first segment of a `{...}` group.
-    let mut root_path = |at: usize, found: &mut Vec<(usize, String)>| {
+    let root_path = |at: usize, found: &mut Vec<(usize, String)>| {
         let at = skip_space(at);
         if bytes.get(at) == Some(&b'{') {
             let (mut depth, mut start) = (0usize, at + 1);
