@@ -5,20 +5,22 @@
 //!
 //! The crate is the whole server; the `wsrelay` binary only parses its
 //! command line and calls in here. One module per concept, in layers: a
-//! module uses only those below it (`tests/layers.rs` checks).
+//! module uses only those below it (`tests/layers.rs` checks). The
+//! public surface is what the binary, the tools and the tests use; the
+//! core and the session stay inside the crate.
 //!
 //! - Bottom: [`wire`] (RFC 6455 frames, strict and bufferless when idle,
-//!   encoded once), [`metrics`] (Prometheus counters and their endpoint),
-//!   [`origin`] (the `Origin` allowlist), [`forwarded`] (the client address
-//!   behind trusted proxies), [`query`] (query-string parameters), [`tls`]
+//!   encoded once), `metrics` (Prometheus counters and their endpoint),
+//!   `origin` (the `Origin` allowlist), `forwarded` (the client address
+//!   behind trusted proxies), `query` (query-string parameters), [`tls`]
 //!   (PEM files into rustls), [`logging`] (the `tracing` subscriber).
-//! - Core: [`queue`] (one client's bounded queue and the slow-consumer
-//!   policy), [`hub`] (rooms, members, fan-out), [`relay`] (publishing
+//! - Core: `queue` (one client's bounded queue and the slow-consumer
+//!   policy), `hub` (rooms, members, fan-out), `relay` (publishing
 //!   here and to the other nodes, delivering).
-//! - Edges: [`limits`] (connection caps, rate limit), [`auth`] (tokens and
+//! - Edges: `limits` (connection caps, rate limit), [`auth`] (tokens and
 //!   JWTs), [`upgrade`] (the checks that decide an upgrade request),
 //!   [`backplane`] (clustering through Redis pub/sub or NATS),
-//!   [`connection`] (one client after the upgrade), [`api`] (the HTTP API
+//!   `connection` (one client after the upgrade), `api` (the HTTP API
 //!   for backends).
 //! - Root: [`config`] (the YAML configuration, its defaults and errors),
 //!   [`server`] (the only reader of the configuration: listeners, TLS and
@@ -38,7 +40,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
+pub(crate) mod api;
 pub mod auth;
 pub mod backplane;
 #[cfg(feature = "bench")]
@@ -46,17 +48,17 @@ pub mod bench;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;
-pub mod connection;
-pub mod forwarded;
-pub mod hub;
-pub mod limits;
+pub(crate) mod connection;
+pub(crate) mod forwarded;
+pub(crate) mod hub;
+pub(crate) mod limits;
 pub mod logging;
-pub mod metrics;
-pub mod origin;
+pub(crate) mod metrics;
+pub(crate) mod origin;
 
-pub mod query;
-pub mod queue;
-pub mod relay;
+pub(crate) mod query;
+pub(crate) mod queue;
+pub(crate) mod relay;
 pub mod server;
 pub mod tls;
 pub mod upgrade;

@@ -2,7 +2,7 @@
 //!
 //! A connection goes: TCP accept → (TLS handshake) → hyper reads the HTTP
 //! request → the [`Gate`] checks it and answers 101 or a 4xx → the
-//! upgraded socket is handed to [`crate::connection::serve`]. Doing the upgrade in
+//! upgraded socket is handed to `connection::serve`. Doing the upgrade in
 //! hyper rather than inside a WebSocket library lets the relay refuse a
 //! request with a proper HTTP status before any WebSocket state exists.
 //!
