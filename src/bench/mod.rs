@@ -16,6 +16,10 @@
 //! With `--pid` of a relay on the same host, the report includes the relay's
 //! CPU time per delivery and memory per connection, read from /proc over the
 //! measured window only (after warm-up).
+//!
+//! A tool: it drives a relay over real sockets, through `client`, and
+//! reads `/proc`; it knows nothing of the relay's internals (only
+//! `server::raise_open_file_limit`, for its own connections).
 
 pub mod churn;
 pub mod payload;
