@@ -19,13 +19,12 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::envelope;
+use super::fifo::DropOldest;
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::Relay;
 use crate::wire::Frame;
@@ -38,26 +37,13 @@ pub(super) struct Inbound {
     node_id: String,
     /// Larger messages from the broker are refused, as from a client.
     max_message_size: usize,
-    workers: Box<[WorkerQueue]>,
+    /// One queue per worker.
+    workers: Box<[DropOldest<Bytes>]>,
     /// Picks a room's worker.
     hasher: RandomState,
     metrics: ClusterMetrics,
     /// Whether a malformed message has been logged (the rest are counted).
     warned_malformed: AtomicBool,
-}
-
-/// One worker's messages, oldest first, bounded in count and bytes.
-struct WorkerQueue {
-    state: Mutex<QueueState>,
-    ready: Notify,
-    max_messages: usize,
-    max_bytes: usize,
-}
-
-#[derive(Default)]
-struct QueueState {
-    messages: VecDeque<Bytes>,
-    bytes: usize,
 }
 
 /// How many workers, and the bounds each worker's queue keeps.
@@ -71,12 +57,7 @@ pub(super) struct InboundLimits {
 impl Inbound {
     pub fn new(node_id: &str, limits: InboundLimits, metrics: ClusterMetrics) -> Self {
         let workers = limits.workers.max(1);
-        let worker = || WorkerQueue {
-            state: Mutex::default(),
-            ready: Notify::new(),
-            max_messages: limits.max_messages.max(1),
-            max_bytes: limits.max_bytes,
-        };
+        let worker = || DropOldest::new(limits.max_messages.max(1), limits.max_bytes);
         Self {
             node_id: node_id.to_owned(),
             max_message_size: limits.max_message_size,
@@ -105,7 +86,7 @@ impl Inbound {
             Ok(m) => self.hasher.hash_one(m.room) as usize % self.workers.len(),
             Err(e) => return self.malformed(&e),
         };
-        let dropped = self.workers[worker].push(message);
+        let (dropped, _) = self.workers[worker].push(message);
         if dropped > 0 {
             self.overflowed(dropped as u64);
         }
@@ -123,7 +104,8 @@ impl Inbound {
         let mut batch = VecDeque::new();
         let mut deliveries = 0;
         loop {
-            queue.take_all(&mut batch).await;
+            queue.ready().await;
+            queue.take(&mut batch, usize::MAX);
             for message in batch.drain(..) {
                 // Checked when it was accepted; decoding again is a few
                 // header bytes, and spares an allocation per message.
@@ -157,49 +139,6 @@ impl Inbound {
     }
 }
 
-impl WorkerQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Appends a message, first dropping the oldest ones it does not fit
-    /// beside (one message always fits an empty queue); returns how many
-    /// were dropped.
-    fn push(&self, message: Bytes) -> usize {
-        let mut s = self.lock();
-        let mut dropped = 0;
-        while !s.messages.is_empty()
-            && (s.messages.len() >= self.max_messages || s.bytes + message.len() > self.max_bytes)
-        {
-            if let Some(old) = s.messages.pop_front() {
-                s.bytes -= old.len();
-                dropped += 1;
-            }
-        }
-        s.bytes += message.len();
-        s.messages.push_back(message);
-        drop(s);
-        self.ready.notify_one();
-        dropped
-    }
-
-    /// Waits until something is queued, then moves all of it into `batch`
-    /// (empty), so the lock is held for a swap, not for the fan-out.
-    async fn take_all(&self, batch: &mut VecDeque<Bytes>) {
-        loop {
-            {
-                let mut s = self.lock();
-                if !s.messages.is_empty() {
-                    std::mem::swap(&mut s.messages, batch);
-                    s.bytes = 0;
-                    return;
-                }
-            }
-            self.ready.notified().await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,9 +161,11 @@ mod tests {
         i.workers
             .iter()
             .map(|w| {
-                let s = w.lock();
-                let ids = s.messages.iter().map(|m| envelope::decode(m).unwrap().id);
-                ids.collect()
+                let waiting = w.snapshot();
+                waiting
+                    .iter()
+                    .map(|m| envelope::decode(m).unwrap().id)
+                    .collect()
             })
             .collect()
     }

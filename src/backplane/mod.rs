@@ -36,13 +36,14 @@
 )]
 
 pub mod envelope;
+mod fifo;
 mod inbound;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -59,6 +60,7 @@ use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::{Relay, Remote};
 use crate::wire::Frame;
 
+use self::fifo::DropOldest;
 use self::inbound::{Inbound, InboundLimits};
 #[cfg(feature = "nats")]
 use self::nats::NatsLink;
@@ -256,12 +258,7 @@ impl Cluster {
             subject_capacity: config.inbound_messages,
             node_id,
             next_id: AtomicU64::new(1),
-            outbox: Outbox {
-                state: Mutex::default(),
-                ready: Notify::new(),
-                max_messages: config.buffer_messages,
-                max_bytes: config.buffer_bytes,
-            },
+            outbox: Outbox::new(config.buffer_messages, config.buffer_bytes),
             interest: Arc::new(Interest::default()),
             metrics,
         }
@@ -293,7 +290,7 @@ impl Cluster {
 
     /// Messages waiting for the broker now.
     pub fn waiting(&self) -> usize {
-        self.outbox.lock().messages.len()
+        self.outbox.len()
     }
 
     /// Talks to the broker until `stop`: connects, reconnects with backoff,
@@ -434,7 +431,7 @@ impl Remote for Cluster {
     fn publish(&self, room: &str, frame: &Frame) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = envelope::encode(&self.node_id, room, frame.is_text(), id, frame.payload());
-        let (dropped, waiting) = self.outbox.push(self.channel(room), message);
+        let (dropped, waiting) = self.outbox.push((self.channel(room), message));
         if dropped > 0 {
             self.metrics
                 .dropped(ClusterDropReason::BufferFull, dropped as u64);
@@ -510,67 +507,8 @@ impl RoomInterest for Interest {
     }
 }
 
-/// Messages waiting for the broker, oldest first, bounded in count and bytes.
-struct Outbox {
-    state: Mutex<OutboxState>,
-    ready: Notify,
-    max_messages: usize,
-    max_bytes: usize,
-}
-
-#[derive(Default)]
-struct OutboxState {
-    messages: VecDeque<(String, Bytes)>,
-    bytes: usize,
-}
-
-impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Appends a message, first dropping the oldest ones it does not fit
-    /// beside (one message always fits an empty outbox). Returns how many
-    /// were dropped and how many wait now.
-    fn push(&self, channel: String, message: Bytes) -> (usize, usize) {
-        let mut s = self.lock();
-        let mut dropped = 0;
-        while !s.messages.is_empty()
-            && (s.messages.len() >= self.max_messages || s.bytes + message.len() > self.max_bytes)
-        {
-            if let Some((_, old)) = s.messages.pop_front() {
-                s.bytes -= old.len();
-                dropped += 1;
-            }
-        }
-        s.bytes += message.len();
-        s.messages.push_back((channel, message));
-        let waiting = s.messages.len();
-        drop(s);
-        self.ready.notify_one();
-        (dropped, waiting)
-    }
-
-    /// Moves up to `max` of the oldest messages into `batch`; returns how
-    /// many still wait.
-    fn take(&self, batch: &mut Vec<(String, Bytes)>, max: usize) -> usize {
-        let mut s = self.lock();
-        let s = &mut *s;
-        let n = max.min(s.messages.len());
-        for (channel, message) in s.messages.drain(..n) {
-            s.bytes -= message.len();
-            batch.push((channel, message));
-        }
-        s.messages.len()
-    }
-
-    /// Resolves once something waits.
-    async fn ready(&self) {
-        while self.lock().messages.is_empty() {
-            self.ready.notified().await;
-        }
-    }
-}
+/// Messages waiting for the broker, each with its channel.
+type Outbox = DropOldest<(String, Bytes)>;
 
 /// A live connection to the broker.
 enum Link {
@@ -708,36 +646,6 @@ async fn bounded<T>(op: impl Future<Output = Result<T, LinkError>>) -> Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outbox(max_messages: usize, max_bytes: usize) -> Outbox {
-        Outbox {
-            state: Mutex::default(),
-            ready: Notify::new(),
-            max_messages,
-            max_bytes,
-        }
-    }
-
-    #[test]
-    fn outbox_drops_the_oldest_beyond_its_bounds() {
-        let o = outbox(3, 100);
-        for i in 0..5u8 {
-            o.push(i.to_string(), Bytes::from(vec![i; 10]));
-        }
-        let mut batch = Vec::new();
-        assert_eq!(o.take(&mut batch, 10), 0);
-        let kept: Vec<&str> = batch.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(kept, ["2", "3", "4"]);
-        // Bytes bound: a 60-byte message pushes out the two 30-byte ones
-        // before it would exceed 100.
-        let o = outbox(100, 100);
-        o.push("a".into(), Bytes::from(vec![0; 30]));
-        o.push("b".into(), Bytes::from(vec![0; 30]));
-        assert_eq!(o.push("c".into(), Bytes::from(vec![0; 60])), (1, 2));
-        // One message always fits an empty outbox.
-        let o = outbox(10, 5);
-        assert_eq!(o.push("big".into(), Bytes::from(vec![0; 50])), (0, 1));
-    }
 
     #[test]
     fn interest_keeps_the_latest_change_per_room() {
