@@ -211,7 +211,7 @@ async fn subscribes_by_interest_and_drops_malformed(kind: Kind) {
 
     // Garbage on the room's channel: counted, dropped, relay goes on.
     let channel = "wsrelay.room.news";
-    publish_raw(&broker, channel, b"not a wsrelay message").await;
+    publish_raw(&broker, channel, &[b"not a wsrelay message".to_vec()]).await;
     b.wait_metric(MALFORMED, 1).await;
     send(&mut publisher, false, "still fine").await;
     assert_eq!(next_data(&mut reader).await, (false, "still fine".into()));
@@ -259,7 +259,7 @@ async fn an_inbound_flood_is_bounded_and_counted(kind: Kind) {
             wsrelay::backplane::envelope::encode("a", "flood", true, i, payload.as_bytes()).to_vec()
         })
         .collect();
-    publish_raw_many(&broker, "wsrelay.room.flood", &messages).await;
+    publish_raw(&broker, "wsrelay.room.flood", &messages).await;
 
     let counted = |text: &str, series| metric_value(text, series).unwrap_or(0);
     let text = wait_http(b.metrics_addr, "/metrics", |_, text| {
@@ -279,15 +279,12 @@ async fn an_inbound_flood_is_bounded_and_counted(kind: Kind) {
 
 on_both_brokers!(an_inbound_flood_is_bounded_and_counted);
 
-/// Publishes many raw messages on one broker channel at once (one Redis
-/// pipeline; NATS publishes then one flush).
-async fn publish_raw_many(broker: &Broker, channel: &str, payloads: &[Vec<u8>]) {
+/// Publishes raw messages on a broker channel, as a foreign client would,
+/// all at once (one Redis pipeline; NATS publishes then one flush).
+async fn publish_raw(broker: &Broker, channel: &str, payloads: &[Vec<u8>]) {
     match broker.kind {
         Kind::Redis => {
-            let client = redis::Client::open(broker.url()).unwrap();
-            let mut con = within(client.get_multiplexed_async_connection())
-                .await
-                .unwrap();
+            let mut con = redis_connection(broker).await;
             let mut pipe = redis::pipe();
             for p in payloads {
                 pipe.cmd("PUBLISH").arg(channel).arg(&p[..]).ignore();
@@ -307,34 +304,6 @@ async fn publish_raw_many(broker: &Broker, channel: &str, payloads: &[Vec<u8>]) 
     }
 }
 
-/// Publishes raw bytes on a broker channel, as a foreign client would.
-async fn publish_raw(broker: &Broker, channel: &str, payload: &[u8]) {
-    match broker.kind {
-        Kind::Redis => {
-            let client = redis::Client::open(broker.url()).unwrap();
-            let mut con = within(client.get_multiplexed_async_connection())
-                .await
-                .unwrap();
-            let _: () = within(
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async(&mut con),
-            )
-            .await
-            .unwrap();
-        }
-        Kind::Nats => {
-            let client = within(async_nats::connect(broker.url())).await.unwrap();
-            client
-                .publish(channel.to_owned(), payload.to_vec().into())
-                .await
-                .unwrap();
-            within(client.flush()).await.unwrap();
-        }
-    }
-}
-
 /// Waits until the channels (Redis) or subjects (NATS) with subscribers on
 /// the broker, those of the relay's prefix, are exactly `want` (sorted).
 async fn wait_broker_channels(broker: &Broker, want: &[&str]) {
@@ -342,10 +311,7 @@ async fn wait_broker_channels(broker: &Broker, want: &[&str]) {
     loop {
         let mut channels: Vec<String> = match broker.kind {
             Kind::Redis => {
-                let client = redis::Client::open(broker.url()).unwrap();
-                let mut con = within(client.get_multiplexed_async_connection())
-                    .await
-                    .unwrap();
+                let mut con = redis_connection(broker).await;
                 within(redis::cmd("PUBSUB").arg("CHANNELS").query_async(&mut con))
                     .await
                     .unwrap()
@@ -383,12 +349,17 @@ async fn wait_broker_channels(broker: &Broker, want: &[&str]) {
     }
 }
 
+/// A connection to the test's Redis, as a foreign client.
+async fn redis_connection(broker: &Broker) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(broker.url()).unwrap();
+    within(client.get_multiplexed_async_connection())
+        .await
+        .unwrap()
+}
+
 /// How many connections Redis says are subscribed to `channel`.
 async fn redis_subscribers(broker: &Broker, channel: &str) -> u64 {
-    let client = redis::Client::open(broker.url()).unwrap();
-    let mut con = within(client.get_multiplexed_async_connection())
-        .await
-        .unwrap();
+    let mut con = redis_connection(broker).await;
     let counts: Vec<(String, u64)> = within(
         redis::cmd("PUBSUB")
             .arg("NUMSUB")
