@@ -424,13 +424,6 @@ pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
 }
 
-impl AuthConfig {
-    /// Whether clients must present a token at all.
-    pub fn is_enabled(&self) -> bool {
-        !self.tokens.is_empty() || self.jwt.is_some()
-    }
-}
-
 /// How JSON Web Tokens are verified.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(try_from = "RawJwtConfig")]
