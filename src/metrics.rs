@@ -254,7 +254,9 @@ impl ClusterMetrics {
         self.dropped.get(reason as usize).inc_by(n);
     }
 
-    /// What [`ClusterMetrics::dropped`] has counted for `reason`.
+    /// What [`ClusterMetrics::dropped`] has counted for `reason` (the
+    /// tests' view; `/metrics` reads the family).
+    #[cfg(test)]
     pub fn dropped_count(&self, reason: ClusterDropReason) -> u64 {
         self.dropped.get(reason as usize).get()
     }
