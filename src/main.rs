@@ -234,6 +234,25 @@ struct CheckConfigArgs {
     overrides: Overrides,
 }
 
+/// `--log-format`'s values: the command line's view of [`LogFormat`], so the
+/// library need not know clap.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
 /// Settings that flags and environment variables override in any file.
 #[derive(Args, Debug)]
 struct Overrides {
@@ -248,7 +267,7 @@ struct Overrides {
     log_level: Option<String>,
     /// Log line format [config: log.format].
     #[arg(long, env = "WSRELAY_LOG_FORMAT", value_name = "FORMAT")]
-    log_format: Option<LogFormat>,
+    log_format: Option<LogFormatArg>,
     /// Join a cluster through this broker [config: cluster.url]; without
     /// cluster.backend in the file, the scheme picks it: redis:// or
     /// rediss:// for Redis, nats:// or tls:// for NATS.
@@ -323,7 +342,7 @@ fn effective_config(file: Option<&Path>, args: Overrides) -> anyhow::Result<Conf
         config.log.level = level;
     }
     if let Some(format) = args.log_format {
-        config.log.format = format;
+        config.log.format = format.into();
     }
     if let Some(url) = args.cluster_url {
         if config.cluster.backend == ClusterBackend::None {
