@@ -492,7 +492,7 @@ fn gate_settings(config: &Config) -> GateSettings {
 
 /// Raises the soft open-file limit to the hard limit; returns the new soft
 /// limit (0 if it cannot be read).
-pub fn raise_open_file_limit() -> u64 {
+fn raise_open_file_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
