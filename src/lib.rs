@@ -5,7 +5,7 @@
 //!
 //! The crate is the whole server; the `wsrelay` binary only parses its
 //! command line and calls in here. One module per concept, in layers: a
-//! module uses only those below it (`tests/layers.rs` checks). The
+//! module uses only those below it (`tests/it/layers.rs` checks). The
 //! public surface is what the binary, the tools and the tests use; the
 //! core and the session stay inside the crate.
 //!
@@ -25,8 +25,8 @@
 //! - Root: [`config`] (the YAML configuration, its defaults and errors),
 //!   [`server`] (the only reader of the configuration: listeners, TLS and
 //!   HTTP, graceful shutdown).
-//! - Tools: [`client`] (`wsrelay client`), [`bench`](mod@bench) (`wsrelay
-//!   bench`).
+//! - Tools, each behind the cargo feature of its name: `client` (`wsrelay
+//!   client`), `bench` (`wsrelay bench`).
 //!
 //! Running a relay on an ephemeral port from code:
 //!
