@@ -2,7 +2,7 @@
 # The README's test command: every test, on a fresh machine.
 #
 # The cluster tests start their own redis-server and nats-server (Debian
-# packages of those names) on free loopback ports, and tests/browser.rs
+# packages of those names) on free loopback ports, and tests/it/browser.rs
 # drives /usr/bin/chromium through /usr/bin/chromedriver (packages chromium
 # and chromium-driver); this installs whichever is missing, then runs
 # `cargo test` with any arguments given. WSRELAY_REQUIRE_BROWSER=1 makes

@@ -1,4 +1,4 @@
-//! A real browser for `tests/browser.rs`: headless Debian Chromium driven
+//! A real browser for `tests/it/browser.rs`: headless Debian Chromium driven
 //! through chromedriver (WebDriver over plain http on 127.0.0.1), one
 //! browser per test, killed on drop.
 //!

@@ -227,6 +227,13 @@ pub async fn recv_close(ws: &mut ClientStream) -> u16 {
     }
 }
 
+/// Reads until the server closes the connection; returns what it sent.
+pub async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = within(s.read_to_end(&mut out)).await;
+    out
+}
+
 /// A one-shot HTTP/1.1 GET over a raw socket: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, "GET", path, "", b"").await
@@ -614,5 +621,18 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `wsrelay bench` measures: the relay at `url`, no TLS, no process
+/// to sample.
+pub fn bench_target(url: &str) -> wsrelay::bench::Target {
+    wsrelay::bench::Target {
+        url: url.to_owned(),
+        ca_file: None,
+        sources: Vec::new(),
+        connect_concurrency: 16,
+        pid: None,
+        progress: false,
     }
 }

@@ -9,13 +9,11 @@
 //! receiving nodes: a node reports a room subscribed only once the broker
 //! has applied it, so nothing published afterwards can miss it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use common::broker::{Broker, Kind};
-use common::*;
+use crate::common::broker::{Broker, Kind};
+use crate::common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_websockets::Message;

@@ -1,8 +1,6 @@
 //! Rooms by path, echo control and client roles.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use tokio_websockets::Message;
 use wsrelay::config::Config;

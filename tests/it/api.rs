@@ -1,11 +1,9 @@
 //! The HTTP API for backends, over real sockets, beside real WebSocket
 //! clients.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_websockets::Message;

@@ -1,11 +1,9 @@
 //! Optional authentication (static tokens, JWTs) and the real client
 //! address behind trusted proxies; both decided before the upgrade.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;

@@ -1,11 +1,9 @@
 //! The slow-consumer policy: a client that reads nothing never slows the
 //! others, holds bounded memory, and gets what `client.on_overflow` says.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wsrelay::config::{Config, OnOverflow};
 
 const SIZE: usize = 16 * 1024;

@@ -3,9 +3,7 @@
 //! The Dockerfile and the systemd unit are linted by
 //! `scripts/lint-packaging.sh` in CI.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Every `wsrelay_*` name in a PromQL expression.
 fn metric_names(expr: &str) -> Vec<String> {

@@ -7,23 +7,17 @@
 //! relay's one-worker runtime (confined to one CPU) and on two workers.
 //!
 //! The relay runs as its own process, so 1 000 readers cost 1 000 sockets
-//! here and 1 000 there, within `ulimit -n 1024` each; and one burst runs at
-//! a time (`ONE_AT_A_TIME`), since they share those limits and the CPUs.
-
-mod common;
+//! here and 1 000 there, within `ulimit -n 1024` each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Mutex;
 
 /// How long one burst may take to arrive everywhere on a loaded machine
 /// (a debug build, 10 million deliveries); only bounds a broken build.
 const BURST_PATIENCE: Duration = Duration::from_secs(240);
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// The server frame of message `i`: text, 8 digits.
 fn server_frame(i: usize) -> [u8; 10] {
@@ -33,7 +27,7 @@ fn server_frame(i: usize) -> [u8; 10] {
 }
 
 async fn burst(readers: usize, messages: usize, one_cpu: bool) {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::one_at_a_time().await;
     let dir = TempDir::new("burst");
     let file = dir.file(
         "wsrelay.yaml",

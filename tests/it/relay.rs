@@ -1,11 +1,9 @@
 //! Fan-out behaviour of the real relay over real sockets.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_websockets::{CloseCode, Message};

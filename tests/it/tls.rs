@@ -1,11 +1,9 @@
 //! wss:// with a test certificate, and TLS files that cannot be used.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use tokio_websockets::Message;
 use wsrelay::config::TlsConfig;

@@ -17,12 +17,10 @@
 //! sets it), when it fails. Page scripts wait on WebSocket events; their
 //! time limits only bound how long a broken build takes to fail.
 
-mod common;
-
 use std::time::Duration;
 
-use common::browser::Browser;
-use common::*;
+use crate::common::browser::Browser;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// A page script's limit, for all but the 20 000-message burst.

@@ -1,14 +1,12 @@
 //! The built `wsrelay` binary as operators run it: signals, bad config,
 //! busy ports, the `client` subcommand, and memory under a stalled client.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use tokio_websockets::Message;
 

@@ -1,0 +1,22 @@
+//! The integration tests, one binary: each module starts the real relay on
+//! `127.0.0.1:0` (or runs the built `wsrelay`) and talks to it over real
+//! sockets. One binary links once after a change in `src/`, where a binary
+//! per file linked fourteen times. Run one area with
+//! `cargo test --test it relay::` (or `browser::`, `cluster::`, ...).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod api;
+mod auth;
+mod bench;
+mod browser;
+mod cli;
+mod cluster;
+mod layers;
+mod limits;
+mod packaging;
+mod relay;
+mod rooms;
+mod slow_consumers;
+mod tls;
