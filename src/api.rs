@@ -172,7 +172,7 @@ impl Api {
             ));
         }
         self.relay.metrics.received(body.len());
-        let published = self.relay.publish(&room, &Frame::new(text, &body), None);
+        let published = self.relay.publish(&room, &Frame::new(text, &body));
         Ok(json!({ "delivered": published.queued }))
     }
 

@@ -22,8 +22,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use crate::auth::JwtKey;
 pub use crate::backplane::ClusterBackend;
 pub use crate::limits::OnRateExceeded;
+pub use crate::log::OnOverflow;
 pub use crate::logging::LogFormat;
-pub use crate::queue::OnOverflow;
 
 /// Everything the relay can be told. `Config::default()` is the relay that
 /// `wsrelay` runs with no file.

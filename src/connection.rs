@@ -1,10 +1,11 @@
 //! One client's life after the upgrade: reading, writing and closing.
 //!
 //! Each client is driven by a single task that polls two things at once:
-//! its socket for incoming frames, and its [`Queue`] for outgoing messages,
-//! keepalive pings and the end of its membership (the hub closes the queue
-//! for eviction or shutdown). One task instead of a reader and a writer halves the
-//! per-client footprint and needs no lock around the socket.
+//! its socket for incoming frames, and its [`Subscription`] for the
+//! messages in its room's log past its cursor, keepalive pings and the end
+//! of its membership (the hub closes it for eviction or shutdown). One task
+//! instead of a reader and a writer halves the per-client footprint and
+//! needs no lock around the socket.
 //!
 //! Reading: bytes are read into a buffer shared by every client on the
 //! thread and parsed by [`wire::Reader`], which keeps per-client bytes
@@ -12,18 +13,17 @@
 //! A complete data message is encoded once as the frame everyone will be
 //! sent, and published.
 //!
-//! Writing: the `Outbox` drains the queue in batches, packs small frames
-//! into one buffer and writes each batch with one vectored write, so a busy
-//! client gets many frames per syscall and an idle one gets each message at
-//! once. Pongs (one per ping, the 16 latest at most) and keepalive pings go
-//! out at the next frame boundary, ahead of queued data. While a batch is
-//! partly written the queue is left alone: that is what lets a stalled
-//! client's queue fill up and trip the slow-consumer policy instead of
-//! growing without bound; `client.write_timeout` drops a socket that takes
-//! nothing at all.
+//! Writing: the `Outbox` takes the log from its cursor to the head in
+//! batches, packs small frames into one buffer and writes each batch with
+//! one vectored write, so a busy client gets many frames per syscall and an
+//! idle one gets each message at once. Pongs (one per ping, the 16 latest
+//! at most) and keepalive pings go out at the next frame boundary, ahead of
+//! data. While a batch is partly written the cursor stays put: that is what
+//! lets a stalled client fall behind and trip the slow-consumer policy;
+//! `client.write_timeout` drops a socket that takes nothing at all.
 //!
-//! Closing: the client leaves the hub, what was queued goes out, then the
-//! Close; if the relay started the close it reads on (discarding) until the
+//! Closing: the client leaves the hub, what was due to it goes out, then
+//! the Close; if the relay started the close it reads on (discarding) until the
 //! peer's Close, so the peer sees the code and the connection ends with FIN.
 //!
 //! It knows the relay, the wire format and its own settings
@@ -47,17 +47,16 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::{Backlog, Subscription};
+use crate::hub::{Backlog, Ending, Member, Subscription, Taken};
 use crate::limits::{OnRateExceeded, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
-use crate::queue::{Ending, Next, Queue};
 use crate::relay::Relay;
 use crate::upgrade::Client;
 use crate::wire::{self, Frame, Incoming, Reader, Violation};
 
 /// Most messages, and most payload bytes (or one message), taken from the
-/// queue for one flush. Bounds what a client holds beyond its queue, and keeps one
-/// client from monopolising its worker thread.
+/// log for one flush. Bounds what a client holds beyond the log, and keeps
+/// one client from monopolising its worker thread.
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
@@ -65,17 +64,6 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// others on its thread.
 const MAX_BATCHES_PER_POLL: usize = 4;
 const MAX_READS_PER_POLL: usize = 4;
-
-/// Deliveries a client's messages may make per poll (each message counting
-/// at least one) before its task yields: a backstop so that one read of
-/// tiny frames into a huge room cannot hold its worker thread for seconds
-/// (1 Mi pushes: tens of ms). Not smaller: every yield lets each woken
-/// writer flush what it has so far, and batches of a few frames per
-/// `writev` cost far more than they save (measured on S1: a budget of
-/// 16 Ki doubled the CPU per delivery at 1 000 subscribers, 64 Ki
-/// quadrupled it at 10 000). Bursts need no budget: a queue that fills
-/// before its writer runs makes the publisher wait (`hub::Backlog`).
-const PUBLISH_DELIVERIES_PER_POLL: usize = 1 << 20;
 
 /// Pongs waiting for a frame boundary; past this the oldest are dropped
 /// (RFC 6455 allows answering only the latest ping), so a ping flood
@@ -90,7 +78,7 @@ const COPY_BELOW: usize = 1024;
 /// Chunks per vectored write (Linux allows 1024; more gains nothing).
 const MAX_IOVECS: usize = 64;
 
-/// Batch capacity kept while a client is idle.
+/// Chunk and pong capacity kept while a client is idle.
 const KEEP_BATCH: usize = 16;
 
 /// Size of the read buffer each worker thread shares among its clients.
@@ -105,7 +93,7 @@ pub struct ConnectionContext {
     /// Where its messages go, and the hub it is a member of.
     pub relay: Arc<Relay>,
     /// Cancelled when the server starts shutting down: clients get 1001.
-    /// Clients are woken by the hub closing their queues, not by
+    /// Clients are woken by the hub closing their memberships, not by
     /// polling this token: a shared token's waiter list is a lock every
     /// client would take on every wake-up.
     pub shutdown: CancellationToken,
@@ -176,7 +164,8 @@ enum Event {
     Violation(Violation),
     /// The connection ended without a close frame.
     Eof(Option<io::Error>),
-    /// The hub dropped this client because its queue was full.
+    /// The hub dropped this client: it fell past its limits with its
+    /// socket full.
     Evicted,
     /// Its socket accepted nothing for `client.write_timeout`.
     WriteTimeout,
@@ -199,8 +188,12 @@ enum Event {
 /// Drives an upgraded client, already a hub member, until it is gone.
 /// Counts it in the metrics on the way in, and removes it from the hub and
 /// counts it out exactly once on the way out.
-pub async fn serve<S>(io: S, client: Client, subscription: Subscription, cx: Arc<ConnectionContext>)
-where
+pub async fn serve<S>(
+    io: S,
+    client: Client,
+    mut subscription: Subscription,
+    cx: Arc<ConnectionContext>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (id, peer, ip) = (subscription.id, client.peer, client.ip);
@@ -213,7 +206,7 @@ where
         Box::pin(tokio::time::sleep(left))
     });
     // `drive` leaves the hub as soon as the client's end is decided.
-    let reason = drive(io, &subscription, &client, expiry, &cx).await;
+    let reason = drive(io, &mut subscription, &client, expiry, &cx).await;
     cx.relay.metrics.disconnected(reason);
     // Per-client events stay at debug whatever the reason: a client can
     // cause any of them at will, and the metrics count them by reason.
@@ -223,7 +216,7 @@ where
 
 async fn drive<S>(
     mut io: S,
-    subscription: &Subscription,
+    subscription: &mut Subscription,
     client: &Client,
     mut expiry: Option<Pin<Box<Sleep>>>,
     cx: &ConnectionContext,
@@ -231,9 +224,10 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let queue: &Queue = &subscription.queue;
-    // Without echo, publishing skips the sender itself.
-    let skip = (!client.echo).then_some(subscription.id);
+    let member = subscription.member.clone();
+    let room = subscription.room.clone();
+    // Without echo, a sender that receives skips its own messages.
+    let skip = (!client.echo && client.role.receives()).then_some(subscription.id);
     let mut reader = Reader::new(cx.max_message_size);
     let mut outbox = Outbox::new(cx.write_timeout);
     let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
@@ -244,18 +238,13 @@ where
     let mut message_began: Option<std::time::Instant> = None;
 
     let event = poll_fn(|task| {
-        let dropped_by_hub = || match queue.ending() {
-            Some(Ending::Closed(close)) => Event::ClosedByOperator(close),
-            Some(Ending::Shutdown) => Event::Shutdown,
-            Some(Ending::Evicted | Ending::Left) | None => Event::Evicted,
-        };
         // Dropped from the hub: evicted as a slow consumer, or shutdown.
-        if queue.is_closed() {
-            return Poll::Ready(dropped_by_hub());
+        if member.is_closed() {
+            return Poll::Ready(ended(&member));
         }
-        if let Poll::Ready(stop) = outbox.pump(&mut io, queue, &cx.relay.metrics, task) {
+        if let Poll::Ready(stop) = outbox.pump(&mut io, subscription, &cx.relay.metrics, task) {
             return Poll::Ready(match stop {
-                Stop::Closed => dropped_by_hub(),
+                Stop::Closed => ended(&member),
                 Stop::Failed(e) => Event::WriteFailed(e),
                 Stop::TimedOut => Event::WriteTimeout,
             });
@@ -272,7 +261,6 @@ where
             task.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let mut deliveries = 0;
         let pongs = &mut outbox.pongs;
         let mut heard = false;
         let polled = poll_incoming(&mut io, &mut reader, task, &mut heard, |item| match item {
@@ -292,14 +280,12 @@ where
                 if !client.role.sends() {
                     return Step::End(Event::NotPermitted);
                 }
-                let done =
-                    cx.relay
-                        .publish_from(&subscription.room, &frame, skip, Some(&mut backlog));
-                deliveries += done.queued.max(1);
-                if !backlog.is_empty() || deliveries >= PUBLISH_DELIVERIES_PER_POLL {
-                    Step::Pause
-                } else {
+                cx.relay
+                    .publish_from(&room, &frame, skip, Some(&mut backlog));
+                if backlog.is_empty() {
                     Step::Go
+                } else {
+                    Step::Pause
                 }
             }
             Incoming::Ping(payload) => {
@@ -344,9 +330,6 @@ where
     })
     .await;
 
-    // From here on nothing more is published to this client.
-    cx.relay.hub.leave(&subscription.room, subscription.id);
-
     // A message over the size limit is read through (and discarded) before
     // the Close goes: a browser that is still sending it when the Close
     // arrives stops, and reports the close as unclean however it ends.
@@ -371,17 +354,17 @@ where
             if let Some(e) = e {
                 debug!(error = %e, "read failed");
             }
-            queue.discard();
+            cx.relay.hub.leave(subscription);
             return DisconnectReason::Reset;
         }
         Event::WriteFailed(e) => {
             debug!(error = %e, "write failed");
-            queue.discard();
+            cx.relay.hub.leave(subscription);
             return DisconnectReason::WriteError;
         }
         // It takes no bytes, so it would not take a Close either.
         Event::WriteTimeout => {
-            queue.discard();
+            cx.relay.hub.leave(subscription);
             return DisconnectReason::WriteTimeout;
         }
         Event::Evicted => (
@@ -433,19 +416,19 @@ where
         ),
     };
 
-    // What was queued before the decision goes out before the Close (the
-    // client's own echo included), except for a slow consumer, which is
-    // closed for not taking it, or a client whose socket is full now: their
-    // queue is freed at once.
+    // From here on nothing more is published to this client. What was due
+    // to it before the decision goes out before the Close (its own echo
+    // included), except for a slow consumer, which is closed for not taking
+    // it (counted when it was evicted), or a client whose socket is full
+    // now: a socket that takes nothing more would not take these either.
     if reason == DisconnectReason::SlowConsumer || outbox.socket_full {
-        // A socket that takes nothing more would not take these either.
-        let dropped = queue.discard();
+        let left = cx.relay.hub.leave_taking(subscription, |_| {});
         cx.relay
             .metrics
-            .dropped(DropReason::SlowConsumer, dropped as u64);
+            .dropped(DropReason::SlowConsumer, left.sent + left.dropped);
         outbox.pongs.clear();
     } else {
-        outbox.take_rest(queue, &cx.relay.metrics);
+        outbox.take_rest(&cx.relay, subscription);
     }
 
     // Write all that, then (if we started the close) keep reading and
@@ -600,7 +583,7 @@ where
 
 /// Why [`Outbox::pump`] stopped for good.
 enum Stop {
-    /// The hub closed the queue.
+    /// The hub closed the membership.
     Closed,
     Failed(io::Error),
     /// The socket accepted nothing for the write timeout.
@@ -610,16 +593,14 @@ enum Stop {
 /// A keepalive ping with no payload.
 const PING: &[u8] = &[0x89, 0x00];
 
-/// Data frames taken from the queue and not yet fully written, in wire order.
+/// Data frames taken from the log and not yet fully written, in wire order.
 struct Outbox {
     chunks: VecDeque<Bytes>,
     /// Pongs for the pings read so far, sent at the next frame boundary.
     pongs: VecDeque<Bytes>,
     /// The last write was held up by the socket.
     socket_full: bool,
-    /// Frames just taken from the queue (kept to reuse its memory).
-    batch: Vec<Frame>,
-    /// A keepalive ping was taken: once the queue is empty again, every
+    /// A keepalive ping was taken: once the client is idle again, every
     /// buffer goes back, not only those past [`KEEP_BATCH`].
     pinged: bool,
     /// Where small frames are packed; its memory is reused batch after batch.
@@ -667,7 +648,6 @@ impl Outbox {
             chunks: VecDeque::new(),
             pongs: VecDeque::new(),
             socket_full: false,
-            batch: Vec::new(),
             pinged: false,
             scratch: BytesMut::new(),
             stall: Stall {
@@ -679,34 +659,35 @@ impl Outbox {
         }
     }
 
-    /// Writes queued frames until the queue is empty or the socket is full
+    /// Writes the frames due until there are none or the socket is full
     /// (`Pending`, with wake-ups arranged), or the client must go (`Ready`).
     /// After its share of batches it yields, and wakes the task to continue.
     fn pump<S>(
         &mut self,
         io: &mut S,
-        queue: &Queue,
+        subscription: &mut Subscription,
         metrics: &Metrics,
         task: &mut Context<'_>,
     ) -> Poll<Stop>
     where
         S: AsyncWrite + Unpin,
     {
+        let member = &*subscription.member.clone();
         for _ in 0..MAX_BATCHES_PER_POLL {
             match self.poll_write(io, task) {
                 Poll::Ready(Ok(())) => {
                     self.stall.armed = false;
                     self.socket_full = false;
-                    queue.set_socket_full(false);
+                    member.set_socket_full(false);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Stop::Failed(e)),
                 Poll::Pending => {
-                    // Publishers may now count this client as slow.
+                    // Lag checks may now count this client as slow.
                     self.socket_full = true;
-                    queue.set_socket_full(true);
-                    // Waiting on the socket, not the queue: an eviction must
-                    // still wake us, but new messages need not.
-                    if queue.watch_close(task) {
+                    member.set_socket_full(true);
+                    // Waiting on the socket, not the log: an eviction or a
+                    // ping must still wake us, but new messages need not.
+                    if member.watch(task) {
                         return Poll::Ready(Stop::Closed);
                     }
                     return self.stall.poll(task).map(|()| Stop::TimedOut);
@@ -717,20 +698,35 @@ impl Outbox {
                 self.chunks.extend(self.pongs.drain(..));
                 continue;
             }
-            match queue.poll_next(task, &mut self.batch, MAX_BATCH, MAX_BATCH_BYTES) {
+            let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
+            let taken = subscription.poll_take(task, MAX_BATCH, MAX_BATCH_BYTES, |frame| {
+                add_frame(scratch, chunks, frame)
+            });
+            match taken {
                 Poll::Pending => {
                     self.release_memory();
                     return Poll::Pending;
                 }
-                Poll::Ready(Next::Closed) => return Poll::Ready(Stop::Closed),
-                Poll::Ready(Next::Ping) => {
+                Poll::Ready(Taken::Closed) => return Poll::Ready(Stop::Closed),
+                Poll::Ready(Taken::Ping) => {
                     self.pinged = true;
                     self.chunks.push_back(Bytes::from_static(PING));
                 }
-                Poll::Ready(Next::Frames) => self.encode_batch(metrics),
+                Poll::Ready(Taken::Frames {
+                    messages,
+                    bytes,
+                    dropped,
+                }) => {
+                    seal_scratch(&mut self.scratch, &mut self.chunks);
+                    metrics.messages_sent.inc_by(messages as u64);
+                    metrics.bytes_sent.inc_by(bytes as u64);
+                    if dropped > 0 {
+                        metrics.dropped(DropReason::SlowConsumer, dropped);
+                    }
+                }
             }
         }
-        // More may be queued; come back after others on this thread had a turn.
+        // More may be due; come back after others on this thread had a turn.
         task.waker().wake_by_ref();
         Poll::Pending
     }
@@ -738,9 +734,9 @@ impl Outbox {
     /// Gone idle: give back what a burst needed. The scratch buffer goes
     /// whatever its apparent capacity: after `split` that capacity is only
     /// the tail's, while the view still holds the whole allocation. Small
-    /// batch buffers are kept for the next burst, until the queue is empty
-    /// just after a keepalive ping: then they go too, and an idle client
-    /// costs what a fresh one does.
+    /// buffers are kept for the next burst, until the client is idle just
+    /// after a keepalive ping: then they go too, and an idle client costs
+    /// what a fresh one does.
     fn release_memory(&mut self) {
         self.scratch = BytesMut::new();
         let keep = if std::mem::take(&mut self.pinged) {
@@ -748,9 +744,6 @@ impl Outbox {
         } else {
             KEEP_BATCH
         };
-        if self.batch.capacity() > keep {
-            self.batch = Vec::new();
-        }
         if self.chunks.capacity() > keep {
             self.chunks = VecDeque::new();
         }
@@ -761,12 +754,22 @@ impl Outbox {
     }
 
     /// The client is leaving: after what is being written, its pending
-    /// pongs and everything still queued for it.
-    fn take_rest(&mut self, queue: &Queue, metrics: &Metrics) {
+    /// pongs and every message still due to it; it leaves its room here.
+    fn take_rest(&mut self, relay: &Relay, subscription: &Subscription) {
         self.chunks.extend(self.pongs.drain(..));
-        queue.take_all(&mut self.batch);
-        if !self.batch.is_empty() {
-            self.encode_batch(metrics);
+        let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
+        let mut bytes = 0;
+        let left = relay.hub.leave_taking(subscription, |frame| {
+            bytes += frame.payload().len() as u64;
+            add_frame(scratch, chunks, frame);
+        });
+        seal_scratch(&mut self.scratch, &mut self.chunks);
+        relay.metrics.messages_sent.inc_by(left.sent);
+        relay.metrics.bytes_sent.inc_by(bytes);
+        if left.dropped > 0 {
+            relay
+                .metrics
+                .dropped(DropReason::SlowConsumer, left.dropped);
         }
     }
 
@@ -774,32 +777,6 @@ impl Outbox {
     fn close_with(&mut self, close: Bytes) {
         self.pongs.clear();
         self.chunks.push_back(close);
-    }
-
-    /// Moves the batch taken from the queue into the outbox.
-    fn encode_batch(&mut self, metrics: &Metrics) {
-        let mut batch = std::mem::take(&mut self.batch);
-        let count = batch.len();
-        let mut payload_bytes = 0;
-        for frame in batch.drain(..) {
-            payload_bytes += frame.payload().len();
-            if frame.wire().len() < COPY_BELOW {
-                self.scratch.extend_from_slice(frame.wire());
-            } else {
-                self.seal_scratch();
-                self.chunks.push_back(frame.wire().clone());
-            }
-        }
-        self.batch = batch;
-        self.seal_scratch();
-        metrics.messages_sent.inc_by(count as u64);
-        metrics.bytes_sent.inc_by(payload_bytes as u64);
-    }
-
-    fn seal_scratch(&mut self) {
-        if !self.scratch.is_empty() {
-            self.chunks.push_back(self.scratch.split().freeze());
-        }
     }
 
     /// Writes until the outbox is empty (`Ready(Ok)`) or the socket is full.
@@ -844,100 +821,30 @@ impl Outbox {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, SocketAddr};
-    use std::sync::atomic::AtomicUsize;
-    use std::task::{Wake, Waker};
-
-    use prometheus_client::metrics::gauge::Gauge;
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-    use crate::hub::{Hub, Role};
-    use crate::limits::ConnectionLimits;
-    use crate::queue::{OnOverflow, QueueLimits};
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct CountingWaker(AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
+/// Adds one frame to what is to be written: a small one is copied into
+/// `scratch` (many go out as one chunk), a large one goes as it is (copying
+/// would cost more than the extra iovec).
+fn add_frame(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>, frame: &Frame) {
+    if frame.wire().len() < COPY_BELOW {
+        scratch.extend_from_slice(frame.wire());
+    } else {
+        seal_scratch(scratch, chunks);
+        chunks.push_back(frame.wire().clone());
     }
+}
 
-    /// One read of tiny frames into a big room stops fanning out once the
-    /// publisher's deliveries pass its budget, lets the thread's other tasks
-    /// run (having woken itself to carry on), and carries on at its next
-    /// poll. (Without the budget, one poll delivered the whole read: here
-    /// 1.2 million pushes.)
-    #[tokio::test]
-    async fn a_publisher_yields_its_thread_after_its_delivery_budget() {
-        const MEMBERS: usize = 300;
-        const MESSAGES: usize = 4000;
-        let limits = QueueLimits {
-            messages: MESSAGES,
-            bytes: 1 << 30,
-            on_overflow: OnOverflow::Disconnect,
-        };
-        let hub = Arc::new(Hub::new(limits, 0, Gauge::default()));
-        let members: Vec<Subscription> = (0..MEMBERS)
-            .map(|_| hub.join("".into(), true).unwrap())
-            .collect();
-        let ip = IpAddr::from([127, 0, 0, 1]);
-        let client = Client {
-            peer: SocketAddr::new(ip, 1),
-            ip,
-            room: "".into(),
-            role: Role::Publisher,
-            echo: false,
-            expires_at: None,
-            permit: ConnectionLimits::new(0, 0).try_acquire(ip).unwrap(),
-        };
-        let publisher = hub.join("".into(), false).unwrap();
-        let cx = Arc::new(ConnectionContext {
-            relay: Arc::new(Relay::new(hub, Arc::new(Metrics::new()), None)),
-            shutdown: CancellationToken::new(),
-            force: CancellationToken::new(),
-            close_timeout: Duration::from_secs(1),
-            write_timeout: None,
-            max_message_size: 1 << 20,
-            message_timeout: None,
-            rate_limit: (0, 0),
-            on_rate_exceeded: OnRateExceeded::Close,
-            keepalive: None,
-        });
-        // Empty masked binary frames, all readable at once: 24 KB.
-        let (mut peer, relay_end) = tokio::io::duplex(1 << 20);
-        let frames: Vec<u8> = [0x82, 0x80, 1, 2, 3, 4].repeat(MESSAGES);
-        peer.write_all(&frames).await.unwrap();
+/// Ends the chunk being packed in `scratch`.
+fn seal_scratch(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>) {
+    if !scratch.is_empty() {
+        chunks.push_back(scratch.split().freeze());
+    }
+}
 
-        let mut serving = Box::pin(serve(relay_end, client, publisher, cx));
-        let wakes = Arc::new(CountingWaker::default());
-        let waker = Waker::from(wakes.clone());
-        let mut task = Context::from_waker(&waker);
-        let queued = |members: &[Subscription]| members.iter().map(|s| s.queue.len()).sum();
-        assert!(serving.as_mut().poll(&mut task).is_pending());
-        let first: usize = queued(&members);
-        assert!(
-            (PUBLISH_DELIVERIES_PER_POLL..PUBLISH_DELIVERIES_PER_POLL + MEMBERS).contains(&first),
-            "{first} deliveries in one poll"
-        );
-        assert!(
-            wakes.0.load(Ordering::Relaxed) > 0,
-            "paused without a wake-up"
-        );
-        // The rest at the next polls, each one asked for by a wake-up.
-        for _ in 0..4 {
-            let before = wakes.0.load(Ordering::Relaxed);
-            assert!(serving.as_mut().poll(&mut task).is_pending());
-            if queued(&members) == MEMBERS * MESSAGES {
-                break;
-            }
-            assert!(wakes.0.load(Ordering::Relaxed) > before);
-        }
-        assert_eq!(queued(&members), MEMBERS * MESSAGES);
+/// What a client is told when its membership ended.
+fn ended(member: &Member) -> Event {
+    match member.ending() {
+        Some(Ending::Closed(close)) => Event::ClosedByOperator(close),
+        Some(Ending::Shutdown) => Event::Shutdown,
+        Some(Ending::Evicted | Ending::Left) | None => Event::Evicted,
     }
 }

@@ -1,29 +1,45 @@
-//! Membership and fan-out.
+//! Rooms, their members and fan-out.
 //!
-//! The hub is the one place that knows who is connected. A message is
-//! encoded once, as the complete server frame every subscriber will be sent
-//! ([`Frame`]). Publishing clones that frame's handle into each
-//! subscriber's bounded [`Queue`]: the bytes are a reference-counted
-//! `Bytes`, so a delivery costs a refcount bump and a queue slot, never a
-//! copy or an encode, and the publisher never waits on anyone's socket. A
-//! full queue gets the slow-consumer policy (`client.on_overflow`) for that
-//! subscriber only; under `disconnect` the hub evicts it on the spot by
-//! closing its queue, which wakes its task to close it with 1008.
+//! A room is a [`Log`] and its members, behind the room's own lock; rooms
+//! share no lock. The map from names to rooms is sharded, and a member holds
+//! its room, so a client's publish never looks the room up; joins and
+//! leaves take the room's lock (and its shard's only to create or remove
+//! the room).
 //!
-//! It knows queues and frames; nothing of sockets, the cluster (only the
+//! Publishing appends the encoded frame to the room's log once, whatever
+//! the number of members, and wakes only the members asleep waiting for
+//! the next message; a member already awake finds it when it looks. Each
+//! member's writer takes the frames from its cursor to the head in one go
+//! ([`Subscription::poll_take`]). Nothing is written per delivery to memory
+//! another member's writer writes.
+//!
+//! The slow-consumer policy is judged from lag ([`log`](crate::log)):
+//! every quarter of the limits appended while the log holds more than
+//! them, the publisher looks at every member's cursor once. A member past
+//! the limits whose socket refuses bytes gets the policy (`disconnect`:
+//! its membership closes, which wakes its task to close it with 1008); one
+//! whose socket takes bytes has just not had its turn, and a publisher that
+//! can wait is told to ([`Backlog`]). Then the log lets go of what nobody
+//! needs, never keeping more than twice the limits.
+//!
+//! It knows logs and frames; nothing of sockets, the cluster (only the
 //! [`RoomInterest`] it reports to) or the configuration file.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-
-use crate::queue::{Ending, Push, Queue, QueueLimits};
-use crate::wire::Frame;
 use prometheus_client::metrics::gauge::Gauge;
+use slab::Slab;
 
-/// Identifies one connected client for the lifetime of the process.
+use crate::log::{LagLimits, Log, Offset, OnOverflow};
+use crate::wire::Frame;
+
+/// Identifies one connected client for the lifetime of the process (never 0).
 pub type ClientId = u64;
 
 /// A room's name; with rooms off, every client is in the room "".
@@ -59,27 +75,10 @@ impl Role {
     }
 }
 
-/// Everyone who hears published messages, room by room.
-pub struct Hub {
-    // Publishing takes the read lock, so publishers on different threads run
-    // in parallel; joins and leaves are rare by comparison.
-    rooms: RwLock<Rooms>,
-    next_id: AtomicU64,
-    limits: QueueLimits,
-    /// Most rooms at once (0: no cap).
-    max_rooms: usize,
-    /// Rooms that exist now, as exported (`wsrelay_rooms_active`).
-    rooms_active: Gauge,
-    /// Told when a room gains its first receiving member or loses its
-    /// last (in a cluster: which rooms to hear from the broker).
-    interest: Option<Arc<dyn RoomInterest>>,
-}
-
 /// Who wants to know which rooms have anyone receiving: the cluster, to
 /// hear from the broker only what someone here listens to. Called under
-/// the hub's own lock, so the calls come in the order the changes happened
-/// and the two never disagree; they must be quick and must not call back
-/// into the hub.
+/// the room's lock, so for each room the calls come in the order the
+/// changes happened; they must be quick and must not call back into the hub.
 pub trait RoomInterest: Send + Sync {
     /// `room` gained its first receiving member.
     fn add(&self, room: &RoomName);
@@ -87,49 +86,148 @@ pub trait RoomInterest: Send + Sync {
     fn remove(&self, room: &str);
 }
 
-#[derive(Default)]
-struct Rooms {
-    by_name: HashMap<RoomName, Room>,
-    /// Set once shutdown has begun: a client joining later gets a queue
-    /// that is already closed.
-    draining: bool,
+/// Why a membership ended, recorded when it does, so that what the client
+/// is told does not depend on what happens after (a client evicted just
+/// before a shutdown is still a slow consumer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Its lag passed the limits while its socket refused bytes, under
+    /// `on_overflow: disconnect`.
+    Evicted,
+    /// The relay is shutting down.
+    Shutdown,
+    /// An operator closed it (the HTTP API), with this Close frame.
+    Closed(Bytes),
+    /// The client left by itself; nobody reads this.
+    Left,
 }
 
-/// A room exists while it has members.
-#[derive(Default)]
-struct Room {
-    members: HashMap<ClientId, Member>,
+/// Shards of the name-to-room map: rooms in different shards never meet
+/// on a lock, even to be created.
+const SHARDS: usize = 16;
+
+/// Everyone who hears published messages, room by room.
+pub struct Hub {
+    shards: [RwLock<HashMap<RoomName, Arc<Room>>>; SHARDS],
+    hasher: RandomState,
+    next_id: AtomicU64,
+    limits: LagLimits,
+    /// Most rooms at once (0: no cap).
+    max_rooms: usize,
+    room_count: AtomicUsize,
+    /// Rooms that exist now, as exported (`wsrelay_rooms_active`).
+    rooms_active: Gauge,
+    /// Told when a room gains its first receiving member or loses its last.
+    interest: Option<Arc<dyn RoomInterest>>,
+    /// Set once shutdown has begun: a client joining later gets a
+    /// membership that is already closed.
+    draining: AtomicBool,
+}
+
+/// One room: its log and its members.
+pub struct Room {
+    name: RoomName,
+    state: Mutex<RoomState>,
+}
+
+struct RoomState {
+    log: Log,
+    members: Slab<Record>,
     /// Members that receive (not publish-only).
     receivers: usize,
+    /// Members waiting for the next message.
+    sleepers: Vec<Waker>,
+    /// How many times the sleepers were woken: a record whose `slept`
+    /// equals it is among them already.
+    wakeups: u64,
+    /// Messages and payload bytes appended since the last lag check.
+    unchecked: (u64, u64),
+    /// Taken out of the hub's map (emptied, or closed by an operator):
+    /// whoever finds it so looks again.
+    removed: bool,
 }
 
-/// The hub's end of one membership.
-struct Member {
-    queue: Arc<Queue>,
-    /// False for a publish-only client: it is in the room but hears nothing.
+/// The room's record of one member, changed only under the room's lock.
+struct Record {
+    member: Arc<Member>,
+    /// Where a lag check moved it (the messages skipped were counted then).
+    skip_to: Option<Offset>,
+    /// `drop_newest`: the oldest messages it had not taken when it fell
+    /// past its limits, within them; taken before anything else. Copied
+    /// out of the log so that a stalled member never holds the room's log.
+    held: VecDeque<Frame>,
+    /// `drop_newest`: until it has taken what is held, every message
+    /// published is dropped for it.
+    dropping: bool,
+    /// `wakeups` when it joined the sleepers.
+    slept: u64,
+}
+
+/// What a member's task and the hub share about it.
+#[derive(Debug)]
+pub struct Member {
+    pub id: ClientId,
     receives: bool,
+    /// The offset of the next message it takes; written by its task only
+    /// (under the room's lock), read by lag checks and waiting publishers.
+    cursor: AtomicU64,
+    /// Its writer is waiting for its socket to take more bytes. Written
+    /// only when it changes, by its own task.
+    socket_full: AtomicBool,
+    /// Mirrors `signals.closed`, so the task checks it without a lock.
+    closed: AtomicBool,
+    /// A keepalive ping is due; mirrors `signals.ping`.
+    ping_due: AtomicBool,
+    signals: Mutex<Signals>,
+}
+
+#[derive(Debug, Default)]
+struct Signals {
+    ping: bool,
+    closed: bool,
+    ending: Option<Ending>,
+    /// The member's task, woken for a ping or the end of its membership
+    /// (messages wake it through the room's sleepers).
+    task: Option<Waker>,
 }
 
 /// A client's end of its membership.
 pub struct Subscription {
     pub id: ClientId,
-    pub room: RoomName,
-    /// Messages published for this client, in order; closed when the hub
-    /// drops the client (evicted as a slow consumer, or shutdown).
-    pub queue: Arc<Queue>,
+    pub room: Arc<Room>,
+    pub member: Arc<Member>,
+    key: usize,
+    /// The offset of the next message to take (the task's own copy).
+    cursor: Offset,
 }
 
-/// The queues one publisher waits for before it publishes more: filled
-/// past their limits by its last publish while their writers had not yet
-/// run. See [`Queue::is_backlogged`].
+/// What [`Subscription::poll_take`] took.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// `messages` frames (`bytes` of payload) went to the sink, and
+    /// `dropped` messages were skipped by the `drop_newest` policy.
+    Frames {
+        messages: usize,
+        bytes: usize,
+        dropped: u64,
+    },
+    /// A keepalive ping is due.
+    Ping,
+    /// The membership ended: see [`Member::ending`].
+    Closed,
+}
+
+/// The members one publisher waits for before it publishes more: past
+/// their limits after its last publish while their writers had not yet
+/// run, each with the offset it must reach (half the limits behind).
 #[derive(Default)]
 pub struct Backlog {
-    queues: Vec<Arc<Queue>>,
+    members: Vec<(Arc<Member>, Offset)>,
 }
 
 impl Backlog {
     pub fn is_empty(&self) -> bool {
-        self.queues.is_empty()
+        self.members.is_empty()
     }
 }
 
@@ -140,27 +238,50 @@ pub struct RoomsFull;
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
-    /// Subscribers the message was queued for.
+    /// Members the message is for.
     pub queued: usize,
-    /// Messages that will not be delivered because of it: the message
-    /// itself for full queues, or older ones it pushed out.
-    pub dropped: usize,
+    /// Messages that will not be delivered, found by this publish's lag
+    /// check: skipped by `drop_oldest`, or due to members it evicted.
+    pub dropped: u64,
+}
+
+/// What a member was due when it left.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// Messages handed to the sink, to be sent before the Close.
+    pub sent: u64,
+    /// Messages dropped for it by `drop_newest` while it was behind.
+    pub dropped: u64,
+}
+
+thread_local! {
+    /// Wakers taken out of a room to be woken after its lock is released;
+    /// kept per thread so that waking allocates nothing.
+    static WAKING: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Hub {
-    /// A hub whose subscribers' queues are bounded by `limits`, with at
-    /// most `max_rooms` rooms (0: no cap), counting its rooms in `rooms_active`.
-    pub fn new(limits: QueueLimits, max_rooms: usize, rooms_active: Gauge) -> Self {
+    /// A hub whose members may fall `limits` behind, with at most
+    /// `max_rooms` rooms (0: no cap), counting its rooms in `rooms_active`.
+    pub fn new(limits: LagLimits, max_rooms: usize, rooms_active: Gauge) -> Self {
         Self {
-            rooms: RwLock::new(Rooms::default()),
+            shards: std::array::from_fn(|_| RwLock::default()),
+            hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
-            limits: QueueLimits {
+            limits: LagLimits {
                 messages: limits.messages.max(1),
+                bytes: limits.bytes.max(1),
                 ..limits
             },
             max_rooms,
+            room_count: AtomicUsize::new(0),
             rooms_active,
             interest: None,
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -173,193 +294,417 @@ impl Hub {
         }
     }
 
-    /// `room` no longer has anyone receiving.
-    fn lost_interest(&self, room: &str) {
-        if let Some(i) = &self.interest {
-            i.remove(room);
-        }
+    fn shard(&self, room: &str) -> &RwLock<HashMap<RoomName, Arc<Room>>> {
+        &self.shards[self.hasher.hash_one(room) as usize % SHARDS]
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Rooms> {
-        self.rooms.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Rooms> {
-        self.rooms.write().unwrap_or_else(PoisonError::into_inner)
+    /// The room called `name`, if it exists.
+    pub fn room(&self, name: &str) -> Option<Arc<Room>> {
+        let shard = self
+            .shard(name)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(name).cloned()
     }
 
     /// Adds a client to `room`, creating the room if needed; it hears every
     /// message published there from now on (unless `receives` is false).
-    /// Once the hub is draining, the subscription comes closed.
+    /// Once the hub is draining, the membership comes closed.
     pub fn join(&self, room: RoomName, receives: bool) -> Result<Subscription, RoomsFull> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(Queue::default());
-        let mut rooms = self.write();
-        if rooms.draining {
-            queue.close(Ending::Shutdown);
-        } else {
-            if self.max_rooms > 0
-                && rooms.by_name.len() >= self.max_rooms
-                && !rooms.by_name.contains_key(&room)
-            {
-                return Err(RoomsFull);
-            }
-            let member = Member {
-                queue: queue.clone(),
-                receives,
-            };
-            let r = rooms.by_name.entry(room.clone()).or_insert_with(|| {
+        let member = Arc::new(Member::new(id, receives));
+        let shard = self.shard(&room);
+        // Under the shard's lock: a room is only removed under it too, so
+        // the room found here stays in the map while this member joins.
+        let mut found = {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            map.get(&room).cloned().map(|r| (r, map))
+        };
+        let mut created = None;
+        if found.is_none() {
+            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            if !map.contains_key(&room) {
+                // Counted across shards, so the cap holds whichever shard
+                // the new room falls in.
+                let counted =
+                    self.room_count
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
+                        });
+                if counted.is_err() {
+                    return Err(RoomsFull);
+                }
                 self.rooms_active.inc();
-                Room::default()
+                map.insert(room.clone(), Arc::new(Room::new(room.clone())));
+            }
+            created = Some(map);
+        }
+        let (arc, key, cursor) = {
+            let arc = match (&mut found, &created) {
+                (Some((r, _)), _) => r.clone(),
+                (None, Some(map)) => map[&room].clone(),
+                (None, None) => unreachable!("either found or created"),
+            };
+            let mut state = arc.lock();
+            let cursor = state.log.head();
+            member.cursor.store(cursor, Ordering::Relaxed);
+            let key = state.members.insert(Record {
+                member: member.clone(),
+                skip_to: None,
+                held: VecDeque::new(),
+                dropping: false,
+                slept: u64::MAX,
             });
-            r.members.insert(id, member);
             if receives {
-                r.receivers += 1;
-                if let (1, Some(i)) = (r.receivers, &self.interest) {
+                state.receivers += 1;
+                if let (1, Some(i)) = (state.receivers, &self.interest) {
                     i.add(&room);
                 }
             }
-        }
-        Ok(Subscription { id, room, queue })
+            // After joining, so that a drain that has passed this room
+            // already is seen here, and one that has not yet sees this member.
+            if self.draining.load(Ordering::SeqCst) {
+                member.close(Ending::Shutdown);
+            }
+            drop(state);
+            (arc, key, cursor)
+        };
+        drop(found);
+        drop(created);
+        Ok(Subscription {
+            id,
+            room: arc,
+            member,
+            key,
+            cursor,
+        })
     }
 
     /// Removes a client from its room (the room goes when it empties) and
-    /// closes its queue. Idempotent.
-    pub fn leave(&self, room: &str, id: ClientId) {
-        self.remove(room, id, Ending::Left);
+    /// closes its membership. Idempotent.
+    pub fn leave(&self, subscription: &Subscription) {
+        self.leave_taking(subscription, |_| {});
     }
 
-    fn remove(&self, room: &str, id: ClientId, ending: Ending) {
-        let removed = {
-            let mut rooms = self.write();
-            let Some(r) = rooms.by_name.get_mut(room) else {
-                return;
-            };
-            let removed = r.members.remove(&id);
-            if removed.as_ref().is_some_and(|m| m.receives) {
-                r.receivers -= 1;
-                if r.receivers == 0 {
-                    self.lost_interest(room);
-                }
+    /// [`Hub::leave`], handing `sink` first every message still due to the
+    /// client (what it is sent before its Close).
+    pub fn leave_taking(&self, subscription: &Subscription, mut sink: impl FnMut(&Frame)) -> Left {
+        let room = &subscription.room;
+        let mut left = Left::default();
+        let empty = {
+            let mut state = room.lock();
+            let ours = state
+                .members
+                .get(subscription.key)
+                .is_some_and(|r| Arc::ptr_eq(&r.member, &subscription.member));
+            if !ours {
+                return left;
             }
-            if r.members.is_empty() {
-                rooms.by_name.remove(room);
-                self.rooms_active.dec();
-            }
-            removed
-        };
-        if let Some(member) = removed {
-            member.queue.close(ending);
-        }
-    }
-
-    /// Queues `frame` for everyone in `room` who receives, except `skip`
-    /// (the sender, when it does not want its own messages back), under the
-    /// overflow policy. Members that overflow under `disconnect` are
-    /// evicted: their queue is closed, which wakes their task to close them
-    /// with 1008. Queues filled past their limits by a writer that has not
-    /// had its turn yet go into `backlog`, for a publisher that can wait.
-    pub fn publish(
-        &self,
-        room: &str,
-        frame: &Frame,
-        skip: Option<ClientId>,
-        mut backlog: Option<&mut Backlog>,
-    ) -> Published {
-        let mut published = Published::default();
-        let mut overflowed: Vec<ClientId> = Vec::new();
-        {
-            let rooms = self.read();
-            let Some(r) = rooms.by_name.get(room) else {
-                return published;
-            };
-            for (&id, member) in &r.members {
-                if !member.receives || Some(id) == skip {
-                    continue;
-                }
-                match member.queue.push(frame, &self.limits) {
-                    Push::Queued { dropped } => {
-                        published.queued += 1;
-                        published.dropped += dropped;
-                    }
-                    Push::Backlogged => {
-                        published.queued += 1;
-                        if let Some(b) = backlog.as_deref_mut() {
-                            b.queues.push(member.queue.clone());
+            let record = state.members.remove(subscription.key);
+            if record.member.receives {
+                record.held.iter().for_each(&mut sink);
+                left.sent = record.held.len() as u64;
+                let from = subscription
+                    .cursor
+                    .max(record.skip_to.unwrap_or(0))
+                    .max(state.log.first());
+                let head = state.log.head();
+                if record.dropping {
+                    left.dropped = state.log.count_for(from, head, Some(subscription.id));
+                } else {
+                    for (frame, sender) in state.log.range(from, head) {
+                        if sender != subscription.id {
+                            sink(frame);
+                            left.sent += 1;
                         }
                     }
-                    Push::Dropped => published.dropped += 1,
-                    Push::Overflow => {
-                        published.dropped += 1;
-                        overflowed.push(id);
-                    }
-                    // Its connection is already on the way out.
-                    Push::Closed => {}
                 }
+                self.lose_receiver(&mut state, &room.name);
+            }
+            record.member.close(Ending::Left);
+            state.members.is_empty()
+        };
+        if empty {
+            self.remove_if_empty(room);
+        }
+        left
+    }
+
+    fn lose_receiver(&self, state: &mut RoomState, room: &str) {
+        state.receivers -= 1;
+        // A room closed by an operator told the interest already.
+        if state.receivers == 0
+            && !state.removed
+            && let Some(i) = &self.interest
+        {
+            i.remove(room);
+        }
+    }
+
+    /// Takes `room` out of the map if it has no members left.
+    fn remove_if_empty(&self, room: &Arc<Room>) {
+        let mut map = self
+            .shard(&room.name)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = room.lock();
+        if state.members.is_empty() && !state.removed {
+            state.removed = true;
+            if map.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                map.remove(&room.name);
+                self.room_count.fetch_sub(1, Ordering::Relaxed);
+                self.rooms_active.dec();
             }
         }
-        for id in overflowed {
-            self.remove(room, id, Ending::Evicted);
+    }
+
+    /// Appends `frame` to `room`'s log for everyone there who receives,
+    /// except the member `skip` (a sender that does not want its own
+    /// messages back), and wakes those waiting for it. When a lag check is
+    /// due it runs here; members it finds past their limits whose writers
+    /// had not yet run go into `backlog`, for a publisher that can wait.
+    pub fn publish_to(
+        &self,
+        room: &Arc<Room>,
+        frame: &Frame,
+        skip: Option<ClientId>,
+        backlog: Option<&mut Backlog>,
+    ) -> Published {
+        let mut published = Published::default();
+        let mut emptied = false;
+        WAKING.with_borrow_mut(|waking| {
+            {
+                let mut state = room.lock();
+                if state.removed || state.receivers == 0 {
+                    return;
+                }
+                published.queued = state.receivers - usize::from(skip.is_some());
+                let size = frame.payload().len() as u64;
+                state.log.append(frame.clone(), skip.unwrap_or(0));
+                state.unchecked.0 += 1;
+                state.unchecked.1 += size;
+                if self.check_due(&state) {
+                    published.dropped = self.check(&mut state, &room.name, backlog);
+                    emptied = state.members.is_empty();
+                }
+                if !state.sleepers.is_empty() {
+                    std::mem::swap(&mut state.sleepers, waking);
+                    state.wakeups += 1;
+                }
+            }
+            waking.drain(..).for_each(Waker::wake);
+        });
+        if emptied {
+            self.remove_if_empty(room);
         }
         published
     }
 
-    /// Drops from `backlog` the queues whose writers have caught up (or
+    /// [`Hub::publish_to`] the room called `room`, for publishers that are
+    /// not members (the HTTP API, other nodes) and cannot wait.
+    pub fn publish(&self, room: &str, frame: &Frame) -> Published {
+        match self.room(room) {
+            Some(r) => self.publish_to(&r, frame, None, None),
+            None => Published::default(),
+        }
+    }
+
+    /// Whether the log holds more than the limits and a quarter of them
+    /// was appended since the last check.
+    fn check_due(&self, state: &RoomState) -> bool {
+        let l = &self.limits;
+        let (messages, bytes) = state.unchecked;
+        (messages >= (l.messages as u64 / 4).max(1) || bytes >= (l.bytes as u64 / 4).max(1))
+            && l.exceeded(state.log.lag(state.log.first()), 1)
+    }
+
+    /// Looks at every receiving member's lag, applies the policy to those
+    /// past the limits (see the module docs), then lets the log go of what
+    /// no member needs. Returns the messages dropped.
+    fn check(&self, state: &mut RoomState, room: &str, mut backlog: Option<&mut Backlog>) -> u64 {
+        state.unchecked = (0, 0);
+        let l = self.limits;
+        let head = state.log.head();
+        let mut keep_from = head;
+        let mut dropped = 0;
+        let mut evicted = Vec::new();
+        let RoomState { log, members, .. } = state;
+        for (key, record) in members.iter_mut() {
+            let m = &record.member;
+            if !m.receives {
+                continue;
+            }
+            let at = m
+                .cursor
+                .load(Ordering::Acquire)
+                .max(record.skip_to.unwrap_or(0))
+                .max(log.first());
+            // Closed and about to leave (shutdown): it takes what is due
+            // on the way out, within the hard bound.
+            if m.is_closed() {
+                keep_from = keep_from.min(at);
+                continue;
+            }
+            // Still taking the window it kept (`drop_newest`): what came
+            // since is dropped for it.
+            if record.dropping {
+                dropped += log.count_for(at, head, Some(m.id));
+                record.skip_to = Some(head);
+                keep_from = keep_from.min(head);
+                continue;
+            }
+            let lag = log.lag(at);
+            let over = l.exceeded(lag, 1);
+            let over_hard = l.exceeded(lag, 2);
+            let slow = m.socket_full.load(Ordering::Relaxed);
+            if !over_hard && !(over && slow) {
+                if over && let Some(b) = backlog.as_deref_mut() {
+                    let half = LagLimits {
+                        messages: (l.messages / 2).max(1),
+                        bytes: (l.bytes / 2).max(1),
+                        ..l
+                    };
+                    b.members.push((m.clone(), log.oldest_within(at, &half, 1)));
+                }
+                keep_from = keep_from.min(at);
+                continue;
+            }
+            match l.on_overflow {
+                OnOverflow::Disconnect => {
+                    dropped += log.count_for(at, head, Some(m.id));
+                    evicted.push(key);
+                }
+                OnOverflow::DropOldest => {
+                    let to = log.oldest_within(at, &l, 1);
+                    dropped += log.count_for(at, to, Some(m.id));
+                    record.skip_to = Some(to);
+                    keep_from = keep_from.min(to);
+                }
+                OnOverflow::DropNewest => {
+                    let keep = log.newest_within(at, &l);
+                    record.held.extend(
+                        log.range(at, keep)
+                            .filter(|(_, sender)| *sender != m.id)
+                            .map(|(frame, _)| frame.clone()),
+                    );
+                    dropped += log.count_for(keep, head, Some(m.id));
+                    record.skip_to = Some(head);
+                    record.dropping = true;
+                    keep_from = keep_from.min(head);
+                }
+            }
+        }
+        for key in evicted {
+            let record = state.members.remove(key);
+            record.member.close(Ending::Evicted);
+            self.lose_receiver(state, room);
+        }
+        // Never more than twice the limits, whoever is behind.
+        let hard_tail = state.log.oldest_within(state.log.first(), &l, 2);
+        state.log.trim(keep_from.max(hard_tail));
+        dropped
+    }
+
+    /// Drops from `backlog` the members whose writers have caught up (or
     /// turned out slow, or left); true when none is left to wait for.
     pub fn caught_up(&self, backlog: &mut Backlog) -> bool {
-        backlog.queues.retain(|q| q.is_backlogged(&self.limits));
-        if backlog.queues.is_empty() && backlog.queues.capacity() > 16 {
-            backlog.queues = Vec::new();
+        backlog.members.retain(|(m, target)| {
+            !m.is_closed()
+                && !m.socket_full.load(Ordering::Relaxed)
+                && m.cursor.load(Ordering::Acquire) < *target
+        });
+        if backlog.members.is_empty() && backlog.members.capacity() > 16 {
+            backlog.members = Vec::new();
         }
-        backlog.queues.is_empty()
+        backlog.members.is_empty()
     }
 
     /// Removes every member of `room` and closes each with `farewell`
     /// (a Close frame); returns how many there were.
     pub fn close_room(&self, room: &str, farewell: &Bytes) -> usize {
         let removed = {
-            let mut rooms = self.write();
-            let removed = rooms.by_name.remove(room);
-            if let Some(r) = &removed {
+            let mut map = self
+                .shard(room)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let removed = map.remove(room);
+            if removed.is_some() {
+                self.room_count.fetch_sub(1, Ordering::Relaxed);
                 self.rooms_active.dec();
-                if r.receivers > 0 {
-                    self.lost_interest(room);
-                }
             }
             removed
         };
         let Some(r) = removed else { return 0 };
-        for member in r.members.values() {
-            member.queue.close(Ending::Closed(farewell.clone()));
+        // The members stay until each leaves, taking what was published
+        // before the close; nothing more can be.
+        let mut state = r.lock();
+        state.removed = true;
+        if state.receivers > 0
+            && let Some(i) = &self.interest
+        {
+            i.remove(room);
         }
-        r.members.len()
+        for (_, record) in &state.members {
+            record.member.close(Ending::Closed(farewell.clone()));
+        }
+        state.members.len()
     }
 
-    /// Asks every client's task to send a keepalive ping.
+    /// Every room, one at a time.
+    fn each_room(&self, mut f: impl FnMut(&Arc<Room>)) {
+        for shard in &self.shards {
+            let rooms: Vec<Arc<Room>> = shard
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            rooms.iter().for_each(&mut f);
+        }
+    }
+
+    /// Asks every client's task to send a keepalive ping, room by room
+    /// (no lock is held over all of them), and lets each room's log go of
+    /// what every member has taken: a quiet room keeps nothing.
     pub fn ping_all(&self) {
-        for room in self.read().by_name.values() {
-            room.members.values().for_each(|m| m.queue.ping());
-        }
+        self.each_room(|room| {
+            let mut state = room.lock();
+            if state.log.is_empty() {
+                state.members.iter().for_each(|(_, r)| r.member.ping());
+                return;
+            }
+            let mut keep_from = state.log.head();
+            for (_, record) in &state.members {
+                record.member.ping();
+                if record.member.receives && !record.member.is_closed() {
+                    let at = record.member.cursor.load(Ordering::Acquire);
+                    keep_from = keep_from.min(at.max(record.skip_to.unwrap_or(0)));
+                }
+            }
+            state.log.trim(keep_from);
+        });
     }
 
-    /// Begins shutdown: hands back every member's queue, for the server to
-    /// close in batches (each close wakes that client's task to say goodbye
-    /// with 1001, and it leaves then). Members stay in their rooms until
-    /// then, hearing and being heard as before. Clients joining from now on
-    /// get a closed queue at once.
-    pub fn drain(&self) -> Vec<Arc<Queue>> {
-        let mut rooms = self.write();
-        rooms.draining = true;
-        rooms
-            .by_name
-            .values()
-            .flat_map(|r| r.members.values().map(|m| m.queue.clone()))
-            .collect()
+    /// Begins shutdown: hands back every member, for the server to close in
+    /// batches (each close wakes that client's task to say goodbye with
+    /// 1001, and it leaves then). Members stay in their rooms until then,
+    /// hearing and being heard as before. Clients joining from now on get
+    /// a closed membership at once.
+    pub fn drain(&self) -> Vec<Arc<Member>> {
+        self.draining.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        self.each_room(|room| {
+            let state = room.lock();
+            all.extend(state.members.iter().map(|(_, r)| r.member.clone()));
+        });
+        all
     }
 
     /// Clients connected now, in every room.
     pub fn len(&self) -> usize {
-        self.read().by_name.values().map(|r| r.members.len()).sum()
+        let mut n = 0;
+        self.each_room(|room| n += room.lock().members.len());
+        n
     }
 
     pub fn is_empty(&self) -> bool {
@@ -368,31 +713,247 @@ impl Hub {
 
     /// Rooms that exist now.
     pub fn room_count(&self) -> usize {
-        self.read().by_name.len()
+        self.room_count.load(Ordering::Relaxed)
     }
 
     /// Every room with its number of receiving members, by name.
     pub fn rooms(&self) -> Vec<(RoomName, usize)> {
-        let mut list: Vec<(RoomName, usize)> = self
-            .read()
-            .by_name
-            .iter()
-            .map(|(name, r)| (name.clone(), r.receivers))
-            .collect();
+        let mut list = Vec::new();
+        self.each_room(|room| list.push((room.name.clone(), room.lock().receivers)));
         list.sort();
         list
+    }
+}
+
+impl Room {
+    fn new(name: RoomName) -> Self {
+        Self {
+            name,
+            state: Mutex::new(RoomState {
+                log: Log::default(),
+                members: Slab::new(),
+                receivers: 0,
+                sleepers: Vec::new(),
+                wakeups: 0,
+                unchecked: (0, 0),
+                removed: false,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &RoomName {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        lock(&self.state)
+    }
+
+    /// Messages in the room's log now.
+    pub fn log_len(&self) -> usize {
+        self.lock().log.len()
+    }
+}
+
+impl Member {
+    fn new(id: ClientId, receives: bool) -> Self {
+        Self {
+            id,
+            receives,
+            cursor: AtomicU64::new(0),
+            socket_full: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            ping_due: AtomicBool::new(false),
+            signals: Mutex::default(),
+        }
+    }
+
+    /// Called by the member's writer: whether its socket is refusing bytes.
+    pub fn set_socket_full(&self, full: bool) {
+        // Read first: the flag changes rarely, and a store would dirty the
+        // cache line lag checks read.
+        if self.socket_full.load(Ordering::Relaxed) != full {
+            self.socket_full.store(full, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks for a keepalive ping at the member's next frame boundary, and
+    /// wakes its task even if it waits on its socket: the tick is also when
+    /// it checks whether its peer has gone silent, which a task blocked on
+    /// a write to a dead peer would otherwise never do.
+    pub fn ping(&self) {
+        let mut signals = lock(&self.signals);
+        if signals.closed {
+            return;
+        }
+        signals.ping = true;
+        self.ping_due.store(true, Ordering::Release);
+        let task = signals.task.take();
+        drop(signals);
+        if let Some(t) = task {
+            t.wake();
+        }
+    }
+
+    /// Ends the membership: the task wakes and finds it closed, whatever
+    /// it was waiting for. The first close decides the [`Ending`].
+    pub fn close(&self, ending: Ending) {
+        let mut signals = lock(&self.signals);
+        if !signals.closed {
+            signals.ending = Some(ending);
+        }
+        signals.closed = true;
+        self.closed.store(true, Ordering::Release);
+        let task = signals.task.take();
+        drop(signals);
+        if let Some(t) = task {
+            t.wake();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Why the membership ended (`None` while it goes on).
+    pub fn ending(&self) -> Option<Ending> {
+        lock(&self.signals).ending.clone()
+    }
+
+    /// Arranges a wake-up for a ping or the end of the membership; true if
+    /// it has ended already.
+    pub fn watch(&self, task: &Context<'_>) -> bool {
+        let mut signals = lock(&self.signals);
+        match &signals.task {
+            Some(w) if w.will_wake(task.waker()) => {}
+            _ => signals.task = Some(task.waker().clone()),
+        }
+        signals.closed
+    }
+
+    /// Takes a due ping.
+    fn take_ping(&self) -> bool {
+        if !self.ping_due.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut signals = lock(&self.signals);
+        self.ping_due.store(false, Ordering::Relaxed);
+        std::mem::take(&mut signals.ping)
+    }
+}
+
+impl Subscription {
+    /// Hands `sink` the messages from this member's cursor on, oldest
+    /// first: at least one, then more while within `max_frames` and
+    /// `max_bytes` of payload. A due ping comes first; an ended membership
+    /// reports only that. With nothing to take, the task is woken by the
+    /// next message, ping or end.
+    pub fn poll_take(
+        &mut self,
+        task: &mut Context<'_>,
+        max_frames: usize,
+        max_bytes: usize,
+        mut sink: impl FnMut(&Frame),
+    ) -> Poll<Taken> {
+        let member = &*self.member;
+        if member.watch(task) {
+            return Poll::Ready(Taken::Closed);
+        }
+        if member.take_ping() {
+            return Poll::Ready(Taken::Ping);
+        }
+        // A publish-only member hears nothing.
+        if !member.receives {
+            return Poll::Pending;
+        }
+        let mut state = self.room.lock();
+        // Ended while this task waited for the lock: the record may be gone.
+        if member.is_closed() {
+            return Poll::Ready(Taken::Closed);
+        }
+        let RoomState {
+            log,
+            members,
+            sleepers,
+            wakeups,
+            ..
+        } = &mut *state;
+        let record = &mut members[self.key];
+        let (mut messages, mut bytes) = (0, 0);
+        // The window kept by `drop_newest` goes first.
+        while let Some(frame) = record.held.front() {
+            let size = frame.payload().len();
+            if messages > 0 && (messages >= max_frames || bytes + size > max_bytes) {
+                break;
+            }
+            sink(frame);
+            messages += 1;
+            bytes += size;
+            record.held.pop_front();
+        }
+        if messages > 0 {
+            if record.held.is_empty() {
+                record.held = VecDeque::new();
+            }
+            return Poll::Ready(Taken::Frames {
+                messages,
+                bytes,
+                dropped: 0,
+            });
+        }
+        let mut cursor = self
+            .cursor
+            .max(record.skip_to.take().unwrap_or(0))
+            .max(log.first());
+        let mut dropped = 0;
+        // Taken all it kept: what was published meanwhile was dropped.
+        if std::mem::take(&mut record.dropping) {
+            dropped = log.count_for(cursor, log.head(), Some(self.id));
+            cursor = log.head();
+        }
+        for (frame, sender) in log.range(cursor, log.head()) {
+            let size = frame.payload().len();
+            if messages > 0 && (messages >= max_frames || bytes + size > max_bytes) {
+                break;
+            }
+            cursor += 1;
+            if sender != self.id {
+                sink(frame);
+                messages += 1;
+                bytes += size;
+            }
+        }
+        self.cursor = cursor;
+        member.cursor.store(cursor, Ordering::Release);
+        if messages == 0 && dropped == 0 {
+            if record.slept != *wakeups {
+                record.slept = *wakeups;
+                sleepers.push(task.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        Poll::Ready(Taken::Frames {
+            messages,
+            bytes,
+            dropped,
+        })
+    }
+
+    /// Messages waiting for this member now (its own left out).
+    pub fn lag(&self) -> u64 {
+        let state = self.room.lock();
+        state
+            .log
+            .count_for(self.cursor, state.log.head(), Some(self.id))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::Next;
-    use crate::queue::OnOverflow;
-    use std::task::{Context, Poll, Waker};
 
     fn hub(messages: usize, on_overflow: OnOverflow) -> Hub {
-        let limits = QueueLimits {
+        let limits = LagLimits {
             messages,
             bytes: 1 << 20,
             on_overflow,
@@ -405,20 +966,26 @@ mod tests {
         hub.join("".into(), true).unwrap()
     }
 
-    fn take(s: &Subscription) -> Vec<Frame> {
-        let mut batch = Vec::new();
+    /// Takes everything due, returning the payloads.
+    fn take(s: &mut Subscription) -> Vec<Frame> {
+        let mut got = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
-        let _ = s.queue.poll_next(&mut cx, &mut batch, 1000, usize::MAX);
-        batch
+        while let Poll::Ready(Taken::Frames { .. }) =
+            s.poll_take(&mut cx, 1000, usize::MAX, |f| got.push(f.clone()))
+        {}
+        got
+    }
+
+    fn publish(hub: &Hub, s: &Subscription, payload: &[u8]) -> Published {
+        hub.publish_to(&s.room, &Frame::new(true, payload), None, None)
     }
 
     #[test]
-    fn publish_reaches_every_subscriber_sharing_the_payload() {
+    fn publish_appends_once_and_every_member_takes_the_same_frame() {
         let hub = hub(4, OnOverflow::Disconnect);
-        let a = join(&hub);
-        let b = join(&hub);
-        let frame = Frame::new(false, b"hello");
-        let published = hub.publish("", &frame, None, None);
+        let mut a = join(&hub);
+        let mut b = join(&hub);
+        let published = hub.publish("", &Frame::new(false, b"hello"));
         assert_eq!(
             published,
             Published {
@@ -426,176 +993,226 @@ mod tests {
                 dropped: 0
             }
         );
-        let (ra, rb) = (take(&a), take(&b));
-        // Same allocation: fan-out shares the encoded frame instead of copying it.
+        assert_eq!(a.room.log_len(), 1);
+        let (ra, rb) = (take(&mut a), take(&mut b));
+        // Same allocation: fan-out shares the encoded frame.
         assert_eq!(ra[0].wire().as_ptr(), rb[0].wire().as_ptr());
         assert_eq!(ra[0].payload(), b"hello");
         assert!(!ra[0].is_text());
+        assert!(take(&mut a).is_empty());
     }
 
     #[test]
-    fn full_queue_evicts_only_that_subscriber() {
-        let hub = hub(2, OnOverflow::Disconnect);
-        let slow = join(&hub);
-        slow.queue.set_socket_full(true);
-        let fast = join(&hub);
-        let msg = Frame::new(true, b"x");
-        for _ in 0..2 {
-            assert_eq!(hub.publish("", &msg, None, None).queued, 2);
-            assert_eq!(take(&fast).len(), 1);
-        }
-        // The slow queue is full: this publish evicts it and reaches the other.
+    fn a_sender_without_echo_skips_only_its_own_messages() {
+        let hub = hub(8, OnOverflow::Disconnect);
+        let mut sender = join(&hub);
+        let mut other = join(&hub);
+        let skip = Some(sender.id);
+        let p = hub.publish_to(&sender.room, &Frame::new(true, b"mine"), skip, None);
+        assert_eq!(p.queued, 1);
+        publish(&hub, &other, b"theirs");
+        let payloads = |v: Vec<Frame>| v.iter().map(|f| f.payload().to_vec()).collect::<Vec<_>>();
+        assert_eq!(payloads(take(&mut sender)), [b"theirs".to_vec()]);
         assert_eq!(
-            hub.publish("", &msg, None, None),
-            Published {
-                queued: 1,
-                dropped: 1
-            }
+            payloads(take(&mut other)),
+            [b"mine".to_vec(), b"theirs".to_vec()]
         );
-        assert_eq!(slow.queue.ending(), Some(Ending::Evicted));
-        assert!(!fast.queue.is_closed());
+    }
+
+    #[test]
+    fn a_slow_member_past_its_limits_is_evicted_and_only_it() {
+        let hub = hub(4, OnOverflow::Disconnect);
+        let slow = join(&hub);
+        slow.member.set_socket_full(true);
+        let mut fast = join(&hub);
+        let mut dropped = 0;
+        for i in 0..6u8 {
+            dropped += publish(&hub, &fast, &[i]).dropped;
+            assert_eq!(take(&mut fast).len(), 1);
+        }
+        // Checked after the fifth message: five were due to it.
+        assert_eq!(slow.member.ending(), Some(Ending::Evicted));
+        assert_eq!(dropped, 5);
+        assert!(!fast.member.is_closed());
         assert_eq!(hub.len(), 1);
-        assert_eq!(hub.publish("", &msg, None, None).queued, 1);
-        assert_eq!(slow.queue.discard(), 2);
+        assert_eq!(publish(&hub, &fast, b"x").queued, 1);
     }
 
     #[test]
-    fn drop_policies_keep_the_subscriber() {
-        for policy in [OnOverflow::DropOldest, OnOverflow::DropNewest] {
-            let hub = hub(1, policy);
-            let slow = join(&hub);
-            slow.queue.set_socket_full(true);
-            hub.publish("", &Frame::new(true, b"1"), None, None);
-            assert_eq!(
-                hub.publish("", &Frame::new(true, b"2"), None, None),
-                Published {
-                    queued: usize::from(policy == OnOverflow::DropOldest),
-                    dropped: 1
-                }
-            );
-            let kept = if policy == OnOverflow::DropOldest {
-                b"2"
-            } else {
-                b"1"
-            };
-            assert_eq!(take(&slow)[0].payload(), kept);
-            assert_eq!(hub.len(), 1);
+    fn drop_oldest_jumps_a_slow_member_forward_counting_what_it_skips() {
+        let hub = hub(4, OnOverflow::DropOldest);
+        let mut slow = join(&hub);
+        slow.member.set_socket_full(true);
+        let mut dropped = 0;
+        for i in 0..5u8 {
+            dropped += publish(&hub, &slow, &[i]).dropped;
         }
+        assert_eq!(dropped, 1);
+        let got: Vec<u8> = take(&mut slow).iter().map(|f| f.payload()[0]).collect();
+        assert_eq!(got, [1, 2, 3, 4]);
+        assert_eq!(hub.len(), 1);
     }
 
     #[test]
-    fn a_publisher_learns_which_writers_it_got_ahead_of() {
-        let hub = hub(2, OnOverflow::Disconnect);
-        let behind = join(&hub);
-        let ahead = join(&hub);
+    fn drop_newest_keeps_what_fits_then_jumps_to_the_head() {
+        let hub = hub(4, OnOverflow::DropNewest);
+        let mut slow = join(&hub);
+        slow.member.set_socket_full(true);
+        let mut dropped = 0;
+        for i in 0..7u8 {
+            dropped += publish(&hub, &slow, &[i]).dropped;
+        }
+        let mut got = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Taken::Frames { dropped: d, .. }) =
+            slow.poll_take(&mut cx, 1000, usize::MAX, |f| got.push(f.payload()[0]))
+        {
+            dropped += d;
+        }
+        // Checked at the fifth: it keeps four; the fifth to seventh go.
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert_eq!(dropped, 3);
+        publish(&hub, &slow, &[7]);
+        assert_eq!(take(&mut slow)[0].payload(), [7]);
+    }
+
+    #[test]
+    fn a_member_whose_writer_has_not_run_is_waited_for_not_evicted() {
+        let hub = hub(4, OnOverflow::Disconnect);
+        let mut behind = join(&hub);
         let mut backlog = Backlog::default();
-        let msg = Frame::new(true, b"x");
-        for _ in 0..2 {
-            hub.publish("", &msg, None, Some(&mut backlog));
-            assert!(backlog.is_empty());
+        for i in 0..5u8 {
+            hub.publish_to(
+                &behind.room,
+                &Frame::new(true, &[i]),
+                None,
+                Some(&mut backlog),
+            );
         }
-        take(&ahead);
-        // `behind` is full but its writer has not run: queued all the same.
-        assert_eq!(hub.publish("", &msg, None, Some(&mut backlog)).queued, 2);
+        // Past its limits, but its socket takes bytes: the publisher waits.
         assert!(!backlog.is_empty());
         assert!(!hub.caught_up(&mut backlog));
-        assert_eq!(take(&behind).len(), 3);
+        assert_eq!(take(&mut behind).len(), 5);
         assert!(hub.caught_up(&mut backlog));
-        assert_eq!(hub.len(), 2);
+        assert!(!behind.member.is_closed());
+        // Twice the limits is the hard bound, whatever the socket.
+        for i in 0..9u8 {
+            hub.publish_to(&behind.room, &Frame::new(true, &[i]), None, None);
+        }
+        assert_eq!(behind.member.ending(), Some(Ending::Evicted));
     }
 
     #[test]
-    fn pings_and_drain_reach_every_queue() {
-        let hub = hub(1, OnOverflow::Disconnect);
-        let (a, b) = (join(&hub), join(&hub));
-        hub.ping_all();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut batch = Vec::new();
-        for s in [&a, &b] {
-            assert_eq!(
-                s.queue.poll_next(&mut cx, &mut batch, 1, 1),
-                Poll::Ready(Next::Ping)
+    fn the_log_keeps_at_most_twice_the_limits_and_a_quiet_room_nothing() {
+        let hub = hub(8, OnOverflow::DropOldest);
+        let stalled = join(&hub);
+        stalled.member.set_socket_full(true);
+        let mut reader = join(&hub);
+        for i in 0..100u8 {
+            publish(&hub, &reader, &[i]);
+            assert!(
+                reader.room.log_len() <= 2 * 8 + 8 / 4,
+                "{}",
+                reader.room.log_len()
             );
         }
-        let drained = hub.drain();
-        assert_eq!(drained.len(), 2);
-        // Draining hands the queues over; closing them is the server's turn,
-        // and until then the members still hear what is published.
-        assert!(!a.queue.is_closed());
+        take(&mut reader);
+        hub.ping_all();
+        // The stalled member was moved forward and holds what it is due.
+        assert!(reader.room.log_len() <= 8 + 8 / 4);
+        hub.leave(&stalled);
+        hub.ping_all();
+        assert_eq!(reader.room.log_len(), 0);
+    }
+
+    #[test]
+    fn pings_come_first_and_an_ended_membership_reports_only_that() {
+        let hub = hub(4, OnOverflow::Disconnect);
+        let mut a = join(&hub);
+        let mut cx = Context::from_waker(Waker::noop());
+        publish(&hub, &a, b"x");
+        hub.ping_all();
         assert_eq!(
-            hub.publish("", &Frame::new(true, b"x"), None, None).queued,
-            2
+            a.poll_take(&mut cx, 10, 100, |_| {}),
+            Poll::Ready(Taken::Ping)
         );
-        drained.iter().for_each(|q| q.close(Ending::Shutdown));
-        assert!(a.queue.is_closed() && b.queue.is_closed());
-        assert_eq!(a.queue.ending(), Some(Ending::Shutdown));
-        assert_eq!(join(&hub).queue.ending(), Some(Ending::Shutdown));
-        hub.leave("", a.id);
-        hub.leave("", b.id);
-        assert!(hub.is_empty());
+        assert!(matches!(
+            a.poll_take(&mut cx, 10, 100, |_| {}),
+            Poll::Ready(Taken::Frames { messages: 1, .. })
+        ));
+        assert!(a.poll_take(&mut cx, 10, 100, |_| {}).is_pending());
+        let drained = hub.drain();
+        assert_eq!(drained.len(), 1);
+        // Draining hands the members over; until closed they still hear.
+        assert_eq!(publish(&hub, &a, b"y").queued, 1);
+        drained.iter().for_each(|m| m.close(Ending::Shutdown));
+        assert_eq!(
+            a.poll_take(&mut cx, 10, 100, |_| {}),
+            Poll::Ready(Taken::Closed)
+        );
+        assert_eq!(a.member.ending(), Some(Ending::Shutdown));
+        assert_eq!(join(&hub).member.ending(), Some(Ending::Shutdown));
     }
 
     #[test]
-    fn frames_use_the_shortest_length_encoding() {
-        for (len, header) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
-            let payload = vec![b'a'; len];
-            let f = Frame::new(true, &payload);
-            assert_eq!(f.wire().len(), header + len, "payload {len}");
-            assert_eq!(f.payload(), &payload[..]);
-            assert_eq!(f.wire()[0], 0x81);
-            assert!(f.is_text());
-        }
-        assert_eq!(&Frame::new(false, b"hi").wire()[..], &[0x82, 2, b'h', b'i']);
-    }
-
-    #[test]
-    fn leave_is_idempotent_and_closes_the_queue() {
-        let hub = hub(1, OnOverflow::Disconnect);
+    fn leaving_hands_over_what_is_due_and_is_idempotent() {
+        let hub = hub(8, OnOverflow::Disconnect);
         let s = join(&hub);
-        hub.leave("", s.id);
-        hub.leave("", s.id);
+        publish(&hub, &s, b"a");
+        publish(&hub, &s, b"b");
+        let mut got = Vec::new();
+        let left = hub.leave_taking(&s, |f| got.push(f.clone()));
+        assert_eq!(
+            left,
+            Left {
+                sent: 2,
+                dropped: 0
+            }
+        );
+        assert_eq!(got.len(), 2);
+        hub.leave(&s);
         assert!(hub.is_empty());
-        assert!(s.queue.is_closed());
+        assert_eq!(hub.room_count(), 0);
+        assert!(s.member.is_closed());
     }
 
     #[test]
     fn rooms_are_isolated_and_go_when_empty() {
         let rooms_active = Gauge::default();
-        let limits = QueueLimits {
+        let limits = LagLimits {
             messages: 8,
             bytes: 1 << 20,
             on_overflow: OnOverflow::Disconnect,
         };
         let hub = Hub::new(limits, 2, rooms_active.clone());
-        let a1 = hub.join("a".into(), true).unwrap();
-        let a2 = hub.join("a".into(), true).unwrap();
-        let b = hub.join("b".into(), true).unwrap();
+        let mut a1 = hub.join("a".into(), true).unwrap();
+        let mut a2 = hub.join("a".into(), true).unwrap();
+        let mut b = hub.join("b".into(), true).unwrap();
         assert_eq!(rooms_active.get(), 2);
         // A third room is refused; joining an existing one is not.
         assert_eq!(hub.join("c".into(), true).err(), Some(RoomsFull));
-        let a3 = hub.join("a".into(), false).unwrap();
+        let mut a3 = hub.join("a".into(), false).unwrap();
 
         let m = Frame::new(true, b"to a");
         // Publish-only members hear nothing; the sender can be skipped.
-        assert_eq!(hub.publish("a", &m, Some(a1.id), None).queued, 1);
-        assert_eq!(take(&a2).len(), 1);
-        assert!(take(&a1).is_empty() && take(&b).is_empty() && take(&a3).is_empty());
-        assert_eq!(hub.publish("nowhere", &m, None, None), Published::default());
+        assert_eq!(hub.publish_to(&a1.room, &m, Some(a1.id), None).queued, 1);
+        assert_eq!(take(&mut a2).len(), 1);
+        assert!(take(&mut a1).is_empty() && take(&mut b).is_empty() && take(&mut a3).is_empty());
+        assert_eq!(hub.publish("nowhere", &m), Published::default());
         assert_eq!(
             hub.rooms(),
             vec![(RoomName::from("a"), 2), (RoomName::from("b"), 1)]
         );
 
-        hub.leave("b", b.id);
+        hub.leave(&b);
         assert_eq!(rooms_active.get(), 1);
         assert!(hub.join("c".into(), true).is_ok());
         assert_eq!(hub.room_count(), 2);
-        hub.drain();
-        // Rooms go as their members leave, not at the drain.
-        assert_eq!(rooms_active.get(), 2);
-        for s in [a1, a2, a3] {
-            hub.leave("a", s.id);
+        for s in [&a1, &a2, &a3] {
+            hub.leave(s);
         }
         assert_eq!(rooms_active.get(), 1);
+        assert_eq!(hub.close_room("c", &Bytes::from_static(b"")), 1);
+        assert_eq!(rooms_active.get(), 0);
     }
 }

@@ -14,9 +14,9 @@
 //!   `origin` (the `Origin` allowlist), `forwarded` (the client address
 //!   behind trusted proxies), `query` (query-string parameters), [`tls`]
 //!   (PEM files into rustls), [`logging`] (the `tracing` subscriber).
-//! - Core: `queue` (one client's bounded queue and the slow-consumer
-//!   policy), `hub` (rooms, members, fan-out), `relay` (publishing
-//!   here and to the other nodes, delivering).
+//! - Core: `log` (a room's log of messages and how far behind it a
+//!   subscriber may fall), `hub` (rooms, members, fan-out), `relay`
+//!   (publishing here and to the other nodes, delivering).
 //! - Edges: `limits` (connection caps, rate limit), [`auth`] (tokens and
 //!   JWTs), [`upgrade`] (the checks that decide an upgrade request),
 //!   [`backplane`] (clustering through Redis pub/sub or NATS),
@@ -52,12 +52,11 @@ pub(crate) mod connection;
 pub(crate) mod forwarded;
 pub(crate) mod hub;
 pub(crate) mod limits;
+pub(crate) mod log;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod origin;
-
 pub(crate) mod query;
-pub(crate) mod queue;
 pub(crate) mod relay;
 pub mod server;
 pub mod tls;

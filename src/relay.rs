@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::hub::{Backlog, ClientId, Hub, Published};
+use crate::hub::{Backlog, ClientId, Hub, Published, Room};
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Frame;
 
@@ -37,49 +37,51 @@ impl Relay {
         }
     }
 
-    /// Publishes a message into `room`: to this node's subscribers
-    /// (skipping `skip`, the sender that does not want it back) and to the
-    /// remote, if any.
-    pub fn publish(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
-        self.publish_from(room, frame, skip, None)
-    }
-
-    /// [`Relay::publish`] for a publisher that can wait: queues its message
-    /// filled past their limits go into `backlog`.
+    /// Publishes a member's message into its `room`: to this node's
+    /// members (skipping `skip`, a sender that receives but does not want
+    /// its own messages back) and to the remote, if any. Members the
+    /// publish found past their limits while their writers had not run go
+    /// into `backlog`, for the publisher to wait for.
     pub fn publish_from(
         &self,
-        room: &str,
+        room: &Arc<Room>,
         frame: &Frame,
         skip: Option<ClientId>,
         backlog: Option<&mut Backlog>,
     ) -> Published {
-        let published = self.deliver_into(room, frame, skip, backlog);
+        let published = self.hub.publish_to(room, frame, skip, backlog);
+        self.count(room.name(), published);
+        if let Some(remote) = &self.remote {
+            remote.publish(room.name(), frame);
+        }
+        published
+    }
+
+    /// Publishes a message from outside the room (the HTTP API) into
+    /// `room`, here and on the other nodes.
+    pub fn publish(&self, room: &str, frame: &Frame) -> Published {
+        let published = self.deliver(room, frame);
         if let Some(remote) = &self.remote {
             remote.publish(room, frame);
         }
         published
     }
 
-    /// Queues a message for this node's subscribers in `room` only, and
-    /// counts what happened: drops by the slow-consumer policy and, if
-    /// enabled, per-room figures. Messages from other nodes come in here.
-    pub fn deliver(&self, room: &str, frame: &Frame, skip: Option<ClientId>) -> Published {
-        self.deliver_into(room, frame, skip, None)
+    /// Publishes a message into `room` on this node only: messages from
+    /// other nodes come in here.
+    pub fn deliver(&self, room: &str, frame: &Frame) -> Published {
+        let published = self.hub.publish(room, frame);
+        self.count(room, published);
+        published
     }
 
-    fn deliver_into(
-        &self,
-        room: &str,
-        frame: &Frame,
-        skip: Option<ClientId>,
-        backlog: Option<&mut Backlog>,
-    ) -> Published {
-        let published = self.hub.publish(room, frame, skip, backlog);
+    /// Counts what a publish did: drops by the slow-consumer policy and,
+    /// if enabled, per-room figures.
+    fn count(&self, room: &str, published: Published) {
         if published.dropped > 0 {
             self.metrics
-                .dropped(DropReason::SlowConsumer, published.dropped as u64);
+                .dropped(DropReason::SlowConsumer, published.dropped);
         }
         self.metrics.room_published(room, published.queued);
-        published
     }
 }

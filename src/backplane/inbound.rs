@@ -113,7 +113,7 @@ impl Inbound {
                     continue;
                 };
                 self.metrics.received.inc();
-                let published = relay.deliver(m.room, &Frame::new(m.text, m.payload), None);
+                let published = relay.deliver(m.room, &Frame::new(m.text, m.payload));
                 // Each message counts, delivered to anyone or not, so a
                 // stream that reaches no one still lets the thread go.
                 deliveries += published.queued.max(1);

@@ -124,11 +124,7 @@ async fn serve_http<IO>(
                         client,
                     };
                     if let Some(old) = lock(&slot).replace(admitted) {
-                        shared
-                            .conn
-                            .relay
-                            .hub
-                            .leave(&old.subscription.room, old.subscription.id);
+                        shared.conn.relay.hub.leave(&old.subscription);
                     }
                     response
                 }
@@ -194,11 +190,7 @@ async fn serve_http<IO>(
                 .tracker
                 .spawn(connection::serve(io, client, subscription, cx));
         }
-        None => shared
-            .conn
-            .relay
-            .hub
-            .leave(&subscription.room, subscription.id),
+        None => shared.conn.relay.hub.leave(&subscription),
     }
 }
 

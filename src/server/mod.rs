@@ -38,8 +38,8 @@ use crate::backplane::{self, Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
 use crate::connection::{ConnectionContext, KeepAlive};
 use crate::hub::Hub;
+use crate::log::LagLimits;
 use crate::metrics::{self, Metrics};
-use crate::queue::QueueLimits;
 use crate::relay::{Relay, Remote};
 use crate::tls::{self, CertStore, TlsError};
 use crate::upgrade::{Gate, GateError, GateSettings};
@@ -158,7 +158,7 @@ impl Server {
             metrics.tls_certificate_expiry.set(expiry);
         }
         let mut hub = Hub::new(
-            QueueLimits {
+            LagLimits {
                 messages: config.client.queue_messages,
                 bytes: config.client.queue_bytes,
                 on_overflow: config.client.on_overflow,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::queue::{Ending, Queue};
+use crate::hub::{Ending, Member};
 
 /// SIGINT and SIGTERM, listened for from the moment this is created: a
 /// signal that arrives before the server starts waiting is not lost (nor
@@ -65,7 +65,7 @@ const CLOSE_BATCHES: usize = 10;
 
 /// Closes clients a batch at a time over `spread`, so that they do not all
 /// reconnect to the next relay in the same instant.
-pub(super) async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration) {
+pub(super) async fn close_in_batches(clients: Vec<Arc<Member>>, spread: Duration) {
     let per_batch = clients.len().div_ceil(CLOSE_BATCHES).max(1);
     let batches = clients.len().div_ceil(per_batch).max(1);
     let pause = spread / batches as u32;
@@ -73,6 +73,8 @@ pub(super) async fn close_in_batches(clients: Vec<Arc<Queue>>, spread: Duration)
         if i > 0 {
             tokio::time::sleep(pause).await;
         }
-        batch.iter().for_each(|queue| queue.close(Ending::Shutdown));
+        batch
+            .iter()
+            .for_each(|member| member.close(Ending::Shutdown));
     }
 }

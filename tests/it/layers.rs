@@ -20,7 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("origin", 0),
     ("tls", 0),
     ("logging", 0),
-    ("queue", 1),
+    ("log", 1),
     ("hub", 2),
     ("relay", 3),
     ("limits", 4),

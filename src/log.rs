@@ -1,0 +1,322 @@
+//! A room's log: every message published into one room, appended once, in
+//! order, each at the next offset, and the bounds on how far a subscriber
+//! may fall behind it.
+//!
+//! A subscriber is an offset into its room's log (its cursor): it has been
+//! sent everything before it. Publishing appends one shared frame, whatever
+//! the number of subscribers; each subscriber's writer takes the frames from
+//! its cursor to the head. How far behind a subscriber is (its lag, in
+//! messages and payload bytes) is what the slow-consumer policy judges:
+//!
+//! - within [`LagLimits`] (`messages`, `bytes`): fine;
+//! - past them while its socket refuses bytes: slow, and `on_overflow`
+//!   applies (`disconnect`: closed with 1008; `drop_oldest`: its cursor
+//!   jumps forward to within the limits; `drop_newest`: it takes what is
+//!   within the limits from where it stands, then jumps to the head);
+//! - past them while its socket takes bytes: it has simply not had its turn
+//!   (a sender's burst was parsed and published in one go); the publisher
+//!   waits for it, if it can, and it is never evicted for that;
+//! - past twice the limits: the log lets the oldest go whatever the socket,
+//!   so a room holds at most twice the limits (or two messages of any size,
+//!   since one message larger than the byte limit must still get through).
+//!
+//! One message of any size is always within the limits: a lag of one
+//! message never counts.
+//!
+//! It knows frames and offsets; nothing of members, sockets or the
+//! configuration file.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::Frame;
+
+/// The slow-consumer policy: what happens to a subscriber that falls past
+/// its [`LagLimits`] while its socket refuses bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// Close the client with 1008 "slow consumer".
+    #[default]
+    Disconnect,
+    /// Skip its oldest unsent messages: it jumps forward.
+    DropOldest,
+    /// Keep its oldest unsent messages, miss the newer ones.
+    DropNewest,
+}
+
+/// How far a subscriber may fall behind its room's log, and what happens
+/// beyond that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagLimits {
+    pub messages: usize,
+    /// Payload bytes.
+    pub bytes: usize,
+    pub on_overflow: OnOverflow,
+}
+
+impl LagLimits {
+    /// Whether a lag of `messages` and `bytes` is past the limits scaled by
+    /// `scale` (1: the policy's bound; 2: the room's hard bound). One
+    /// message, or two at the hard bound, is never past them.
+    pub fn exceeded(&self, (messages, bytes): (u64, u64), scale: u64) -> bool {
+        messages > scale
+            && (messages > (self.messages as u64).saturating_mul(scale)
+                || bytes > (self.bytes as u64).saturating_mul(scale))
+    }
+}
+
+/// A position in a room's log: the offset of the next message to send.
+pub type Offset = u64;
+
+/// Who published an entry, so a sender that does not want its own messages
+/// back can skip them (0: nobody in the room, such as the HTTP API).
+pub type Sender = u64;
+
+struct Entry {
+    frame: Frame,
+    sender: Sender,
+    /// Payload bytes appended before this entry, ever: lag in bytes is a
+    /// subtraction.
+    before: u64,
+}
+
+/// The messages of one room still needed by someone, oldest first.
+#[derive(Default)]
+pub struct Log {
+    entries: VecDeque<Entry>,
+    /// Offset of `entries[0]` (of the head when empty).
+    first: Offset,
+    /// Payload bytes appended, ever.
+    appended_bytes: u64,
+}
+
+/// Entries an emptied log keeps room for; beyond it the memory goes back.
+const KEEP_CAPACITY: usize = 64;
+
+impl Log {
+    /// The offset the next message will get; a subscriber at the head is
+    /// up to date.
+    pub fn head(&self) -> Offset {
+        self.first + self.entries.len() as u64
+    }
+
+    /// The oldest offset still in the log.
+    pub fn first(&self) -> Offset {
+        self.first
+    }
+
+    /// Appends `frame`, published by `sender`; returns its offset.
+    pub fn append(&mut self, frame: Frame, sender: Sender) -> Offset {
+        let size = frame.payload().len() as u64;
+        self.entries.push_back(Entry {
+            frame,
+            sender,
+            before: self.appended_bytes,
+        });
+        self.appended_bytes += size;
+        self.head() - 1
+    }
+
+    /// Payload bytes appended before `offset` (clamped to the log).
+    fn bytes_before(&self, offset: Offset) -> u64 {
+        match self.entries.get(offset.saturating_sub(self.first) as usize) {
+            Some(e) if offset >= self.first => e.before,
+            Some(_) => self.entries[0].before,
+            None => self.appended_bytes,
+        }
+    }
+
+    /// Messages and payload bytes from `from` to the head.
+    pub fn lag(&self, from: Offset) -> (u64, u64) {
+        let from = from.max(self.first);
+        (
+            self.head().saturating_sub(from),
+            self.appended_bytes - self.bytes_before(from),
+        )
+    }
+
+    /// Messages and payload bytes in `[from, to)`.
+    pub fn span(&self, from: Offset, to: Offset) -> (u64, u64) {
+        let (from, to) = (from.max(self.first), to.min(self.head()));
+        if from >= to {
+            return (0, 0);
+        }
+        (to - from, self.bytes_before(to) - self.bytes_before(from))
+    }
+
+    /// The oldest offset at or after `from` whose lag is within `limits`
+    /// scaled by `scale`: where a subscriber skipping its oldest messages
+    /// lands.
+    pub fn oldest_within(&self, from: Offset, limits: &LagLimits, scale: u64) -> Offset {
+        let (mut lo, hi) = (from.max(self.first), self.head());
+        if !limits.exceeded(self.lag(lo), scale) {
+            return lo;
+        }
+        // Lag only shrinks as the offset grows: the first offset within.
+        let mut hi_ok = hi;
+        while lo + 1 < hi_ok {
+            let mid = lo + (hi_ok - lo) / 2;
+            if limits.exceeded(self.lag(mid), scale) {
+                lo = mid;
+            } else {
+                hi_ok = mid;
+            }
+        }
+        hi_ok
+    }
+
+    /// The newest offset after `from` such that `[from, offset)` is within
+    /// `limits`: where a subscriber keeping its oldest messages stops.
+    pub fn newest_within(&self, from: Offset, limits: &LagLimits) -> Offset {
+        let (lo, hi) = (from.max(self.first), self.head());
+        if !limits.exceeded(self.span(lo, hi), 1) {
+            return hi;
+        }
+        // The span only grows with its end: the last end within.
+        let (mut ok, mut bad) = (lo + 1, hi);
+        while ok + 1 < bad {
+            let mid = ok + (bad - ok) / 2;
+            if limits.exceeded(self.span(lo, mid), 1) {
+                bad = mid;
+            } else {
+                ok = mid;
+            }
+        }
+        ok
+    }
+
+    /// Messages in `[from, to)` a subscriber would be sent: all of them,
+    /// or, for `skip_sender`, all but that sender's own.
+    pub fn count_for(&self, from: Offset, to: Offset, skip_sender: Option<Sender>) -> u64 {
+        let (from, to) = (from.max(self.first), to.min(self.head()));
+        if from >= to {
+            return 0;
+        }
+        match skip_sender {
+            None => to - from,
+            Some(me) => self
+                .range(from, to)
+                .filter(|(_, sender)| *sender != me)
+                .count() as u64,
+        }
+    }
+
+    /// The entries in `[from, to)`, oldest first, with their senders.
+    pub fn range(&self, from: Offset, to: Offset) -> impl Iterator<Item = (&Frame, Sender)> {
+        let start = from.max(self.first).min(self.head());
+        let end = to.clamp(start, self.head());
+        self.entries
+            .range((start - self.first) as usize..(end - self.first) as usize)
+            .map(|e| (&e.frame, e.sender))
+    }
+
+    /// Lets go of every entry before `offset`.
+    pub fn trim(&mut self, offset: Offset) {
+        let n = offset
+            .saturating_sub(self.first)
+            .min(self.entries.len() as u64);
+        self.entries.drain(..n as usize);
+        self.first += n;
+        if self.entries.is_empty() && self.entries.capacity() > KEEP_CAPACITY {
+            self.entries = VecDeque::new();
+        }
+    }
+
+    /// Messages in the log.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(messages: usize, bytes: usize) -> LagLimits {
+        LagLimits {
+            messages,
+            bytes,
+            on_overflow: OnOverflow::Disconnect,
+        }
+    }
+
+    fn log_of(sizes: &[usize]) -> Log {
+        let mut log = Log::default();
+        for (i, &n) in sizes.iter().enumerate() {
+            log.append(Frame::new(false, &vec![i as u8; n]), (i % 2) as Sender);
+        }
+        log
+    }
+
+    #[test]
+    fn offsets_lag_and_spans_count_messages_and_payload_bytes() {
+        let mut log = log_of(&[10, 20, 30, 40]);
+        assert_eq!((log.first(), log.head()), (0, 4));
+        assert_eq!(log.lag(0), (4, 100));
+        assert_eq!(log.lag(2), (2, 70));
+        assert_eq!(log.lag(4), (0, 0));
+        assert_eq!(log.span(1, 3), (2, 50));
+        log.trim(2);
+        assert_eq!((log.first(), log.head(), log.len()), (2, 4, 2));
+        // A cursor before the log counts from what is left.
+        assert_eq!(log.lag(0), (2, 70));
+        assert_eq!(log.append(Frame::new(true, b"x"), 0), 4);
+        assert_eq!(log.lag(4), (1, 1));
+        let payloads: Vec<u8> = log.range(0, 10).map(|(f, _)| f.payload()[0]).collect();
+        assert_eq!(payloads, [2, 3, b'x']);
+    }
+
+    #[test]
+    fn one_message_of_any_size_is_within_the_limits() {
+        let l = limits(4, 100);
+        assert!(!l.exceeded((1, 1 << 30), 1));
+        assert!(l.exceeded((2, 101), 1));
+        assert!(!l.exceeded((2, 101), 2));
+        assert!(l.exceeded((5, 10), 1));
+        assert!(!l.exceeded((8, 200), 2));
+        assert!(l.exceeded((9, 10), 2));
+    }
+
+    #[test]
+    fn oldest_and_newest_within_find_where_the_policies_land() {
+        // Ten messages of 10 bytes; limits 4 messages, 35 bytes.
+        let log = log_of(&[10; 10]);
+        let l = limits(4, 35);
+        // Skipping the oldest keeps the newest three (30 bytes).
+        assert_eq!(log.oldest_within(0, &l, 1), 7);
+        // Already within: stays.
+        assert_eq!(log.oldest_within(8, &l, 1), 8);
+        // Keeping the oldest stops after three from where it stands.
+        assert_eq!(log.newest_within(2, &l), 5);
+        assert_eq!(log.newest_within(8, &l), 10);
+        // One large message at the cursor: it alone is kept.
+        let big = log_of(&[500, 1, 1]);
+        assert_eq!(big.newest_within(0, &l), 1);
+        assert_eq!(big.oldest_within(0, &l, 1), 1);
+    }
+
+    #[test]
+    fn counts_for_a_subscriber_skip_its_own_messages() {
+        // Senders alternate 0, 1, 0, 1, ...
+        let log = log_of(&[1; 6]);
+        assert_eq!(log.count_for(0, 6, None), 6);
+        assert_eq!(log.count_for(0, 6, Some(1)), 3);
+        assert_eq!(log.count_for(1, 4, Some(0)), 2);
+        assert_eq!(log.count_for(5, 2, None), 0);
+    }
+
+    #[test]
+    fn an_emptied_log_gives_its_memory_back() {
+        let mut log = log_of(&[1; 1000]);
+        log.trim(log.head());
+        assert!(log.is_empty());
+        assert_eq!(log.entries.capacity(), 0);
+        assert_eq!(log.lag(log.head()), (0, 0));
+    }
+}
