@@ -6,7 +6,7 @@
 //!
 //! - `POST /api/v1/rooms/{room}/messages`: the body is one message to the
 //!   room, text for `text/*` and JSON content types, binary otherwise;
-//!   answers `{"delivered": n}`, the local subscribers it was queued for.
+//!   answers `{"delivered": n}`, the local subscribers it is for.
 //!   It goes through the same fan-out, size limit and metrics as a message
 //!   from a client.
 //! - `GET /api/v1/rooms`: `{"rooms": [{"name": ..., "subscribers": n}]}`.

@@ -121,15 +121,22 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
-    /// Messages that may wait for one client; beyond that it is a slow
-    /// consumer and `on_overflow` applies.
+    /// How many messages a client may fall behind its room's log (which
+    /// holds each message once, for all its clients). A client further
+    /// behind while its socket refuses bytes, or more than twice this
+    /// behind whatever its socket, is a slow consumer and `on_overflow`
+    /// applies.
     #[serde(deserialize_with = "de_nonzero")]
     pub queue_messages: usize,
-    /// Payload bytes that may wait for one client (one message of any size
-    /// is always admitted to an empty queue).
+    /// How many payload bytes a client may fall behind its room's log, as
+    /// for `queue_messages` (a lag of one message of any size is always
+    /// within it).
     #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
     pub queue_bytes: usize,
-    /// What a full queue does to its client.
+    /// What happens to a slow consumer: closed with 1008 (`disconnect`),
+    /// moved forward to within the limits (`drop_oldest`), or kept on its
+    /// oldest messages within the limits while it misses the newer ones
+    /// until it has taken them (`drop_newest`).
     pub on_overflow: OnOverflow,
     /// A client whose socket accepts no bytes for this long, while the relay
     /// has something to send it, is dropped ("0s": never).
@@ -330,7 +337,8 @@ pub struct ClusterConfig {
     pub buffer_bytes: usize,
     /// Messages from the broker that may wait for fan-out to this node's
     /// clients; beyond that the oldest are dropped and counted. Small, as
-    /// for a client's queue: what waits here is latency.
+    /// is how far a client may fall behind its room: what waits here is
+    /// latency.
     pub inbound_messages: usize,
     /// Bytes from the broker that may wait for fan-out.
     #[serde(serialize_with = "ser_size")]

@@ -557,7 +557,8 @@ impl Hub {
             let over = l.exceeded(lag, 1);
             let over_hard = l.exceeded(lag, 2);
             let slow = m.socket_full.load(Ordering::Relaxed);
-            if !over_hard && !(over && slow) {
+            let policy_applies = over_hard || (over && slow);
+            if !policy_applies {
                 if over && let Some(b) = backlog.as_deref_mut() {
                     let half = LagLimits {
                         messages: (l.messages / 2).max(1),

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::wire::Frame;
 
 /// The slow-consumer policy: what happens to a subscriber that falls past
-/// its [`LagLimits`] while its socket refuses bytes.
+/// its lag limits (`client.queue_messages`, `client.queue_bytes`) while
+/// its socket refuses bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnOverflow {

@@ -33,7 +33,8 @@ pub enum DisconnectReason {
     Reset,
     /// The client broke the protocol (bad frame, invalid UTF-8, too large).
     ProtocolError,
-    /// The client's queue filled up; it was closed with 1008.
+    /// It fell too far behind its room's log (past its lag limits with its
+    /// socket full, or past twice them); it was closed with 1008.
     SlowConsumer,
     /// Writing to the client's socket failed.
     WriteError,
@@ -147,8 +148,9 @@ impl RejectReason {
 /// Why a message was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// Discarded by the slow-consumer policy: pushed out of a full queue,
-    /// refused by one, or still queued for a client evicted for being slow.
+    /// Discarded by the slow-consumer policy: skipped by `drop_oldest`,
+    /// missed under `drop_newest`, or still due to a client evicted for
+    /// being slow (or whose socket was full when it left).
     SlowConsumer,
     /// Sent over `limits.messages_per_second` with `on_rate_exceeded: drop`.
     RateLimit,
@@ -516,8 +518,8 @@ impl Metrics {
         self.bytes_received.inc_by(bytes as u64);
     }
 
-    /// A message was published into `room` and queued for `deliveries`
-    /// subscribers; counted per room only with `metrics.per_room_labels`.
+    /// A message was published into `room` for `deliveries` subscribers;
+    /// counted per room only with `metrics.per_room_labels`.
     pub fn room_published(&self, room: &str, deliveries: usize) {
         if !self.per_room {
             return;

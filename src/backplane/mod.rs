@@ -2,15 +2,15 @@
 //!
 //! Each node keeps its own hub; the broker only carries messages between
 //! hubs. A message published on a node (by a client or the HTTP API) is
-//! queued for the node's own subscribers at once and handed to the
-//! cluster, the relay's `Remote`, which encodes it once ([`envelope`]) and
-//! puts it in the outbox, a bounded FIFO the cluster task drains to the
-//! broker in batches. Messages from the broker go through bounded inbound
-//! queues (`inbound`) to fan-out workers, one per CPU, and are delivered to
-//! local subscribers only, never published again, so nothing loops; a
-//! node drops its own messages when the broker echoes them (both do),
-//! which is also what keeps echo-off publishers from hearing themselves
-//! through the cluster.
+//! appended to its room's log for the node's own subscribers at once and
+//! handed to the cluster, the relay's `Remote`, which encodes it once
+//! ([`envelope`]) and puts it in the outbox, a bounded FIFO the cluster
+//! task drains to the broker in batches. Messages from the broker go
+//! through bounded inbound queues (`inbound`) to fan-out workers, one
+//! per CPU, and are delivered to local subscribers only, never published
+//! again, so nothing loops; a node drops its own messages when the
+//! broker echoes them (both do), which is also what keeps echo-off
+//! publishers from hearing themselves through the cluster.
 //!
 //! It knows the relay (to deliver) and the hub's room names, never the
 //! sessions, the server or the configuration file.

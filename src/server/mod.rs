@@ -370,7 +370,7 @@ impl Server {
         drop(listener);
 
         // Cancel first (handshakes in flight give up; the keepalive stops),
-        // then close every member's queue in batches: a client whose queue
+        // then close every membership in batches: a client whose membership
         // closes says goodbye with 1001 and leaves its room. Until its batch
         // comes it stays in its room, hearing and being heard.
         cx.shutdown.cancel();

@@ -342,7 +342,7 @@ impl RawClient {
     }
 
     /// Connects with a small receive buffer, for a client meant to stall:
-    /// the relay's queue for it fills after little data.
+    /// it falls behind its room's log after little data.
     pub async fn connect_stalling(addr: SocketAddr) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(32 * 1024).unwrap();

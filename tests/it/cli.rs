@@ -318,8 +318,9 @@ async fn memory_stays_bounded_while_a_client_never_reads_whatever_the_policy() {
     const WINDOW: usize = 8;
     for policy in ["disconnect", "drop_oldest", "drop_newest"] {
         let dir = TempDir::new("rss");
-        // 64 queued messages of 64 KiB: 4 MiB per client at most in the
-        // queue. No write timeout: the policy alone must bound the memory.
+        // A lag of 64 messages of 64 KiB: 4 MiB, and the room's log holds
+        // at most 2¼ times that. No write timeout: the policy alone must
+        // bound the memory.
         let relay = relay_with(
             &dir,
             &format!(
@@ -334,7 +335,8 @@ async fn memory_stays_bounded_while_a_client_never_reads_whatever_the_policy() {
 
         publish_windowed(&mut publisher, SIZE, MESSAGES, WINDOW).await;
         // 250 MiB went through while one client read nothing; the relay held
-        // at most its queue, one write batch and socket buffers for it.
+        // at most the room's log, one write batch, a drop_newest window and
+        // socket buffers for it.
         let grown = relay.rss_bytes().saturating_sub(rss_before);
         assert!(
             grown < 48 << 20,

@@ -549,8 +549,8 @@ async fn a_client_that_never_stops_sending_is_cut_at_the_close_timeout() {
     server.stop().await;
 }
 
-/// What was queued for a client before it broke the protocol (its own echo
-/// here) still reaches it, before the Close.
+/// What was published to a client before it broke the protocol (its own
+/// echo here) still reaches it, before the Close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_queued_before_a_violation_go_out_before_the_close() {
     let server = start(test_config()).await;

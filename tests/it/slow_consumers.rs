@@ -8,10 +8,11 @@ use wsrelay::config::{Config, OnOverflow};
 
 const SIZE: usize = 16 * 1024;
 /// The publisher keeps at most WINDOW of its own messages in flight, so a
-/// reader as fast as the publisher never lags by more than the queue.
+/// reader as fast as the publisher never lags by more than the limits.
 const WINDOW: usize = 8;
 
-/// Queue size for the drop policies.
+/// How far behind (`client.queue_messages`) a client may fall, for the
+/// drop policies.
 const QUEUE: usize = 128;
 
 const DROPPED: &str = "wsrelay_dropped_messages_total{reason=\"slow_consumer\"}";
@@ -27,8 +28,9 @@ struct Scene {
 
 /// A relay with `config`; a client that completes its handshake and then
 /// reads nothing; and `messages` numbered messages of [`SIZE`] published
-/// past it to a reader that must receive every one, in order. The queue must
-/// hold well over [`WINDOW`] messages, or the reader itself may lag past it.
+/// past it to a reader that must receive every one, in order. The lag
+/// limits must be well over [`WINDOW`] messages, or the reader itself may
+/// lag past them.
 async fn publish_past_a_stalled_client(config: Config, messages: usize) -> Scene {
     let server = start(config).await;
     let stalled = RawClient::connect_stalling(server.addr).await;
@@ -122,11 +124,11 @@ async fn disconnect_evicts_a_client_that_never_reads_without_slowing_the_others(
         mut stalled,
         _others,
     } = publish_past_a_stalled_client(config, MESSAGES).await;
-    // 48 MiB went to the reader while the stalled client sat there. Its queue
-    // and socket buffers overflowed many times over: when it finally reads,
-    // it finds what fit in the socket buffers, then Close 1008 "slow consumer".
+    // 48 MiB went to the reader while the stalled client sat there. It fell
+    // past its limits many times over: when it finally reads, it finds
+    // what fit in the socket buffers, then Close 1008 "slow consumer".
     expect_evicted(&server, &mut stalled).await;
-    // Its queue was discarded at eviction instead of being held.
+    // What it was due was dropped at eviction instead of being held.
     assert!(server.metric(DROPPED).await > 0);
     assert_eq!(
         server.metric("wsrelay_connections_active").await,
@@ -140,8 +142,8 @@ async fn disconnect_evicts_a_client_that_never_reads_without_slowing_the_others(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_bytes_bounds_the_queue_before_queue_messages_does() {
     let mut config = test_config();
-    // 1000 messages fit in 1024 places; only the byte bound (64 messages'
-    // worth) can make the stalled client's queue overflow.
+    // 1000 messages are within 1024; only the byte bound (64 messages'
+    // worth) can put the stalled client past its limits.
     config.client.queue_messages = 1024;
     config.client.queue_bytes = 1 << 20;
     config.client.close_timeout = Duration::from_secs(120);
@@ -165,8 +167,8 @@ async fn drop_oldest_keeps_the_client_and_the_newest_messages() {
         mut stalled,
         _others,
     } = publish_past_a_stalled_client(config, MESSAGES).await;
-    // Reading now: the socket buffers' worth, then the newest QUEUE, ending
-    // with the very last message.
+    // Reading now: the socket buffers' worth, then the newest ones (about
+    // QUEUE of them), ending with the very last message.
     let mut got = Vec::new();
     while got.last() != Some(&(MESSAGES - 1)) {
         let (opcode, payload) = stalled.read_frame().await.expect("connection stays open");
@@ -207,8 +209,9 @@ async fn drop_newest_keeps_the_client_and_the_oldest_messages() {
         _others,
     } = publish_past_a_stalled_client(config, MESSAGES).await;
     let got = read_until_accounted(&server, &mut stalled, MESSAGES).await;
-    // What it got is a prefix: the socket buffers' worth and the queue that
-    // filled behind them; everything after was dropped, the last included.
+    // What it got is a prefix: the socket buffers' worth and the window
+    // kept for it behind them; everything after was dropped, the last
+    // included.
     assert_eq!(got, (0..got.len()).collect::<Vec<_>>());
     assert!(got.len() < MESSAGES);
     assert_eq!(server.metric("wsrelay_disconnections_total").await, 0);
@@ -219,7 +222,8 @@ async fn drop_newest_keeps_the_client_and_the_oldest_messages() {
 async fn write_timeout_drops_a_client_whose_socket_takes_nothing() {
     let mut config = test_config();
     config.client.queue_messages = QUEUE;
-    // A drop policy never disconnects for a full queue; the write timeout does.
+    // A drop policy never disconnects a client for falling behind; the
+    // write timeout does.
     config.client.on_overflow = OnOverflow::DropNewest;
     config.client.write_timeout = Duration::from_millis(300);
     let Scene {
