@@ -34,6 +34,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr};
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,8 +48,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::{Backlog, Ending, Member, Subscription, Taken};
-use crate::limits::{OnRateExceeded, RateLimit};
+use crate::hub::{Backlog, Ending, Member, Role, Subscription, Taken};
+use crate::limits::{OnRateExceeded, Permit, RateLimit};
 use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::relay::Relay;
 use crate::upgrade::Client;
@@ -188,68 +189,108 @@ enum Event {
 /// Drives an upgraded client, already a hub member, until it is gone.
 /// Counts it in the metrics on the way in, and removes it from the hub and
 /// counts it out exactly once on the way out.
-pub async fn serve<S>(
+///
+/// Everything the client needs is one [`Session`], owned by the returned
+/// future and stored in it once: an idle client's task is most of what an
+/// idle client costs, and an `async fn`'s arguments and locals would each
+/// keep a place of their own in it for its whole life.
+pub fn serve<S>(
     io: S,
     client: Client,
-    mut subscription: Subscription,
+    subscription: Subscription,
     cx: Arc<ConnectionContext>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (id, peer, ip) = (subscription.id, client.peer, client.ip);
-    cx.relay.metrics.connected();
-    debug!(%peer, %ip, id, "client connected");
-
-    // A timer only for clients whose credentials expire.
-    let expiry = client.expires_at.map(|at| {
-        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-        Box::pin(tokio::time::sleep(left))
-    });
-    // `drive` leaves the hub as soon as the client's end is decided.
-    let reason = drive(io, &mut subscription, &client, expiry, &cx).await;
-    cx.relay.metrics.disconnected(reason);
-    // Per-client events stay at debug whatever the reason: a client can
-    // cause any of them at will, and the metrics count them by reason.
-    debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
-    drop(client);
-}
-
-async fn drive<S>(
-    mut io: S,
-    subscription: &mut Subscription,
-    client: &Client,
-    mut expiry: Option<Pin<Box<Sleep>>>,
-    cx: &ConnectionContext,
-) -> DisconnectReason
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let member = subscription.member.clone();
-    let room = subscription.room.clone();
-    // Without echo, a sender that receives skips its own messages.
-    let skip = (!client.echo && client.role.receives()).then_some(subscription.id);
-    let mut reader = Reader::new(cx.max_message_size);
-    let mut outbox = Outbox::new(cx.write_timeout);
-    let mut rate = RateLimit::new(cx.rate_limit.0, cx.rate_limit.1);
-    let mut last_heard = cx.keepalive.as_ref().map_or(0, KeepAlive::now);
-    // Writers this client's last publish got ahead of.
-    let mut backlog = Backlog::default();
-    // When the message now arriving began to.
-    let mut message_began: Option<std::time::Instant> = None;
+    cx.relay.metrics.connected();
+    debug!(peer = %client.peer, ip = %client.ip, id = subscription.id, "client connected");
+    let mut session = Session::new(io, client, subscription, &cx);
+    async move {
+        let event = poll_fn(|task| session.poll_active(task, &cx)).await;
+        // Boxed: the close phase runs once per client, and its futures and
+        // timers would otherwise be part of every idle client's task state.
+        let (peer, ip, id) = (session.peer, session.ip, session.subscription.id);
+        let reason = Box::pin(session.finish(event, &cx)).await;
+        cx.relay.metrics.disconnected(reason);
+        // Per-client events stay at debug whatever the reason: a client can
+        // cause any of them at will, and the metrics count them by reason.
+        debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
+    }
+}
 
-    let event = poll_fn(|task| {
-        // Dropped from the hub: evicted as a slow consumer, or shutdown.
-        if member.is_closed() {
-            return Poll::Ready(ended(&member));
+/// One upgraded client's state.
+struct Session<S> {
+    io: S,
+    subscription: Subscription,
+    /// Of the admitted [`Client`], what is needed after the start.
+    peer: SocketAddr,
+    ip: IpAddr,
+    role: Role,
+    /// Its place under the connection caps, held for its lifetime.
+    _permit: Permit,
+    reader: Reader,
+    outbox: Outbox,
+    rate: Option<Box<RateLimit>>,
+    /// The keepalive tick at which the peer was last heard from.
+    last_heard: u32,
+    /// Writers this client's last publish got ahead of.
+    backlog: Backlog,
+    /// When the message now arriving began to.
+    message_began: Option<std::time::Instant>,
+    /// A timer only for clients whose credentials expire.
+    expiry: Option<Pin<Box<Sleep>>>,
+    /// Without echo, a sender that receives skips its own messages.
+    skips_own: bool,
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(io: S, client: Client, subscription: Subscription, cx: &ConnectionContext) -> Self {
+        let expiry = client.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Box::pin(tokio::time::sleep(left))
+        });
+        let skips_own = !client.echo && client.role.receives();
+        Self {
+            io,
+            subscription,
+            peer: client.peer,
+            ip: client.ip,
+            role: client.role,
+            _permit: client.permit,
+            reader: Reader::new(cx.max_message_size),
+            outbox: Outbox::new(cx.write_timeout),
+            rate: RateLimit::new(cx.rate_limit.0, cx.rate_limit.1).map(Box::new),
+            last_heard: cx.keepalive.as_ref().map_or(0, KeepAlive::now),
+            backlog: Backlog::default(),
+            message_began: None,
+            expiry,
+            skips_own,
         }
-        if let Poll::Ready(stop) = outbox.pump(&mut io, subscription, &cx.relay.metrics, task) {
+    }
+
+    /// Reads, publishes and writes until something ends the client.
+    fn poll_active(&mut self, task: &mut Context<'_>, cx: &ConnectionContext) -> Poll<Event> {
+        // Dropped from the hub: evicted as a slow consumer, or shutdown.
+        if self.subscription.member.is_closed() {
+            return Poll::Ready(ended(&self.subscription.member));
+        }
+        if let Poll::Ready(stop) = self.outbox.pump(
+            &mut self.io,
+            &mut self.subscription,
+            &cx.relay.metrics,
+            task,
+        ) {
             return Poll::Ready(match stop {
-                Stop::Closed => ended(&member),
+                Stop::Closed => ended(&self.subscription.member),
                 Stop::Failed(e) => Event::WriteFailed(e),
                 Stop::TimedOut => Event::WriteTimeout,
             });
         }
-        if let Some(expiry) = &mut expiry
+        if let Some(expiry) = &mut self.expiry
             && expiry.as_mut().poll(task).is_ready()
         {
             return Poll::Ready(Event::TokenExpired);
@@ -257,57 +298,71 @@ where
         // Publish nothing more until the writers the last publish got ahead
         // of have drained: they can write (or they would count as slow), so
         // they will, once this thread lets them run.
-        if !backlog.is_empty() && !cx.relay.hub.caught_up(&mut backlog) {
+        if !self.backlog.is_empty() && !cx.relay.hub.caught_up(&mut self.backlog) {
             task.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let pongs = &mut outbox.pongs;
+        let pongs = &mut self.outbox.pongs;
         let mut heard = false;
-        let polled = poll_incoming(&mut io, &mut reader, task, &mut heard, |item| match item {
-            Incoming::Message(frame) => {
-                cx.relay.metrics.received(frame.payload().len());
-                if let Some(rate) = rate.as_mut()
-                    && !rate.allow(std::time::Instant::now())
-                {
-                    return match cx.on_rate_exceeded {
-                        OnRateExceeded::Close => Step::End(Event::RateLimited),
-                        OnRateExceeded::Drop => {
-                            cx.relay.metrics.dropped(DropReason::RateLimit, 1);
-                            Step::Go
+        let polled =
+            poll_incoming(
+                &mut self.io,
+                &mut self.reader,
+                task,
+                &mut heard,
+                |item| match item {
+                    Incoming::Message(frame) => {
+                        cx.relay.metrics.received(frame.payload().len());
+                        if let Some(rate) = self.rate.as_mut()
+                            && !rate.allow(std::time::Instant::now())
+                        {
+                            return match cx.on_rate_exceeded {
+                                OnRateExceeded::Close => Step::End(Event::RateLimited),
+                                OnRateExceeded::Drop => {
+                                    cx.relay.metrics.dropped(DropReason::RateLimit, 1);
+                                    Step::Go
+                                }
+                            };
                         }
-                    };
-                }
-                if !client.role.sends() {
-                    return Step::End(Event::NotPermitted);
-                }
-                cx.relay
-                    .publish_from(&room, &frame, skip, Some(&mut backlog));
-                if backlog.is_empty() {
-                    Step::Go
-                } else {
-                    Step::Pause
-                }
-            }
-            Incoming::Ping(payload) => {
-                if pongs.len() == MAX_PENDING_PONGS {
-                    pongs.pop_front();
-                }
-                pongs.push_back(wire::pong_frame(&payload));
-                Step::Go
-            }
-            Incoming::Close(code) => Step::End(Event::PeerClosed(code)),
-        });
+                        if !self.role.sends() {
+                            return Step::End(Event::NotPermitted);
+                        }
+                        let skip = self.skips_own.then_some(&self.subscription);
+                        cx.relay.publish_from(
+                            &self.subscription.room,
+                            &frame,
+                            skip,
+                            Some(&mut self.backlog),
+                        );
+                        if self.backlog.is_empty() {
+                            Step::Go
+                        } else {
+                            Step::Pause
+                        }
+                    }
+                    Incoming::Ping(payload) => {
+                        if pongs.len() == MAX_PENDING_PONGS {
+                            pongs.pop_front();
+                        }
+                        pongs.push_back(wire::pong_frame(&payload));
+                        Step::Go
+                    }
+                    Incoming::Close(code) => Step::End(Event::PeerClosed(code)),
+                },
+            );
         if heard && let Some(k) = &cx.keepalive {
-            last_heard = k.now();
+            self.last_heard = k.now();
         }
         if polled.is_pending() {
             // Checked as bytes arrive: what a client dribbling a message
             // does. (One that goes silent mid-message meets the idle timeout.)
             if heard && let Some(limit) = cx.message_timeout {
-                match reader.mid_message() {
-                    false => message_began = None,
+                match self.reader.mid_message() {
+                    false => self.message_began = None,
                     true => {
-                        let began = *message_began.get_or_insert_with(std::time::Instant::now);
+                        let began = *self
+                            .message_began
+                            .get_or_insert_with(std::time::Instant::now);
                         if began.elapsed() > limit {
                             return Poll::Ready(Event::MessageTimeout);
                         }
@@ -316,139 +371,152 @@ where
             }
             // Checked after reading, so a pong already in the socket counts.
             if let Some(k) = &cx.keepalive
-                && k.is_idle(last_heard)
+                && k.is_idle(self.last_heard)
             {
                 return Poll::Ready(Event::IdleTimeout);
             }
-            if !outbox.pongs.is_empty() && !outbox.socket_full {
+            if !self.outbox.pongs.is_empty() && !self.outbox.socket_full {
                 // A pong is waiting for the next frame boundary: get there.
                 // (A full socket wakes the task itself when it drains.)
                 task.waker().wake_by_ref();
             }
         }
         polled
-    })
-    .await;
-
-    // A message over the size limit is read through (and discarded) before
-    // the Close goes: a browser that is still sending it when the Close
-    // arrives stops, and reports the close as unclean however it ends.
-    let skip_message_first = matches!(&event, Event::Violation(v) if v.code == 1009);
-    let (reason, close, await_peer, timeout) = match event {
-        Event::PeerClosed(code) => (
-            DisconnectReason::ClientClose,
-            wire::close_reply(code),
-            false,
-            cx.close_timeout,
-        ),
-        Event::Violation(v) => {
-            debug!(code = v.code, reason = v.reason, "protocol error");
-            (
-                DisconnectReason::ProtocolError,
-                wire::close_frame(v.code, v.reason),
-                true,
-                cx.close_timeout,
-            )
-        }
-        Event::Eof(e) => {
-            if let Some(e) = e {
-                debug!(error = %e, "read failed");
-            }
-            cx.relay.hub.leave(subscription);
-            return DisconnectReason::Reset;
-        }
-        Event::WriteFailed(e) => {
-            debug!(error = %e, "write failed");
-            cx.relay.hub.leave(subscription);
-            return DisconnectReason::WriteError;
-        }
-        // It takes no bytes, so it would not take a Close either.
-        Event::WriteTimeout => {
-            cx.relay.hub.leave(subscription);
-            return DisconnectReason::WriteTimeout;
-        }
-        Event::Evicted => (
-            DisconnectReason::SlowConsumer,
-            wire::close_frame(1008, "slow consumer"),
-            true,
-            cx.close_timeout,
-        ),
-        Event::IdleTimeout => (
-            DisconnectReason::IdleTimeout,
-            wire::close_frame(1001, "idle timeout"),
-            // It has not answered pings; it will not answer a close either.
-            false,
-            cx.close_timeout,
-        ),
-        Event::ClosedByOperator(close) => {
-            (DisconnectReason::ClosedByApi, close, true, cx.close_timeout)
-        }
-        Event::NotPermitted => (
-            DisconnectReason::NotPermitted,
-            wire::close_frame(1008, "subscribers may not send"),
-            true,
-            cx.close_timeout,
-        ),
-        Event::MessageTimeout => (
-            DisconnectReason::MessageTimeout,
-            wire::close_frame(1008, "message took too long"),
-            true,
-            cx.close_timeout,
-        ),
-        Event::TokenExpired => (
-            DisconnectReason::TokenExpired,
-            wire::close_frame(1008, "token expired"),
-            true,
-            cx.close_timeout,
-        ),
-        Event::RateLimited => (
-            DisconnectReason::RateLimit,
-            wire::close_frame(1008, "rate limit exceeded"),
-            true,
-            cx.close_timeout,
-        ),
-        Event::Shutdown => (
-            DisconnectReason::Shutdown,
-            wire::close_frame(1001, "server shutting down"),
-            true,
-            // The server bounds the whole shutdown; `force` ends this earlier if needed.
-            Duration::MAX,
-        ),
-    };
-
-    // From here on nothing more is published to this client. What was due
-    // to it before the decision goes out before the Close (its own echo
-    // included), except for a slow consumer, which is closed for not taking
-    // it (counted when it was evicted), or a client whose socket is full
-    // now: a socket that takes nothing more would not take these either.
-    if reason == DisconnectReason::SlowConsumer || outbox.socket_full {
-        let left = cx.relay.hub.leave_taking(subscription, |_| {});
-        cx.relay
-            .metrics
-            .dropped(DropReason::SlowConsumer, left.sent + left.dropped);
-        outbox.pongs.clear();
-    } else {
-        outbox.take_rest(&cx.relay, subscription);
     }
 
-    // Write all that, then (if we started the close) keep reading and
-    // discarding until the peer's Close or EOF, so the peer reads our Close
-    // before the socket goes and the connection ends with FIN, not a reset;
-    // then shut the socket. Reading goes on while writing, since a peer busy
-    // sending may read nothing until it is done. Bounded, because the peer
-    // may never answer or never stop sending.
-    // Boxed: the close phase runs once per client, and its futures and
-    // timers would otherwise be part of every idle client's task state.
-    Box::pin(async {
+    /// Leaves the hub without a word: the connection is gone or takes
+    /// nothing. What `drop_newest` dropped for it is counted.
+    fn leave(&self, cx: &ConnectionContext) {
+        let left = cx.relay.hub.leave(&self.subscription);
+        if left.dropped > 0 {
+            cx.relay
+                .metrics
+                .dropped(DropReason::SlowConsumer, left.dropped);
+        }
+    }
+
+    /// Leaves the hub, says goodbye as the end calls for, and reports why
+    /// the client went.
+    async fn finish(mut self, event: Event, cx: &ConnectionContext) -> DisconnectReason {
+        // A message over the size limit is read through (and discarded) before
+        // the Close goes: a browser that is still sending it when the Close
+        // arrives stops, and reports the close as unclean however it ends.
+        let skip_message_first = matches!(&event, Event::Violation(v) if v.code == 1009);
+        let (reason, close, await_peer, timeout) = match event {
+            Event::PeerClosed(code) => (
+                DisconnectReason::ClientClose,
+                wire::close_reply(code),
+                false,
+                cx.close_timeout,
+            ),
+            Event::Violation(v) => {
+                debug!(code = v.code, reason = v.reason, "protocol error");
+                (
+                    DisconnectReason::ProtocolError,
+                    wire::close_frame(v.code, v.reason),
+                    true,
+                    cx.close_timeout,
+                )
+            }
+            Event::Eof(e) => {
+                if let Some(e) = e {
+                    debug!(error = %e, "read failed");
+                }
+                self.leave(cx);
+                return DisconnectReason::Reset;
+            }
+            Event::WriteFailed(e) => {
+                debug!(error = %e, "write failed");
+                self.leave(cx);
+                return DisconnectReason::WriteError;
+            }
+            // It takes no bytes, so it would not take a Close either.
+            Event::WriteTimeout => {
+                self.leave(cx);
+                return DisconnectReason::WriteTimeout;
+            }
+            Event::Evicted => (
+                DisconnectReason::SlowConsumer,
+                wire::close_frame(1008, "slow consumer"),
+                true,
+                cx.close_timeout,
+            ),
+            Event::IdleTimeout => (
+                DisconnectReason::IdleTimeout,
+                wire::close_frame(1001, "idle timeout"),
+                // It has not answered pings; it will not answer a close either.
+                false,
+                cx.close_timeout,
+            ),
+            Event::ClosedByOperator(close) => {
+                (DisconnectReason::ClosedByApi, close, true, cx.close_timeout)
+            }
+            Event::NotPermitted => (
+                DisconnectReason::NotPermitted,
+                wire::close_frame(1008, "subscribers may not send"),
+                true,
+                cx.close_timeout,
+            ),
+            Event::MessageTimeout => (
+                DisconnectReason::MessageTimeout,
+                wire::close_frame(1008, "message took too long"),
+                true,
+                cx.close_timeout,
+            ),
+            Event::TokenExpired => (
+                DisconnectReason::TokenExpired,
+                wire::close_frame(1008, "token expired"),
+                true,
+                cx.close_timeout,
+            ),
+            Event::RateLimited => (
+                DisconnectReason::RateLimit,
+                wire::close_frame(1008, "rate limit exceeded"),
+                true,
+                cx.close_timeout,
+            ),
+            Event::Shutdown => (
+                DisconnectReason::Shutdown,
+                wire::close_frame(1001, "server shutting down"),
+                true,
+                // The server bounds the whole shutdown; `force` ends this earlier if needed.
+                Duration::MAX,
+            ),
+        };
+
+        // It leaves its room here: what was published before goes out before
+        // the Close (its own echo included), nothing after. Except for a slow
+        // consumer, closed for not taking it (counted when it was evicted),
+        // and a client whose socket is full now: a socket that takes nothing
+        // more would not take these either.
+        if reason == DisconnectReason::SlowConsumer || self.outbox.socket_full {
+            let left = cx.relay.hub.leave_taking(&self.subscription, |_| {});
+            cx.relay
+                .metrics
+                .dropped(DropReason::SlowConsumer, left.sent + left.dropped);
+            self.outbox.pongs.clear();
+        } else {
+            self.outbox.take_rest(&cx.relay, &self.subscription);
+        }
+
+        // Write all that, then (if we started the close) keep reading and
+        // discarding until the peer's Close or EOF, so the peer reads our Close
+        // before the socket goes and the connection ends with FIN, not a reset;
+        // then shut the socket. Reading goes on while writing, since a peer busy
+        // sending may read nothing until it is done. Bounded, because the peer
+        // may never answer or never stop sending.
+        let Self {
+            io, reader, outbox, ..
+        } = &mut self;
         let finish = async {
             let mut peer_done = !await_peer;
             if skip_message_first {
                 // Half the time at most, so the Close still goes out in time.
                 let skipped = poll_fn(|task| {
-                    if poll_discard(&mut io, &mut reader, task).is_ready() {
+                    if poll_discard(io, reader, task).is_ready() {
                         peer_done = true;
                     }
-                    match outbox.poll_write(&mut io, task) {
+                    match outbox.poll_write(io, task) {
                         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                         _ if peer_done || reader.message_skipped() => Poll::Ready(Ok(())),
                         _ => Poll::Pending,
@@ -460,24 +528,23 @@ where
             }
             outbox.close_with(close);
             poll_fn(|task| {
-                if !peer_done && poll_discard(&mut io, &mut reader, task).is_ready() {
+                if !peer_done && poll_discard(io, reader, task).is_ready() {
                     peer_done = true;
                 }
-                match outbox.poll_write(&mut io, task) {
+                match outbox.poll_write(io, task) {
                     Poll::Ready(Ok(())) if !peer_done => Poll::Pending,
                     polled => polled,
                 }
             })
             .await?;
-            poll_fn(|task| Pin::new(&mut io).poll_shutdown(task)).await
+            poll_fn(|task| Pin::new(&mut *io).poll_shutdown(task)).await
         };
         tokio::select! {
             _ = tokio::time::timeout(timeout, finish) => {}
             _ = cx.force.cancelled() => {}
         }
-    })
-    .await;
-    reason
+        reason
+    }
 }
 
 /// What reading does after one item.
@@ -672,22 +739,21 @@ impl Outbox {
     where
         S: AsyncWrite + Unpin,
     {
-        let member = &*subscription.member.clone();
         for _ in 0..MAX_BATCHES_PER_POLL {
             match self.poll_write(io, task) {
                 Poll::Ready(Ok(())) => {
                     self.stall.armed = false;
                     self.socket_full = false;
-                    member.set_socket_full(false);
+                    subscription.member.set_socket_full(false);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Stop::Failed(e)),
                 Poll::Pending => {
                     // Lag checks may now count this client as slow.
                     self.socket_full = true;
-                    member.set_socket_full(true);
+                    subscription.member.set_socket_full(true);
                     // Waiting on the socket, not the log: an eviction or a
                     // ping must still wake us, but new messages need not.
-                    if member.watch(task) {
+                    if subscription.member.watch(task) {
                         return Poll::Ready(Stop::Closed);
                     }
                     return self.stall.poll(task).map(|()| Stop::TimedOut);

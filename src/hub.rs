@@ -14,13 +14,17 @@
 //! another member's writer writes.
 //!
 //! The slow-consumer policy is judged from lag ([`log`](crate::log)):
-//! every quarter of the limits appended while the log holds more than
-//! them, the publisher looks at every member's cursor once. A member past
-//! the limits whose socket refuses bytes gets the policy (`disconnect`:
-//! its membership closes, which wakes its task to close it with 1008); one
-//! whose socket takes bytes has just not had its turn, and a publisher that
-//! can wait is told to ([`Backlog`]). Then the log lets go of what nobody
-//! needs, never keeping more than twice the limits.
+//! every quarter of the limits appended, the publisher looks at every
+//! receiving member's cursor once. A member past the limits whose socket
+//! refuses bytes gets the policy (`disconnect`: its membership closes,
+//! which wakes its task to close it with 1008; `drop_oldest`: it is moved
+//! forward; `drop_newest`: the oldest it had not taken are copied out for
+//! it and it misses what follows until it has taken them); one whose
+//! socket takes bytes has just not had its turn, and a publisher that can
+//! wait is told to ([`Backlog`]). Past twice the limits the policy applies
+//! whatever the socket. Then the log lets go of what nobody needs: it
+//! holds at most twice the limits after a check, and a quarter more until
+//! the next.
 //!
 //! It knows logs and frames; nothing of sockets, the cluster (only the
 //! [`RoomInterest`] it reports to) or the configuration file.
@@ -36,7 +40,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 
-use crate::log::{LagLimits, Log, Offset, OnOverflow};
+use crate::log::{LagLimits, Log, Offset, OnOverflow, Sender};
 use crate::wire::Frame;
 
 /// Identifies one connected client for the lifetime of the process (never 0).
@@ -135,22 +139,32 @@ struct RoomState {
     members: Slab<Record>,
     /// Members that receive (not publish-only).
     receivers: usize,
-    /// Members waiting for the next message.
-    sleepers: Vec<Waker>,
+    /// Keys of the members waiting for the next message (each record keeps
+    /// its own waker, so a member that leaves takes its waker with it; a
+    /// key left behind wakes nobody).
+    sleepers: Vec<usize>,
     /// How many times the sleepers were woken: a record whose `slept`
     /// equals it is among them already.
     wakeups: u64,
-    /// Messages and payload bytes appended since the last lag check.
-    unchecked: (u64, u64),
+    /// Appended since the last lag check.
+    unchecked: Unchecked,
     /// Taken out of the hub's map (emptied, or closed by an operator):
     /// whoever finds it so looks again.
     removed: bool,
 }
 
+/// Messages and payload bytes appended since the last lag check.
+#[derive(Default)]
+struct Unchecked {
+    messages: u64,
+    bytes: u64,
+}
+
 /// The room's record of one member, changed only under the room's lock.
 struct Record {
     member: Arc<Member>,
-    /// Where a lag check moved it (the messages skipped were counted then).
+    /// Where a lag check moved it (the messages skipped were counted then),
+    /// or past its own message when it skips its own.
     skip_to: Option<Offset>,
     /// `drop_newest`: the oldest messages it had not taken when it fell
     /// past its limits, within them; taken before anything else. Copied
@@ -159,8 +173,25 @@ struct Record {
     /// `drop_newest`: until it has taken what is held, every message
     /// published is dropped for it.
     dropping: bool,
+    /// It has published messages it skips: counting what is due to it must
+    /// leave them out (everyone else's count is a subtraction).
+    skips_own: bool,
     /// `wakeups` when it joined the sleepers.
     slept: u64,
+    /// Its task, while it is among the sleepers.
+    waker: Option<Waker>,
+}
+
+impl Record {
+    /// Where it stands in the log: its cursor, or where a check moved it.
+    fn position(&self, cursor: Offset, log: &Log) -> Offset {
+        cursor.max(self.skip_to.unwrap_or(0)).max(log.first())
+    }
+
+    /// The sender whose messages it skips, if it skips any: its own id.
+    fn skipping(&self) -> Option<Sender> {
+        self.skips_own.then_some(self.member.id)
+    }
 }
 
 /// What a member's task and the hub share about it.
@@ -238,10 +269,12 @@ pub struct RoomsFull;
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
-    /// Members the message is for.
+    /// Receiving members the message was appended for (a `drop_newest`
+    /// member still taking its kept window will drop it, and say so).
     pub queued: usize,
     /// Messages that will not be delivered, found by this publish's lag
-    /// check: skipped by `drop_oldest`, or due to members it evicted.
+    /// check: skipped by `drop_oldest` or `drop_newest`, or due to members
+    /// it evicted.
     pub dropped: u64,
 }
 
@@ -252,6 +285,25 @@ pub struct Left {
     pub sent: u64,
     /// Messages dropped for it by `drop_newest` while it was behind.
     pub dropped: u64,
+}
+
+/// How much one take may hand over: at least one message, then more while
+/// within both caps.
+#[derive(Clone, Copy)]
+struct Batch {
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Batch {
+    const UNBOUNDED: Self = Self {
+        max_frames: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
+    fn admits(self, (messages, bytes): (usize, usize), size: usize) -> bool {
+        messages == 0 || (messages < self.max_frames && bytes + size <= self.max_bytes)
+    }
 }
 
 thread_local! {
@@ -307,45 +359,49 @@ impl Hub {
         shard.get(name).cloned()
     }
 
+    /// The room called `name`, created if need be (within `max_rooms`).
+    fn room_or_create(&self, name: &RoomName) -> Result<Arc<Room>, RoomsFull> {
+        if let Some(room) = self.room(name) {
+            return Ok(room);
+        }
+        let mut map = self
+            .shard(name)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(room) = map.get(name) {
+            return Ok(room.clone());
+        }
+        // Counted across shards, so the cap holds whichever shard the new
+        // room falls in.
+        let counted = self
+            .room_count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
+            });
+        if counted.is_err() {
+            return Err(RoomsFull);
+        }
+        self.rooms_active.inc();
+        let room = Arc::new(Room::new(name.clone()));
+        map.insert(name.clone(), room.clone());
+        Ok(room)
+    }
+
     /// Adds a client to `room`, creating the room if needed; it hears every
     /// message published there from now on (unless `receives` is false).
     /// Once the hub is draining, the membership comes closed.
     pub fn join(&self, room: RoomName, receives: bool) -> Result<Subscription, RoomsFull> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let member = Arc::new(Member::new(id, receives));
-        let shard = self.shard(&room);
-        // Under the shard's lock: a room is only removed under it too, so
-        // the room found here stays in the map while this member joins.
-        let mut found = {
-            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
-            map.get(&room).cloned().map(|r| (r, map))
-        };
-        let mut created = None;
-        if found.is_none() {
-            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
-            if !map.contains_key(&room) {
-                // Counted across shards, so the cap holds whichever shard
-                // the new room falls in.
-                let counted =
-                    self.room_count
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
-                        });
-                if counted.is_err() {
-                    return Err(RoomsFull);
-                }
-                self.rooms_active.inc();
-                map.insert(room.clone(), Arc::new(Room::new(room.clone())));
-            }
-            created = Some(map);
-        }
-        let (arc, key, cursor) = {
-            let arc = match (&mut found, &created) {
-                (Some((r, _)), _) => r.clone(),
-                (None, Some(map)) => map[&room].clone(),
-                (None, None) => unreachable!("either found or created"),
-            };
+        // No shard lock is held while waiting for the room's: a room found
+        // removed by the time its lock is taken (emptied, or closed) is
+        // looked up again.
+        loop {
+            let arc = self.room_or_create(&room)?;
             let mut state = arc.lock();
+            if state.removed {
+                continue;
+            }
             let cursor = state.log.head();
             member.cursor.store(cursor, Ordering::Relaxed);
             let key = state.members.insert(Record {
@@ -353,7 +409,9 @@ impl Hub {
                 skip_to: None,
                 held: VecDeque::new(),
                 dropping: false,
+                skips_own: false,
                 slept: u64::MAX,
+                waker: None,
             });
             if receives {
                 state.receivers += 1;
@@ -367,23 +425,21 @@ impl Hub {
                 member.close(Ending::Shutdown);
             }
             drop(state);
-            (arc, key, cursor)
-        };
-        drop(found);
-        drop(created);
-        Ok(Subscription {
-            id,
-            room: arc,
-            member,
-            key,
-            cursor,
-        })
+            return Ok(Subscription {
+                id,
+                room: arc,
+                member,
+                key,
+                cursor,
+            });
+        }
     }
 
     /// Removes a client from its room (the room goes when it empties) and
-    /// closes its membership. Idempotent.
-    pub fn leave(&self, subscription: &Subscription) {
-        self.leave_taking(subscription, |_| {});
+    /// closes its membership. Idempotent. Returns what it was due, for the
+    /// counts: messages `drop_newest` dropped for it.
+    pub fn leave(&self, subscription: &Subscription) -> Left {
+        self.leave_taking(subscription, |_| {})
     }
 
     /// [`Hub::leave`], handing `sink` first every message still due to the
@@ -393,31 +449,27 @@ impl Hub {
         let mut left = Left::default();
         let empty = {
             let mut state = room.lock();
-            let ours = state
-                .members
-                .get(subscription.key)
-                .is_some_and(|r| Arc::ptr_eq(&r.member, &subscription.member));
-            if !ours {
+            if !subscription.owns(&state) {
                 return left;
             }
-            let record = state.members.remove(subscription.key);
+            let mut record = state.members.remove(subscription.key);
             if record.member.receives {
-                record.held.iter().for_each(&mut sink);
-                left.sent = record.held.len() as u64;
-                let from = subscription
-                    .cursor
-                    .max(record.skip_to.unwrap_or(0))
-                    .max(state.log.first());
                 let head = state.log.head();
                 if record.dropping {
-                    left.dropped = state.log.count_for(from, head, Some(subscription.id));
+                    left.sent = record.held.len() as u64;
+                    record.held.iter().for_each(&mut sink);
+                    let from = record.position(subscription.cursor, &state.log);
+                    left.dropped = state.log.count_for(from, head, record.skipping());
                 } else {
-                    for (frame, sender) in state.log.range(from, head) {
-                        if sender != subscription.id {
-                            sink(frame);
-                            left.sent += 1;
-                        }
-                    }
+                    let mut cursor = subscription.cursor;
+                    let (messages, _) = take(
+                        &state.log,
+                        &mut record,
+                        &mut cursor,
+                        Batch::UNBOUNDED,
+                        &mut sink,
+                    );
+                    left.sent = messages as u64;
                 }
                 self.lose_receiver(&mut state, &room.name);
             }
@@ -459,7 +511,7 @@ impl Hub {
     }
 
     /// Appends `frame` to `room`'s log for everyone there who receives,
-    /// except the member `skip` (a sender that does not want its own
+    /// except `skip`'s member (a sender that does not want its own
     /// messages back), and wakes those waiting for it. When a lag check is
     /// due it runs here; members it finds past their limits whose writers
     /// had not yet run go into `backlog`, for a publisher that can wait.
@@ -467,33 +519,57 @@ impl Hub {
         &self,
         room: &Arc<Room>,
         frame: &Frame,
-        skip: Option<ClientId>,
+        skip: Option<&Subscription>,
         backlog: Option<&mut Backlog>,
     ) -> Published {
         let mut published = Published::default();
-        let mut emptied = false;
-        WAKING.with_borrow_mut(|waking| {
+        let mut waking = WAKING.take();
+        let emptied = {
+            let mut state = room.lock();
+            if state.removed || state.receivers == 0 {
+                return published;
+            }
+            let head = state.log.head();
+            let mut skipped = 0;
+            if let Some(sender) = skip
+                && sender.owns(&state)
             {
-                let mut state = room.lock();
-                if state.removed || state.receivers == 0 {
-                    return;
+                let RoomState { log, members, .. } = &mut *state;
+                let record = &mut members[sender.key];
+                record.skips_own = true;
+                // Up to date: it stays so, past its own message, and that
+                // message never counts towards its lag.
+                if record.position(sender.member.cursor.load(Ordering::Relaxed), log) == head {
+                    record.skip_to = Some(head + 1);
                 }
-                published.queued = state.receivers - usize::from(skip.is_some());
-                let size = frame.payload().len() as u64;
-                state.log.append(frame.clone(), skip.unwrap_or(0));
-                state.unchecked.0 += 1;
-                state.unchecked.1 += size;
-                if self.check_due(&state) {
-                    published.dropped = self.check(&mut state, &room.name, backlog);
-                    emptied = state.members.is_empty();
-                }
-                if !state.sleepers.is_empty() {
-                    std::mem::swap(&mut state.sleepers, waking);
-                    state.wakeups += 1;
+                skipped = usize::from(record.member.receives);
+            }
+            published.queued = state.receivers - skipped;
+            let size = frame.payload().len() as u64;
+            state.log.append(frame.clone(), skip.map_or(0, |s| s.id));
+            state.unchecked.messages += 1;
+            state.unchecked.bytes += size;
+            if self.check_due(&state) {
+                published.dropped = self.check(&mut state, &room.name, backlog);
+            }
+            let RoomState {
+                members,
+                sleepers,
+                wakeups,
+                ..
+            } = &mut *state;
+            for key in sleepers.drain(..) {
+                if let Some(r) = members.get_mut(key)
+                    && let Some(w) = r.waker.take()
+                {
+                    waking.push(w);
                 }
             }
-            waking.drain(..).for_each(Waker::wake);
-        });
+            *wakeups += 1;
+            state.members.is_empty()
+        };
+        waking.drain(..).for_each(Waker::wake);
+        WAKING.set(waking);
         if emptied {
             self.remove_if_empty(room);
         }
@@ -509,22 +585,27 @@ impl Hub {
         }
     }
 
-    /// Whether the log holds more than the limits and a quarter of them
-    /// was appended since the last check.
+    /// Whether a quarter of the limits was appended since the last check.
     fn check_due(&self, state: &RoomState) -> bool {
         let l = &self.limits;
-        let (messages, bytes) = state.unchecked;
-        (messages >= (l.messages as u64 / 4).max(1) || bytes >= (l.bytes as u64 / 4).max(1))
-            && l.exceeded(state.log.lag(state.log.first()), 1)
+        state.unchecked.messages >= (l.messages as u64 / 4).max(1)
+            || state.unchecked.bytes >= (l.bytes as u64 / 4).max(1)
     }
 
     /// Looks at every receiving member's lag, applies the policy to those
     /// past the limits (see the module docs), then lets the log go of what
     /// no member needs. Returns the messages dropped.
     fn check(&self, state: &mut RoomState, room: &str, mut backlog: Option<&mut Backlog>) -> u64 {
-        state.unchecked = (0, 0);
+        state.unchecked = Unchecked::default();
         let l = self.limits;
+        let half = LagLimits {
+            messages: (l.messages / 2).max(1),
+            bytes: (l.bytes / 2).max(1),
+            ..l
+        };
         let head = state.log.head();
+        // Never more than twice the limits, whoever is behind.
+        let hard_tail = state.log.oldest_within(state.log.first(), &l, 2);
         let mut keep_from = head;
         let mut dropped = 0;
         let mut evicted = Vec::new();
@@ -534,37 +615,31 @@ impl Hub {
             if !m.receives {
                 continue;
             }
-            let at = m
-                .cursor
-                .load(Ordering::Acquire)
-                .max(record.skip_to.unwrap_or(0))
-                .max(log.first());
-            // Closed and about to leave (shutdown): it takes what is due
-            // on the way out, within the hard bound.
-            if m.is_closed() {
-                keep_from = keep_from.min(at);
-                continue;
-            }
+            let at = record.position(m.cursor.load(Ordering::Acquire), log);
+            let skipping = record.skipping();
             // Still taking the window it kept (`drop_newest`): what came
             // since is dropped for it.
             if record.dropping {
-                dropped += log.count_for(at, head, Some(m.id));
+                dropped += log.count_for(at, head, skipping);
                 record.skip_to = Some(head);
-                keep_from = keep_from.min(head);
+                continue;
+            }
+            // Closed and about to leave (shutdown): it takes what is due on
+            // its way out, within the hard bound; what that cuts is dropped.
+            if m.is_closed() {
+                if at < hard_tail {
+                    dropped += log.count_for(at, hard_tail, skipping);
+                    record.skip_to = Some(hard_tail);
+                }
+                keep_from = keep_from.min(at.max(hard_tail));
                 continue;
             }
             let lag = log.lag(at);
             let over = l.exceeded(lag, 1);
-            let over_hard = l.exceeded(lag, 2);
-            let slow = m.socket_full.load(Ordering::Relaxed);
-            let policy_applies = over_hard || (over && slow);
+            let policy_applies =
+                l.exceeded(lag, 2) || (over && m.socket_full.load(Ordering::Relaxed));
             if !policy_applies {
                 if over && let Some(b) = backlog.as_deref_mut() {
-                    let half = LagLimits {
-                        messages: (l.messages / 2).max(1),
-                        bytes: (l.bytes / 2).max(1),
-                        ..l
-                    };
                     b.members.push((m.clone(), log.oldest_within(at, &half, 1)));
                 }
                 keep_from = keep_from.min(at);
@@ -572,12 +647,12 @@ impl Hub {
             }
             match l.on_overflow {
                 OnOverflow::Disconnect => {
-                    dropped += log.count_for(at, head, Some(m.id));
+                    dropped += log.count_for(at, head, skipping);
                     evicted.push(key);
                 }
                 OnOverflow::DropOldest => {
                     let to = log.oldest_within(at, &l, 1);
-                    dropped += log.count_for(at, to, Some(m.id));
+                    dropped += log.count_for(at, to, skipping);
                     record.skip_to = Some(to);
                     keep_from = keep_from.min(to);
                 }
@@ -585,13 +660,12 @@ impl Hub {
                     let keep = log.newest_within(at, &l);
                     record.held.extend(
                         log.range(at, keep)
-                            .filter(|(_, sender)| *sender != m.id)
+                            .filter(|(_, sender)| Some(*sender) != skipping)
                             .map(|(frame, _)| frame.clone()),
                     );
-                    dropped += log.count_for(keep, head, Some(m.id));
+                    dropped += log.count_for(keep, head, skipping);
                     record.skip_to = Some(head);
                     record.dropping = true;
-                    keep_from = keep_from.min(head);
                 }
             }
         }
@@ -600,8 +674,6 @@ impl Hub {
             record.member.close(Ending::Evicted);
             self.lose_receiver(state, room);
         }
-        // Never more than twice the limits, whoever is behind.
-        let hard_tail = state.log.oldest_within(state.log.first(), &l, 2);
         state.log.trim(keep_from.max(hard_tail));
         dropped
     }
@@ -623,19 +695,17 @@ impl Hub {
     /// Removes every member of `room` and closes each with `farewell`
     /// (a Close frame); returns how many there were.
     pub fn close_room(&self, room: &str, farewell: &Bytes) -> usize {
-        let removed = {
-            let mut map = self
-                .shard(room)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let removed = map.remove(room);
-            if removed.is_some() {
-                self.room_count.fetch_sub(1, Ordering::Relaxed);
-                self.rooms_active.dec();
-            }
-            removed
+        // Under the shard's lock throughout: a room of the same name joined
+        // meanwhile tells the interest `add` only after this `remove`.
+        let mut map = self
+            .shard(room)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(r) = map.remove(room) else {
+            return 0;
         };
-        let Some(r) = removed else { return 0 };
+        self.room_count.fetch_sub(1, Ordering::Relaxed);
+        self.rooms_active.dec();
         // The members stay until each leaves, taking what was published
         // before the close; nothing more can be.
         let mut state = r.lock();
@@ -670,17 +740,14 @@ impl Hub {
     pub fn ping_all(&self) {
         self.each_room(|room| {
             let mut state = room.lock();
-            if state.log.is_empty() {
-                state.members.iter().for_each(|(_, r)| r.member.ping());
-                return;
-            }
             let mut keep_from = state.log.head();
             for (_, record) in &state.members {
                 record.member.ping();
                 // A closed member still takes what is due on its way out.
                 if record.member.receives {
-                    let at = record.member.cursor.load(Ordering::Acquire);
-                    keep_from = keep_from.min(at.max(record.skip_to.unwrap_or(0)));
+                    let at =
+                        record.position(record.member.cursor.load(Ordering::Acquire), &state.log);
+                    keep_from = keep_from.min(at);
                 }
             }
             state.log.trim(keep_from);
@@ -727,6 +794,48 @@ impl Hub {
     }
 }
 
+/// Hands `sink` the messages from `cursor` on, within `batch`, leaving out
+/// those the member skips (its own), and moves `cursor` past them; returns
+/// the messages and payload bytes handed over.
+fn take(
+    log: &Log,
+    record: &mut Record,
+    cursor: &mut Offset,
+    batch: Batch,
+    sink: &mut impl FnMut(&Frame),
+) -> (usize, usize) {
+    let mut taken = (0, 0);
+    // The window kept by `drop_newest` goes first.
+    while let Some(frame) = record.held.front() {
+        let size = frame.payload().len();
+        if !batch.admits(taken, size) {
+            return taken;
+        }
+        sink(frame);
+        taken = (taken.0 + 1, taken.1 + size);
+        record.held.pop_front();
+    }
+    if taken.0 > 0 {
+        record.held = VecDeque::new();
+        return taken;
+    }
+    let skipping = record.skipping();
+    *cursor = record.position(*cursor, log);
+    record.skip_to = None;
+    for (frame, sender) in log.range(*cursor, log.head()) {
+        let size = frame.payload().len();
+        if !batch.admits(taken, size) {
+            break;
+        }
+        *cursor += 1;
+        if Some(sender) != skipping {
+            sink(frame);
+            taken = (taken.0 + 1, taken.1 + size);
+        }
+    }
+    taken
+}
+
 impl Room {
     fn new(name: RoomName) -> Self {
         Self {
@@ -737,7 +846,7 @@ impl Room {
                 receivers: 0,
                 sleepers: Vec::new(),
                 wakeups: 0,
-                unchecked: (0, 0),
+                unchecked: Unchecked::default(),
                 removed: false,
             }),
         }
@@ -752,7 +861,8 @@ impl Room {
     }
 
     /// Messages in the room's log now.
-    pub fn log_len(&self) -> usize {
+    #[cfg(test)]
+    fn log_len(&self) -> usize {
         self.lock().log.len()
     }
 }
@@ -845,6 +955,15 @@ impl Member {
 }
 
 impl Subscription {
+    /// Whether the record under its key is still this membership's: a
+    /// membership that has ended may have had its key reused.
+    fn owns(&self, state: &RoomState) -> bool {
+        state
+            .members
+            .get(self.key)
+            .is_some_and(|r| Arc::ptr_eq(&r.member, &self.member))
+    }
+
     /// Hands `sink` the messages from this member's cursor on, oldest
     /// first: at least one, then more while within `max_frames` and
     /// `max_bytes` of payload. A due ping comes first; an ended membership
@@ -870,7 +989,7 @@ impl Subscription {
         }
         let mut state = self.room.lock();
         // Ended while this task waited for the lock: the record may be gone.
-        if member.is_closed() {
+        if member.is_closed() || !self.owns(&state) {
             return Poll::Ready(Taken::Closed);
         }
         let RoomState {
@@ -881,56 +1000,40 @@ impl Subscription {
             ..
         } = &mut *state;
         let record = &mut members[self.key];
-        let (mut messages, mut bytes) = (0, 0);
-        // The window kept by `drop_newest` goes first.
-        while let Some(frame) = record.held.front() {
-            let size = frame.payload().len();
-            if messages > 0 && (messages >= max_frames || bytes + size > max_bytes) {
-                break;
-            }
-            sink(frame);
-            messages += 1;
-            bytes += size;
-            record.held.pop_front();
-        }
-        if messages > 0 {
-            if record.held.is_empty() {
-                record.held = VecDeque::new();
-            }
-            return Poll::Ready(Taken::Frames {
-                messages,
-                bytes,
-                dropped: 0,
-            });
-        }
-        let mut cursor = self
-            .cursor
-            .max(record.skip_to.take().unwrap_or(0))
-            .max(log.first());
         let mut dropped = 0;
         // Taken all it kept: what was published meanwhile was dropped.
-        if std::mem::take(&mut record.dropping) {
-            dropped = log.count_for(cursor, log.head(), Some(self.id));
-            cursor = log.head();
+        if record.dropping && record.held.is_empty() {
+            record.dropping = false;
+            let from = record.position(self.cursor, log);
+            dropped = log.count_for(from, log.head(), record.skipping());
+            record.skip_to = Some(log.head());
         }
-        for (frame, sender) in log.range(cursor, log.head()) {
-            let size = frame.payload().len();
-            if messages > 0 && (messages >= max_frames || bytes + size > max_bytes) {
-                break;
-            }
-            cursor += 1;
-            if sender != self.id {
-                sink(frame);
-                messages += 1;
-                bytes += size;
-            }
+        let batch = Batch {
+            max_frames,
+            max_bytes,
+        };
+        let mut cursor = self.cursor;
+        let (messages, bytes) = take(log, record, &mut cursor, batch, &mut sink);
+        if cursor != self.cursor {
+            self.cursor = cursor;
+            member.cursor.store(cursor, Ordering::Release);
         }
-        self.cursor = cursor;
-        member.cursor.store(cursor, Ordering::Release);
         if messages == 0 && dropped == 0 {
+            match &record.waker {
+                Some(w) if w.will_wake(task.waker()) => {}
+                _ => record.waker = Some(task.waker().clone()),
+            }
             if record.slept != *wakeups {
                 record.slept = *wakeups;
-                sleepers.push(task.waker().clone());
+                sleepers.push(self.key);
+                // Keys of members that left stay until the next publish;
+                // in a room that publishes rarely, they must not pile up.
+                if sleepers.len() > 2 * members.len() + 16 {
+                    let now = *wakeups;
+                    sleepers.retain(|k| members.get(*k).is_some_and(|r| r.slept == now));
+                    sleepers.sort_unstable();
+                    sleepers.dedup();
+                }
             }
             return Poll::Pending;
         }
@@ -939,14 +1042,6 @@ impl Subscription {
             bytes,
             dropped,
         })
-    }
-
-    /// Messages waiting for this member now (its own left out).
-    pub fn lag(&self) -> u64 {
-        let state = self.room.lock();
-        state
-            .log
-            .count_for(self.cursor, state.log.head(), Some(self.id))
     }
 }
 
@@ -1009,8 +1104,12 @@ mod tests {
         let hub = hub(8, OnOverflow::Disconnect);
         let mut sender = join(&hub);
         let mut other = join(&hub);
-        let skip = Some(sender.id);
-        let p = hub.publish_to(&sender.room, &Frame::new(true, b"mine"), skip, None);
+        let p = hub.publish_to(
+            &sender.room,
+            &Frame::new(true, b"mine"),
+            Some(&sender),
+            None,
+        );
         assert_eq!(p.queued, 1);
         publish(&hub, &other, b"theirs");
         let payloads = |v: Vec<Frame>| v.iter().map(|f| f.payload().to_vec()).collect::<Vec<_>>();
@@ -1128,6 +1227,54 @@ mod tests {
     }
 
     #[test]
+    fn members_that_slept_and_left_leave_nothing_behind() {
+        let hub = hub(8, OnOverflow::Disconnect);
+        let mut cx = Context::from_waker(Waker::noop());
+        let _stays = join(&hub);
+        // No message for a long time, while clients come, wait and go.
+        for _ in 0..10_000 {
+            let mut s = join(&hub);
+            assert!(s.poll_take(&mut cx, 8, usize::MAX, |_| {}).is_pending());
+            hub.leave(&s);
+        }
+        let state = _stays.room.lock();
+        // Compacted whenever it passes twice the members (and a few).
+        assert!(state.sleepers.len() < 32, "{}", state.sleepers.len());
+        assert!(state.members.iter().all(|(_, r)| r.waker.is_none()));
+    }
+
+    #[test]
+    fn a_busy_room_lets_go_of_what_everyone_took_without_pings() {
+        let hub = hub(64, OnOverflow::Disconnect);
+        let mut a = join(&hub);
+        let mut b = join(&hub);
+        for i in 0..1000u32 {
+            publish(&hub, &a, &i.to_le_bytes());
+            take(&mut a);
+            take(&mut b);
+            // Trimmed at every quarter of the limits appended.
+            assert!(a.room.log_len() <= 64 / 4, "{}", a.room.log_len());
+        }
+    }
+
+    #[test]
+    fn a_senders_own_skipped_messages_do_not_count_towards_its_lag() {
+        let hub = hub(4, OnOverflow::Disconnect);
+        // Sends without echo, reads nothing, socket full: only what others
+        // send counts against it.
+        let sender = join(&hub);
+        sender.member.set_socket_full(true);
+        let mut other = join(&hub);
+        for i in 0..100u8 {
+            hub.publish_to(&sender.room, &Frame::new(true, &[i]), Some(&sender), None);
+            take(&mut other);
+        }
+        assert!(!sender.member.is_closed());
+        // Only what `other` had not taken at the last check is kept.
+        assert!(other.room.log_len() <= 1);
+    }
+
+    #[test]
     fn pings_come_first_and_an_ended_membership_reports_only_that() {
         let hub = hub(4, OnOverflow::Disconnect);
         let mut a = join(&hub);
@@ -1197,7 +1344,7 @@ mod tests {
 
         let m = Frame::new(true, b"to a");
         // Publish-only members hear nothing; the sender can be skipped.
-        assert_eq!(hub.publish_to(&a1.room, &m, Some(a1.id), None).queued, 1);
+        assert_eq!(hub.publish_to(&a1.room, &m, Some(&a1), None).queued, 1);
         assert_eq!(take(&mut a2).len(), 1);
         assert!(take(&mut a1).is_empty() && take(&mut b).is_empty() && take(&mut a3).is_empty());
         assert_eq!(hub.publish("nowhere", &m), Published::default());
@@ -1326,7 +1473,7 @@ mod tests {
                                     let id = m.sub.id;
                                     let payload =
                                         [id.to_le_bytes(), u64::to_le_bytes(seq)].concat();
-                                    let skip = m.skip_own.then_some(id);
+                                    let skip = m.skip_own.then_some(&m.sub);
                                     hub.publish_to(
                                         &m.sub.room,
                                         &Frame::new(false, &payload),

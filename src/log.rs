@@ -1,27 +1,14 @@
 //! A room's log: every message published into one room, appended once, in
-//! order, each at the next offset, and the bounds on how far a subscriber
-//! may fall behind it.
+//! order, each at the next offset, and the limits on how far behind it a
+//! reader may fall.
 //!
-//! A subscriber is an offset into its room's log (its cursor): it has been
-//! sent everything before it. Publishing appends one shared frame, whatever
-//! the number of subscribers; each subscriber's writer takes the frames from
-//! its cursor to the head. How far behind a subscriber is (its lag, in
-//! messages and payload bytes) is what the slow-consumer policy judges:
-//!
-//! - within [`LagLimits`] (`messages`, `bytes`): fine;
-//! - past them while its socket refuses bytes: slow, and `on_overflow`
-//!   applies (`disconnect`: closed with 1008; `drop_oldest`: its cursor
-//!   jumps forward to within the limits; `drop_newest`: it takes what is
-//!   within the limits from where it stands, then jumps to the head);
-//! - past them while its socket takes bytes: it has simply not had its turn
-//!   (a sender's burst was parsed and published in one go); the publisher
-//!   waits for it, if it can, and it is never evicted for that;
-//! - past twice the limits: the log lets the oldest go whatever the socket,
-//!   so a room holds at most twice the limits (or two messages of any size,
-//!   since one message larger than the byte limit must still get through).
-//!
-//! One message of any size is always within the limits: a lag of one
-//! message never counts.
+//! A reader is an offset into the log (its cursor): it has had everything
+//! before it. Its lag, the messages and payload bytes from its cursor to
+//! the head, is a subtraction. [`LagLimits`] bounds it; what happens to a
+//! reader past them (the slow-consumer policy, [`OnOverflow`]) is decided
+//! by whoever keeps the readers (`hub`). One message of any size is always
+//! within the limits: a lag of one message never counts, nor two at twice
+//! the limits, so a message larger than the byte limit still gets through.
 //!
 //! It knows frames and offsets; nothing of members, sockets or the
 //! configuration file.
@@ -32,9 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::Frame;
 
-/// The slow-consumer policy: what happens to a subscriber that falls past
-/// its lag limits (`client.queue_messages`, `client.queue_bytes`) while
-/// its socket refuses bytes.
+/// The slow-consumer policy: what happens to a reader that falls past its
+/// lag limits and cannot keep up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnOverflow {
@@ -47,7 +33,7 @@ pub enum OnOverflow {
     DropNewest,
 }
 
-/// How far a subscriber may fall behind its room's log, and what happens
+/// How far a reader may fall behind its room's log, and what happens
 /// beyond that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LagLimits {
@@ -71,8 +57,8 @@ impl LagLimits {
 /// A position in a room's log: the offset of the next message to send.
 pub type Offset = u64;
 
-/// Who published an entry, so a sender that does not want its own messages
-/// back can skip them (0: nobody in the room, such as the HTTP API).
+/// Who skips an entry: the member that published it without wanting its
+/// own messages back (0: nobody skips it).
 pub type Sender = u64;
 
 struct Entry {
@@ -83,7 +69,8 @@ struct Entry {
     before: u64,
 }
 
-/// The messages of one room still needed by someone, oldest first.
+/// The messages of one room from the oldest a reader may still need,
+/// oldest first; trimmed by its keeper.
 #[derive(Default)]
 pub struct Log {
     entries: VecDeque<Entry>,
@@ -226,10 +213,12 @@ impl Log {
     }
 
     /// Messages in the log.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

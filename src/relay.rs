@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::hub::{Backlog, ClientId, Hub, Published, Room};
+use crate::hub::{Backlog, Hub, Published, Room, Subscription};
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Frame;
 
@@ -38,15 +38,15 @@ impl Relay {
     }
 
     /// Publishes a member's message into its `room`: to this node's
-    /// members (skipping `skip`, a sender that receives but does not want
-    /// its own messages back) and to the remote, if any. Members the
+    /// members (but `skip`'s, a sender that receives but does not want its
+    /// own messages back) and to the remote, if any. Members the
     /// publish found past their limits while their writers had not run go
     /// into `backlog`, for the publisher to wait for.
     pub fn publish_from(
         &self,
         room: &Arc<Room>,
         frame: &Frame,
-        skip: Option<ClientId>,
+        skip: Option<&Subscription>,
         backlog: Option<&mut Backlog>,
     ) -> Published {
         let published = self.hub.publish_to(room, frame, skip, backlog);

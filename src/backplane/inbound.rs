@@ -29,8 +29,10 @@ use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::Relay;
 use crate::wire::Frame;
 
-/// Deliveries a worker makes before it lets other tasks on its thread run.
-const DELIVERIES_PER_TURN: usize = 16 * 1024;
+/// Messages a worker delivers before it lets other tasks on its thread
+/// run. Each is one append to its room's log, whatever the room's size,
+/// and a wake-up for each member waiting for it.
+const MESSAGES_PER_TURN: usize = 1024;
 
 /// What the broker brought, queued per worker.
 pub(super) struct Inbound {
@@ -102,7 +104,7 @@ impl Inbound {
     pub async fn fan_out(&self, worker: usize, relay: &Relay) {
         let queue = &self.workers[worker];
         let mut batch = VecDeque::new();
-        let mut deliveries = 0;
+        let mut delivered = 0;
         loop {
             queue.ready().await;
             queue.take(&mut batch, usize::MAX);
@@ -113,12 +115,10 @@ impl Inbound {
                     continue;
                 };
                 self.metrics.received.inc();
-                let published = relay.deliver(m.room, &Frame::new(m.text, m.payload));
-                // Each message counts, delivered to anyone or not, so a
-                // stream that reaches no one still lets the thread go.
-                deliveries += published.queued.max(1);
-                if deliveries >= DELIVERIES_PER_TURN {
-                    deliveries = 0;
+                relay.deliver(m.room, &Frame::new(m.text, m.payload));
+                delivered += 1;
+                if delivered >= MESSAGES_PER_TURN {
+                    delivered = 0;
                     tokio::task::yield_now().await;
                 }
             }

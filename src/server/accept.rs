@@ -190,7 +190,9 @@ async fn serve_http<IO>(
                 .tracker
                 .spawn(connection::serve(io, client, subscription, cx));
         }
-        None => shared.conn.relay.hub.leave(&subscription),
+        None => {
+            shared.conn.relay.hub.leave(&subscription);
+        }
     }
 }
 

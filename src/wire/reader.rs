@@ -55,12 +55,14 @@ pub struct Reader {
     /// The start of a frame whose remaining bytes have not arrived yet, or
     /// whole frames not yet parsed because `on` paused.
     partial: BytesMut,
-    message: Option<Fragmented>,
+    /// Boxed, as `discarding`: rare, and an idle client's reader should be
+    /// small (it lives in every client's task).
+    message: Option<Box<Fragmented>>,
     max_message: usize,
     /// `on` stopped the last `feed` early: `partial` may hold whole frames.
     paused: bool,
     /// Set once nothing more is parsed, only skipped.
-    discarding: Option<Discard>,
+    discarding: Option<Box<Discard>>,
     /// How much of an incomplete text frame has been checked as UTF-8.
     arriving: ArrivingText,
 }
@@ -154,7 +156,7 @@ impl Reader {
     /// Close frame has been seen (in `data` or earlier).
     pub fn discard(&mut self, data: &[u8]) -> bool {
         let partial = std::mem::take(&mut self.partial);
-        let d = self.discarding.get_or_insert_with(Discard::default);
+        let d = self.discarding.get_or_insert_with(Box::default);
         d.skip(&partial);
         self.message = None;
         self.arriving = ArrivingText::default();
@@ -178,7 +180,7 @@ impl Reader {
             }
             None => d.lost = true,
         }
-        self.discarding = Some(d);
+        self.discarding = Some(Box::new(d));
     }
 
     /// Parses whole frames from `buf`; returns how many bytes were used.
@@ -352,7 +354,7 @@ impl Reader {
                     valid_up_to: 0,
                 };
                 m.check_utf8(false)?;
-                self.message = Some(m);
+                self.message = Some(Box::new(m));
                 Ok(None)
             }
             CONTINUATION => {
