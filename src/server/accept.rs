@@ -184,7 +184,7 @@ async fn serve_http<IO>(
             let io = TokioIo::new(upgraded);
             let cx = shared.conn.clone();
             // A task of its own: this one's state is sized for the TLS and
-            // HTTP phases (about 5.5 KiB), the client's needs about 1.5 KiB,
+            // HTTP phases (about 5.5 KiB), the client's future 560 B,
             // and an idle client should hold only what it uses.
             shared
                 .tracker
