@@ -148,6 +148,12 @@ struct RoomState {
     wakeups: u64,
     /// Appended since the last lag check.
     unchecked: Unchecked,
+    /// Members the last lag check found past their limits while their
+    /// writers had not yet run, each with the offset it must reach: every
+    /// client that publishes here waits for them, not only the one whose
+    /// publish ran the check, so several senders bursting at once do not
+    /// take a reader to the hard bound between checks.
+    behind: Vec<(Arc<Member>, Offset)>,
     /// Taken out of the hub's map (emptied, or closed by an operator):
     /// whoever finds it so looks again.
     removed: bool,
@@ -259,6 +265,14 @@ pub struct Backlog {
 impl Backlog {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// Whether a publisher still waits for `member` to reach `target`: not
+    /// if it did, left, or turned out slow (its socket refuses bytes).
+    fn waits_for(member: &Member, target: Offset) -> bool {
+        !member.is_closed()
+            && !member.socket_full.load(Ordering::Relaxed)
+            && member.cursor.load(Ordering::Acquire) < target
     }
 }
 
@@ -550,7 +564,16 @@ impl Hub {
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {
-                published.dropped = self.check(&mut state, &room.name, backlog);
+                published.dropped = self.check(&mut state, &room.name);
+            }
+            if let Some(b) = backlog
+                && b.members.is_empty()
+                && !state.behind.is_empty()
+            {
+                state
+                    .behind
+                    .retain(|(m, target)| Backlog::waits_for(m, *target));
+                b.members.extend(state.behind.iter().cloned());
             }
             let RoomState {
                 members,
@@ -595,8 +618,9 @@ impl Hub {
     /// Looks at every receiving member's lag, applies the policy to those
     /// past the limits (see the module docs), then lets the log go of what
     /// no member needs. Returns the messages dropped.
-    fn check(&self, state: &mut RoomState, room: &str, mut backlog: Option<&mut Backlog>) -> u64 {
+    fn check(&self, state: &mut RoomState, room: &str) -> u64 {
         state.unchecked = Unchecked::default();
+        state.behind.clear();
         let l = self.limits;
         let half = LagLimits {
             messages: (l.messages / 2).max(1),
@@ -609,7 +633,12 @@ impl Hub {
         let mut keep_from = head;
         let mut dropped = 0;
         let mut evicted = Vec::new();
-        let RoomState { log, members, .. } = state;
+        let RoomState {
+            log,
+            members,
+            behind,
+            ..
+        } = state;
         for (key, record) in members.iter_mut() {
             let m = &record.member;
             if !m.receives {
@@ -639,8 +668,8 @@ impl Hub {
             let policy_applies =
                 l.exceeded(lag, 2) || (over && m.socket_full.load(Ordering::Relaxed));
             if !policy_applies {
-                if over && let Some(b) = backlog.as_deref_mut() {
-                    b.members.push((m.clone(), log.oldest_within(at, &half, 1)));
+                if over {
+                    behind.push((m.clone(), log.oldest_within(at, &half, 1)));
                 }
                 keep_from = keep_from.min(at);
                 continue;
@@ -681,11 +710,9 @@ impl Hub {
     /// Drops from `backlog` the members whose writers have caught up (or
     /// turned out slow, or left); true when none is left to wait for.
     pub fn caught_up(&self, backlog: &mut Backlog) -> bool {
-        backlog.members.retain(|(m, target)| {
-            !m.is_closed()
-                && !m.socket_full.load(Ordering::Relaxed)
-                && m.cursor.load(Ordering::Acquire) < *target
-        });
+        backlog
+            .members
+            .retain(|(m, target)| Backlog::waits_for(m, *target));
         if backlog.members.is_empty() && backlog.members.capacity() > 16 {
             backlog.members = Vec::new();
         }
@@ -751,6 +778,10 @@ impl Hub {
                 }
             }
             state.log.trim(keep_from);
+            // Nobody waits for members that caught up or left.
+            state
+                .behind
+                .retain(|(m, target)| Backlog::waits_for(m, *target));
         });
     }
 
@@ -847,6 +878,7 @@ impl Room {
                 sleepers: Vec::new(),
                 wakeups: 0,
                 unchecked: Unchecked::default(),
+                behind: Vec::new(),
                 removed: false,
             }),
         }
@@ -1201,6 +1233,31 @@ mod tests {
             hub.publish_to(&behind.room, &Frame::new(true, &[i]), None, None);
         }
         assert_eq!(behind.member.ending(), Some(Ending::Evicted));
+    }
+
+    #[test]
+    fn every_sender_waits_for_a_reader_behind_not_only_the_one_that_found_it() {
+        let hub = hub(16, OnOverflow::Disconnect);
+        let mut reader = join(&hub);
+        let senders: Vec<Subscription> = (0..8)
+            .map(|_| hub.join("".into(), false).unwrap())
+            .collect();
+        let mut backlogs: Vec<Backlog> = (0..8).map(|_| Backlog::default()).collect();
+        // Each sender bursts until it is told to wait, before the reader's
+        // writer runs at all: together they must not take it to the hard
+        // bound (32 behind).
+        for (s, b) in senders.iter().zip(&mut backlogs) {
+            for i in 0..32u8 {
+                hub.publish_to(&s.room, &Frame::new(true, &[i]), None, Some(&mut *b));
+                if !b.is_empty() {
+                    break;
+                }
+            }
+            assert!(!b.is_empty());
+        }
+        assert!(!reader.member.is_closed());
+        assert!(take(&mut reader).len() <= 16 + 16 / 4 + 8);
+        assert!(backlogs.iter_mut().all(|b| hub.caught_up(b)));
     }
 
     #[test]
