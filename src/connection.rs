@@ -50,7 +50,7 @@ use tracing::debug;
 
 use crate::hub::{Backlog, Ending, Member, Role, Subscription, Taken};
 use crate::limits::{OnRateExceeded, Permit, RateLimit};
-use crate::metrics::{DisconnectReason, DropReason, Metrics};
+use crate::metrics::{DisconnectReason, DropReason};
 use crate::relay::Relay;
 use crate::upgrade::Client;
 use crate::wire::{self, Frame, Incoming, Reader, Violation};
@@ -196,6 +196,7 @@ enum Event {
 /// keep a place of their own in it for its whole life.
 pub fn serve<S>(
     io: S,
+    read_ahead: Bytes,
     client: Client,
     subscription: Subscription,
     cx: Arc<ConnectionContext>,
@@ -206,6 +207,7 @@ where
     cx.relay.metrics.connected();
     debug!(peer = %client.peer, ip = %client.ip, id = subscription.id, "client connected");
     let mut session = Session::new(io, client, subscription, &cx);
+    session.reader.preload(&read_ahead);
     async move {
         let event = poll_fn(|task| session.poll_active(task, &cx)).await;
         // Boxed: the close phase runs once per client, and its futures and
@@ -262,7 +264,7 @@ where
             role: client.role,
             _permit: client.permit,
             reader: Reader::new(cx.max_message_size),
-            outbox: Outbox::new(cx.write_timeout),
+            outbox: Outbox::new(),
             rate: RateLimit::new(cx.rate_limit.0, cx.rate_limit.1).map(Box::new),
             last_heard: cx.keepalive.as_ref().map_or(0, KeepAlive::now),
             backlog: Backlog::default(),
@@ -278,12 +280,10 @@ where
         if self.subscription.member.is_closed() {
             return Poll::Ready(ended(&self.subscription.member));
         }
-        if let Poll::Ready(stop) = self.outbox.pump(
-            &mut self.io,
-            &mut self.subscription,
-            &cx.relay.metrics,
-            task,
-        ) {
+        if let Poll::Ready(stop) = self
+            .outbox
+            .pump(&mut self.io, &mut self.subscription, cx, task)
+        {
             return Poll::Ready(match stop {
                 Stop::Closed => ended(&self.subscription.member),
                 Stop::Failed(e) => Event::WriteFailed(e),
@@ -341,10 +341,7 @@ where
                         }
                     }
                     Incoming::Ping(payload) => {
-                        if pongs.len() == MAX_PENDING_PONGS {
-                            pongs.pop_front();
-                        }
-                        pongs.push_back(wire::pong_frame(&payload));
+                        pongs.push(wire::pong_frame(&payload));
                         Step::Go
                     }
                     Incoming::Close(code) => Step::End(Event::PeerClosed(code)),
@@ -664,7 +661,7 @@ const PING: &[u8] = &[0x89, 0x00];
 struct Outbox {
     chunks: VecDeque<Bytes>,
     /// Pongs for the pings read so far, sent at the next frame boundary.
-    pongs: VecDeque<Bytes>,
+    pongs: Pongs,
     /// The last write was held up by the socket.
     socket_full: bool,
     /// A keepalive ping was taken: once the client is idle again, every
@@ -675,10 +672,41 @@ struct Outbox {
     stall: Stall,
 }
 
+/// Pongs waiting for the next frame boundary, the latest
+/// [`MAX_PENDING_PONGS`] at most; boxed, since most clients never ping.
+#[derive(Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "one pointer in every client's state, not a queue's three words"
+)]
+struct Pongs(Option<Box<VecDeque<Bytes>>>);
+
+impl Pongs {
+    fn push(&mut self, pong: Bytes) {
+        let queue = self.0.get_or_insert_default();
+        if queue.len() == MAX_PENDING_PONGS {
+            queue.pop_front();
+        }
+        queue.push_back(pong);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    /// Every pending pong, oldest first; the queue's memory goes with them.
+    fn take(&mut self) -> impl Iterator<Item = Bytes> + use<> {
+        self.0.take().into_iter().flat_map(|q| *q)
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// The write timeout: armed while the socket holds up a write, pushed back
 /// whenever the socket takes some bytes.
 struct Stall {
-    limit: Option<Duration>,
     /// Created on the first stall, dropped once the client goes idle.
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -688,9 +716,9 @@ struct Stall {
 
 impl Stall {
     /// Called when a write is held up: ready once the socket has taken
-    /// nothing for the whole limit.
-    fn poll(&mut self, task: &mut Context<'_>) -> Poll<()> {
-        let Some(limit) = self.limit else {
+    /// nothing for the whole `limit` (`client.write_timeout`, if any).
+    fn poll(&mut self, limit: Option<Duration>, task: &mut Context<'_>) -> Poll<()> {
+        let Some(limit) = limit else {
             return Poll::Pending;
         };
         if !self.armed || self.progressed {
@@ -710,15 +738,14 @@ impl Stall {
 }
 
 impl Outbox {
-    fn new(write_timeout: Option<Duration>) -> Self {
+    fn new() -> Self {
         Self {
             chunks: VecDeque::new(),
-            pongs: VecDeque::new(),
+            pongs: Pongs::default(),
             socket_full: false,
             pinged: false,
             scratch: BytesMut::new(),
             stall: Stall {
-                limit: write_timeout,
                 timer: None,
                 armed: false,
                 progressed: false,
@@ -733,7 +760,7 @@ impl Outbox {
         &mut self,
         io: &mut S,
         subscription: &mut Subscription,
-        metrics: &Metrics,
+        cx: &ConnectionContext,
         task: &mut Context<'_>,
     ) -> Poll<Stop>
     where
@@ -756,12 +783,15 @@ impl Outbox {
                     if subscription.member.watch(task) {
                         return Poll::Ready(Stop::Closed);
                     }
-                    return self.stall.poll(task).map(|()| Stop::TimedOut);
+                    return self
+                        .stall
+                        .poll(cx.write_timeout, task)
+                        .map(|()| Stop::TimedOut);
                 }
             }
             // At a frame boundary: pending pongs go before more data.
             if !self.pongs.is_empty() {
-                self.chunks.extend(self.pongs.drain(..));
+                self.chunks.extend(self.pongs.take());
                 continue;
             }
             let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
@@ -784,10 +814,10 @@ impl Outbox {
                     dropped,
                 }) => {
                     seal_scratch(&mut self.scratch, &mut self.chunks);
-                    metrics.messages_sent.inc_by(messages as u64);
-                    metrics.bytes_sent.inc_by(bytes as u64);
+                    cx.relay.metrics.messages_sent.inc_by(messages as u64);
+                    cx.relay.metrics.bytes_sent.inc_by(bytes as u64);
                     if dropped > 0 {
-                        metrics.dropped(DropReason::SlowConsumer, dropped);
+                        cx.relay.metrics.dropped(DropReason::SlowConsumer, dropped);
                     }
                 }
             }
@@ -813,16 +843,13 @@ impl Outbox {
         if self.chunks.capacity() > keep {
             self.chunks = VecDeque::new();
         }
-        if self.pongs.capacity() > keep {
-            self.pongs = VecDeque::new();
-        }
         self.stall.timer = None;
     }
 
     /// The client is leaving: after what is being written, its pending
     /// pongs and every message still due to it; it leaves its room here.
     fn take_rest(&mut self, relay: &Relay, subscription: &Subscription) {
-        self.chunks.extend(self.pongs.drain(..));
+        self.chunks.extend(self.pongs.take());
         let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
         let mut bytes = 0;
         let left = relay.hub.leave_taking(subscription, |frame| {
@@ -909,7 +936,7 @@ fn seal_scratch(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>) {
 /// What a client is told when its membership ended.
 fn ended(member: &Member) -> Event {
     match member.ending() {
-        Some(Ending::Closed(close)) => Event::ClosedByOperator(close),
+        Some(Ending::Closed(close)) => Event::ClosedByOperator(*close),
         Some(Ending::Shutdown) => Event::Shutdown,
         Some(Ending::Evicted | Ending::Left) | None => Event::Evicted,
     }

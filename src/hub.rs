@@ -100,8 +100,9 @@ pub enum Ending {
     Evicted,
     /// The relay is shutting down.
     Shutdown,
-    /// An operator closed it (the HTTP API), with this Close frame.
-    Closed(Bytes),
+    /// An operator closed it (the HTTP API), with this Close frame (boxed:
+    /// every member has a place for an ending, few are closed this way).
+    Closed(Box<Bytes>),
     /// The client left by itself; nobody reads this.
     Left,
 }
@@ -170,12 +171,17 @@ struct Unchecked {
 struct Record {
     member: Arc<Member>,
     /// Where a lag check moved it (the messages skipped were counted then),
-    /// or past its own message when it skips its own.
-    skip_to: Option<Offset>,
+    /// or past its own message when it skips its own; 0 when nowhere (a
+    /// position is never below its cursor anyway).
+    skip_to: Offset,
     /// `drop_newest`: the oldest messages it had not taken when it fell
     /// past its limits, within them; taken before anything else. Copied
     /// out of the log so that a stalled member never holds the room's log.
-    held: VecDeque<Frame>,
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every member's record, not a queue's three words"
+    )]
+    held: Option<Box<VecDeque<Frame>>>,
     /// `drop_newest`: until it has taken what is held, every message
     /// published is dropped for it.
     dropping: bool,
@@ -191,7 +197,7 @@ struct Record {
 impl Record {
     /// Where it stands in the log: its cursor, or where a check moved it.
     fn position(&self, cursor: Offset, log: &Log) -> Offset {
-        cursor.max(self.skip_to.unwrap_or(0)).max(log.first())
+        cursor.max(self.skip_to).max(log.first())
     }
 
     /// The sender whose messages it skips, if it skips any: its own id.
@@ -420,8 +426,8 @@ impl Hub {
             member.cursor.store(cursor, Ordering::Relaxed);
             let key = state.members.insert(Record {
                 member: member.clone(),
-                skip_to: None,
-                held: VecDeque::new(),
+                skip_to: 0,
+                held: None,
                 dropping: false,
                 skips_own: false,
                 slept: u64::MAX,
@@ -470,8 +476,9 @@ impl Hub {
             if record.member.receives {
                 let head = state.log.head();
                 if record.dropping {
-                    left.sent = record.held.len() as u64;
-                    record.held.iter().for_each(&mut sink);
+                    let held = record.held.take().unwrap_or_default();
+                    left.sent = held.len() as u64;
+                    held.iter().for_each(&mut sink);
                     let from = record.position(subscription.cursor, &state.log);
                     left.dropped = state.log.count_for(from, head, record.skipping());
                 } else {
@@ -554,7 +561,7 @@ impl Hub {
                 // Up to date: it stays so, past its own message, and that
                 // message never counts towards its lag.
                 if record.position(sender.member.cursor.load(Ordering::Relaxed), log) == head {
-                    record.skip_to = Some(head + 1);
+                    record.skip_to = head + 1;
                 }
                 skipped = usize::from(record.member.receives);
             }
@@ -650,7 +657,7 @@ impl Hub {
             // since is dropped for it.
             if record.dropping {
                 dropped += log.count_for(at, head, skipping);
-                record.skip_to = Some(head);
+                record.skip_to = head;
                 continue;
             }
             // Closed and about to leave (shutdown): it takes what is due on
@@ -658,7 +665,7 @@ impl Hub {
             if m.is_closed() {
                 if at < hard_tail {
                     dropped += log.count_for(at, hard_tail, skipping);
-                    record.skip_to = Some(hard_tail);
+                    record.skip_to = hard_tail;
                 }
                 keep_from = keep_from.min(at.max(hard_tail));
                 continue;
@@ -682,18 +689,19 @@ impl Hub {
                 OnOverflow::DropOldest => {
                     let to = log.oldest_within(at, &l, 1);
                     dropped += log.count_for(at, to, skipping);
-                    record.skip_to = Some(to);
+                    record.skip_to = to;
                     keep_from = keep_from.min(to);
                 }
                 OnOverflow::DropNewest => {
                     let keep = log.newest_within(at, &l);
-                    record.held.extend(
-                        log.range(at, keep)
-                            .filter(|(_, sender)| Some(*sender) != skipping)
-                            .map(|(frame, _)| frame.clone()),
-                    );
+                    let held: VecDeque<Frame> = log
+                        .range(at, keep)
+                        .filter(|(_, sender)| Some(*sender) != skipping)
+                        .map(|(frame, _)| frame.clone())
+                        .collect();
+                    record.held = (!held.is_empty()).then(|| Box::new(held));
                     dropped += log.count_for(keep, head, skipping);
-                    record.skip_to = Some(head);
+                    record.skip_to = head;
                     record.dropping = true;
                 }
             }
@@ -743,7 +751,9 @@ impl Hub {
             i.remove(room);
         }
         for (_, record) in &state.members {
-            record.member.close(Ending::Closed(farewell.clone()));
+            record
+                .member
+                .close(Ending::Closed(Box::new(farewell.clone())));
         }
         state.members.len()
     }
@@ -837,22 +847,24 @@ fn take(
 ) -> (usize, usize) {
     let mut taken = (0, 0);
     // The window kept by `drop_newest` goes first.
-    while let Some(frame) = record.held.front() {
-        let size = frame.payload().len();
-        if !batch.admits(taken, size) {
+    if let Some(held) = &mut record.held {
+        while let Some(frame) = held.front() {
+            let size = frame.payload().len();
+            if !batch.admits(taken, size) {
+                return taken;
+            }
+            sink(frame);
+            taken = (taken.0 + 1, taken.1 + size);
+            held.pop_front();
+        }
+        record.held = None;
+        if taken.0 > 0 {
             return taken;
         }
-        sink(frame);
-        taken = (taken.0 + 1, taken.1 + size);
-        record.held.pop_front();
-    }
-    if taken.0 > 0 {
-        record.held = VecDeque::new();
-        return taken;
     }
     let skipping = record.skipping();
     *cursor = record.position(*cursor, log);
-    record.skip_to = None;
+    record.skip_to = 0;
     for (frame, sender) in log.range(*cursor, log.head()) {
         let size = frame.payload().len();
         if !batch.admits(taken, size) {
@@ -1034,11 +1046,11 @@ impl Subscription {
         let record = &mut members[self.key];
         let mut dropped = 0;
         // Taken all it kept: what was published meanwhile was dropped.
-        if record.dropping && record.held.is_empty() {
+        if record.dropping && record.held.is_none() {
             record.dropping = false;
             let from = record.position(self.cursor, log);
             dropped = log.count_for(from, log.head(), record.skipping());
-            record.skip_to = Some(log.head());
+            record.skip_to = log.head();
         }
         let batch = Batch {
             max_frames,

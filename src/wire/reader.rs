@@ -88,6 +88,14 @@ impl Reader {
         }
     }
 
+    /// Takes bytes that arrived before this reader existed (read ahead by
+    /// the HTTP layer with the upgrade request): they are parsed before
+    /// anything is read from the socket.
+    pub fn preload(&mut self, data: &[u8]) {
+        self.partial.extend_from_slice(data);
+        self.paused = !self.partial.is_empty();
+    }
+
     /// Whether bytes of an incomplete frame are waiting for the rest.
     pub fn has_partial(&self) -> bool {
         !self.partial.is_empty()
