@@ -216,6 +216,7 @@ print("| own strict frame reader: per-thread read buffer, bytes kept only for pa
 print("| own client queue (`VecDeque` behind a mutex, one lock per batch, pings as a flag) instead of tokio mpsc + oneshot; old vs new binary alternating, medians of 3 | 365 -> 250 | 3 956 -> 2 243 |")
 print("| one log per room: a publish appends once and wakes only members asleep, each writer takes from its cursor; old vs new binary alternating, medians of 3 | 241 -> 127 (295) | 2 427 -> 2 451 |")
 print("| the client's state held once in its task (one `Session` owned by the future, not an `async fn`'s arguments and locals; rare reader state boxed): future 1 160 -> 560 B; old (before the room log) vs new binary alternating, medians of 3 | 240 -> 119 | 2 440 -> 1 972 |")
+print("| leaner idle client: the stream out of hyper's `Upgraded` box, pongs, a `drop_newest` window and an operator's Close frame boxed until used: future 560 -> 496 B; previous vs new binary alternating, medians of 3 | 125 -> 125 | 1 955 -> 1 752 |")
 print()
 print("## Commands\n")
 print("```sh")

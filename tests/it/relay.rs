@@ -628,3 +628,27 @@ async fn pending_pongs_are_bounded_to_the_latest_sixteen() {
     assert_eq!(pongs, (24..40u8).collect::<Vec<_>>());
     server.stop().await;
 }
+
+/// A frame sent in the same write as the upgrade request is read by the
+/// HTTP layer along with the request; it is relayed all the same, first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_upgrade_request_is_relayed() {
+    let server = start(test_config()).await;
+    let mut observer = server.client().await;
+    let mut early = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut bytes = upgrade_request("/", "").into_bytes();
+    bytes.extend(frame(true, 0x1, b"early", true));
+    early.write_all(&bytes).await.unwrap();
+    assert_eq!(recv(&mut observer).await.as_text(), Some("early"));
+    // And the sender itself: its 101, then its own echo.
+    let mut got = Vec::new();
+    let echo = [0x81, 5, b'e', b'a', b'r', b'l', b'y'];
+    while !got.windows(echo.len()).any(|w| w == echo) {
+        let mut buf = [0u8; 1024];
+        let n = within(early.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the echo: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    server.stop().await;
+}
