@@ -204,6 +204,15 @@ impl Record {
     fn skipping(&self) -> Option<Sender> {
         self.skips_own.then_some(self.member.id)
     }
+
+    /// Everything from where it stands (at `cursor`) to the head is dropped
+    /// for it (`drop_newest`): moves it to the head and returns how many
+    /// messages it would have been sent.
+    fn drop_to_head(&mut self, cursor: Offset, log: &Log) -> u64 {
+        let dropped = log.count_for(self.position(cursor, log), log.head(), self.skipping());
+        self.skip_to = log.head();
+        dropped
+    }
 }
 
 /// What a member's task and the hub share about it.
@@ -474,13 +483,11 @@ impl Hub {
             }
             let mut record = state.members.remove(subscription.key);
             if record.member.receives {
-                let head = state.log.head();
                 if record.dropping {
                     let held = record.held.take().unwrap_or_default();
                     left.sent = held.len() as u64;
                     held.iter().for_each(&mut sink);
-                    let from = record.position(subscription.cursor, &state.log);
-                    left.dropped = state.log.count_for(from, head, record.skipping());
+                    left.dropped = record.drop_to_head(subscription.cursor, &state.log);
                 } else {
                     let mut cursor = subscription.cursor;
                     let (messages, _) = take(
@@ -651,15 +658,15 @@ impl Hub {
             if !m.receives {
                 continue;
             }
-            let at = record.position(m.cursor.load(Ordering::Acquire), log);
-            let skipping = record.skipping();
+            let cursor = m.cursor.load(Ordering::Acquire);
             // Still taking the window it kept (`drop_newest`): what came
             // since is dropped for it.
             if record.dropping {
-                dropped += log.count_for(at, head, skipping);
-                record.skip_to = head;
+                dropped += record.drop_to_head(cursor, log);
                 continue;
             }
+            let at = record.position(cursor, log);
+            let skipping = record.skipping();
             // Closed and about to leave (shutdown): it takes what is due on
             // its way out, within the hard bound; what that cuts is dropped.
             if m.is_closed() {
@@ -1048,9 +1055,7 @@ impl Subscription {
         // Taken all it kept: what was published meanwhile was dropped.
         if record.dropping && record.held.is_none() {
             record.dropping = false;
-            let from = record.position(self.cursor, log);
-            dropped = log.count_for(from, log.head(), record.skipping());
-            record.skip_to = log.head();
+            dropped = record.drop_to_head(self.cursor, log);
         }
         let batch = Batch {
             max_frames,

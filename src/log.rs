@@ -118,11 +118,7 @@ impl Log {
 
     /// Messages and payload bytes from `from` to the head.
     pub fn lag(&self, from: Offset) -> (u64, u64) {
-        let from = from.max(self.first);
-        (
-            self.head().saturating_sub(from),
-            self.appended_bytes - self.bytes_before(from),
-        )
+        self.span(from, self.head())
     }
 
     /// Messages and payload bytes in `[from, to)`.
