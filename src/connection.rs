@@ -34,7 +34,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -210,14 +210,10 @@ where
     session.reader.preload(&read_ahead);
     async move {
         let event = poll_fn(|task| session.poll_active(task, &cx)).await;
-        // Boxed: the close phase runs once per client, and its futures and
-        // timers would otherwise be part of every idle client's task state.
-        let (peer, ip, id) = (session.peer, session.ip, session.subscription.id);
-        let reason = Box::pin(session.finish(event, &cx)).await;
-        cx.relay.metrics.disconnected(reason);
-        // Per-client events stay at debug whatever the reason: a client can
-        // cause any of them at will, and the metrics count them by reason.
-        debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
+        // Boxed: the close phase runs once per client, and its futures,
+        // timers and locals would otherwise be part of every idle client's
+        // task state.
+        Box::pin(session.finish(event, &cx)).await;
     }
 }
 
@@ -227,10 +223,10 @@ struct Session<S> {
     subscription: Subscription,
     /// Of the admitted [`Client`], what is needed after the start.
     peer: SocketAddr,
-    ip: IpAddr,
     role: Role,
-    /// Its place under the connection caps, held for its lifetime.
-    _permit: Permit,
+    /// Its place under the connection caps, held for its lifetime; it
+    /// also holds the client's address (behind any trusted proxy).
+    permit: Permit,
     reader: Reader,
     outbox: Outbox,
     rate: Option<Box<RateLimit>>,
@@ -260,9 +256,8 @@ where
             io,
             subscription,
             peer: client.peer,
-            ip: client.ip,
             role: client.role,
-            _permit: client.permit,
+            permit: client.permit,
             reader: Reader::new(cx.max_message_size),
             outbox: Outbox::new(),
             rate: RateLimit::new(cx.rate_limit.0, cx.rate_limit.1).map(Box::new),
@@ -394,7 +389,17 @@ where
 
     /// Leaves the hub, says goodbye as the end calls for, and reports why
     /// the client went.
-    async fn finish(mut self, event: Event, cx: &ConnectionContext) -> DisconnectReason {
+    /// Closes the connection as `event` requires, then counts and logs it.
+    async fn finish(self, event: Event, cx: &ConnectionContext) {
+        let (peer, ip, id) = (self.peer, self.permit.ip(), self.subscription.id);
+        let reason = self.close(event, cx).await;
+        cx.relay.metrics.disconnected(reason);
+        // Per-client events stay at debug whatever the reason: a client can
+        // cause any of them at will, and the metrics count them by reason.
+        debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
+    }
+
+    async fn close(mut self, event: Event, cx: &ConnectionContext) -> DisconnectReason {
         // A message over the size limit is read through (and discarded) before
         // the Close goes: a browser that is still sending it when the Close
         // arrives stops, and reports the close as unclean however it ends.

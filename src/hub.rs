@@ -39,6 +39,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
+use thin_vec::ThinVec;
 
 use crate::log::{LagLimits, Log, Offset, OnOverflow, Sender};
 use crate::wire::Frame;
@@ -272,9 +273,12 @@ pub enum Taken {
 /// The members one publisher waits for before it publishes more: past
 /// their limits after its last publish while their writers had not yet
 /// run, each with the offset it must reach (half the limits behind).
+///
+/// A thin vector (one pointer; empty takes no allocation), since every
+/// client carries one and few ever wait.
 #[derive(Default)]
 pub struct Backlog {
-    members: Vec<(Arc<Member>, Offset)>,
+    members: ThinVec<(Arc<Member>, Offset)>,
 }
 
 impl Backlog {
@@ -729,7 +733,7 @@ impl Hub {
             .members
             .retain(|(m, target)| Backlog::waits_for(m, *target));
         if backlog.members.is_empty() && backlog.members.capacity() > 16 {
-            backlog.members = Vec::new();
+            backlog.members = ThinVec::new();
         }
         backlog.members.is_empty()
     }

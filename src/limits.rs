@@ -86,6 +86,13 @@ impl ConnectionLimits {
     }
 }
 
+impl Permit {
+    /// The address the place was taken for.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let limits = &self.limits;

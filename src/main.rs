@@ -10,6 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use wsrelay::client::{self, Ending};
 use wsrelay::config::{ClusterBackend, Config, LogFormat};
 
+// jemalloc rather than the system allocator: an idle client's state is a
+// handful of small objects, one of them (tokio's task) 128-byte aligned;
+// glibc's per-chunk headers and aligned-allocation slack made S3 (10 000
+// idle clients) 190 B per client heavier, mimalloc heavier still
+// (docs/BENCHMARKS.md). The library leaves the choice to its binary.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A fast, lean WebSocket relay.
 ///
 /// Every message a client sends is relayed to every connected client (the

@@ -192,7 +192,7 @@ async fn serve_http<IO>(
             let cx = shared.conn.clone();
             let io = parts.io.into_inner();
             // A task of its own: this one's state is sized for the TLS and
-            // HTTP phases (about 5.5 KiB), the client's future 496 B,
+            // HTTP phases (about 5.5 KiB), the client's future 400 B,
             // and an idle client should hold only what it uses.
             shared.tracker.spawn(connection::serve(
                 io,
