@@ -37,6 +37,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rooms: RoomsConfig,
     pub relay: RelayConfig,
+    pub compression: CompressionConfig,
     pub api: ApiConfig,
     pub cluster: ClusterConfig,
     pub shutdown: ShutdownConfig,
@@ -253,6 +254,32 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             echo_to_sender: true,
+        }
+    }
+}
+
+/// permessage-deflate (RFC 7692): compressed messages for clients that
+/// offer it, each message compressed once for all of them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Accept clients' permessage-deflate offers. Off: every offer is
+    /// declined and nothing is compressed.
+    pub enabled: bool,
+    /// zlib's level, 0 (stored) to 9 (smallest, slowest).
+    #[serde(deserialize_with = "de_level")]
+    pub level: u8,
+    /// Messages with smaller payloads go uncompressed.
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub min_size: usize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            level: 1,
+            min_size: 256,
         }
     }
 }
@@ -736,6 +763,16 @@ fn de_cluster_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     let name = String::deserialize(d)?;
     check_cluster_name(&name).map_err(serde::de::Error::custom)?;
     Ok(name)
+}
+
+fn de_level<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let level = u64::deserialize(d)?;
+    match u8::try_from(level) {
+        Ok(l @ 0..=9) => Ok(l),
+        _ => Err(serde::de::Error::custom(format!(
+            "level {level} must be 0 (no compression) to 9 (smallest)"
+        ))),
+    }
 }
 
 fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

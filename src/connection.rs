@@ -50,10 +50,10 @@ use tracing::debug;
 
 use crate::hub::{Backlog, Ending, Member, Role, Subscription, Taken};
 use crate::limits::{OnRateExceeded, Permit, RateLimit};
-use crate::metrics::{DisconnectReason, DropReason};
+use crate::metrics::{DisconnectReason, DropReason, Metrics};
 use crate::relay::Relay;
 use crate::upgrade::Client;
-use crate::wire::{self, Frame, Incoming, Reader, Violation};
+use crate::wire::{self, Frame, Incoming, Reader, Violation, Window};
 
 /// Most messages, and most payload bytes (or one message), taken from the
 /// log for one flush. Bounds what a client holds beyond the log, and keeps
@@ -258,8 +258,8 @@ where
             peer: client.peer,
             role: client.role,
             permit: client.permit,
-            reader: Reader::new(cx.max_message_size),
-            outbox: Outbox::new(),
+            reader: Reader::new(cx.max_message_size, client.deflate.is_some()),
+            outbox: Outbox::new(client.deflate),
             rate: RateLimit::new(cx.rate_limit.0, cx.rate_limit.1).map(Box::new),
             last_heard: cx.keepalive.as_ref().map_or(0, KeepAlive::now),
             backlog: Backlog::default(),
@@ -675,6 +675,8 @@ struct Outbox {
     /// Where small frames are packed; its memory is reused batch after batch.
     scratch: BytesMut,
     stall: Stall,
+    /// The window the client allowed, if it negotiated permessage-deflate.
+    deflate: Option<Window>,
 }
 
 /// Pongs waiting for the next frame boundary, the latest
@@ -743,8 +745,9 @@ impl Stall {
 }
 
 impl Outbox {
-    fn new() -> Self {
+    fn new(deflate: Option<Window>) -> Self {
         Self {
+            deflate,
             chunks: VecDeque::new(),
             pongs: Pongs::default(),
             socket_full: false,
@@ -800,8 +803,9 @@ impl Outbox {
                 continue;
             }
             let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
+            let (deflate, metrics) = (self.deflate, &cx.relay.metrics);
             let taken = subscription.poll_take(task, MAX_BATCH, MAX_BATCH_BYTES, |frame| {
-                add_frame(scratch, chunks, frame)
+                add_frame(scratch, chunks, encoded(frame, deflate, metrics))
             });
             match taken {
                 Poll::Pending => {
@@ -859,7 +863,7 @@ impl Outbox {
         let mut bytes = 0;
         let left = relay.hub.leave_taking(subscription, |frame| {
             bytes += frame.payload().len() as u64;
-            add_frame(scratch, chunks, frame);
+            add_frame(scratch, chunks, encoded(frame, self.deflate, &relay.metrics));
         });
         seal_scratch(&mut self.scratch, &mut self.chunks);
         relay.metrics.messages_sent.inc_by(left.sent);
@@ -922,12 +926,24 @@ impl Outbox {
 /// Adds one frame to what is to be written: a small one is copied into
 /// `scratch` (many go out as one chunk), a large one goes as it is (copying
 /// would cost more than the extra iovec).
-fn add_frame(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>, frame: &Frame) {
-    if frame.wire().len() < COPY_BELOW {
-        scratch.extend_from_slice(frame.wire());
+fn add_frame(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>, frame: &Bytes) {
+    if frame.len() < COPY_BELOW {
+        scratch.extend_from_slice(frame);
     } else {
         seal_scratch(scratch, chunks);
-        chunks.push_back(frame.wire().clone());
+        chunks.push_back(frame.clone());
+    }
+}
+
+/// `frame` as this client takes it: compressed if it negotiated
+/// permessage-deflate (once for all such clients, counted by whoever
+/// compressed it), plain otherwise.
+fn encoded<'a>(frame: &'a Frame, deflate: Option<Window>, metrics: &Metrics) -> &'a Bytes {
+    match deflate {
+        None => frame.wire(),
+        Some(window) => frame.deflated(window, |c| {
+            metrics.compressed(c.before, c.after, c.took.as_secs_f64());
+        }),
     }
 }
 

@@ -128,6 +128,19 @@ pub struct Hub {
     /// Set once shutdown has begun: a client joining later gets a
     /// membership that is already closed.
     draining: AtomicBool,
+    /// Messages of at least this many payload bytes are logged with room
+    /// for their compressed frame; `None`: compression is off.
+    compression: Option<Compression>,
+}
+
+/// Which messages get a compressed frame beside the plain one, and how hard
+/// it is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// zlib's level, 0 (none) to 9 (smallest).
+    pub level: u8,
+    /// Smaller payloads always go plain.
+    pub min_size: usize,
 }
 
 /// One room: its log and its members.
@@ -367,6 +380,17 @@ impl Hub {
             rooms_active,
             interest: None,
             draining: AtomicBool::new(false),
+            compression: None,
+        }
+    }
+
+    /// Logs messages from `compression.min_size` bytes on as compressible:
+    /// a member that negotiated permessage-deflate gets them compressed,
+    /// once for all such members ([`Frame::deflated`]).
+    pub fn with_compression(self, compression: Compression) -> Self {
+        Self {
+            compression: Some(compression),
+            ..self
         }
     }
 
@@ -555,6 +579,10 @@ impl Hub {
         backlog: Option<&mut Backlog>,
     ) -> Published {
         let mut published = Published::default();
+        let logged = match self.compression {
+            Some(c) if frame.payload().len() >= c.min_size => frame.compressible(c.level),
+            _ => frame.clone(),
+        };
         let mut waking = WAKING.take();
         let emptied = {
             let mut state = room.lock();
@@ -578,7 +606,7 @@ impl Hub {
             }
             published.queued = state.receivers - skipped;
             let size = frame.payload().len() as u64;
-            state.log.append(frame.clone(), skip.map_or(0, |s| s.id));
+            state.log.append(logged, skip.map_or(0, |s| s.id));
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {

@@ -12,6 +12,7 @@
 //! A leaf: it knows nothing of who counts.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -334,6 +335,10 @@ pub struct Metrics {
     /// Payload bytes of data messages written to clients' sockets.
     pub bytes_sent: Counter,
     dropped: ByReason<{ DropReason::ALL.len() }>,
+    compressed_messages: Counter,
+    compression_input_bytes: Counter,
+    compression_output_bytes: Counter,
+    compression_seconds: Counter<f64, AtomicU64>,
     tls_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     room_messages: Family<RoomLabel, Counter>,
     room_deliveries: Family<RoomLabel, Counter>,
@@ -376,6 +381,10 @@ impl Metrics {
             messages_sent: Counter::default(),
             bytes_sent: Counter::default(),
             dropped: ByReason::new(DropReason::ALL.map(|r| r.as_str())),
+            compressed_messages: Counter::default(),
+            compression_input_bytes: Counter::default(),
+            compression_output_bytes: Counter::default(),
+            compression_seconds: Counter::default(),
             tls_reloads: Family::default(),
             room_messages: Family::default(),
             room_deliveries: Family::default(),
@@ -448,6 +457,26 @@ impl Metrics {
             m.dropped.family.clone(),
         );
         r.register(
+            "compressed_messages",
+            "Messages compressed for clients with permessage-deflate (each once, however many clients get it)",
+            m.compressed_messages.clone(),
+        );
+        r.register(
+            "compression_input_bytes",
+            "Payload bytes of the messages compressed",
+            m.compression_input_bytes.clone(),
+        );
+        r.register(
+            "compression_output_bytes",
+            "Payload bytes they came to (a message that did not get smaller counts as sent, plain)",
+            m.compression_output_bytes.clone(),
+        );
+        r.register(
+            "compression_seconds",
+            "CPU time spent compressing messages",
+            m.compression_seconds.clone(),
+        );
+        r.register(
             "tls_reloads",
             "Certificate reloads (SIGHUP or a changed file), by result",
             m.tls_reloads.clone(),
@@ -504,6 +533,20 @@ impl Metrics {
     /// `n` messages were not delivered.
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped.get(reason as usize).inc_by(n);
+    }
+
+    /// A message was compressed for the clients with permessage-deflate:
+    /// `before` payload bytes to `after`, in `seconds`.
+    pub fn compressed(&self, before: usize, after: usize, seconds: f64) {
+        self.compressed_messages.inc();
+        self.compression_input_bytes.inc_by(before as u64);
+        self.compression_output_bytes.inc_by(after as u64);
+        self.compression_seconds.inc_by(seconds);
+    }
+
+    /// Messages compressed so far (the tests' view).
+    pub fn compressed_count(&self) -> u64 {
+        self.compressed_messages.get()
     }
 
     /// A connection attempt was turned away before the upgrade.

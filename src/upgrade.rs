@@ -8,6 +8,8 @@
 //! [`Gate`] is generic over the request body, so the same code is fuzzed on
 //! requests parsed from raw bytes (`fuzz/`).
 //!
+//! It also settles permessage-deflate ([`deflate::negotiate`]).
+//!
 //! It knows admission (auth, caps, origins, proxies) and room names;
 //! nothing of sessions after the 101, the server or the configuration
 //! file ([`GateSettings`] is what it is given).
@@ -29,6 +31,7 @@ use crate::hub::{Role, RoomName};
 use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::RejectReason;
 use crate::origin::OriginPolicy;
+use crate::wire::{Window, deflate};
 
 /// Why the checks could not be built from the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,8 @@ pub struct GateSettings {
     /// Caps on clients in all and per address (0: none).
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Whether a client's permessage-deflate offer is accepted.
+    pub compression: bool,
 }
 
 /// Everything decided before the upgrade.
@@ -72,6 +77,7 @@ pub struct Gate {
     auth: Option<Authenticator>,
     proxies: TrustedProxies,
     limits: Arc<ConnectionLimits>,
+    compression: bool,
 }
 
 /// One client as the gate admitted it: who it is and what it may do.
@@ -89,6 +95,8 @@ pub struct Client {
     pub expires_at: Option<SystemTime>,
     /// Its place under the connection caps, held for its lifetime.
     pub permit: Permit,
+    /// The window it allowed, if it negotiated permessage-deflate.
+    pub deflate: Option<Window>,
 }
 
 /// What to do with a request on the WebSocket listener.
@@ -113,6 +121,7 @@ impl Gate {
             path: settings.path,
             room_prefix: settings.room_prefix,
             echo: settings.echo,
+            compression: settings.compression,
         })
     }
 
@@ -211,6 +220,22 @@ impl Gate {
                 .headers_mut()
                 .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
+        let agreement = match self.compression {
+            true => deflate::negotiate(
+                req.headers()
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            ),
+            false => None,
+        };
+        let deflate = agreement.and_then(|a| {
+            let value = HeaderValue::from_str(&a.response).ok()?;
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+            Some(a.window)
+        });
         let ip = self.proxies.client_ip(peer.ip(), req.headers());
         match self.limits.try_acquire(ip) {
             Ok(permit) => Decision::Upgrade(
@@ -223,6 +248,7 @@ impl Gate {
                     echo,
                     expires_at: admission.expires_at,
                     permit,
+                    deflate,
                 },
             ),
             Err(LimitExceeded::Total) => Decision::Refuse(

@@ -37,7 +37,7 @@ use crate::auth::JwtRules;
 use crate::backplane::{self, Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
 use crate::connection::{ConnectionContext, KeepAlive};
-use crate::hub::Hub;
+use crate::hub::{Compression, Hub};
 use crate::log::LagLimits;
 use crate::metrics::{self, Metrics};
 use crate::relay::{Relay, Remote};
@@ -168,6 +168,12 @@ impl Server {
         );
         if let Some(c) = &cluster {
             hub = hub.with_interest(c.interest());
+        }
+        if config.compression.enabled {
+            hub = hub.with_compression(Compression {
+                level: config.compression.level,
+                min_size: config.compression.min_size,
+            });
         }
         let remote = cluster.clone().map(|c| c as Arc<dyn Remote>);
         let relay = Arc::new(Relay::new(Arc::new(hub), metrics, remote));
@@ -487,6 +493,7 @@ fn gate_settings(config: &Config) -> GateSettings {
         trusted_proxies: config.server.trusted_proxies.clone(),
         max_connections: config.limits.max_connections,
         max_connections_per_ip: config.limits.max_connections_per_ip,
+        compression: config.compression.enabled,
     }
 }
 

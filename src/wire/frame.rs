@@ -2,7 +2,12 @@
 //! subscriber, control frames, and the unmasking every client frame needs.
 //! Pure encoding: no I/O, and nothing of rooms, clients or sockets.
 
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
 use bytes::{BufMut, Bytes, BytesMut};
+
+use super::deflate::{self, Window};
 
 /// The opcodes the relay understands (RFC 6455 section 5.2).
 pub(crate) const CONTINUATION: u8 = 0x0;
@@ -11,18 +16,98 @@ pub(crate) const BINARY: u8 = 0x2;
 pub(crate) const CLOSE: u8 = 0x8;
 pub(crate) const PING: u8 = 0x9;
 pub(crate) const PONG: u8 = 0xA;
+/// The first header byte's bit that marks a compressed message (RFC 7692).
+pub(crate) const RSV1: u8 = 0x40;
 
 /// A data message encoded once as the unmasked, final server frame that
-/// goes on every subscriber's wire unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
+/// goes on every subscriber's wire unchanged; and, once marked
+/// [`Frame::compressible`], its permessage-deflate form, made on first
+/// need and shared the same way.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    wire: Bytes,
+    deflated: Option<Arc<Deflated>>,
+}
+
+/// A message's compressed frames, one per window, made at most once each.
+#[derive(Debug)]
+struct Deflated {
+    level: u8,
+    frames: [OnceLock<Bytes>; 2],
+}
+
+/// What compressing one message did, for whoever counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compressed {
+    /// Payload bytes before and after (equal when it went plain).
+    pub before: usize,
+    pub after: usize,
+    /// How long compressing took.
+    pub took: Duration,
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.wire == other.wire
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// Encodes a text (`text == true`) or binary message.
     pub fn new(text: bool, payload: &[u8]) -> Self {
         let mut b = Self::header(text, payload.len());
         b.extend_from_slice(payload);
-        Self(b.freeze())
+        Self::from_wire(b.freeze())
+    }
+
+    fn from_wire(wire: Bytes) -> Self {
+        Self {
+            wire,
+            deflated: None,
+        }
+    }
+
+    /// The same message, to be compressed at `level` (0-9) for clients
+    /// that negotiated permessage-deflate.
+    pub fn compressible(&self, level: u8) -> Self {
+        Self {
+            wire: self.wire.clone(),
+            deflated: Some(Arc::new(Deflated {
+                level,
+                frames: Default::default(),
+            })),
+        }
+    }
+
+    /// The frame for a client that negotiated permessage-deflate with
+    /// `window`: compressed once for every such client (RSV1 set), or the
+    /// plain frame if the message was not marked compressible or does not
+    /// get smaller. `compressed` hears of the one call that compressed it.
+    pub fn deflated(&self, window: Window, compressed: impl FnOnce(Compressed)) -> &Bytes {
+        let Some(d) = &self.deflated else {
+            return &self.wire;
+        };
+        d.frames[window as usize].get_or_init(|| {
+            let began = Instant::now();
+            let payload = self.payload();
+            let (frame, after) = match deflate::compress(payload, u32::from(d.level), window) {
+                Some(c) => {
+                    let mut b = Self::header(self.is_text(), c.len());
+                    b[0] |= RSV1;
+                    b.extend_from_slice(&c);
+                    (b.freeze(), c.len())
+                }
+                None => (self.wire.clone(), payload.len()),
+            };
+            compressed(Compressed {
+                before: payload.len(),
+                after,
+                took: began.elapsed(),
+            });
+            frame
+        })
     }
 
     /// Encodes a message from a client frame's masked payload, unmasking it
@@ -32,7 +117,7 @@ impl Frame {
         let start = b.len();
         b.extend_from_slice(masked);
         unmask(&mut b[start..], mask);
-        Self(b.freeze())
+        Self::from_wire(b.freeze())
     }
 
     /// A buffer holding the frame header, with room for the payload.
@@ -54,11 +139,11 @@ impl Frame {
 
     /// The whole frame, header included.
     pub fn wire(&self) -> &Bytes {
-        &self.0
+        &self.wire
     }
 
     fn header_len(&self) -> usize {
-        match self.0.get(1) {
+        match self.wire.get(1) {
             Some(126) => 4,
             Some(127) => 10,
             _ => 2,
@@ -67,11 +152,11 @@ impl Frame {
 
     /// The message's payload.
     pub fn payload(&self) -> &[u8] {
-        &self.0[self.header_len()..]
+        &self.wire[self.header_len()..]
     }
 
     pub fn is_text(&self) -> bool {
-        self.0.first() == Some(&(0x80 | TEXT))
+        self.wire.first() == Some(&(0x80 | TEXT))
     }
 }
 

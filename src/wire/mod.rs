@@ -1,11 +1,14 @@
 //! RFC 6455 frames, both ways, with no I/O: [`Reader`] parses what clients
-//! send, [`Frame`] and the control-frame encoders are what the relay sends.
+//! send, [`Frame`] and the control-frame encoders are what the relay sends,
+//! and [`deflate`] is permessage-deflate (RFC 7692) for both.
 //!
 //! The bottom layer: it knows nothing of sockets, rooms, clients or
 //! configuration, and nothing in the crate is below it.
 
+pub mod deflate;
 mod frame;
 mod reader;
 
-pub use frame::{Frame, close_frame, close_reply, pong_frame, unmask};
+pub use deflate::Window;
+pub use frame::{Compressed, Frame, close_frame, close_reply, pong_frame, unmask};
 pub use reader::{Incoming, Reader, Violation};

@@ -11,7 +11,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::frame::{BINARY, CLOSE, CONTINUATION, Frame, PING, PONG, TEXT, unmask};
+use super::deflate;
+use super::frame::{BINARY, CLOSE, CONTINUATION, Frame, PING, PONG, RSV1, TEXT, unmask};
 
 /// Something a client sent that the connection must act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +39,9 @@ const fn protocol(reason: &'static str) -> Violation {
 /// A fragmented message being assembled.
 struct Fragmented {
     text: bool,
+    /// Compressed (permessage-deflate): `payload` is inflated, and its
+    /// UTF-8 checked, once the last fragment is in.
+    compressed: bool,
     payload: BytesMut,
     /// Bytes of `payload` known to be valid UTF-8 (text only).
     valid_up_to: usize,
@@ -59,6 +63,9 @@ pub struct Reader {
     /// small (it lives in every client's task).
     message: Option<Box<Fragmented>>,
     max_message: usize,
+    /// permessage-deflate was negotiated: a message's first frame may have
+    /// RSV1 set.
+    inflates: bool,
     /// `on` stopped the last `feed` early: `partial` may hold whole frames.
     paused: bool,
     /// Set once nothing more is parsed, only skipped.
@@ -77,11 +84,14 @@ struct ArrivingText {
 }
 
 impl Reader {
-    pub fn new(max_message: usize) -> Self {
+    /// A reader for messages of up to `max_message` bytes (inflated, when
+    /// `inflates`: the client negotiated permessage-deflate).
+    pub fn new(max_message: usize, inflates: bool) -> Self {
         Self {
             partial: BytesMut::new(),
             message: None,
             max_message,
+            inflates,
             paused: false,
             discarding: None,
             arriving: ArrivingText::default(),
@@ -225,7 +235,8 @@ impl Reader {
             at += header + len;
             self.arriving = ArrivingText::default();
             let fin = b0 & 0x80 != 0;
-            match self.frame(fin, b0 & 0x0f, payload, mask) {
+            let compressed = b0 & RSV1 != 0;
+            match self.frame(fin, b0 & 0x0f, compressed, payload, mask) {
                 Ok(Some(item)) => {
                     if !on(item) {
                         self.paused = true;
@@ -245,10 +256,12 @@ impl Reader {
         let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
             return Ok(None);
         };
-        if b0 & 0x70 != 0 {
+        let opcode = b0 & 0x0f;
+        // RSV1 marks a compressed message, on its first frame only.
+        let compressed_start = self.inflates && matches!(opcode, TEXT | BINARY);
+        if b0 & 0x70 != 0 && !(b0 & 0x70 == RSV1 && compressed_start) {
             return Err(protocol("reserved bits set"));
         }
-        let opcode = b0 & 0x0f;
         if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
             return Err(protocol("unknown opcode"));
         }
@@ -294,11 +307,12 @@ impl Reader {
     /// Checks the UTF-8 of a text frame's payload received so far (`frame`
     /// is the frame from its first byte, `header` bytes of header).
     fn check_arriving_text(&mut self, frame: &[u8], header: usize) -> Result<(), Violation> {
+        // Compressed text is checked once inflated.
         let text = match frame[0] & 0x0f {
             // Inside a fragmented message, a new one is a protocol error
             // that `frame` reports (1002) once it is complete.
-            TEXT => self.message.is_none(),
-            CONTINUATION => self.message.as_ref().is_some_and(|m| m.text),
+            TEXT => self.message.is_none() && frame[0] & RSV1 == 0,
+            CONTINUATION => self.message.as_ref().is_some_and(|m| m.text && !m.compressed),
             _ => false,
         };
         if !text || frame.len() <= header {
@@ -338,6 +352,7 @@ impl Reader {
         &mut self,
         fin: bool,
         opcode: u8,
+        compressed: bool,
         masked: &[u8],
         mask: [u8; 4],
     ) -> Result<Option<Incoming>, Violation> {
@@ -347,7 +362,7 @@ impl Reader {
                     return Err(protocol("new message inside a fragmented one"));
                 }
                 let text = opcode == TEXT;
-                if fin {
+                if fin && !compressed {
                     let frame = Frame::from_masked(text, masked, mask);
                     if text && std::str::from_utf8(frame.payload()).is_err() {
                         return Err(invalid_utf8());
@@ -358,9 +373,13 @@ impl Reader {
                 put_unmasked(&mut payload, masked, mask);
                 let mut m = Fragmented {
                     text,
+                    compressed,
                     payload,
                     valid_up_to: 0,
                 };
+                if fin {
+                    return self.complete(&m).map(Some);
+                }
                 m.check_utf8(false)?;
                 self.message = Some(Box::new(m));
                 Ok(None)
@@ -372,7 +391,7 @@ impl Reader {
                 put_unmasked(&mut m.payload, masked, mask);
                 m.check_utf8(fin)?;
                 if fin {
-                    return Ok(Some(Incoming::Message(Frame::new(m.text, &m.payload))));
+                    return self.complete(&m).map(Some);
                 }
                 self.message = Some(m);
                 Ok(None)
@@ -404,13 +423,27 @@ impl Reader {
             _ => Err(protocol("unknown opcode")),
         }
     }
+
+    /// The message whose last fragment just arrived, inflated if it was
+    /// compressed (within the size limit, then checked as UTF-8 if text).
+    fn complete(&self, m: &Fragmented) -> Result<Incoming, Violation> {
+        if !m.compressed {
+            return Ok(Incoming::Message(Frame::new(m.text, &m.payload)));
+        }
+        let payload = deflate::inflate(&m.payload, self.max_message)?;
+        if m.text && std::str::from_utf8(&payload).is_err() {
+            return Err(invalid_utf8());
+        }
+        Ok(Incoming::Message(Frame::new(m.text, &payload)))
+    }
 }
 
 impl Fragmented {
     /// Validates the UTF-8 received so far; an incomplete character at the
-    /// end is fine until the final fragment.
+    /// end is fine until the final fragment. Compressed text is checked
+    /// once inflated.
     fn check_utf8(&mut self, fin: bool) -> Result<(), Violation> {
-        if !self.text {
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.payload[self.valid_up_to..]) {
@@ -603,7 +636,7 @@ mod tests {
     fn whole_frames_at_every_length_encoding() {
         for n in [0usize, 1, 7, 8, 125, 126, 65535, 65536] {
             let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-            let mut r = Reader::new(1 << 20);
+            let mut r = Reader::new(1 << 20, false);
             assert_eq!(
                 feed_all(&mut r, &frame(true, BINARY, &payload)),
                 Ok(vec![message(false, &payload)])
@@ -619,7 +652,7 @@ mod tests {
         wire.extend(frame(false, BINARY, b"ab"));
         wire.extend(frame(true, CONTINUATION, b"cd"));
         for split in 0..wire.len() {
-            let mut r = Reader::new(1024);
+            let mut r = Reader::new(1024, false);
             let mut got = feed_all(&mut r, &wire[..split]).unwrap();
             got.extend(feed_all(&mut r, &wire[split..]).unwrap());
             assert_eq!(
@@ -688,7 +721,7 @@ mod tests {
             ),
         ];
         for (name, wire, code) in cases {
-            let mut r = Reader::new(1024);
+            let mut r = Reader::new(1024, false);
             assert_eq!(
                 feed_all(&mut r, &wire).map_err(|v| v.code),
                 Err(code),
@@ -699,7 +732,7 @@ mod tests {
 
     #[test]
     fn oversized_frame_is_refused_from_its_header_alone() {
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let mut header = vec![0x82, 0x80 | 127];
         header.extend_from_slice(&(1u64 << 40).to_be_bytes());
         assert_eq!(feed_all(&mut r, &header).map_err(|v| v.code), Err(1009));
@@ -707,7 +740,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_fails_on_the_fragment_that_breaks_it() {
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         // "κ" then the first byte of a three-byte character: fine so far.
         assert_eq!(
             feed_all(&mut r, &frame(false, TEXT, &[0xce, 0xba, 0xe1])),
@@ -719,7 +752,7 @@ mod tests {
             Err(1007)
         );
         // A character split across fragments is valid.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let wire = [
             frame(false, TEXT, &[0xe2, 0x82]),
             frame(true, CONTINUATION, &[0xac]),
@@ -730,7 +763,7 @@ mod tests {
             Ok(vec![message(true, "€".as_bytes())])
         );
         // An incomplete character at the very end is not.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let wire = [
             frame(false, TEXT, b"ok"),
             frame(true, CONTINUATION, &[0xe2, 0x82]),
@@ -748,7 +781,7 @@ mod tests {
         payload.extend_from_slice(b"edited");
         let wire = frame(true, TEXT, &payload);
         let bad_at = 6 + "κόσμε".len() + 1; // header, text, 0xf4 is still possible
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         assert_eq!(feed_all(&mut r, &wire[..bad_at]), Ok(vec![]));
         assert_eq!(
             feed_all(&mut r, &wire[bad_at..bad_at + 1]).map_err(|v| v.code),
@@ -763,7 +796,7 @@ mod tests {
         ]
         .concat();
         for step in 1..8 {
-            let mut r = Reader::new(1024);
+            let mut r = Reader::new(1024, false);
             let mut got = Vec::new();
             for chunk in wire.chunks(step) {
                 got.extend(feed_all(&mut r, chunk).unwrap());
@@ -774,7 +807,7 @@ mod tests {
 
     #[test]
     fn close_frames() {
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         assert_eq!(
             feed_all(&mut r, &frame(true, CLOSE, b"")),
             Ok(vec![Incoming::Close(None)])
@@ -789,7 +822,7 @@ mod tests {
 
     #[test]
     fn control_frames_may_interleave_fragments() {
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let wire = [
             frame(false, TEXT, b"a"),
             frame(true, PING, b"!"),
@@ -808,7 +841,7 @@ mod tests {
     #[test]
     fn a_pause_keeps_what_is_not_parsed_for_the_next_feed() {
         let wire: Vec<u8> = (0..5u8).flat_map(|n| frame(true, BINARY, &[n])).collect();
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let mut got = Vec::new();
         let take_two = |r: &mut Reader, data: &[u8], got: &mut Vec<Incoming>| {
             let mut n = 0;
@@ -836,7 +869,7 @@ mod tests {
         let big = frame(true, BINARY, &[7; 3000]);
         let close = frame(true, CLOSE, &1000u16.to_be_bytes());
         for split in [4, 10, 2000, big.len()] {
-            let mut r = Reader::new(1024);
+            let mut r = Reader::new(1024, false);
             let err = feed_all(&mut r, &big[..split]).map_err(|v| v.code);
             assert_eq!(err, Err(1009), "split {split}");
             assert!(!r.discard(&big[split..]));
@@ -845,7 +878,7 @@ mod tests {
             assert!(!r.has_partial());
         }
         // Where the too-big message ends is known, fragmented or not.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let first = frame(false, BINARY, &[1; 1000]);
         let rest = frame(true, CONTINUATION, &[2; 1000]);
         assert_eq!(feed_all(&mut r, &first).unwrap(), vec![]);
@@ -855,30 +888,30 @@ mod tests {
         assert!(r.message_skipped());
         // A frame-level fault leaves the stream in step: a Close in the same
         // read is seen.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let wire = [frame(true, TEXT, &[0xff]), close.clone()].concat();
         assert_eq!(feed_all(&mut r, &wire).map_err(|v| v.code), Err(1007));
         assert!(r.discard(&[]));
         // A bad header leaves no footing: nothing counts as a Close any more.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let mut bad = frame(true, TEXT, b"x");
         bad[0] |= 0x40;
         assert_eq!(feed_all(&mut r, &bad).map_err(|v| v.code), Err(1002));
         assert!(!r.discard(&close));
         // An empty Close (`ws.close()`) is seen as soon as its header is,
         // and a Close with a payload only once that is read too.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         assert_eq!(feed_all(&mut r, &bad).map_err(|v| v.code), Err(1002));
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         r.discard(&[]);
         assert!(r.discard(&frame(true, CLOSE, b"")));
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         r.discard(&[]);
         assert!(!r.discard(&close[..close.len() - 1]));
         assert!(r.discard(&close[close.len() - 1..]));
         // A new text message inside a fragmented binary one is 1002 (not a
         // UTF-8 fault of the binary bytes before it).
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let wire = [
             frame(false, BINARY, &[0x61, 0xe2, 0x82]),
             frame(true, TEXT, b"abc"),
@@ -890,11 +923,57 @@ mod tests {
             Err(1002)
         );
         // The relay closing first: a frame half read is skipped to its end.
-        let mut r = Reader::new(1024);
+        let mut r = Reader::new(1024, false);
         let text = frame(true, TEXT, b"hello");
         feed_all(&mut r, &text[..4]).unwrap();
         assert!(!r.discard(&text[4..]));
         assert!(r.discard(&close));
+    }
+
+    /// A frame with RSV1 set (the first of a compressed message).
+    fn rsv1(mut f: Vec<u8>) -> Vec<u8> {
+        f[0] |= RSV1;
+        f
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_whole_or_in_fragments() {
+        let text = "a compressed message, a compressed message, a compressed message";
+        let c = deflate::compress(text.as_bytes(), 1, deflate::Window::Full).unwrap();
+        let mut r = Reader::new(1024, true);
+        let got = feed_all(&mut r, &rsv1(frame(true, TEXT, &c))).unwrap();
+        assert_eq!(got, vec![message(true, text.as_bytes())]);
+        let (a, b) = c.split_at(c.len() / 2);
+        let mut data = rsv1(frame(false, BINARY, a));
+        data.extend(frame(true, PING, b"p"));
+        data.extend(frame(true, CONTINUATION, b));
+        let got = feed_all(&mut r, &data).unwrap();
+        assert_eq!(got, vec![Incoming::Ping(Bytes::from_static(b"p")), message(false, text.as_bytes())]);
+        // Plain messages still pass on a compressing connection.
+        let got = feed_all(&mut r, &frame(true, TEXT, b"plain")).unwrap();
+        assert_eq!(got, vec![message(true, b"plain")]);
+    }
+
+    #[test]
+    fn compression_faults() {
+        let c = deflate::compress(&[b'x'; 300], 1, deflate::Window::Full).unwrap();
+        let code = |inflates: bool, data: &[u8]| {
+            feed_all(&mut Reader::new(1024, inflates), data).unwrap_err().code
+        };
+        // RSV1 without the extension, on a control frame, on a continuation.
+        assert_eq!(code(false, &rsv1(frame(true, TEXT, &c))), 1002);
+        assert_eq!(code(true, &rsv1(frame(true, PING, b""))), 1002);
+        let mut data = rsv1(frame(false, TEXT, &c));
+        data.extend(rsv1(frame(true, CONTINUATION, b"")));
+        assert_eq!(code(true, &data), 1002);
+        // Past the size limit once inflated, small as it arrives.
+        let bomb = deflate::compress(&[b'x'; 4096], 9, deflate::Window::Full).unwrap();
+        assert!(bomb.len() < 100);
+        assert_eq!(code(true, &rsv1(frame(true, BINARY, &bomb))), 1009);
+        // Text that inflates to invalid UTF-8; data that does not inflate.
+        let bad = deflate::compress(&[0xff; 300], 1, deflate::Window::Full).unwrap();
+        assert_eq!(code(true, &rsv1(frame(true, TEXT, &bad))), 1007);
+        assert_eq!(code(true, &rsv1(frame(true, BINARY, &[0xff; 8]))), 1007);
     }
 
     #[test]

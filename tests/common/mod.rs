@@ -350,9 +350,20 @@ impl RawClient {
         Self::upgrade(stream, "/").await
     }
 
-    async fn upgrade(mut stream: TcpStream, path: &str) -> Self {
+    async fn upgrade(stream: TcpStream, path: &str) -> Self {
+        Self::upgrade_with(stream, path, "").await.0
+    }
+
+    /// Connects to `path` with `extra` header lines; returns the client
+    /// and the 101's head.
+    pub async fn connect_with(addr: SocketAddr, path: &str, extra: &str) -> (Self, String) {
+        let stream = within(TcpStream::connect(addr)).await.expect("connect");
+        Self::upgrade_with(stream, path, extra).await
+    }
+
+    async fn upgrade_with(mut stream: TcpStream, path: &str, extra: &str) -> (Self, String) {
         stream
-            .write_all(upgrade_request(path, "").as_bytes())
+            .write_all(upgrade_request(path, extra).as_bytes())
             .await
             .unwrap();
         let mut c = Self {
@@ -361,7 +372,7 @@ impl RawClient {
         };
         let head = c.read_until_blank_line().await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        c
+        (c, head)
     }
 
     async fn read_until_blank_line(&mut self) -> String {
@@ -386,6 +397,13 @@ impl RawClient {
 
     /// The next frame from the server: (opcode, payload), or None at EOF.
     pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (b0, payload) = self.read_whole_frame().await?;
+        Some((b0 & 0x0f, payload))
+    }
+
+    /// The next frame from the server: (its first byte: FIN, RSV bits and
+    /// opcode; payload), or None at EOF.
+    pub async fn read_whole_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         within(async {
             loop {
                 if self.buf.len() >= 2 {
@@ -401,15 +419,17 @@ impl RawClient {
                         n => (n as usize, 2),
                     };
                     if len != usize::MAX && self.buf.len() >= header + len {
-                        let opcode = self.buf[0] & 0x0f;
+                        let b0 = self.buf[0];
                         let frame: Vec<u8> = self.buf.drain(..header + len).skip(header).collect();
-                        return Some((opcode, frame));
+                        return Some((b0, frame));
                     }
                 }
-                let mut chunk = [0u8; 65536];
-                match self.stream.read(&mut chunk).await {
+                // Into the buffer itself: a 64 KiB array in this future
+                // would be copied about the test thread's stack.
+                self.buf.reserve(65536);
+                match self.stream.read_buf(&mut self.buf).await {
                     Ok(0) | Err(_) => return None,
-                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Ok(_) => {}
                 }
             }
         })

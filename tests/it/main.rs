@@ -13,6 +13,7 @@ mod bench;
 mod browser;
 mod cli;
 mod cluster;
+mod compression;
 mod layers;
 mod limits;
 mod packaging;
