@@ -863,7 +863,11 @@ impl Outbox {
         let mut bytes = 0;
         let left = relay.hub.leave_taking(subscription, |frame| {
             bytes += frame.payload().len() as u64;
-            add_frame(scratch, chunks, encoded(frame, self.deflate, &relay.metrics));
+            add_frame(
+                scratch,
+                chunks,
+                encoded(frame, self.deflate, &relay.metrics),
+            );
         });
         seal_scratch(&mut self.scratch, &mut self.chunks);
         relay.metrics.messages_sent.inc_by(left.sent);

@@ -9,6 +9,7 @@
 //! I/O, and nothing of rooms, clients or configuration.
 
 use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -140,26 +141,41 @@ pub fn compress(payload: &[u8], level: u32, window: Window) -> Option<Vec<u8>> {
             *slot = Some((level, c));
         }
         let (_, c) = slot.as_mut()?;
-        c.reset();
-        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
-        loop {
-            let done = c.total_in() as usize;
-            c.compress_vec(&payload[done..], &mut out, FlushCompress::Sync)
-                .ok()?;
-            // Finished when all input is in and the flush had room to spare.
-            if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
-                break;
+        // A compressor that failed or panicked is not trusted again: the
+        // message goes plain and the next one gets a new compressor.
+        let compressed = std::panic::catch_unwind(AssertUnwindSafe(|| deflate_whole(c, payload)));
+        match compressed {
+            Ok(Some(out)) => (out.len() < payload.len()).then_some(out),
+            Ok(None) | Err(_) => {
+                *slot = None;
+                None
             }
-            if out.len() >= payload.len() + TAIL.len() {
-                return None;
-            }
-            out.reserve(out.capacity().max(64));
         }
-        if out.ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
-        }
-        (out.len() < payload.len()).then_some(out)
     })
+}
+
+/// `payload` through `c` from a reset, flushed, without the tail; `None`
+/// if zlib reports an error.
+fn deflate_whole(c: &mut Compress, payload: &[u8]) -> Option<Vec<u8>> {
+    c.reset();
+    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+    loop {
+        let done = c.total_in() as usize;
+        c.compress_vec(&payload[done..], &mut out, FlushCompress::Sync)
+            .ok()?;
+        // Finished when all input is in and the flush had room to spare.
+        if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
+            break;
+        }
+        // Never given up midway, even once it is clearly not getting
+        // smaller: zlib-rs 0.6's `reset` did not recover from that, and
+        // the next message panicked (see the tests).
+        out.reserve(out.capacity().max(64));
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    Some(out)
 }
 
 /// Why a compressed message could not be inflated.
@@ -178,37 +194,52 @@ const CORRUPT: Violation = Violation {
 pub fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Violation> {
     INFLATER.with_borrow_mut(|inflater| {
         let d = inflater.get_or_insert_with(|| Decompress::new(false));
-        d.reset(false);
-        let mut out = Vec::with_capacity((compressed.len() * 4).clamp(64, limit + 1));
-        for part in [compressed, &TAIL[..]] {
-            let mut at = 0;
-            loop {
-                let (in_before, out_before) = (d.total_in(), out.len());
-                let status = d
-                    .decompress_vec(&part[at..], &mut out, FlushDecompress::Sync)
-                    .map_err(|_| CORRUPT)?;
-                at += (d.total_in() - in_before) as usize;
-                if out.len() > limit {
-                    return Err(TOO_BIG);
-                }
-                if status == Status::StreamEnd {
-                    return Ok(out);
-                }
-                // All of it in, and the output had room: on to the next part.
-                if at == part.len() && out.len() < out.capacity() {
-                    break;
-                }
-                if out.len() == out.capacity() {
-                    // Grows by doubling, never past one byte over the limit.
-                    let room = out.capacity().max(64).min(limit + 1 - out.len());
-                    out.reserve_exact(room);
-                } else if d.total_in() == in_before && out.len() == out_before {
-                    return Err(CORRUPT);
-                }
+        // As for compressing: an inflater that panicked is not used again.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inflate_whole(d, compressed, limit))) {
+            Ok(result) => result,
+            Err(_) => {
+                *inflater = None;
+                Err(CORRUPT)
             }
         }
-        Ok(out)
     })
+}
+
+fn inflate_whole(
+    d: &mut Decompress,
+    compressed: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, Violation> {
+    d.reset(false);
+    let mut out = Vec::with_capacity((compressed.len() * 4).clamp(64, limit + 1));
+    for part in [compressed, &TAIL[..]] {
+        let mut at = 0;
+        loop {
+            let (in_before, out_before) = (d.total_in(), out.len());
+            let status = d
+                .decompress_vec(&part[at..], &mut out, FlushDecompress::Sync)
+                .map_err(|_| CORRUPT)?;
+            at += (d.total_in() - in_before) as usize;
+            if out.len() > limit {
+                return Err(TOO_BIG);
+            }
+            if status == Status::StreamEnd {
+                return Ok(out);
+            }
+            // All of it in, and the output had room: on to the next part.
+            if at == part.len() && out.len() < out.capacity() {
+                break;
+            }
+            if out.len() == out.capacity() {
+                // Grows by doubling, never past one byte over the limit.
+                let room = out.capacity().max(64).min(limit + 1 - out.len());
+                out.reserve_exact(room);
+            } else if d.total_in() == in_before && out.len() == out_before {
+                return Err(CORRUPT);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -235,9 +266,15 @@ mod tests {
         assert_eq!(offer("permessage-deflate; unknown"), None);
         assert_eq!(offer("permessage-deflate; server_max_window_bits=8"), None);
         assert_eq!(offer("permessage-deflate; server_max_window_bits=16"), None);
-        assert_eq!(offer("permessage-deflate; server_max_window_bits=010"), None);
+        assert_eq!(
+            offer("permessage-deflate; server_max_window_bits=010"),
+            None
+        );
         assert_eq!(offer("permessage-deflate; server_max_window_bits"), None);
-        assert_eq!(offer("permessage-deflate; client_no_context_takeover=1"), None);
+        assert_eq!(
+            offer("permessage-deflate; client_no_context_takeover=1"),
+            None
+        );
         assert_eq!(
             offer("permessage-deflate; client_no_context_takeover; client_no_context_takeover"),
             None
@@ -248,7 +285,11 @@ mod tests {
         .unwrap();
         assert_eq!(a.window, Window::Small);
         assert!(a.response.ends_with("; server_max_window_bits=10"));
-        let a = negotiate([&b"foo"[..], b"permessage-deflate; client_max_window_bits=12"]).unwrap();
+        let a = negotiate([
+            &b"foo"[..],
+            b"permessage-deflate; client_max_window_bits=12",
+        ])
+        .unwrap();
         assert_eq!(a.window, Window::Full);
     }
 
@@ -272,6 +313,42 @@ mod tests {
         assert!(bomb.len() < 20_000);
         assert_eq!(inflate(&bomb, 1 << 16), Err(TOO_BIG));
         assert_eq!(inflate(&[0xff, 0xff, 0xff], 100), Err(CORRUPT));
-        assert_eq!(inflate(&compress(&[b'a'; 300], 1, Window::Full).unwrap(), 300).unwrap().len(), 300);
+        assert_eq!(
+            inflate(&compress(&[b'a'; 300], 1, Window::Full).unwrap(), 300)
+                .unwrap()
+                .len(),
+            300
+        );
+    }
+
+    /// One thread's compressor serves message after message, compressible
+    /// or not, of every size and in both windows. (Giving up on a message
+    /// midway once left zlib-rs's state broken for the next one, whatever
+    /// `reset` did: it panicked on the next.)
+    #[test]
+    fn one_compressor_serves_any_sequence_of_messages() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let words = [
+            "relay ", "room ", "message ", "{\"id\":", "42, ", "Faust ", "und ",
+        ];
+        let text: Vec<u8> = (0..300_000)
+            .flat_map(|_| words[rng.usize(..words.len())].bytes())
+            .collect();
+        let mut noise = vec![0u8; 300_000];
+        rng.fill(&mut noise);
+        for round in 0..400 {
+            let n = [16, 64, 256, 1024, 4096, 16384, 65536, 131072][round % 8];
+            let src = if rng.bool() { &text } else { &noise };
+            let at = rng.usize(0..src.len() - n);
+            let payload = &src[at..at + n];
+            let window = if rng.bool() {
+                Window::Full
+            } else {
+                Window::Small
+            };
+            if let Some(c) = compress(payload, 1, window) {
+                assert_eq!(inflate(&c, 1 << 20).unwrap(), payload);
+            }
+        }
     }
 }

@@ -312,7 +312,10 @@ impl Reader {
             // Inside a fragmented message, a new one is a protocol error
             // that `frame` reports (1002) once it is complete.
             TEXT => self.message.is_none() && frame[0] & RSV1 == 0,
-            CONTINUATION => self.message.as_ref().is_some_and(|m| m.text && !m.compressed),
+            CONTINUATION => self
+                .message
+                .as_ref()
+                .is_some_and(|m| m.text && !m.compressed),
             _ => false,
         };
         if !text || frame.len() <= header {
@@ -948,7 +951,13 @@ mod tests {
         data.extend(frame(true, PING, b"p"));
         data.extend(frame(true, CONTINUATION, b));
         let got = feed_all(&mut r, &data).unwrap();
-        assert_eq!(got, vec![Incoming::Ping(Bytes::from_static(b"p")), message(false, text.as_bytes())]);
+        assert_eq!(
+            got,
+            vec![
+                Incoming::Ping(Bytes::from_static(b"p")),
+                message(false, text.as_bytes())
+            ]
+        );
         // Plain messages still pass on a compressing connection.
         let got = feed_all(&mut r, &frame(true, TEXT, b"plain")).unwrap();
         assert_eq!(got, vec![message(true, b"plain")]);
@@ -958,7 +967,9 @@ mod tests {
     fn compression_faults() {
         let c = deflate::compress(&[b'x'; 300], 1, deflate::Window::Full).unwrap();
         let code = |inflates: bool, data: &[u8]| {
-            feed_all(&mut Reader::new(1024, inflates), data).unwrap_err().code
+            feed_all(&mut Reader::new(1024, inflates), data)
+                .unwrap_err()
+                .code
         };
         // RSV1 without the extension, on a control frame, on a continuation.
         assert_eq!(code(false, &rsv1(frame(true, TEXT, &c))), 1002);

@@ -9,6 +9,7 @@
 mod common;
 
 mod bursts;
+mod compression;
 mod handshakes;
 mod idle_memory;
 

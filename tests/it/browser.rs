@@ -6,7 +6,8 @@
 //! beside an application protocol); SIGTERM giving open pages a clean 1001;
 //! a burst of 20 000 synchronous sends reaching 20 readers complete and in
 //! order (the relay paused while the page sends, so that they arrive as one
-//! burst: Chromium alone hands them over too gradually to make one).
+//! burst: Chromium alone hands them over too gradually to make one);
+//! permessage-deflate negotiated (`ws.extensions`) and relayed both ways.
 //!
 //! Each test starts its own chromedriver on a free port, which starts
 //! Chromium (`tests/common/browser.rs`). The browser is looked for at
@@ -331,4 +332,52 @@ return progress.report();
         "no socket may be closed: {result:#}"
     );
     browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_negotiates_permessage_deflate_and_its_messages_go_compressed() {
+    let Some(browser) =
+        Browser::launch("a_browser_negotiates_permessage_deflate_and_its_messages_go_compressed")
+            .await
+    else {
+        return;
+    };
+    let mut config = test_config();
+    config.compression.enabled = true;
+    let server = start(config).await;
+    // A page with compression and a plain client beside it.
+    let mut plain = server.client().await;
+    let big: String = (0..60)
+        .map(|i| format!("{{\"id\":{i},\"status\":\"online\"}},"))
+        .collect();
+    let result = browser
+        .run(
+            SCRIPT_LIMIT,
+            r#"
+const [url, big] = args;
+const a = sock(url), b = sock(url);
+await Promise.all([a.opened, b.opened]);
+a.ws.send(big);
+a.ws.send("small");
+const got = [];
+for (const s of [a, b]) got.push(describe(await s.next()), describe(await s.next()));
+return { extensions: [a.ws.extensions, b.ws.extensions], got };
+"#,
+            vec![json!(server.url), json!(big)],
+        )
+        .await;
+    let ext = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    assert_eq!(result["extensions"], json!([ext, ext]));
+    let expected = [json!({ "text": big }), json!({ "text": "small" })];
+    assert_eq!(
+        result["got"],
+        json!([expected[0], expected[1], expected[0], expected[1]])
+    );
+    // The plain client got it plain; the relay compressed it once for both
+    // pages (the small one is under min_size).
+    assert_eq!(recv(&mut plain).await.as_text(), Some(big.as_str()));
+    assert_eq!(recv(&mut plain).await.as_text(), Some("small"));
+    assert_eq!(server.metric("wsrelay_compressed_messages_total").await, 1);
+    browser.quit().await;
+    server.stop().await;
 }

@@ -81,7 +81,11 @@ async fn negotiation_accepts_what_it_can_honour_and_never_fails_the_handshake() 
     let (head, _) = handshake(
         server.addr,
         "127.0.0.1",
-        &format!("{}{}", offer("x-webkit-deflate-frame"), offer("permessage-deflate")),
+        &format!(
+            "{}{}",
+            offer("x-webkit-deflate-frame"),
+            offer("permessage-deflate")
+        ),
     )
     .await;
     assert_eq!(extensions(&head).as_deref(), Some(ACCEPTED));
@@ -108,7 +112,10 @@ async fn compressing_and_plain_clients_get_the_same_messages() {
     let mut sender = server.client().await;
     let big = json(1024, 1);
     sender.send(Message::text(big.clone())).await.unwrap();
-    sender.send(Message::text("small".to_owned())).await.unwrap();
+    sender
+        .send(Message::text("small".to_owned()))
+        .await
+        .unwrap();
     sender
         .send(Message::binary(big.clone().into_bytes()))
         .await
@@ -117,7 +124,12 @@ async fn compressing_and_plain_clients_get_the_same_messages() {
     let own = json(600, 2);
     deflating.send(&compressed_frame(0x1, own.as_bytes())).await;
 
-    for (text, payload) in [(true, &big), (true, &"small".to_owned()), (false, &big), (true, &own)] {
+    for (text, payload) in [
+        (true, &big),
+        (true, &"small".to_owned()),
+        (false, &big),
+        (true, &own),
+    ] {
         let m = recv(&mut plain).await;
         assert_eq!(m.is_text(), text);
         assert_eq!(&**m.as_payload(), payload.as_bytes());
@@ -126,7 +138,12 @@ async fn compressing_and_plain_clients_get_the_same_messages() {
         assert_eq!(b0 & 0x0f, if text { 0x1 } else { 0x2 });
         let got = if payload.len() >= 256 {
             assert_eq!(b0 & 0x40, 0x40, "a message over min_size is compressed");
-            assert!(wire.len() * 3 < payload.len(), "{} of {}", wire.len(), payload.len());
+            assert!(
+                wire.len() * 3 < payload.len(),
+                "{} of {}",
+                wire.len(),
+                payload.len()
+            );
             deflate::inflate(&wire, 1 << 20).unwrap()
         } else {
             assert_eq!(b0 & 0x40, 0, "a message under min_size goes plain");
@@ -161,7 +178,9 @@ async fn compressed_faults_get_their_close_codes_and_others_carry_on() {
 
     // RSV1 without the extension; a compressed control frame.
     let mut plain = RawClient::connect(server.addr).await;
-    plain.send(&compressed_frame(0x1, json(300, 0).as_bytes())).await;
+    plain
+        .send(&compressed_frame(0x1, json(300, 0).as_bytes()))
+        .await;
     assert_eq!(plain.read_close().await, 1002);
     let (mut pinger, _) = RawClient::connect_with(server.addr, "/", offer).await;
     let mut ping = frame(true, 0x9, b"p", true);
@@ -171,7 +190,10 @@ async fn compressed_faults_get_their_close_codes_and_others_carry_on() {
 
     // Nobody else noticed.
     let mut sender = server.client().await;
-    sender.send(Message::text("still here".to_owned())).await.unwrap();
+    sender
+        .send(Message::text("still here".to_owned()))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut bystander).await.as_text(), Some("still here"));
     server.stop().await;
 }
