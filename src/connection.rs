@@ -387,8 +387,6 @@ where
         }
     }
 
-    /// Leaves the hub, says goodbye as the end calls for, and reports why
-    /// the client went.
     /// Closes the connection as `event` requires, then counts and logs it.
     async fn finish(self, event: Event, cx: &ConnectionContext) {
         let (peer, ip, id) = (self.peer, self.permit.ip(), self.subscription.id);
@@ -399,6 +397,8 @@ where
         debug!(%peer, %ip, id, reason = reason.as_str(), "client disconnected");
     }
 
+    /// Leaves the hub, says goodbye as the end calls for, and reports why
+    /// the client went.
     async fn close(mut self, event: Event, cx: &ConnectionContext) -> DisconnectReason {
         // A message over the size limit is read through (and discarded) before
         // the Close goes: a browser that is still sending it when the Close

@@ -544,11 +544,6 @@ impl Metrics {
         self.compression_seconds.inc_by(seconds);
     }
 
-    /// Messages compressed so far (the tests' view).
-    pub fn compressed_count(&self) -> u64 {
-        self.compressed_messages.get()
-    }
-
     /// A connection attempt was turned away before the upgrade.
     pub fn rejected(&self, reason: RejectReason) {
         self.rejected.get(reason as usize).inc();
