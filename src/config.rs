@@ -266,7 +266,8 @@ pub struct CompressionConfig {
     /// Accept clients' permessage-deflate offers. Off: every offer is
     /// declined and nothing is compressed.
     pub enabled: bool,
-    /// zlib's level, 0 (stored) to 9 (smallest, slowest).
+    /// zlib's level, 1 (fastest) to 9 (smallest, slowest). 0 would store
+    /// uncompressed, which never gets smaller: turn `enabled` off instead.
     #[serde(deserialize_with = "de_level")]
     pub level: u8,
     /// Messages with smaller payloads go uncompressed.
@@ -768,9 +769,9 @@ fn de_cluster_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
 fn de_level<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     let level = u64::deserialize(d)?;
     match u8::try_from(level) {
-        Ok(l @ 0..=9) => Ok(l),
+        Ok(l @ 1..=9) => Ok(l),
         _ => Err(serde::de::Error::custom(format!(
-            "level {level} must be 0 (no compression) to 9 (smallest)"
+            "level {level} must be 1 (fastest) to 9 (smallest)"
         ))),
     }
 }

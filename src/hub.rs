@@ -137,7 +137,7 @@ pub struct Hub {
 /// it is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
-    /// zlib's level, 0 (none) to 9 (smallest).
+    /// zlib's level, 1 (fastest) to 9 (smallest).
     pub level: u8,
     /// Smaller payloads always go plain.
     pub min_size: usize,

@@ -1,7 +1,8 @@
 //! The upgrade request path: raw bytes are parsed as an HTTP/1.1 request by
 //! httparse (the parser hyper uses), then decided by the relay's `Gate`
 //! with every check switched on: path, handshake headers, Origin, static
-//! tokens and HS256 JWTs from all three places, trusted proxies and caps.
+//! tokens and HS256 JWTs from all three places, trusted proxies and caps,
+//! and permessage-deflate offers.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ static GATE: LazyLock<Gate> = LazyLock::new(|| {
         trusted_proxies: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         max_connections: 4,
         max_connections_per_ip: 2,
+        compression: true,
     };
     Gate::new(settings).expect("fuzz configuration")
 });

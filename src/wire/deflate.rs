@@ -211,7 +211,7 @@ fn inflate_whole(
     limit: usize,
 ) -> Result<Vec<u8>, Violation> {
     d.reset(false);
-    let mut out = Vec::with_capacity((compressed.len() * 4).clamp(64, limit + 1));
+    let mut out = Vec::with_capacity((compressed.len() * 4).max(64).min(limit + 1));
     for part in [compressed, &TAIL[..]] {
         let mut at = 0;
         loop {
@@ -348,6 +348,41 @@ mod tests {
             };
             if let Some(c) = compress(payload, 1, window) {
                 assert_eq!(inflate(&c, 1 << 20).unwrap(), payload);
+            }
+        }
+    }
+
+    #[test]
+    fn inflates_the_rfc_7692_example() {
+        // Section 7.2.3.1: "Hello", compressed, the tail removed.
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(inflate(&hello, 100).unwrap(), b"Hello");
+        // A limit of a few bytes neither panics nor lets it through.
+        assert_eq!(inflate(&hello, 4), Err(TOO_BIG));
+        assert_eq!(inflate(&hello, 5).unwrap(), b"Hello");
+    }
+
+    #[test]
+    fn the_small_window_keeps_to_512_bytes() {
+        // Random 2 KiB blocks, each repeated: a 32 KiB window matches the
+        // repeats 2 KiB back; a 512 B window cannot see them. (An inflater
+        // cannot tell: zlib follows any distance still in its output.)
+        let mut data = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(9);
+        for _ in 0..4 {
+            let mut block = vec![0u8; 2048];
+            rng.fill(&mut block);
+            data.extend_from_slice(&block);
+            data.extend_from_slice(&block);
+        }
+        let full = compress(&data, 1, Window::Full).unwrap();
+        assert!(full.len() < data.len() * 6 / 10, "{}", full.len());
+        assert_eq!(inflate(&full, data.len()).unwrap(), data);
+        match compress(&data, 1, Window::Small) {
+            None => {}
+            Some(small) => {
+                assert!(small.len() > data.len() * 9 / 10, "{}", small.len());
+                assert_eq!(inflate(&small, data.len()).unwrap(), data);
             }
         }
     }

@@ -69,7 +69,7 @@ impl Frame {
         }
     }
 
-    /// The same message, to be compressed at `level` (0-9) for clients
+    /// The same message, to be compressed at `level` (1-9) for clients
     /// that negotiated permessage-deflate.
     pub fn compressible(&self, level: u8) -> Self {
         Self {
