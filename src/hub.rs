@@ -42,7 +42,7 @@ use slab::Slab;
 use thin_vec::ThinVec;
 
 use crate::log::{LagLimits, Log, Offset, OnOverflow, Sender};
-use crate::wire::Frame;
+use crate::wire::{Compressed, Frame, Window};
 
 /// Identifies one connected client for the lifetime of the process (never 0).
 pub type ClientId = u64;
@@ -129,9 +129,13 @@ pub struct Hub {
     /// membership that is already closed.
     draining: AtomicBool,
     /// Messages of at least this many payload bytes are logged with room
-    /// for their compressed frame; `None`: compression is off.
-    compression: Option<Compression>,
+    /// for their compressed frame, and who counts compressions done here;
+    /// `None`: compression is off.
+    compression: Option<(Compression, CompressionCount)>,
 }
+
+/// Told of each message compressed (by a publisher, see [`Hub::publish_to`]).
+pub type CompressionCount = Box<dyn Fn(Compressed) + Send + Sync>;
 
 /// Which messages get a compressed frame beside the plain one, and how hard
 /// it is compressed.
@@ -147,6 +151,9 @@ pub struct Compression {
 pub struct Room {
     name: RoomName,
     state: Mutex<RoomState>,
+    /// Receiving members that take messages compressed with the full
+    /// window; changed under `state`'s lock, read before taking it.
+    compressing: AtomicUsize,
 }
 
 struct RoomState {
@@ -244,6 +251,8 @@ pub struct Member {
     closed: AtomicBool,
     /// A keepalive ping is due; mirrors `signals.ping`.
     ping_due: AtomicBool,
+    /// Counted in its room's `compressing` ([`Hub::compresses`]).
+    compresses: AtomicBool,
     signals: Mutex<Signals>,
 }
 
@@ -387,9 +396,9 @@ impl Hub {
     /// Logs messages from `compression.min_size` bytes on as compressible:
     /// a member that negotiated permessage-deflate gets them compressed,
     /// once for all such members ([`Frame::deflated`]).
-    pub fn with_compression(self, compression: Compression) -> Self {
+    pub fn with_compression(self, compression: Compression, counted: CompressionCount) -> Self {
         Self {
-            compression: Some(compression),
+            compression: Some((compression, counted)),
             ..self
         }
     }
@@ -527,7 +536,7 @@ impl Hub {
                     );
                     left.sent = messages as u64;
                 }
-                self.lose_receiver(&mut state, &room.name);
+                self.lose_receiver(&mut state, room, &record.member);
             }
             record.member.close(Ending::Left);
             state.members.is_empty()
@@ -538,14 +547,35 @@ impl Hub {
         left
     }
 
-    fn lose_receiver(&self, state: &mut RoomState, room: &str) {
+    fn lose_receiver(&self, state: &mut RoomState, room: &Room, member: &Member) {
         state.receivers -= 1;
+        if member.compresses.load(Ordering::Relaxed) {
+            room.compressing.fetch_sub(1, Ordering::Relaxed);
+        }
         // A room closed by an operator told the interest already.
         if state.receivers == 0
             && !state.removed
             && let Some(i) = &self.interest
         {
-            i.remove(room);
+            i.remove(&room.name);
+        }
+    }
+
+    /// Counts `subscription`'s member among those of its room that take
+    /// messages compressed with the full window: while there are any, the
+    /// room's publishers compress each message before taking the room's
+    /// lock, not the first such member under it.
+    pub fn compresses(&self, subscription: &Subscription) {
+        let state = subscription.room.lock();
+        let member = &subscription.member;
+        if subscription.owns(&state)
+            && member.receives
+            && !member.compresses.swap(true, Ordering::Relaxed)
+        {
+            subscription
+                .room
+                .compressing
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -579,8 +609,16 @@ impl Hub {
         backlog: Option<&mut Backlog>,
     ) -> Published {
         let mut published = Published::default();
-        let logged = match self.compression {
-            Some(c) if frame.payload().len() >= c.min_size => frame.compressible(c.level),
+        let logged = match &self.compression {
+            Some((c, counted)) if frame.payload().len() >= c.min_size => {
+                let logged = frame.compressible(c.level);
+                // Here, not under the room's lock in the first compressing
+                // member's writer: compressing a large message takes long.
+                if room.compressing.load(Ordering::Relaxed) > 0 {
+                    logged.deflated(Window::Full, counted);
+                }
+                logged
+            }
             _ => frame.clone(),
         };
         let mut waking = WAKING.take();
@@ -610,7 +648,7 @@ impl Hub {
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {
-                published.dropped = self.check(&mut state, &room.name);
+                published.dropped = self.check(&mut state, room);
             }
             if let Some(b) = backlog
                 && b.members.is_empty()
@@ -664,7 +702,7 @@ impl Hub {
     /// Looks at every receiving member's lag, applies the policy to those
     /// past the limits (see the module docs), then lets the log go of what
     /// no member needs. Returns the messages dropped.
-    fn check(&self, state: &mut RoomState, room: &str) -> u64 {
+    fn check(&self, state: &mut RoomState, room: &Room) -> u64 {
         state.unchecked = Unchecked::default();
         state.behind.clear();
         let l = self.limits;
@@ -748,7 +786,7 @@ impl Hub {
         for key in evicted {
             let record = state.members.remove(key);
             record.member.close(Ending::Evicted);
-            self.lose_receiver(state, room);
+            self.lose_receiver(state, room, &record.member);
         }
         state.log.trim(keep_from.max(hard_tail));
         dropped
@@ -932,6 +970,7 @@ impl Room {
                 behind: Vec::new(),
                 removed: false,
             }),
+            compressing: AtomicUsize::new(0),
         }
     }
 
@@ -959,6 +998,7 @@ impl Member {
             socket_full: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             ping_due: AtomicBool::new(false),
+            compresses: AtomicBool::new(false),
             signals: Mutex::default(),
         }
     }
@@ -1156,6 +1196,54 @@ mod tests {
 
     fn publish(hub: &Hub, s: &Subscription, payload: &[u8]) -> Published {
         hub.publish_to(&s.room, &Frame::new(true, payload), None, None)
+    }
+
+    #[test]
+    fn publishers_compress_while_the_room_has_compressing_members() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let count = done.clone();
+        let hub = hub(8, OnOverflow::Disconnect).with_compression(
+            Compression {
+                level: 1,
+                min_size: 10,
+            },
+            Box::new(move |_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        let text = b"compress me, compress me, compress me, compress me";
+        let mut plain = join(&hub);
+        publish(&hub, &plain, text);
+        assert_eq!(done.load(Ordering::Relaxed), 0, "nobody compresses yet");
+
+        let mut deflating = join(&hub);
+        hub.compresses(&deflating);
+        hub.compresses(&deflating); // counted once
+        publish(&hub, &plain, text);
+        publish(&hub, &plain, b"short");
+        // Compressed by the publish itself, before anyone took it.
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+        let got = take(&mut deflating);
+        let compressed = got[0].deflated(Window::Full, |_| panic!("compressed again"));
+        assert_eq!(compressed[0], 0xC1, "final, RSV1, text");
+        assert_eq!(take(&mut plain).len(), 3);
+
+        // Once it has left, publishers stop compressing.
+        hub.leave(&deflating);
+        publish(&hub, &plain, text);
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+        // And an evicted member is uncounted as well.
+        let stalled = join(&hub);
+        hub.compresses(&stalled);
+        stalled.member.set_socket_full(true);
+        for _ in 0..12 {
+            publish(&hub, &plain, text);
+            take(&mut plain);
+        }
+        assert!(stalled.member.is_closed(), "evicted");
+        let before = done.load(Ordering::Relaxed);
+        publish(&hub, &plain, text);
+        assert_eq!(done.load(Ordering::Relaxed), before);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::connection;
 use crate::hub::{RoomsFull, Subscription};
 use crate::metrics::RejectReason;
 use crate::upgrade::{self, Client, Decision};
+use crate::wire::Window;
 
 /// Accepts the next connection once a handshake place is free: while all
 /// are taken, connections wait in the kernel's accept queue. Cancel-safe.
@@ -98,13 +99,14 @@ async fn serve_http<IO>(
         service_fn(move |mut req: Request<Incoming>| {
             let decision = match shared.gate.admit(&req, peer) {
                 Decision::Upgrade(response, client) => {
-                    match shared
-                        .conn
-                        .relay
-                        .hub
-                        .join(client.room.clone(), client.role.receives())
-                    {
-                        Ok(subscription) => Ok((response, client, subscription)),
+                    let hub = &shared.conn.relay.hub;
+                    match hub.join(client.room.clone(), client.role.receives()) {
+                        Ok(subscription) => {
+                            if client.deflate == Some(Window::Full) {
+                                hub.compresses(&subscription);
+                            }
+                            Ok((response, client, subscription))
+                        }
                         Err(RoomsFull) => Err((
                             RejectReason::MaxRooms,
                             upgrade::refuse(

@@ -170,10 +170,14 @@ impl Server {
             hub = hub.with_interest(c.interest());
         }
         if config.compression.enabled {
-            hub = hub.with_compression(Compression {
-                level: config.compression.level,
-                min_size: config.compression.min_size,
-            });
+            let counter = metrics.clone();
+            hub = hub.with_compression(
+                Compression {
+                    level: config.compression.level,
+                    min_size: config.compression.min_size,
+                },
+                Box::new(move |c| counter.compressed(c.before, c.after, c.took.as_secs_f64())),
+            );
         }
         let remote = cluster.clone().map(|c| c as Arc<dyn Remote>);
         let relay = Arc::new(Relay::new(Arc::new(hub), metrics, remote));
