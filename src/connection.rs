@@ -48,9 +48,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::{Backlog, Ending, Member, Role, Subscription, Taken};
+use crate::hub::{Backlog, Ending, Hub, Member, Role, Subscription, Taken};
 use crate::limits::{OnRateExceeded, Permit, RateLimit};
-use crate::metrics::{DisconnectReason, DropReason, Metrics};
+use crate::metrics::{DisconnectReason, DropReason};
 use crate::relay::Relay;
 use crate::upgrade::Client;
 use crate::wire::{self, Frame, Incoming, Reader, Violation, Window};
@@ -404,12 +404,11 @@ where
         // the Close goes: a browser that is still sending it when the Close
         // arrives stops, and reports the close as unclean however it ends.
         let skip_message_first = matches!(&event, Event::Violation(v) if v.code == 1009);
-        let (reason, close, await_peer, timeout) = match event {
+        let (reason, close, await_peer) = match event {
             Event::PeerClosed(code) => (
                 DisconnectReason::ClientClose,
                 wire::close_reply(code),
                 false,
-                cx.close_timeout,
             ),
             Event::Violation(v) => {
                 debug!(code = v.code, reason = v.reason, "protocol error");
@@ -417,7 +416,6 @@ where
                     DisconnectReason::ProtocolError,
                     wire::close_frame(v.code, v.reason),
                     true,
-                    cx.close_timeout,
                 )
             }
             Event::Eof(e) => {
@@ -441,49 +439,44 @@ where
                 DisconnectReason::SlowConsumer,
                 wire::close_frame(1008, "slow consumer"),
                 true,
-                cx.close_timeout,
             ),
             Event::IdleTimeout => (
                 DisconnectReason::IdleTimeout,
                 wire::close_frame(1001, "idle timeout"),
                 // It has not answered pings; it will not answer a close either.
                 false,
-                cx.close_timeout,
             ),
-            Event::ClosedByOperator(close) => {
-                (DisconnectReason::ClosedByApi, close, true, cx.close_timeout)
-            }
+            Event::ClosedByOperator(close) => (DisconnectReason::ClosedByApi, close, true),
             Event::NotPermitted => (
                 DisconnectReason::NotPermitted,
                 wire::close_frame(1008, "subscribers may not send"),
                 true,
-                cx.close_timeout,
             ),
             Event::MessageTimeout => (
                 DisconnectReason::MessageTimeout,
                 wire::close_frame(1008, "message took too long"),
                 true,
-                cx.close_timeout,
             ),
             Event::TokenExpired => (
                 DisconnectReason::TokenExpired,
                 wire::close_frame(1008, "token expired"),
                 true,
-                cx.close_timeout,
             ),
             Event::RateLimited => (
                 DisconnectReason::RateLimit,
                 wire::close_frame(1008, "rate limit exceeded"),
                 true,
-                cx.close_timeout,
             ),
             Event::Shutdown => (
                 DisconnectReason::Shutdown,
                 wire::close_frame(1001, "server shutting down"),
                 true,
-                // The server bounds the whole shutdown; `force` ends this earlier if needed.
-                Duration::MAX,
             ),
+        };
+        let timeout = match reason {
+            // The server bounds the whole shutdown; `force` ends this earlier if needed.
+            DisconnectReason::Shutdown => Duration::MAX,
+            _ => cx.close_timeout,
         };
 
         // It leaves its room here: what was published before goes out before
@@ -803,9 +796,9 @@ impl Outbox {
                 continue;
             }
             let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
-            let (deflate, metrics) = (self.deflate, &cx.relay.metrics);
+            let (deflate, hub) = (self.deflate, &cx.relay.hub);
             let taken = subscription.poll_take(task, MAX_BATCH, MAX_BATCH_BYTES, |frame| {
-                add_frame(scratch, chunks, encoded(frame, deflate, metrics))
+                add_frame(scratch, chunks, encoded(frame, deflate, hub))
             });
             match taken {
                 Poll::Pending => {
@@ -863,11 +856,7 @@ impl Outbox {
         let mut bytes = 0;
         let left = relay.hub.leave_taking(subscription, |frame| {
             bytes += frame.payload().len() as u64;
-            add_frame(
-                scratch,
-                chunks,
-                encoded(frame, self.deflate, &relay.metrics),
-            );
+            add_frame(scratch, chunks, encoded(frame, self.deflate, &relay.hub));
         });
         seal_scratch(&mut self.scratch, &mut self.chunks);
         relay.metrics.messages_sent.inc_by(left.sent);
@@ -940,14 +929,11 @@ fn add_frame(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>, frame: &Bytes
 }
 
 /// `frame` as this client takes it: compressed if it negotiated
-/// permessage-deflate (once for all such clients, counted by whoever
-/// compressed it), plain otherwise.
-fn encoded<'a>(frame: &'a Frame, deflate: Option<Window>, metrics: &Metrics) -> &'a Bytes {
+/// permessage-deflate (once for all such clients), plain otherwise.
+fn encoded<'a>(frame: &'a Frame, deflate: Option<Window>, hub: &Hub) -> &'a Bytes {
     match deflate {
         None => frame.wire(),
-        Some(window) => frame.deflated(window, |c| {
-            metrics.compressed(c.before, c.after, c.took.as_secs_f64());
-        }),
+        Some(window) => hub.deflated(frame, window),
     }
 }
 

@@ -561,6 +561,16 @@ impl Hub {
         }
     }
 
+    /// `frame` as a member that negotiated permessage-deflate with
+    /// `window` takes it: compressed once for all such members (here, if
+    /// its publisher did not), and counted where that happened.
+    pub fn deflated<'a>(&self, frame: &'a Frame, window: Window) -> &'a Bytes {
+        match &self.compression {
+            Some((_, counted)) => frame.deflated(window, counted),
+            None => frame.wire(),
+        }
+    }
+
     /// Counts `subscription`'s member among those of its room that take
     /// messages compressed with the full window: while there are any, the
     /// room's publishers compress each message before taking the room's

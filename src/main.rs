@@ -14,7 +14,8 @@ use wsrelay::config::{ClusterBackend, Config, LogFormat};
 // handful of small objects, one of them (tokio's task) 128-byte aligned;
 // glibc's per-chunk headers and aligned-allocation slack made S3 (10 000
 // idle clients) 190 B per client heavier, mimalloc heavier still
-// (docs/BENCHMARKS.md). The library leaves the choice to its binary.
+// (docs/ARCHITECTURE.md, "What an idle client costs"). The library leaves
+// the choice to its binary.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
