@@ -113,6 +113,10 @@ struct TargetArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Offer permessage-deflate; the report counts the connections on
+    /// which the relay accepted it.
+    #[arg(long)]
+    deflate: bool,
 }
 
 #[cfg(feature = "bench")]
@@ -138,9 +142,14 @@ struct FanoutArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     burst: u32,
-    /// Payload bytes per message (at least 44, the stamp).
+    /// Payload bytes per message (at least 44, the stamp; 51 for json).
     #[arg(short = 's', long, default_value_t = 64)]
     size: usize,
+    /// What fills each message after its stamp: random letters and digits
+    /// (barely compressible), or JSON trade events (compressible as real
+    /// traffic is; for --deflate).
+    #[arg(long, value_enum, default_value_t = PayloadArg::Random)]
+    payload: PayloadArg,
     /// Send binary messages instead of text.
     #[arg(long)]
     binary: bool,
@@ -162,6 +171,13 @@ struct FanoutArgs {
     /// through the broker.
     #[arg(long, value_delimiter = ',', value_name = "URL")]
     subscriber_url: Vec<String>,
+}
+
+#[cfg(feature = "bench")]
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PayloadArg {
+    Random,
+    Json,
 }
 
 #[cfg(feature = "bench")]
@@ -297,6 +313,10 @@ struct ClientArgs {
     /// Extra CA certificate (PEM) to trust for wss://, e.g. a self-signed relay's.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// Offer permessage-deflate: the server may then compress what it
+    /// sends (the client inflates it); lines are sent uncompressed.
+    #[arg(long)]
+    deflate: bool,
 }
 
 fn main() -> ExitCode {
@@ -408,7 +428,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
-        let ws = client::connect(&args.url, args.ca_file.as_deref()).await?;
+        let ws = client::Dialer::new(&args.url, args.ca_file.as_deref())
+            .await?
+            .with_deflate(args.deflate)
+            .connect(None)
+            .await?;
         let stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let ending = client::run(ws, &args.url, stdin, tokio::io::stdout()).await?;
         Ok(match ending {
@@ -456,6 +480,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             connect_concurrency: t.connect_concurrency,
             pid: t.pid,
             progress: !json,
+            deflate: t.deflate,
         };
         (target, json)
     };
@@ -470,6 +495,10 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     window: a.window,
                     burst: a.burst as usize,
                     size: a.size,
+                    payload: match a.payload {
+                        PayloadArg::Random => bench::payload::Kind::Random,
+                        PayloadArg::Json => bench::payload::Kind::Json,
+                    },
                     binary: a.binary,
                     warmup: a.warmup,
                     duration: a.duration,

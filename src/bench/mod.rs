@@ -64,6 +64,8 @@ pub struct Target {
     pub pid: Option<u32>,
     /// Print a live progress line on stderr (when it is a terminal).
     pub progress: bool,
+    /// Offer permessage-deflate (and inflate what the relay compresses).
+    pub deflate: bool,
 }
 
 /// The `fanout` scenario.
@@ -80,6 +82,8 @@ pub struct FanoutOptions {
     pub burst: usize,
     /// Payload bytes per message (at least the stamp header).
     pub size: usize,
+    /// What fills each message after its stamp.
+    pub payload: payload::Kind,
     pub binary: bool,
     pub warmup: Duration,
     pub duration: Duration,
@@ -133,6 +137,8 @@ pub struct ServerFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectFigures {
     pub connections: usize,
+    /// Connections on which the relay accepted permessage-deflate.
+    pub deflated: usize,
     pub seconds: f64,
     pub per_second: f64,
     /// Per-connection handshake time, microseconds.
@@ -142,11 +148,13 @@ pub struct ConnectFigures {
 }
 
 impl ConnectFigures {
-    /// `connections` opened since `started`, each taking what `latency` holds (ns).
-    fn new(connections: usize, started: Instant, latency: Histogram<u64>) -> Self {
+    /// `connections` opened since `started` (`deflated` of them with
+    /// permessage-deflate), each taking what `latency` holds (ns).
+    fn new(connections: usize, deflated: usize, started: Instant, latency: Histogram<u64>) -> Self {
         let seconds = started.elapsed().as_secs_f64();
         Self {
             connections,
+            deflated,
             seconds,
             per_second: connections as f64 / seconds.max(1e-9),
             latency_us: Percentiles::of(&latency),
@@ -161,6 +169,8 @@ pub struct FanoutReport {
     pub subscribers: usize,
     pub publishers: usize,
     pub size: usize,
+    /// `random` or `json`.
+    pub payload: &'static str,
     pub binary: bool,
     pub window: Option<usize>,
     /// Messages per write per publisher.
@@ -182,6 +192,10 @@ pub struct FanoutReport {
     pub disconnects: BTreeMap<String, u64>,
     /// Deliveries arriving in the measured window, per second.
     pub deliveries_per_second: f64,
+    /// Bytes read from the clients' sockets after their handshakes (frame
+    /// headers included, compressed if the relay compressed), per delivery
+    /// over the whole run: against `size`, what compression saved.
+    pub wire_bytes_per_delivery: f64,
     /// Send-to-receive latency of deliveries in the measured window.
     pub latency_us: Percentiles,
     pub server: Option<ServerFigures>,
@@ -230,13 +244,15 @@ struct Received {
 
 /// Runs the fan-out scenario against `target`.
 pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
-    let dialer = burst_dialer(prepare(target).await?, opts);
+    let received_bytes = Arc::new(AtomicU64::new(0));
+    let dialer = prepare(target).await?.counting_into(received_bytes.clone());
+    let dialer = burst_dialer(dialer, opts);
     let total = opts.subscribers + opts.publishers;
     let rss_before = sample(target.pid)?;
     let cross_node = !opts.subscriber_urls.is_empty();
     let (clients, connect) = match cross_node {
         false => connect_all(&dialer, target, total).await?,
-        true => connect_across(&dialer, target, opts).await?,
+        true => connect_across(&dialer, target, opts, &received_bytes).await?,
     };
     let rss_after = sample(target.pid)?;
 
@@ -321,7 +337,11 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     Ok(FanoutReport {
         subscribers: opts.subscribers,
         publishers: opts.publishers,
-        size: opts.size.max(payload::HEADER_LEN),
+        size: opts.size.max(opts.payload.min_len()),
+        payload: match opts.payload {
+            payload::Kind::Random => "random",
+            payload::Kind::Json => "json",
+        },
         binary: opts.binary,
         window: interval.is_none().then_some(opts.window.max(burst)),
         burst,
@@ -343,6 +363,8 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
         malformed: check.malformed,
         disconnects,
         deliveries_per_second: measured as f64 / seconds,
+        wire_bytes_per_delivery: received_bytes.load(Ordering::Relaxed) as f64
+            / received.max(1) as f64,
         latency_us: Percentiles::of(&latency),
         server: server_figures(
             rss_before,
@@ -363,14 +385,15 @@ async fn prepare(target: &Target) -> Result<Dialer, BenchError> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     Ok(Dialer::new(&target.url, target.ca_file.as_deref())
         .await
-        .map_err(Box::new)?)
+        .map_err(Box::new)?
+        .with_deflate(target.deflate))
 }
 
 /// A burst's frames must all fit the write buffer to go out in one write.
 fn burst_dialer(dialer: Dialer, opts: &FanoutOptions) -> Dialer {
     match opts.burst {
         0 | 1 => dialer,
-        n => dialer.with_flush_threshold(n * (opts.size.max(payload::HEADER_LEN) + 14)),
+        n => dialer.with_flush_threshold(n * (opts.size.max(opts.payload.min_len()) + 14)),
     }
 }
 
@@ -431,6 +454,7 @@ async fn publish<S>(
                     sent_ns: run.now_ns(),
                 },
                 opts.size,
+                opts.payload,
             );
             let message = match opts.binary {
                 true => Message::binary(body),
@@ -558,11 +582,13 @@ async fn connect_across(
     dialer: &Dialer,
     target: &Target,
     opts: &FanoutOptions,
+    received_bytes: &Arc<AtomicU64>,
 ) -> Result<(Vec<ClientStream>, ConnectFigures), BenchError> {
     let started = Instant::now();
     let mut clients = Vec::with_capacity(opts.subscribers + opts.publishers);
     let mut latency = stats::new_histogram();
     let nodes = opts.subscriber_urls.len();
+    let mut deflated = 0;
     for (i, url) in opts.subscriber_urls.iter().enumerate() {
         // Node i takes every nodes-th subscriber, starting at the i-th.
         let share = (opts.subscribers + nodes - 1 - i) / nodes;
@@ -570,13 +596,17 @@ async fn connect_across(
             url: url.clone(),
             ..target.clone()
         };
-        let (more, figures) = connect_all(&prepare(&node).await?, &node, share).await?;
+        let dialer = prepare(&node).await?.counting_into(received_bytes.clone());
+        let (more, figures) = connect_all(&dialer, &node, share).await?;
         clients.extend(more);
+        deflated += figures.deflated;
         let _ = latency.add(&figures.histogram);
     }
     let (mut publishers, figures) = connect_all(dialer, target, opts.publishers).await?;
+    deflated += figures.deflated;
     let _ = latency.add(&figures.histogram);
-    let figures = ConnectFigures::new(clients.len() + publishers.len(), started, latency);
+    let connections = clients.len() + publishers.len();
+    let figures = ConnectFigures::new(connections, deflated, started, latency);
     if let Some(first) = publishers.first_mut() {
         await_subscriptions(&mut clients, first).await?;
     }
@@ -632,6 +662,7 @@ async fn connect_all(
     let started = Instant::now();
     let mut latency = stats::new_histogram();
     let mut clients = Vec::with_capacity(total);
+    let mut deflated = 0;
     let limit = target.connect_concurrency.max(1);
     let mut next = 0;
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
@@ -650,6 +681,7 @@ async fn connect_all(
         };
         match result {
             Ok(ws) => {
+                deflated += usize::from(ws.get_ref().deflates());
                 clients.push(ws);
                 let _ = latency.record((took.as_nanos() as u64).max(1));
             }
@@ -662,7 +694,7 @@ async fn connect_all(
             }
         }
     }
-    let figures = ConnectFigures::new(total, started, latency);
+    let figures = ConnectFigures::new(total, deflated, started, latency);
     Ok((clients, figures))
 }
 
@@ -935,7 +967,11 @@ impl fmt::Display for ConnectFigures {
             f,
             "{} connections in {:.2} s ({:.0}/s); handshake {}",
             self.connections, self.seconds, self.per_second, self.latency_us
-        )
+        )?;
+        match self.deflated {
+            0 => Ok(()),
+            n => write!(f, "; permessage-deflate on {n}"),
+        }
     }
 }
 
@@ -976,10 +1012,11 @@ impl fmt::Display for FanoutReport {
         };
         writeln!(
             f,
-            "fanout: {} subscribers, {} publishers, {} B {}, {pace}, {:.0} s warm-up + {:.0} s measured",
+            "fanout: {} subscribers, {} publishers, {} B {} {}, {pace}, {:.0} s warm-up + {:.0} s measured",
             self.subscribers,
             self.publishers,
             self.size,
+            self.payload,
             if self.binary { "binary" } else { "text" },
             self.warmup_seconds,
             self.duration_seconds
@@ -1005,6 +1042,11 @@ impl fmt::Display for FanoutReport {
             f,
             "throughput:   {:.0} deliveries/s",
             self.deliveries_per_second
+        )?;
+        writeln!(
+            f,
+            "wire:         {:.0} B per delivery received ({} B payload)",
+            self.wire_bytes_per_delivery, self.size
         )?;
         writeln!(f, "latency:      {}", self.latency_us)?;
         if let Some(s) = &self.server {
@@ -1060,6 +1102,7 @@ mod tests {
             connect_concurrency: 1,
             pid: None,
             progress: false,
+            deflate: false,
         }
     }
 

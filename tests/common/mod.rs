@@ -654,5 +654,6 @@ pub fn bench_target(url: &str) -> wsrelay::bench::Target {
         connect_concurrency: 16,
         pid: None,
         progress: false,
+        deflate: false,
     }
 }

@@ -22,6 +22,7 @@ fn short_fanout(subscribers: usize, publishers: usize, rate: Option<f64>) -> Fan
         window: 16,
         burst: 1,
         size: 100,
+        payload: bench::payload::Kind::Random,
         binary: false,
         warmup: Duration::from_millis(200),
         duration: Duration::from_secs(1),

@@ -598,6 +598,7 @@ async fn bench_fans_out_across_nodes() {
         connect_concurrency: 16,
         pid: None,
         progress: false,
+        deflate: false,
     };
     let opts = wsrelay::bench::FanoutOptions {
         subscribers: 10,
@@ -606,6 +607,7 @@ async fn bench_fans_out_across_nodes() {
         window: 16,
         burst: 1,
         size: 100,
+        payload: wsrelay::bench::payload::Kind::Random,
         binary: true,
         warmup: std::time::Duration::from_millis(200),
         duration: std::time::Duration::from_secs(1),

@@ -5,10 +5,15 @@
 //! and the tests all connect the same way.
 //!
 //! A tool: it talks to a relay as any client would, over `tls`; nothing
-//! of the server's internals.
+//! of the server's internals. permessage-deflate, which the WebSocket
+//! library lacks, is [`inflate`]'s, beneath it.
+
+pub mod inflate;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,9 +25,11 @@ use tokio_websockets::{
 };
 
 use crate::tls::{self, TlsError};
+use inflate::Inflating;
 
-/// A client-side WebSocket over plain TCP or TLS.
-pub type ClientStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client-side WebSocket over plain TCP or TLS, inflating the server's
+/// compressed messages when permessage-deflate was agreed.
+pub type ClientStream = WebSocketStream<Inflating<MaybeTlsStream<TcpStream>>>;
 
 /// Why the client stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,10 @@ pub struct Dialer {
     /// Bytes of frames a connection buffers before it writes them out
     /// unasked; `None`: the library's default.
     flush_threshold: Option<usize>,
+    /// Whether connections offer permessage-deflate.
+    deflate: bool,
+    /// Bytes all its connections received after their handshakes.
+    received: Arc<AtomicU64>,
 }
 
 impl Dialer {
@@ -121,6 +132,8 @@ impl Dialer {
             addr,
             connector,
             flush_threshold: None,
+            deflate: false,
+            received: Arc::default(),
         })
     }
 
@@ -132,6 +145,24 @@ impl Dialer {
             flush_threshold: Some(bytes),
             ..self
         }
+    }
+
+    /// Makes connections offer permessage-deflate, and inflate what the
+    /// server compresses when it accepts (see [`inflate`]).
+    pub fn with_deflate(self, deflate: bool) -> Self {
+        Self { deflate, ..self }
+    }
+
+    /// Counts the bytes this dialer's connections receive after their
+    /// handshakes into `received` (several dialers may share one).
+    pub fn counting_into(self, received: Arc<AtomicU64>) -> Self {
+        Self { received, ..self }
+    }
+
+    /// Bytes this dialer's connections (and any sharing its counter) have
+    /// received after their handshakes, frame headers included.
+    pub fn received_bytes(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// The relay's resolved address.
@@ -179,7 +210,16 @@ impl Dialer {
             .wrap(&self.host, stream)
             .await
             .map_err(failed)?;
+        let stream = Inflating::new(stream, self.deflate, self.received.clone());
         let mut builder = ClientBuilder::from_uri(self.uri.clone());
+        if self.deflate {
+            builder = builder
+                .add_header(
+                    http::header::SEC_WEBSOCKET_EXTENSIONS,
+                    http::HeaderValue::from_static(inflate::OFFER),
+                )
+                .map_err(failed)?;
+        }
         if let Some(bytes) = self.flush_threshold {
             builder = builder.config(tokio_websockets::Config::default().flush_threshold(bytes));
         }
