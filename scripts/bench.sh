@@ -92,8 +92,10 @@ echo "== 19 000 connections"
 run C19000 wsrelay fanout 1 -n 18999 -p 1 -w 64 -s 64 --warmup 2s -d 5s --drain-timeout 30s
 
 echo "== writing docs/BENCHMARKS.md"
-# The cluster section is scripts/bench-cluster.sh's: keep it.
-cluster_section="$(sed -n '/<!-- cluster:begin/,/<!-- cluster:end -->/p' docs/BENCHMARKS.md 2>/dev/null || true)"
+# The cluster and compression sections are scripts/bench-cluster.sh's and
+# scripts/bench-compression.sh's: keep them.
+kept_sections="$(sed -n -e '/<!-- cluster:begin/,/<!-- cluster:end -->/p' \
+    -e '/<!-- compression:begin/,/<!-- compression:end -->/p' docs/BENCHMARKS.md 2>/dev/null || true)"
 python3 - "$out" "$RUNS" > docs/BENCHMARKS.md <<'PY'
 import glob, json, os, platform, statistics, subprocess, sys
 out, runs = sys.argv[1], int(sys.argv[2])
@@ -235,7 +237,7 @@ print("# Low rate: -n 1000 -p 1 -r 100 -s 64 --warmup 2s -d 5s")
 print("# One worker and two: -n 1000 -p 4 -r 2000 -s 64 --warmup 2s -d 5s, the relay pinned to CPU 0, then not pinned")
 print("```")
 PY
-if [ -n "$cluster_section" ]; then
-    printf '\n%s\n' "$cluster_section" >> docs/BENCHMARKS.md
+if [ -n "$kept_sections" ]; then
+    printf '\n%s\n' "$kept_sections" >> docs/BENCHMARKS.md
 fi
 cat docs/BENCHMARKS.md

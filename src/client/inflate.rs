@@ -60,7 +60,9 @@ pub struct Inflating<S> {
     raw: BytesMut,
     /// Handled, for the WebSocket library to read.
     out: BytesMut,
-    /// Bytes of a plain frame still to pass through.
+    /// Bytes at the front of `raw` scanned and ready to go up as they are.
+    ready: usize,
+    /// Bytes of a plain frame still to go up as they are, past `raw`.
     passing: usize,
     /// A compressed message split over frames: its opcode and payload so far.
     message: Option<(u8, BytesMut)>,
@@ -78,6 +80,7 @@ impl<S> Inflating<S> {
             phase: if offered { Phase::Head } else { Phase::Plain },
             raw: BytesMut::new(),
             out: BytesMut::new(),
+            ready: 0,
             passing: 0,
             message: None,
             received,
@@ -108,23 +111,25 @@ impl<S> Inflating<S> {
         Ok(true)
     }
 
-    /// Handles the frames in `raw`: plain ones go through as they arrive,
-    /// compressed ones once whole, inflated. What this layer does not
-    /// expect of a server goes through as it is, for the library to refuse.
-    fn frames(&mut self) -> io::Result<()> {
+    /// Scans the frames in `raw` after the `ready` ones: plain frames
+    /// become ready as they arrive (passed up from `raw`, not copied);
+    /// a compressed message, once whole and at the front (all before it
+    /// passed up), is inflated into `out`. What this layer does not expect
+    /// of a server goes up as it is, for the library to refuse.
+    fn scan(&mut self) -> io::Result<()> {
         loop {
             if self.passing > 0 {
-                let n = self.passing.min(self.raw.len());
-                self.out.extend_from_slice(&self.raw.split_to(n));
+                let n = self.passing.min(self.raw.len() - self.ready);
+                self.ready += n;
                 self.passing -= n;
                 if self.passing > 0 {
                     return Ok(());
                 }
             }
-            let Some((header, len)) = frame_header(&self.raw) else {
+            let Some((header, len)) = frame_header(&self.raw[self.ready..]) else {
                 return Ok(());
             };
-            let b0 = self.raw[0];
+            let (b0, b1) = (self.raw[self.ready], self.raw[self.ready + 1]);
             let opcode = b0 & 0x0f;
             let starts_compressed = b0 & RSV1 != 0 && matches!(opcode, 1 | 2);
             let continues = opcode == 0 && b0 & RSV1 == 0 && self.message.is_some();
@@ -134,14 +139,17 @@ impl<S> Inflating<S> {
                     "the server started a message inside a compressed one",
                 ));
             }
-            if self.raw[1] & MASKED != 0 || b0 & 0x30 != 0 {
+            if b1 & MASKED != 0 || b0 & 0x30 != 0 {
                 self.phase = Phase::Plain;
-                self.out.extend_from_slice(&self.raw.split());
+                self.ready = self.raw.len();
                 return Ok(());
             }
             if !(starts_compressed || continues) {
                 self.passing = header.saturating_add(len);
                 continue;
+            }
+            if self.ready > 0 {
+                return Ok(());
             }
             let so_far = self.message.as_ref().map_or(0, |(_, m)| m.len());
             if so_far.saturating_add(len) > MAX_INFLATED {
@@ -262,18 +270,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            // What was handled goes up first: inflated messages, then the
+            // plain bytes scanned after them.
             if !this.out.is_empty() {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
                 this.out.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            if let Phase::Plain = this.phase {
-                let before = buf.filled().len();
-                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-                let n = buf.filled().len() - before;
-                this.received.fetch_add(n as u64, Ordering::Relaxed);
+            if this.ready > 0 {
+                let n = this.ready.min(buf.remaining());
+                buf.put_slice(&this.raw[..n]);
+                this.raw.advance(n);
+                this.ready -= n;
                 return Poll::Ready(Ok(()));
+            }
+            match this.phase {
+                Phase::Plain if !this.raw.is_empty() => {
+                    this.ready = this.raw.len();
+                    continue;
+                }
+                // Straight from the socket: nothing to look at, or the
+                // rest of a plain frame.
+                Phase::Plain => return this.read_through(cx, buf, usize::MAX),
+                Phase::Frames if this.passing > 0 && this.raw.is_empty() => {
+                    let passing = this.passing;
+                    return this.read_through(cx, buf, passing);
+                }
+                // A compressed frame waited at the back for what came before it to go up.
+                Phase::Frames if !this.raw.is_empty() => {
+                    this.scan()?;
+                    if this.ready > 0 || !this.out.is_empty() {
+                        continue;
+                    }
+                }
+                _ => {}
             }
             this.raw.reserve(16 << 10);
             let mut spare = ReadBuf::uninit(this.raw.spare_capacity_mut());
@@ -282,26 +313,45 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
             if n == 0 {
                 // End of stream: whatever is left goes up as it is.
                 this.phase = Phase::Plain;
-                this.out.extend_from_slice(&this.raw.split());
-                if this.out.is_empty() {
+                if this.raw.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
                 continue;
             }
             // SAFETY: `spare` filled these `n` bytes of `raw`'s spare capacity.
             unsafe { this.raw.set_len(this.raw.len() + n) };
-            if let Phase::Head = this.phase {
-                if !this.end_head()? {
-                    continue;
-                }
-            } else {
-                this.received.fetch_add(n as u64, Ordering::Relaxed);
-            }
             match this.phase {
-                Phase::Frames => this.frames()?,
-                _ => this.out.extend_from_slice(&this.raw.split()),
+                Phase::Head => {
+                    if this.end_head()? && matches!(this.phase, Phase::Frames) {
+                        this.scan()?;
+                    }
+                }
+                _ => {
+                    this.received.fetch_add(n as u64, Ordering::Relaxed);
+                    this.scan()?;
+                }
             }
         }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Inflating<S> {
+    /// Reads at most `limit` bytes from the socket straight into `buf`.
+    fn read_through(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        limit: usize,
+    ) -> Poll<io::Result<()>> {
+        let mut limited = buf.take(limit);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
+        let n = limited.filled().len();
+        // SAFETY: the inner reader initialised and filled these `n` bytes.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        self.passing = self.passing.saturating_sub(n);
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
     }
 }
 
