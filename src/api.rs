@@ -9,6 +9,14 @@
 //!   answers `{"delivered": n}`, the local subscribers it is for.
 //!   It goes through the same fan-out, size limit and metrics as a message
 //!   from a client.
+//!   With a position (always, in a room that exists), also `"position"` and
+//!   `"epoch"`: where the message stands in its room, for a page that
+//!   subscribes with `?since=` from there.
+//! - `GET /api/v1/rooms/{room}/history?since=&limit=`: the room's kept
+//!   messages after position `since` (default 0), at most `limit` (default
+//!   100, at most 1000): `{"epoch", "position", "complete", "messages":
+//!   [{"position", "text"} or {"position", "binary": base64}]}`;
+//!   `complete` is false when messages after `since` were no longer kept.
 //! - `GET /api/v1/rooms`: `{"rooms": [{"name": ..., "subscribers": n}]}`.
 //! - `GET /api/v1/stats`: connections, rooms and message totals.
 //! - `DELETE /api/v1/rooms/{room}/connections`: closes the room's clients
@@ -21,6 +29,7 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -147,6 +156,10 @@ impl Api {
                 let room = self.room(room)?;
                 self.publish(room, req).await
             }
+            (Method::GET, ["", "api", "v1", "rooms", room, "history"]) => {
+                let room = self.room(room)?;
+                self.history(&room, req.uri().query())
+            }
             (Method::GET, ["", "api", "v1", "rooms"]) => Ok(self.rooms()),
             (Method::GET, ["", "api", "v1", "stats"]) => Ok(self.stats()),
             (Method::DELETE, ["", "api", "v1", "rooms", room, "connections"]) => {
@@ -155,7 +168,14 @@ impl Api {
             }
             (
                 _,
-                ["", "api", "v1", "rooms", _, "messages" | "connections"]
+                [
+                    "",
+                    "api",
+                    "v1",
+                    "rooms",
+                    _,
+                    "messages" | "connections" | "history",
+                ]
                 | ["", "api", "v1", "rooms" | "stats"],
             ) => Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
             _ => Err(fail(StatusCode::NOT_FOUND, "no such route")),
@@ -173,7 +193,51 @@ impl Api {
         }
         self.relay.metrics.received(body.len());
         let published = self.relay.publish(&room, &Frame::new(text, &body));
-        Ok(json!({ "delivered": published.queued }))
+        let mut reply = json!({ "delivered": published.queued });
+        if published.position > 0
+            && let Some(r) = self.relay.hub.room(&room)
+        {
+            reply["position"] = json!(published.position);
+            reply["epoch"] = json!(&**r.epoch());
+        }
+        Ok(reply)
+    }
+
+    fn history(&self, room: &str, query: Option<&str>) -> Reply {
+        let number = |name: &str, default: u64| match crate::query::param(query, name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("{name} must be a number"))),
+        };
+        let since = number("since", 0)?;
+        let limit = number("limit", 100)?.min(1000) as usize;
+        let page = self
+            .relay
+            .hub
+            .history(room, since, limit)
+            .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such room"))?;
+        let messages: Vec<Value> = page
+            .messages
+            .iter()
+            .map(|(position, frame)| match frame.is_text() {
+                // Text frames hold UTF-8: checked when they arrived.
+                true => json!({
+                    "position": position,
+                    "text": String::from_utf8_lossy(frame.payload()),
+                }),
+                false => json!({
+                    "position": position,
+                    "binary": base64::engine::general_purpose::STANDARD.encode(frame.payload()),
+                }),
+            })
+            .collect();
+        Ok(json!({
+            "epoch": &*page.epoch,
+            "position": page.position,
+            "complete": page.complete,
+            "messages": messages,
+        }))
     }
 
     fn rooms(&self) -> Value {

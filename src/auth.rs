@@ -270,6 +270,17 @@ fn read_key(
     })
 }
 
+/// The subprotocols a request offers (`Sec-WebSocket-Protocol`), trimmed.
+pub fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
 /// The presented token, and the subprotocol to answer with if it came as one.
 fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Option<HeaderValue>)> {
     if let Some(token) = bearer_token(headers) {
@@ -278,14 +289,7 @@ fn find_token(query: Option<&str>, headers: &HeaderMap) -> Option<(String, Optio
     if let Some(token) = crate::query::param(query, "token").filter(|t| !t.is_empty()) {
         return Some((token, None));
     }
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered: Vec<&str> = offered_protocols(headers).collect();
     let token = offered
         .iter()
         .find_map(|p| p.strip_prefix(PROTOCOL_PREFIX))

@@ -229,6 +229,9 @@ pub struct RoomsConfig {
     pub prefix: String,
     /// Most rooms at once (0: no cap); a client asking for one more gets 503.
     pub max_rooms: usize,
+    /// What each room keeps of its latest messages, for clients that join
+    /// behind the head (`?rewind=`, `?since=`).
+    pub history: HistoryConfig,
 }
 
 impl Default for RoomsConfig {
@@ -237,6 +240,37 @@ impl Default for RoomsConfig {
             enabled: false,
             prefix: "/rooms/".to_owned(),
             max_rooms: 0,
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+/// Rooms' history: the latest messages of each room, kept for rewinds and
+/// recoveries (with rooms off, of the one shared room).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per room; 0 (the default): no history.
+    pub size: usize,
+    /// Payload bytes kept per room.
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub max_bytes: usize,
+    /// How long a room's history outlives its newest message.
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Payload bytes all rooms' history may hold together; past it, the
+    /// rooms quiet longest lose theirs first.
+    #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
+    pub total_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(300),
+            total_bytes: 256 << 20,
         }
     }
 }

@@ -48,8 +48,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::{Backlog, Ending, Hub, Member, Role, Subscription, Taken};
+use crate::hub::{Backlog, Ending, Hub, Joined, Member, Role, Subscription, Taken};
 use crate::limits::{OnRateExceeded, Permit, RateLimit};
+use crate::log::Mark;
 use crate::metrics::{DisconnectReason, DropReason};
 use crate::relay::Relay;
 use crate::upgrade::Client;
@@ -199,15 +200,20 @@ pub fn serve<S>(
     read_ahead: Bytes,
     client: Client,
     subscription: Subscription,
+    joined: &Joined,
     cx: Arc<ConnectionContext>,
-) -> impl Future<Output = ()>
+) -> impl Future<Output = ()> + use<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     cx.relay.metrics.connected();
     debug!(peer = %client.peer, ip = %client.ip, id = subscription.id, "client connected");
+    let positions = client.positions;
     let mut session = Session::new(io, client, subscription, &cx);
     session.reader.preload(&read_ahead);
+    if positions {
+        session.outbox.chunks.push_back(joined_notice(joined));
+    }
     async move {
         let event = poll_fn(|task| session.poll_active(task, &cx)).await;
         // Boxed: the close phase runs once per client, and its futures,
@@ -259,7 +265,7 @@ where
             role: client.role,
             permit: client.permit,
             reader: Reader::new(cx.max_message_size, client.deflate.is_some()),
-            outbox: Outbox::new(client.deflate),
+            outbox: Outbox::new(client.deflate, client.positions),
             rate: RateLimit::new(cx.rate_limit.0, cx.rate_limit.1).map(Box::new),
             last_heard: cx.keepalive.as_ref().map_or(0, KeepAlive::now),
             backlog: Backlog::default(),
@@ -485,7 +491,7 @@ where
         // and a client whose socket is full now: a socket that takes nothing
         // more would not take these either.
         if reason == DisconnectReason::SlowConsumer || self.outbox.socket_full {
-            let left = cx.relay.hub.leave_taking(&self.subscription, |_| {});
+            let left = cx.relay.hub.leave_taking(&self.subscription, |_, _| {});
             cx.relay
                 .metrics
                 .dropped(DropReason::SlowConsumer, left.sent + left.dropped);
@@ -670,6 +676,8 @@ struct Outbox {
     stall: Stall,
     /// The window the client allowed, if it negotiated permessage-deflate.
     deflate: Option<Window>,
+    /// Position-aware: each message goes after its position frame.
+    positions: bool,
 }
 
 /// Pongs waiting for the next frame boundary, the latest
@@ -738,9 +746,10 @@ impl Stall {
 }
 
 impl Outbox {
-    fn new(deflate: Option<Window>) -> Self {
+    fn new(deflate: Option<Window>, positions: bool) -> Self {
         Self {
             deflate,
+            positions,
             chunks: VecDeque::new(),
             pongs: Pongs::default(),
             socket_full: false,
@@ -796,9 +805,14 @@ impl Outbox {
                 continue;
             }
             let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
-            let (deflate, hub) = (self.deflate, &cx.relay.hub);
-            let taken = subscription.poll_take(task, MAX_BATCH, MAX_BATCH_BYTES, |frame| {
-                add_frame(scratch, chunks, encoded(frame, deflate, hub))
+            let (deflate, positions, hub) = (self.deflate, self.positions, &cx.relay.hub);
+            let taken = subscription.poll_take(task, MAX_BATCH, MAX_BATCH_BYTES, |frame, mark| {
+                add_message(
+                    scratch,
+                    chunks,
+                    positions.then_some(mark),
+                    encoded(frame, deflate, hub),
+                )
             });
             match taken {
                 Poll::Pending => {
@@ -854,9 +868,11 @@ impl Outbox {
         self.chunks.extend(self.pongs.take());
         let (scratch, chunks) = (&mut self.scratch, &mut self.chunks);
         let mut bytes = 0;
-        let left = relay.hub.leave_taking(subscription, |frame| {
+        let positions = self.positions;
+        let left = relay.hub.leave_taking(subscription, |frame, mark| {
             bytes += frame.payload().len() as u64;
-            add_frame(scratch, chunks, encoded(frame, self.deflate, &relay.hub));
+            let wire = encoded(frame, self.deflate, &relay.hub);
+            add_message(scratch, chunks, positions.then_some(mark), wire);
         });
         seal_scratch(&mut self.scratch, &mut self.chunks);
         relay.metrics.messages_sent.inc_by(left.sent);
@@ -926,6 +942,35 @@ fn add_frame(scratch: &mut BytesMut, chunks: &mut VecDeque<Bytes>, frame: &Bytes
         seal_scratch(scratch, chunks);
         chunks.push_back(frame.clone());
     }
+}
+
+/// Adds one message to what is to be written, after its position frame
+/// for a position-aware client.
+fn add_message(
+    scratch: &mut BytesMut,
+    chunks: &mut VecDeque<Bytes>,
+    mark: Option<&Mark>,
+    frame: &Bytes,
+) {
+    if let Some(mark) = mark {
+        scratch.extend_from_slice(mark.frame());
+    }
+    add_frame(scratch, chunks, frame);
+}
+
+/// The first frame a position-aware client gets: where it stands (see
+/// docs/PROTOCOL.md).
+fn joined_notice(joined: &Joined) -> Bytes {
+    let recovered = match joined.recovered {
+        Some(r) => format!(r#","recovered":{r}"#),
+        None => String::new(),
+    };
+    // The epoch is alphanumeric: no escaping needed.
+    let text = format!(
+        r##"#{{"type":"joined","epoch":"{}","position":{},"replay":{}{recovered}}}"##,
+        joined.epoch, joined.position, joined.replay
+    );
+    Frame::new(true, text.as_bytes()).wire().clone()
 }
 
 /// `frame` as this client takes it: compressed if it negotiated

@@ -26,6 +26,16 @@
 //! holds at most twice the limits after a check, and a quarter more until
 //! the next.
 //!
+//! With history on ([`History`]), a room's log also keeps its latest
+//! messages for clients that join behind the head: a rewind, or a
+//! recovery from a position the client names with the room's epoch
+//! ([`Start`]). Such a client is a cursor placed in the log under the
+//! room's lock, so there is no seam between what it replays and what is
+//! published after; the replayed frames are the log's own, shared. A room
+//! with history outlives its last member until its history expires, and
+//! the relay-wide byte bound sheds the history of the rooms that have been
+//! quiet longest first.
+//!
 //! It knows logs and frames; nothing of sockets, the cluster (only the
 //! [`RoomInterest`] it reports to) or the configuration file.
 
@@ -35,13 +45,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 use thin_vec::ThinVec;
 
-use crate::log::{LagLimits, Log, Offset, OnOverflow, Sender};
+use crate::log::{LagLimits, Log, Mark, Offset, OnOverflow, Retention, Sender};
 use crate::wire::{Compressed, Frame, Window};
 
 /// Identifies one connected client for the lifetime of the process (never 0).
@@ -132,6 +143,79 @@ pub struct Hub {
     /// for their compressed frame, and who counts compressions done here;
     /// `None`: compression is off.
     compression: Option<(Compression, CompressionCount)>,
+    /// `None`: rooms keep no history.
+    history: Option<HistoryKeeping>,
+    /// The origin of the publish times in the logs.
+    clock: Instant,
+}
+
+/// How much history rooms keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    /// Per room.
+    pub retention: Retention,
+    /// How long a room's history outlives its newest message.
+    pub ttl: Duration,
+    /// Payload bytes all rooms' logs may hold together; past it, the rooms
+    /// quiet longest lose their history first.
+    pub total_bytes: u64,
+}
+
+/// What rooms' logs hold, as exported: counted while history is on.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryGauges {
+    pub messages: Gauge,
+    pub bytes: Gauge,
+}
+
+struct HistoryKeeping {
+    settings: History,
+    held: HistoryGauges,
+    /// One shedding at a time.
+    shedding: AtomicBool,
+}
+
+/// Where a joining member starts in its room's log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Start {
+    /// At the head: it hears what is published from now on.
+    #[default]
+    Live,
+    /// Up to this many of the latest messages kept, then live.
+    Last(u64),
+    /// The kept messages at most this old, then live.
+    Within(Duration),
+    /// Every message after `position` (the position of the last message
+    /// it had) if the room's epoch is still `epoch` and its history still
+    /// holds them all; otherwise live, and told it did not recover.
+    Since { epoch: String, position: u64 },
+}
+
+/// Messages of a room's history after a position.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub epoch: Arc<str>,
+    /// The position of the room's newest message (0: none yet).
+    pub position: u64,
+    /// Nothing between the asked position and the first message given
+    /// was lost: the history still held everything after it.
+    pub complete: bool,
+    /// Oldest first, with their positions.
+    pub messages: Vec<(u64, Frame)>,
+}
+
+/// Where a member stood when it joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's epoch: positions are comparable only within one.
+    pub epoch: Arc<str>,
+    /// Its position: every message up to it counts as had (0: none).
+    pub position: u64,
+    /// Messages it starts behind the head (replayed before live ones).
+    pub replay: u64,
+    /// For [`Start::Since`]: whether everything after that position is
+    /// coming.
+    pub recovered: Option<bool>,
 }
 
 /// Told of each message compressed (by a publisher, see [`Hub::publish_to`]).
@@ -150,6 +234,9 @@ pub struct Compression {
 /// One room: its log and its members.
 pub struct Room {
     name: RoomName,
+    /// Short and random: offsets restart only in a new room, which has a
+    /// new epoch, so an epoch and a position name one message for ever.
+    epoch: Arc<str>,
     state: Mutex<RoomState>,
     /// Receiving members that take messages compressed with the full
     /// window; changed under `state`'s lock, read before taking it.
@@ -179,6 +266,11 @@ struct RoomState {
     /// Taken out of the hub's map (emptied, or closed by an operator):
     /// whoever finds it so looks again.
     removed: bool,
+    /// History before this offset was shed (the relay-wide bound).
+    history_floor: Offset,
+    /// The log's messages and payload bytes last added to the hub's
+    /// history gauges.
+    counted: (u64, u64),
 }
 
 /// Messages and payload bytes appended since the last lag check.
@@ -202,7 +294,7 @@ struct Record {
         clippy::box_collection,
         reason = "one pointer in every member's record, not a queue's three words"
     )]
-    held: Option<Box<VecDeque<Frame>>>,
+    held: Option<Box<VecDeque<(Frame, Offset)>>>,
     /// `drop_newest`: until it has taken what is held, every message
     /// published is dropped for it.
     dropping: bool,
@@ -211,6 +303,9 @@ struct Record {
     skips_own: bool,
     /// `wakeups` when it joined the sleepers.
     slept: u64,
+    /// The head when it joined behind it (a rewind or a recovery): what it
+    /// replays does not count towards its lag, and needs the history.
+    replay_to: Offset,
     /// Its task, while it is among the sleepers.
     waker: Option<Waker>,
 }
@@ -331,6 +426,8 @@ pub struct Published {
     /// check: skipped by `drop_oldest` or `drop_newest`, or due to members
     /// it evicted.
     pub dropped: u64,
+    /// The message's position in its room (0: not appended).
+    pub position: u64,
 }
 
 /// What a member was due when it left.
@@ -390,7 +487,98 @@ impl Hub {
             interest: None,
             draining: AtomicBool::new(false),
             compression: None,
+            history: None,
+            clock: Instant::now(),
         }
+    }
+
+    /// Rooms keep `history`, counted in `held`.
+    pub fn with_history(self, history: History, held: HistoryGauges) -> Self {
+        Self {
+            history: Some(HistoryKeeping {
+                settings: history,
+                held,
+                shedding: AtomicBool::new(false),
+            }),
+            ..self
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Where `state`'s history starts now (the head: none).
+    fn history_from(&self, state: &RoomState, now_ms: u64) -> Offset {
+        let head = state.log.head();
+        let Some(h) = &self.history else {
+            return head;
+        };
+        let ttl = h.settings.ttl.as_millis() as u64;
+        match state.log.newest_ms() {
+            Some(newest) if now_ms.saturating_sub(newest) <= ttl => state
+                .log
+                .retained_from(&h.settings.retention)
+                .max(state.history_floor),
+            _ => head,
+        }
+    }
+
+    /// Lets `state`'s log go of what neither its readers (from
+    /// `readers_from` on) nor its history need, and counts what it holds.
+    fn trim(&self, state: &mut RoomState, readers_from: Offset, now_ms: u64) {
+        let keep = readers_from.min(self.history_from(state, now_ms));
+        state.log.trim(keep);
+        self.recount(state);
+    }
+
+    /// Brings the history gauges up to date with `state`'s log.
+    fn recount(&self, state: &mut RoomState) {
+        let Some(h) = &self.history else {
+            return;
+        };
+        let now = state.log.held();
+        let (m, b) = state.counted;
+        h.held.messages.inc_by(now.0 as i64 - m as i64);
+        h.held.bytes.inc_by(now.1 as i64 - b as i64);
+        state.counted = now;
+    }
+
+    /// Past the relay-wide bound: the rooms quiet longest lose their
+    /// history (what their readers still need stays) until the logs hold
+    /// at most nine tenths of it.
+    fn shed_history(&self) {
+        let Some(h) = &self.history else {
+            return;
+        };
+        let bound = h.settings.total_bytes;
+        if h.held.bytes.get() as u64 <= bound || h.shedding.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let mut rooms = Vec::new();
+        self.each_room(|room| {
+            if let Some(newest) = room.lock().log.newest_ms() {
+                rooms.push((newest, room.clone()));
+            }
+        });
+        rooms.sort_unstable_by_key(|(newest, _)| *newest);
+        let now = self.now_ms();
+        for (_, room) in rooms {
+            if h.held.bytes.get() as u64 <= bound / 10 * 9 {
+                break;
+            }
+            let emptied = {
+                let mut state = room.lock();
+                state.history_floor = state.log.head();
+                let readers_from = readers_from(&state);
+                self.trim(&mut state, readers_from, now);
+                state.members.is_empty()
+            };
+            if emptied {
+                self.remove_if_empty(&room);
+            }
+        }
+        h.shedding.store(false, Ordering::Release);
     }
 
     /// Logs messages from `compression.min_size` bytes on as compressible:
@@ -457,6 +645,19 @@ impl Hub {
     /// message published there from now on (unless `receives` is false).
     /// Once the hub is draining, the membership comes closed.
     pub fn join(&self, room: RoomName, receives: bool) -> Result<Subscription, RoomsFull> {
+        self.join_at(room, receives, &Start::Live)
+            .map(|(subscription, _)| subscription)
+    }
+
+    /// [`Hub::join`], starting where `start` says: behind the head, the
+    /// member first takes the kept messages from there on, then live ones,
+    /// with nothing lost or repeated between them.
+    pub fn join_at(
+        &self,
+        room: RoomName,
+        receives: bool,
+        start: &Start,
+    ) -> Result<(Subscription, Joined), RoomsFull> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let member = Arc::new(Member::new(id, receives));
         // No shard lock is held while waiting for the room's: a room found
@@ -468,7 +669,23 @@ impl Hub {
             if state.removed {
                 continue;
             }
-            let cursor = state.log.head();
+            let head = state.log.head();
+            let from = self.history_from(&state, self.now_ms());
+            let (cursor, recovered) = match start {
+                _ if !receives => (head, None),
+                Start::Live => (head, None),
+                Start::Last(n) => (head.saturating_sub(*n).max(from), None),
+                Start::Within(age) => {
+                    let since = self.now_ms().saturating_sub(age.as_millis() as u64);
+                    (state.log.appended_since(from, since), None)
+                }
+                Start::Since { epoch, position } => {
+                    match **epoch == *arc.epoch && (from..=head).contains(position) {
+                        true => (*position, Some(true)),
+                        false => (head, Some(false)),
+                    }
+                }
+            };
             member.cursor.store(cursor, Ordering::Relaxed);
             let key = state.members.insert(Record {
                 member: member.clone(),
@@ -477,6 +694,7 @@ impl Hub {
                 dropping: false,
                 skips_own: false,
                 slept: u64::MAX,
+                replay_to: if cursor < head { head } else { 0 },
                 waker: None,
             });
             if receives {
@@ -491,13 +709,20 @@ impl Hub {
                 member.close(Ending::Shutdown);
             }
             drop(state);
-            return Ok(Subscription {
+            let joined = Joined {
+                epoch: arc.epoch.clone(),
+                position: cursor,
+                replay: head - cursor,
+                recovered,
+            };
+            let subscription = Subscription {
                 id,
                 room: arc,
                 member,
                 key,
                 cursor,
-            });
+            };
+            return Ok((subscription, joined));
         }
     }
 
@@ -505,12 +730,17 @@ impl Hub {
     /// closes its membership. Idempotent. Returns what it was due, for the
     /// counts: messages `drop_newest` dropped for it.
     pub fn leave(&self, subscription: &Subscription) -> Left {
-        self.leave_taking(subscription, |_| {})
+        self.leave_taking(subscription, |_, _| {})
     }
 
     /// [`Hub::leave`], handing `sink` first every message still due to the
-    /// client (what it is sent before its Close).
-    pub fn leave_taking(&self, subscription: &Subscription, mut sink: impl FnMut(&Frame)) -> Left {
+    /// client (what it is sent before its Close), each with its position
+    /// frame.
+    pub fn leave_taking(
+        &self,
+        subscription: &Subscription,
+        mut sink: impl FnMut(&Frame, &Mark),
+    ) -> Left {
         let room = &subscription.room;
         let mut left = Left::default();
         let empty = {
@@ -523,7 +753,9 @@ impl Hub {
                 if record.dropping {
                     let held = record.held.take().unwrap_or_default();
                     left.sent = held.len() as u64;
-                    held.iter().for_each(&mut sink);
+                    for (frame, offset) in held.iter() {
+                        sink(frame, &Mark::new(offset + 1));
+                    }
                     left.dropped = record.drop_to_head(subscription.cursor, &state.log);
                 } else {
                     let mut cursor = subscription.cursor;
@@ -589,7 +821,7 @@ impl Hub {
         }
     }
 
-    /// Takes `room` out of the map if it has no members left.
+    /// Takes `room` out of the map if it has no members left, nor history.
     fn remove_if_empty(&self, room: &Arc<Room>) {
         let mut map = self
             .shard(&room.name)
@@ -597,6 +829,11 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner);
         let mut state = room.lock();
         if state.members.is_empty() && !state.removed {
+            let now = self.now_ms();
+            self.trim(&mut state, Offset::MAX, now);
+            if !state.log.is_empty() {
+                return;
+            }
             state.removed = true;
             if map.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
                 map.remove(&room.name);
@@ -634,7 +871,8 @@ impl Hub {
         let mut waking = WAKING.take();
         let emptied = {
             let mut state = room.lock();
-            if state.removed || state.receivers == 0 {
+            // With no one to hear it, only a room with history keeps it.
+            if state.removed || (state.receivers == 0 && self.history.is_none()) {
                 return published;
             }
             let head = state.log.head();
@@ -654,11 +892,20 @@ impl Hub {
             }
             published.queued = state.receivers - skipped;
             let size = frame.payload().len() as u64;
-            state.log.append(logged, skip.map_or(0, |s| s.id));
+            let now = self.now_ms();
+            published.position = state.log.append(logged, skip.map_or(0, |s| s.id), now) + 1;
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {
-                published.dropped = self.check(&mut state, room);
+                published.dropped = self.check(&mut state, room, now);
+            } else if self.history.is_some() {
+                // Between checks the log holds what readers may still
+                // need; with no readers, only the history.
+                let readers_from = match state.receivers {
+                    0 => Offset::MAX,
+                    _ => state.log.first(),
+                };
+                self.trim(&mut state, readers_from, now);
             }
             if let Some(b) = backlog
                 && b.members.is_empty()
@@ -690,13 +937,21 @@ impl Hub {
         if emptied {
             self.remove_if_empty(room);
         }
+        self.shed_history();
         published
     }
 
     /// [`Hub::publish_to`] the room called `room`, for publishers that are
-    /// not members (the HTTP API, other nodes) and cannot wait.
+    /// not members (the HTTP API, other nodes) and cannot wait. With
+    /// history on, a room nobody is in is created to keep the message.
     pub fn publish(&self, room: &str, frame: &Frame) -> Published {
-        match self.room(room) {
+        let found = match &self.history {
+            Some(_) if is_room_name(room) || room.is_empty() => {
+                self.room_or_create(&room.into()).ok()
+            }
+            _ => self.room(room),
+        };
+        match found {
             Some(r) => self.publish_to(&r, frame, None, None),
             None => Published::default(),
         }
@@ -712,7 +967,7 @@ impl Hub {
     /// Looks at every receiving member's lag, applies the policy to those
     /// past the limits (see the module docs), then lets the log go of what
     /// no member needs. Returns the messages dropped.
-    fn check(&self, state: &mut RoomState, room: &Room) -> u64 {
+    fn check(&self, state: &mut RoomState, room: &Room, now_ms: u64) -> u64 {
         state.unchecked = Unchecked::default();
         state.behind.clear();
         let l = self.limits;
@@ -747,6 +1002,8 @@ impl Hub {
             }
             let at = record.position(cursor, log);
             let skipping = record.skipping();
+            // What it replays does not count; it needs the history instead.
+            let counted_from = at.max(record.replay_to);
             // Closed and about to leave (shutdown): it takes what is due on
             // its way out, within the hard bound; what that cuts is dropped.
             if m.is_closed() {
@@ -757,13 +1014,13 @@ impl Hub {
                 keep_from = keep_from.min(at.max(hard_tail));
                 continue;
             }
-            let lag = log.lag(at);
+            let lag = log.lag(counted_from);
             let over = l.exceeded(lag, 1);
             let policy_applies =
                 l.exceeded(lag, 2) || (over && m.socket_full.load(Ordering::Relaxed));
             if !policy_applies {
                 if over {
-                    behind.push((m.clone(), log.oldest_within(at, &half, 1)));
+                    behind.push((m.clone(), log.oldest_within(counted_from, &half, 1)));
                 }
                 keep_from = keep_from.min(at);
                 continue;
@@ -781,10 +1038,10 @@ impl Hub {
                 }
                 OnOverflow::DropNewest => {
                     let keep = log.newest_within(at, &l);
-                    let held: VecDeque<Frame> = log
-                        .range(at, keep)
-                        .filter(|(_, sender)| Some(*sender) != skipping)
-                        .map(|(frame, _)| frame.clone())
+                    let held: VecDeque<(Frame, Offset)> = log
+                        .entries_in(at, keep)
+                        .filter(|e| Some(e.sender) != skipping)
+                        .map(|e| (e.frame.clone(), e.offset))
                         .collect();
                     record.held = (!held.is_empty()).then(|| Box::new(held));
                     dropped += log.count_for(keep, head, skipping);
@@ -793,12 +1050,29 @@ impl Hub {
                 }
             }
         }
+        // Replaying members the history has rolled past before they took
+        // it: the policy, as for a member past its limits.
+        let trim_to = keep_from
+            .max(hard_tail)
+            .min(self.history_from(state, now_ms));
+        for (key, record) in state.members.iter_mut() {
+            let cursor = record.member.cursor.load(Ordering::Acquire);
+            let at = record.position(cursor, &state.log);
+            if record.replay_to <= at || at >= trim_to || record.dropping {
+                continue;
+            }
+            dropped += state.log.count_for(at, trim_to, record.skipping());
+            match l.on_overflow {
+                OnOverflow::Disconnect => evicted.push(key),
+                OnOverflow::DropOldest | OnOverflow::DropNewest => record.skip_to = trim_to,
+            }
+        }
         for key in evicted {
             let record = state.members.remove(key);
             record.member.close(Ending::Evicted);
             self.lose_receiver(state, room, &record.member);
         }
-        state.log.trim(keep_from.max(hard_tail));
+        self.trim(state, keep_from.max(hard_tail), now_ms);
         dropped
     }
 
@@ -862,24 +1136,40 @@ impl Hub {
     /// (no lock is held over all of them), and lets each room's log go of
     /// what every member has taken: a quiet room keeps nothing.
     pub fn ping_all(&self) {
+        self.tidy(true);
+    }
+
+    /// Lets every room's log go of what its readers took and of history
+    /// past its ttl; a room kept only for its history goes with it. (Pings
+    /// do the same; this is for relays that do not ping.)
+    pub fn expire_history(&self) {
+        self.tidy(false);
+    }
+
+    fn tidy(&self, ping: bool) {
+        let now = self.now_ms();
+        let mut emptied = Vec::new();
         self.each_room(|room| {
             let mut state = room.lock();
-            let mut keep_from = state.log.head();
-            for (_, record) in &state.members {
-                record.member.ping();
-                // A closed member still takes what is due on its way out.
-                if record.member.receives {
-                    let at =
-                        record.position(record.member.cursor.load(Ordering::Acquire), &state.log);
-                    keep_from = keep_from.min(at);
+            if ping {
+                for (_, record) in &state.members {
+                    record.member.ping();
                 }
             }
-            state.log.trim(keep_from);
+            let readers_from = readers_from(&state);
+            self.trim(&mut state, readers_from, now);
             // Nobody waits for members that caught up or left.
             state
                 .behind
                 .retain(|(m, target)| Backlog::waits_for(m, *target));
+            // A room kept only for its history goes once that expires.
+            if state.members.is_empty() && state.log.is_empty() {
+                emptied.push(room.clone());
+            }
         });
+        for room in emptied {
+            self.remove_if_empty(&room);
+        }
     }
 
     /// Begins shutdown: hands back every member, for the server to close in
@@ -895,6 +1185,28 @@ impl Hub {
             all.extend(state.members.iter().map(|(_, r)| r.member.clone()));
         });
         all
+    }
+
+    /// Up to `limit` messages of `room`'s history after position `since`,
+    /// oldest first; `None` if there is no such room.
+    pub fn history(&self, room: &str, since: u64, limit: usize) -> Option<HistoryPage> {
+        let room = self.room(room)?;
+        let state = room.lock();
+        let head = state.log.head();
+        let from = self.history_from(&state, self.now_ms());
+        let start = since.max(from);
+        let messages = state
+            .log
+            .entries_in(start, head)
+            .take(limit)
+            .map(|e| (e.offset + 1, e.frame.clone()))
+            .collect();
+        Some(HistoryPage {
+            epoch: room.epoch.clone(),
+            position: head,
+            complete: since >= from || since >= head,
+            messages,
+        })
     }
 
     /// Clients connected now, in every room.
@@ -930,17 +1242,17 @@ fn take(
     record: &mut Record,
     cursor: &mut Offset,
     batch: Batch,
-    sink: &mut impl FnMut(&Frame),
+    sink: &mut impl FnMut(&Frame, &Mark),
 ) -> (usize, usize) {
     let mut taken = (0, 0);
     // The window kept by `drop_newest` goes first.
     if let Some(held) = &mut record.held {
-        while let Some(frame) = held.front() {
+        while let Some((frame, offset)) = held.front() {
             let size = frame.payload().len();
             if !batch.admits(taken, size) {
                 return taken;
             }
-            sink(frame);
+            sink(frame, &Mark::new(offset + 1));
             taken = (taken.0 + 1, taken.1 + size);
             held.pop_front();
         }
@@ -952,24 +1264,42 @@ fn take(
     let skipping = record.skipping();
     *cursor = record.position(*cursor, log);
     record.skip_to = 0;
-    for (frame, sender) in log.range(*cursor, log.head()) {
-        let size = frame.payload().len();
+    for e in log.entries_in(*cursor, log.head()) {
+        let size = e.frame.payload().len();
         if !batch.admits(taken, size) {
             break;
         }
         *cursor += 1;
-        if Some(sender) != skipping {
-            sink(frame);
+        if Some(e.sender) != skipping {
+            sink(e.frame, e.mark);
             taken = (taken.0 + 1, taken.1 + size);
         }
     }
     taken
 }
 
+/// The oldest position a receiving member of `state` still needs (the
+/// head if none): a closed member still takes what is due on its way out.
+fn readers_from(state: &RoomState) -> Offset {
+    let mut from = state.log.head();
+    for (_, record) in &state.members {
+        if record.member.receives {
+            let at = record.position(record.member.cursor.load(Ordering::Acquire), &state.log);
+            from = from.min(at);
+        }
+    }
+    from
+}
+
 impl Room {
     fn new(name: RoomName) -> Self {
+        let mut rng = fastrand::Rng::new();
+        let epoch: String = std::iter::repeat_with(|| rng.alphanumeric())
+            .take(8)
+            .collect();
         Self {
             name,
+            epoch: epoch.into(),
             state: Mutex::new(RoomState {
                 log: Log::default(),
                 members: Slab::new(),
@@ -979,6 +1309,8 @@ impl Room {
                 unchecked: Unchecked::default(),
                 behind: Vec::new(),
                 removed: false,
+                history_floor: 0,
+                counted: (0, 0),
             }),
             compressing: AtomicUsize::new(0),
         }
@@ -986,6 +1318,11 @@ impl Room {
 
     pub fn name(&self) -> &RoomName {
         &self.name
+    }
+
+    /// The room's epoch (see [`Joined::epoch`]).
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -1107,7 +1444,7 @@ impl Subscription {
         task: &mut Context<'_>,
         max_frames: usize,
         max_bytes: usize,
-        mut sink: impl FnMut(&Frame),
+        mut sink: impl FnMut(&Frame, &Mark),
     ) -> Poll<Taken> {
         let member = &*self.member;
         if member.watch(task) {
@@ -1199,13 +1536,110 @@ mod tests {
         let mut got = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Taken::Frames { .. }) =
-            s.poll_take(&mut cx, 1000, usize::MAX, |f| got.push(f.clone()))
+            s.poll_take(&mut cx, 1000, usize::MAX, |f, _| got.push(f.clone()))
         {}
         got
     }
 
     fn publish(hub: &Hub, s: &Subscription, payload: &[u8]) -> Published {
         hub.publish_to(&s.room, &Frame::new(true, payload), None, None)
+    }
+
+    fn with_history(hub: Hub, messages: usize) -> Hub {
+        hub.with_history(
+            History {
+                retention: Retention {
+                    messages,
+                    bytes: 1 << 20,
+                },
+                ttl: Duration::from_secs(60),
+                total_bytes: 1 << 30,
+            },
+            HistoryGauges::default(),
+        )
+    }
+
+    /// 1 000 joins behind the head while a publisher on another thread
+    /// keeps publishing: each member gets a run of consecutive positions
+    /// from where it was told it stands, the replay and the live messages
+    /// meeting with no gap and no repeat.
+    #[test]
+    fn joins_behind_the_head_meet_the_live_stream_without_a_seam() {
+        let hub = Arc::new(with_history(hub(100_000, OnOverflow::Disconnect), 200));
+        let stop = Arc::new(AtomicBool::new(false));
+        // The room exists (and keeps its history) from the first publish on.
+        hub.publish("", &Frame::new(false, &1u64.to_be_bytes()));
+        let publisher = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // Position n carries n.
+                for n in 2u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    hub.publish("", &Frame::new(false, &n.to_be_bytes()));
+                }
+            })
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..1000 {
+            let start = Start::Last(rng.u64(0..300));
+            let (mut s, joined) = hub.join_at("".into(), true, &start).unwrap();
+            let mut next = joined.position + 1;
+            // Through the replay and at least 20 live messages.
+            while next <= joined.position + joined.replay + 20 {
+                let _ = s.poll_take(&mut cx, 64, usize::MAX, |f, mark| {
+                    let n = u64::from_be_bytes(f.payload().try_into().unwrap());
+                    assert_eq!(n, next, "gap or repeat at the seam: {joined:?}");
+                    assert_eq!(mark.frame()[2..], *format!("@{n}").as_bytes());
+                    next += 1;
+                });
+            }
+            hub.leave(&s);
+        }
+        stop.store(true, Ordering::Relaxed);
+        publisher.join().unwrap();
+    }
+
+    #[test]
+    fn history_outlives_members_and_the_relay_wide_bound_sheds_the_quietest() {
+        let gauges = HistoryGauges::default();
+        let hub = hub(1000, OnOverflow::Disconnect).with_history(
+            History {
+                retention: Retention {
+                    messages: 100,
+                    bytes: 1 << 20,
+                },
+                ttl: Duration::from_secs(60),
+                total_bytes: 1000,
+            },
+            gauges.clone(),
+        );
+        // Two rooms of 400 payload bytes each, nobody in them.
+        for room in ["quiet", "busy"] {
+            for _ in 0..4 {
+                assert!(hub.publish(room, &Frame::new(false, &[0; 100])).position > 0);
+            }
+        }
+        assert_eq!(hub.room_count(), 2);
+        assert_eq!((gauges.messages.get(), gauges.bytes.get()), (8, 800));
+        // Past 1000 bytes: "quiet", the room quiet longest, loses its history.
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 0..3 {
+            hub.publish("busy", &Frame::new(false, &[0; 100]));
+        }
+        assert_eq!(gauges.bytes.get(), 700);
+        assert_eq!(
+            hub.room_count(),
+            1,
+            "a room with no members and no history goes"
+        );
+        let page = hub.history("busy", 0, 100).unwrap();
+        assert_eq!(
+            (page.position, page.messages.len(), page.complete),
+            (7, 7, true)
+        );
     }
 
     #[test]
@@ -1266,7 +1700,8 @@ mod tests {
             published,
             Published {
                 queued: 2,
-                dropped: 0
+                dropped: 0,
+                position: 1,
             }
         );
         assert_eq!(a.room.log_len(), 1);
@@ -1345,7 +1780,7 @@ mod tests {
         let mut got = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Taken::Frames { dropped: d, .. }) =
-            slow.poll_take(&mut cx, 1000, usize::MAX, |f| got.push(f.payload()[0]))
+            slow.poll_take(&mut cx, 1000, usize::MAX, |f, _| got.push(f.payload()[0]))
         {
             dropped += d;
         }
@@ -1438,7 +1873,7 @@ mod tests {
         // No message for a long time, while clients come, wait and go.
         for _ in 0..10_000 {
             let mut s = join(&hub);
-            assert!(s.poll_take(&mut cx, 8, usize::MAX, |_| {}).is_pending());
+            assert!(s.poll_take(&mut cx, 8, usize::MAX, |_, _| {}).is_pending());
             hub.leave(&s);
         }
         let state = _stays.room.lock();
@@ -1486,21 +1921,21 @@ mod tests {
         publish(&hub, &a, b"x");
         hub.ping_all();
         assert_eq!(
-            a.poll_take(&mut cx, 10, 100, |_| {}),
+            a.poll_take(&mut cx, 10, 100, |_, _| {}),
             Poll::Ready(Taken::Ping)
         );
         assert!(matches!(
-            a.poll_take(&mut cx, 10, 100, |_| {}),
+            a.poll_take(&mut cx, 10, 100, |_, _| {}),
             Poll::Ready(Taken::Frames { messages: 1, .. })
         ));
-        assert!(a.poll_take(&mut cx, 10, 100, |_| {}).is_pending());
+        assert!(a.poll_take(&mut cx, 10, 100, |_, _| {}).is_pending());
         let drained = hub.drain();
         assert_eq!(drained.len(), 1);
         // Draining hands the members over; until closed they still hear.
         assert_eq!(publish(&hub, &a, b"y").queued, 1);
         drained.iter().for_each(|m| m.close(Ending::Shutdown));
         assert_eq!(
-            a.poll_take(&mut cx, 10, 100, |_| {}),
+            a.poll_take(&mut cx, 10, 100, |_, _| {}),
             Poll::Ready(Taken::Closed)
         );
         assert_eq!(a.member.ending(), Some(Ending::Shutdown));
@@ -1514,7 +1949,7 @@ mod tests {
         publish(&hub, &s, b"a");
         publish(&hub, &s, b"b");
         let mut got = Vec::new();
-        let left = hub.leave_taking(&s, |f| got.push(f.clone()));
+        let left = hub.leave_taking(&s, |f, _| got.push(f.clone()));
         assert_eq!(
             left,
             Left {
@@ -1605,7 +2040,7 @@ mod tests {
         /// Leaves (under the room's harness lock) and checks what it got.
         fn leave_and_check(hub: &Hub, slots: &[Mutex<Truth>], mut m: Mine) -> usize {
             let slot = lock(&slots[slot_of(&m)]);
-            hub.leave_taking(&m.sub, |f| m.got.push(decode(f)));
+            hub.leave_taking(&m.sub, |f, _| m.got.push(decode(f)));
             let upto = lock(&m.truth).len();
             drop(slot);
             let due: Vec<(ClientId, u64)> = lock(&m.truth)[m.joined_at..upto]
@@ -1701,11 +2136,11 @@ mod tests {
                             _ => {
                                 for m in &mut mine {
                                     let got = &mut m.got;
-                                    while let Poll::Ready(Taken::Frames { .. } | Taken::Ping) = m
-                                        .sub
-                                        .poll_take(&mut cx, 8, usize::MAX, |f| got.push(decode(f)))
-                                    {
-                                    }
+                                    while let Poll::Ready(Taken::Frames { .. } | Taken::Ping) =
+                                        m.sub.poll_take(&mut cx, 8, usize::MAX, |f, _| {
+                                            got.push(decode(f))
+                                        })
+                                    {}
                                 }
                             }
                         }

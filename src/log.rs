@@ -10,6 +10,14 @@
 //! within the limits: a lag of one message never counts, nor two at twice
 //! the limits, so a message larger than the byte limit still gets through.
 //!
+//! The log is also a room's history: its keeper may hold messages past
+//! what readers need, within [`Retention`], so that a reader can start
+//! behind the head (rewind, recovery). Each entry carries its publish time
+//! and its position frame, the `@<position>` text frame that
+//! position-aware clients get before each message (encoded once, at
+//! append, for all of them). A message's *position* is its offset plus
+//! one: position 0 means "before the first message".
+//!
 //! It knows frames and offsets; nothing of members, sockets or the
 //! configuration file.
 
@@ -67,6 +75,66 @@ struct Entry {
     /// Payload bytes appended before this entry, ever: lag in bytes is a
     /// subtraction.
     before: u64,
+    /// When it was appended, in the keeper's milliseconds.
+    at_ms: u64,
+    mark: Mark,
+}
+
+/// The frame that tells a position-aware client the position of the
+/// message after it: text `@<position>`, at most 23 bytes, kept inline.
+#[derive(Clone, Copy)]
+pub struct Mark {
+    len: u8,
+    bytes: [u8; 23],
+}
+
+impl Mark {
+    /// The frame for `position`.
+    pub fn new(position: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = position;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let text = &digits[at..];
+        let mut bytes = [0u8; 23];
+        bytes[0] = 0x81;
+        bytes[1] = 1 + text.len() as u8;
+        bytes[2] = b'@';
+        bytes[3..3 + text.len()].copy_from_slice(text);
+        Self {
+            len: 3 + text.len() as u8,
+            bytes,
+        }
+    }
+
+    /// The whole frame, ready to write.
+    pub fn frame(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// One message as a reader takes it.
+pub struct Logged<'a> {
+    pub frame: &'a Frame,
+    pub sender: Sender,
+    pub offset: Offset,
+    pub mark: &'a Mark,
+}
+
+/// How much history a log keeps beyond what its readers need: at most
+/// `messages` messages and `bytes` payload bytes (a message larger than
+/// `bytes` is not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub messages: usize,
+    pub bytes: usize,
 }
 
 /// The messages of one room from the oldest a reader may still need,
@@ -95,13 +163,16 @@ impl Log {
         self.first
     }
 
-    /// Appends `frame`, published by `sender`; returns its offset.
-    pub fn append(&mut self, frame: Frame, sender: Sender) -> Offset {
+    /// Appends `frame`, published by `sender` at `at_ms`; returns its
+    /// offset.
+    pub fn append(&mut self, frame: Frame, sender: Sender, at_ms: u64) -> Offset {
         let size = frame.payload().len() as u64;
         self.entries.push_back(Entry {
             frame,
             sender,
             before: self.appended_bytes,
+            at_ms,
+            mark: Mark::new(self.head() + 1),
         });
         self.appended_bytes += size;
         self.head() - 1
@@ -189,11 +260,64 @@ impl Log {
 
     /// The entries in `[from, to)`, oldest first, with their senders.
     pub fn range(&self, from: Offset, to: Offset) -> impl Iterator<Item = (&Frame, Sender)> {
+        self.entries_in(from, to).map(|e| (e.frame, e.sender))
+    }
+
+    /// The entries in `[from, to)`, oldest first, as readers take them.
+    pub fn entries_in(&self, from: Offset, to: Offset) -> impl Iterator<Item = Logged<'_>> {
         let start = from.max(self.first).min(self.head());
         let end = to.clamp(start, self.head());
         self.entries
             .range((start - self.first) as usize..(end - self.first) as usize)
-            .map(|e| (&e.frame, e.sender))
+            .zip(start..)
+            .map(|(e, offset)| Logged {
+                frame: &e.frame,
+                sender: e.sender,
+                offset,
+                mark: &e.mark,
+            })
+    }
+
+    /// The oldest offset whose messages from there to the head are within
+    /// `retention`: where the history starts.
+    pub fn retained_from(&self, retention: &Retention) -> Offset {
+        let head = self.head();
+        let by_count = head
+            .saturating_sub(retention.messages as u64)
+            .max(self.first);
+        let within = |o: Offset| self.span(o, head).1 <= retention.bytes as u64;
+        if within(by_count) {
+            return by_count;
+        }
+        // The span only shrinks as its start grows: the first start within.
+        let (mut bad, mut ok) = (by_count, head);
+        while bad + 1 < ok {
+            let mid = bad + (ok - bad) / 2;
+            if within(mid) {
+                ok = mid;
+            } else {
+                bad = mid;
+            }
+        }
+        ok
+    }
+
+    /// The oldest offset at or after `from` appended at or after `at_ms`
+    /// (the head if none).
+    pub fn appended_since(&self, from: Offset, at_ms: u64) -> Offset {
+        // Appended in time order: a binary search.
+        let newer = self.first + self.entries.partition_point(|e| e.at_ms < at_ms) as u64;
+        newer.max(from).min(self.head())
+    }
+
+    /// When the newest message was appended, if the log holds any.
+    pub fn newest_ms(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.at_ms)
+    }
+
+    /// Messages and payload bytes the log holds.
+    pub fn held(&self) -> (u64, u64) {
+        self.span(self.first, self.head())
     }
 
     /// Lets go of every entry before `offset`.
@@ -214,7 +338,6 @@ impl Log {
         self.entries.len()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -235,7 +358,11 @@ mod tests {
     fn log_of(sizes: &[usize]) -> Log {
         let mut log = Log::default();
         for (i, &n) in sizes.iter().enumerate() {
-            log.append(Frame::new(false, &vec![i as u8; n]), (i % 2) as Sender);
+            log.append(
+                Frame::new(false, &vec![i as u8; n]),
+                (i % 2) as Sender,
+                i as u64,
+            );
         }
         log
     }
@@ -252,7 +379,7 @@ mod tests {
         assert_eq!((log.first(), log.head(), log.len()), (2, 4, 2));
         // A cursor before the log counts from what is left.
         assert_eq!(log.lag(0), (2, 70));
-        assert_eq!(log.append(Frame::new(true, b"x"), 0), 4);
+        assert_eq!(log.append(Frame::new(true, b"x"), 0, 0), 4);
         assert_eq!(log.lag(4), (1, 1));
         let payloads: Vec<u8> = log.range(0, 10).map(|(f, _)| f.payload()[0]).collect();
         assert_eq!(payloads, [2, 3, b'x']);
@@ -304,5 +431,59 @@ mod tests {
         assert!(log.is_empty());
         assert_eq!(log.entries.capacity(), 0);
         assert_eq!(log.lag(log.head()), (0, 0));
+    }
+
+    #[test]
+    fn history_keeps_the_latest_within_count_and_bytes() {
+        // Ten messages of 10 bytes, appended at 0, 1, ... 9 ms.
+        let log = log_of(&[10; 10]);
+        let keep = |messages, bytes| log.retained_from(&Retention { messages, bytes });
+        assert_eq!(keep(4, 1000), 6);
+        assert_eq!(keep(100, 1000), 0);
+        assert_eq!(keep(100, 35), 7);
+        assert_eq!(keep(0, 1000), 10);
+        // One message larger than the byte bound is not kept.
+        let big = log_of(&[10, 500]);
+        assert_eq!(
+            big.retained_from(&Retention {
+                messages: 10,
+                bytes: 100
+            }),
+            2
+        );
+    }
+
+    #[test]
+    fn rewinding_by_age_finds_the_first_message_that_young() {
+        let mut log = log_of(&[1; 10]);
+        assert_eq!(log.appended_since(0, 7), 7);
+        assert_eq!(log.appended_since(8, 7), 8);
+        assert_eq!(log.appended_since(0, 100), 10);
+        log.trim(5);
+        assert_eq!(log.appended_since(0, 0), 5);
+        assert_eq!(log.newest_ms(), Some(9));
+    }
+
+    #[test]
+    fn position_frames_are_text_at_sign_and_the_position() {
+        for (position, text) in [
+            (0, "@0"),
+            (1, "@1"),
+            (42, "@42"),
+            (u64::MAX, "@18446744073709551615"),
+        ] {
+            let mark = Mark::new(position);
+            let frame = mark.frame();
+            assert_eq!(frame[0], 0x81);
+            assert_eq!(frame[1] as usize, text.len());
+            assert_eq!(&frame[2..], text.as_bytes());
+        }
+        // Each entry carries its own: position = offset + 1.
+        let log = log_of(&[1; 3]);
+        let marks: Vec<Vec<u8>> = log
+            .entries_in(0, 3)
+            .map(|e| e.mark.frame().to_vec())
+            .collect();
+        assert_eq!(marks[2][2..], *b"@3");
     }
 }

@@ -339,6 +339,14 @@ pub struct Metrics {
     compression_input_bytes: Counter,
     compression_output_bytes: Counter,
     compression_seconds: Counter<f64, AtomicU64>,
+    /// Messages and payload bytes rooms' logs hold, while history is on.
+    pub history_messages: Gauge,
+    pub history_bytes: Gauge,
+    /// Clients that joined behind the head (a rewind or a recovery), and
+    /// the messages they were replayed.
+    pub replays: Counter,
+    pub replayed_messages: Counter,
+    recoveries: Family<[(&'static str, &'static str); 1], Counter>,
     tls_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     room_messages: Family<RoomLabel, Counter>,
     room_deliveries: Family<RoomLabel, Counter>,
@@ -385,6 +393,11 @@ impl Metrics {
             compression_input_bytes: Counter::default(),
             compression_output_bytes: Counter::default(),
             compression_seconds: Counter::default(),
+            history_messages: Gauge::default(),
+            history_bytes: Gauge::default(),
+            replays: Counter::default(),
+            replayed_messages: Counter::default(),
+            recoveries: Family::default(),
             tls_reloads: Family::default(),
             room_messages: Family::default(),
             room_deliveries: Family::default(),
@@ -417,7 +430,7 @@ impl Metrics {
         );
         r.register(
             "rooms_active",
-            "Rooms with at least one member (1 with rooms off and anyone connected)",
+            "Rooms that exist: with at least one member, or history kept (1 with rooms off and anyone connected)",
             m.rooms_active.clone(),
         );
         r.register(
@@ -477,6 +490,31 @@ impl Metrics {
             m.compression_seconds.clone(),
         );
         r.register(
+            "history_messages",
+            "Messages held in rooms' logs (history, and what readers still need), while rooms.history is on",
+            m.history_messages.clone(),
+        );
+        r.register(
+            "history_bytes",
+            "Payload bytes held in rooms' logs, while rooms.history is on",
+            m.history_bytes.clone(),
+        );
+        r.register(
+            "replays",
+            "Clients that joined behind the head of their room's log (?rewind= or ?since=)",
+            m.replays.clone(),
+        );
+        r.register(
+            "replayed_messages",
+            "Messages those clients started behind the head",
+            m.replayed_messages.clone(),
+        );
+        r.register(
+            "recoveries",
+            "Clients that asked to resume (?since=), by result: recovered, or not (told recovered: false)",
+            m.recoveries.clone(),
+        );
+        r.register(
             "tls_reloads",
             "Certificate reloads (SIGHUP or a changed file), by result",
             m.tls_reloads.clone(),
@@ -502,10 +540,26 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = m.tls_reloads.get_or_create(&[("result", result)]);
         }
+        for result in ["recovered", "failed"] {
+            let _ = m.recoveries.get_or_create(&[("result", result)]);
+        }
         Self {
             registry,
             per_room,
             ..m
+        }
+    }
+
+    /// A client joined `replay` messages behind the head; `recovered`: how
+    /// its `?since=` went, if it asked.
+    pub fn joined(&self, replay: u64, recovered: Option<bool>) {
+        if replay > 0 {
+            self.replays.inc();
+            self.replayed_messages.inc_by(replay);
+        }
+        if let Some(ok) = recovered {
+            let result = if ok { "recovered" } else { "failed" };
+            self.recoveries.get_or_create(&[("result", result)]).inc();
         }
     }
 

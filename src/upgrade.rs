@@ -25,9 +25,9 @@ use http_body_util::Full;
 
 use ipnet::IpNet;
 
-use crate::auth::{Admission, AuthError, Authenticator, JwtRules};
+use crate::auth::{Admission, AuthError, Authenticator, JwtRules, offered_protocols};
 use crate::forwarded::TrustedProxies;
-use crate::hub::{Role, RoomName};
+use crate::hub::{Role, RoomName, Start};
 use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::RejectReason;
 use crate::origin::OriginPolicy;
@@ -97,7 +97,16 @@ pub struct Client {
     pub permit: Permit,
     /// The window it allowed, if it negotiated permessage-deflate.
     pub deflate: Option<Window>,
+    /// Where it starts in its room's log (`?rewind=`, `?since=`).
+    pub start: Start,
+    /// It chose the position-aware mode ([`POSITIONS_PROTOCOL`]).
+    pub positions: bool,
 }
+
+/// The subprotocol of the position-aware mode (docs/PROTOCOL.md): each
+/// message comes after a frame with its position.
+pub const POSITIONS_PROTOCOL: &str = "wsrelay.v1";
+
 
 /// What to do with a request on the WebSocket listener.
 pub enum Decision {
@@ -150,8 +159,10 @@ impl Gate {
         }
     }
 
-    /// Echo and role from the query: `?echo=false`, `?role=subscriber`.
-    fn preferences(&self, query: Option<&str>) -> Result<(bool, Role), &'static str> {
+    /// Echo, role and where to start from the query: `?echo=false`,
+    /// `?role=subscriber`, `?rewind=10` or `?rewind=30s`,
+    /// `?since=<position>&epoch=<epoch>`.
+    fn preferences(&self, query: Option<&str>) -> Result<(bool, Role, Start), &'static str> {
         let echo = match crate::query::param(query, "echo").as_deref() {
             None => self.echo,
             Some("true") => true,
@@ -164,7 +175,30 @@ impl Gate {
             Some("publisher") => Role::Publisher,
             Some(_) => return Err("role must be subscriber, publisher or both"),
         };
-        Ok((echo, role))
+        let param = |name| crate::query::param(query, name);
+        let start = match (param("rewind"), param("since"), param("epoch")) {
+            (None, None, None) => Start::Live,
+            (Some(rewind), None, None) => match rewind.parse::<u64>() {
+                Ok(n) => Start::Last(n),
+                Err(_) => match humantime::parse_duration(&rewind) {
+                    Ok(age) => Start::Within(age),
+                    Err(_) => {
+                        return Err(
+                            "rewind must be a number of messages or a duration such as 30s",
+                        );
+                    }
+                },
+            },
+            (None, Some(since), Some(epoch)) => match since.parse::<u64>() {
+                Ok(position) if !epoch.is_empty() && epoch.len() <= 64 => {
+                    Start::Since { epoch, position }
+                }
+                _ => return Err("since must be a position (a number) and epoch the room's epoch"),
+            },
+            (None, _, _) => return Err("since and epoch go together"),
+            (Some(_), _, _) => return Err("rewind cannot be combined with since"),
+        };
+        Ok((echo, role, start))
     }
 
     /// Decides a request: protocol checks, then the Origin allowlist, then
@@ -180,7 +214,7 @@ impl Gate {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Decision::Refuse(RejectReason::BadRequest, response);
         }
-        let (echo, role) = match self.preferences(req.uri().query()) {
+        let (echo, role, start) = match self.preferences(req.uri().query()) {
             Ok(p) => p,
             Err(why) => {
                 return Decision::Refuse(
@@ -215,7 +249,14 @@ impl Gate {
                 ),
             );
         }
-        if let Some(protocol) = admission.protocol {
+        // Position-aware mode is chosen as a subprotocol: it is the one
+        // selected, ahead of a bearer token's.
+        let positions = offered_protocols(req.headers()).any(|p| p == POSITIONS_PROTOCOL);
+        let protocol = match positions {
+            true => Some(HeaderValue::from_static(POSITIONS_PROTOCOL)),
+            false => admission.protocol,
+        };
+        if let Some(protocol) = protocol {
             response
                 .headers_mut()
                 .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
@@ -249,6 +290,8 @@ impl Gate {
                     expires_at: admission.expires_at,
                     permit,
                     deflate,
+                    start,
+                    positions,
                 },
             ),
             Err(LimitExceeded::Total) => Decision::Refuse(

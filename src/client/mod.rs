@@ -85,6 +85,8 @@ pub struct Dialer {
     flush_threshold: Option<usize>,
     /// Whether connections offer permessage-deflate.
     deflate: bool,
+    /// Subprotocols connections offer (`Sec-WebSocket-Protocol`).
+    protocols: Option<http::HeaderValue>,
     /// Bytes all its connections received after their handshakes.
     received: Arc<AtomicU64>,
 }
@@ -133,6 +135,7 @@ impl Dialer {
             connector,
             flush_threshold: None,
             deflate: false,
+            protocols: None,
             received: Arc::default(),
         })
     }
@@ -151,6 +154,21 @@ impl Dialer {
     /// server compresses when it accepts (see [`inflate`]).
     pub fn with_deflate(self, deflate: bool) -> Self {
         Self { deflate, ..self }
+    }
+
+    /// Makes connections offer these subprotocols (such as `wsrelay.v1`,
+    /// the position-aware mode); an empty list offers none.
+    pub fn with_protocols(self, protocols: &[&str]) -> Result<Self, ClientError> {
+        let protocols = match protocols {
+            [] => None,
+            list => Some(http::HeaderValue::from_str(&list.join(", ")).map_err(|_| {
+                ClientError::Unusable {
+                    url: self.url.clone(),
+                    why: "a subprotocol is not a valid header value".to_owned(),
+                }
+            })?),
+        };
+        Ok(Self { protocols, ..self })
     }
 
     /// Counts the bytes this dialer's connections receive after their
@@ -218,6 +236,11 @@ impl Dialer {
                     http::header::SEC_WEBSOCKET_EXTENSIONS,
                     http::HeaderValue::from_static(inflate::OFFER),
                 )
+                .map_err(failed)?;
+        }
+        if let Some(protocols) = &self.protocols {
+            builder = builder
+                .add_header(http::header::SEC_WEBSOCKET_PROTOCOL, protocols.clone())
                 .map_err(failed)?;
         }
         if let Some(bytes) = self.flush_threshold {

@@ -22,7 +22,7 @@ use tracing::debug;
 
 use super::{MAX_REQUEST_HEAD, ServerError, Shared};
 use crate::connection;
-use crate::hub::{RoomsFull, Subscription};
+use crate::hub::{Joined, RoomsFull, Subscription};
 use crate::metrics::RejectReason;
 use crate::upgrade::{self, Client, Decision};
 use crate::wire::Window;
@@ -100,12 +100,12 @@ async fn serve_http<IO>(
             let decision = match shared.gate.admit(&req, peer) {
                 Decision::Upgrade(response, client) => {
                     let hub = &shared.conn.relay.hub;
-                    match hub.join(client.room.clone(), client.role.receives()) {
-                        Ok(subscription) => {
+                    match hub.join_at(client.room.clone(), client.role.receives(), &client.start) {
+                        Ok((subscription, joined)) => {
                             if client.deflate == Some(Window::Full) {
                                 hub.compresses(&subscription);
                             }
-                            Ok((response, client, subscription))
+                            Ok((response, client, subscription, joined))
                         }
                         Err(RoomsFull) => Err((
                             RejectReason::MaxRooms,
@@ -119,11 +119,12 @@ async fn serve_http<IO>(
                 Decision::Refuse(reason, response) => Err((reason, response)),
             };
             let response = match decision {
-                Ok((response, client, subscription)) => {
+                Ok((response, client, subscription, joined)) => {
                     let admitted = Admitted {
                         upgrade: hyper::upgrade::on(&mut req),
                         subscription,
                         client,
+                        joined,
                     };
                     if let Some(old) = lock(&slot).replace(admitted) {
                         shared.conn.relay.hub.leave(&old.subscription);
@@ -173,6 +174,7 @@ async fn serve_http<IO>(
         upgrade,
         subscription,
         client,
+        joined,
     } = admitted;
     let upgraded = match served {
         true => upgrade
@@ -196,11 +198,13 @@ async fn serve_http<IO>(
             // A task of its own: this one's state is sized for the TLS and
             // HTTP phases (about 5.5 KiB), the client's future 400 B,
             // and an idle client should hold only what it uses.
+            cx.relay.metrics.joined(joined.replay, joined.recovered);
             shared.tracker.spawn(connection::serve(
                 io,
                 parts.read_buf,
                 client,
                 subscription,
+                &joined,
                 cx,
             ));
         }
@@ -216,6 +220,8 @@ struct Admitted {
     /// Joined before the 101 is sent.
     subscription: Subscription,
     client: Client,
+    /// Where it stood when it joined.
+    joined: Joined,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

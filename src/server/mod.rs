@@ -37,8 +37,8 @@ use crate::auth::JwtRules;
 use crate::backplane::{self, Cluster, ClusterSettings};
 use crate::config::{ClusterBackend, Config};
 use crate::connection::{ConnectionContext, KeepAlive};
-use crate::hub::{Compression, Hub};
-use crate::log::LagLimits;
+use crate::hub::{Compression, History, HistoryGauges, Hub};
+use crate::log::{LagLimits, Retention};
 use crate::metrics::{self, Metrics};
 use crate::relay::{Relay, Remote};
 use crate::tls::{self, CertStore, TlsError};
@@ -53,7 +53,7 @@ mod ticks;
 use accept::{bind, handle_socket};
 use certs::{CertReloader, watch_certificate};
 use shutdown::close_in_batches;
-use ticks::keepalive;
+use ticks::{history, keepalive};
 
 pub use shutdown::Signals;
 pub(crate) use side::serve_http_listener;
@@ -95,6 +95,8 @@ pub struct Server {
     shutdown_timeout: Duration,
     /// How long the relay keeps accepting after the signal, not ready.
     drain_delay: Duration,
+    /// Rooms' history ttl, when history is on.
+    history_ttl: Option<Duration>,
 }
 
 /// What every connection task needs, shared by reference count.
@@ -169,6 +171,23 @@ impl Server {
         if let Some(c) = &cluster {
             hub = hub.with_interest(c.interest());
         }
+        let h = &config.rooms.history;
+        if h.size > 0 {
+            hub = hub.with_history(
+                History {
+                    retention: Retention {
+                        messages: h.size,
+                        bytes: h.max_bytes,
+                    },
+                    ttl: h.ttl,
+                    total_bytes: h.total_bytes as u64,
+                },
+                HistoryGauges {
+                    messages: metrics.history_messages.clone(),
+                    bytes: metrics.history_bytes.clone(),
+                },
+            );
+        }
         if config.compression.enabled {
             let counter = metrics.clone();
             hub = hub.with_compression(
@@ -229,6 +248,7 @@ impl Server {
             }),
             shutdown_timeout: config.shutdown.timeout,
             drain_delay: config.shutdown.drain_delay,
+            history_ttl: (config.rooms.history.size > 0).then_some(config.rooms.history.ttl),
         })
     }
 
@@ -304,6 +324,7 @@ impl Server {
             certs,
             shutdown_timeout,
             drain_delay,
+            history_ttl,
         } = self;
         let cx = shared.conn.clone();
         // Stops the metrics and API listeners once shutdown is complete.
@@ -325,6 +346,9 @@ impl Server {
 
         if cx.keepalive.is_some() {
             tokio::spawn(keepalive(cx.clone()));
+        }
+        if let Some(ttl) = history_ttl {
+            tokio::spawn(history(cx.clone(), ttl));
         }
         // Stopped last, once every client is gone: their last messages
         // still reach the other nodes.

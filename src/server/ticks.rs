@@ -36,6 +36,16 @@ pub(super) async fn keepalive(cx: Arc<ConnectionContext>) {
     .await;
 }
 
+/// Lets rooms' history expire on a relay that does not ping (pings do it
+/// otherwise): every tenth of the ttl, within 1 s to 1 min.
+pub(super) async fn history(cx: Arc<ConnectionContext>, ttl: Duration) {
+    if cx.keepalive.is_some() {
+        return;
+    }
+    let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    every(period, &cx.shutdown, || cx.relay.hub.expire_history()).await;
+}
+
 /// Returns the allocator's free memory to the system once there is enough
 /// of it to matter. glibc keeps what clients freed after a burst inside its
 /// heap, pinned by the live allocations around it: 10 000 idle clients that

@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod compression;
+mod history;
 mod layers;
 mod limits;
 mod packaging;
