@@ -7,6 +7,8 @@
 # and chromium-driver); this installs whichever is missing, then runs
 # `cargo test` with any arguments given. WSRELAY_REQUIRE_BROWSER=1 makes
 # the browser tests fail, rather than skip, should the browser be missing.
+# With node and npm present it installs the JavaScript client's test
+# dependency (the ws package, clients/js/package-lock.json) too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +42,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
         echo "scripts/test.sh: installing ${installable[*]} for the cluster and browser tests" >&2
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${installable[@]}" >/dev/null
     fi
+fi
+
+# The JavaScript client's tests run in Node with the ws package
+# (tests/it/js_client.rs); where node is installed, they must run.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
+    export WSRELAY_REQUIRE_NODE=1
+else
+    echo "scripts/test.sh: no node here: the JavaScript client's Node tests will say SKIPPED" >&2
 fi
 
 # Where the browser is installed, a browser test that cannot run fails.

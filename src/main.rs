@@ -317,6 +317,22 @@ struct ClientArgs {
     /// sends (the client inflates it); lines are sent uncompressed.
     #[arg(long)]
     deflate: bool,
+    /// Start with the room's latest kept messages: that many (20), or those
+    /// that young (30s). Needs rooms.history on the relay.
+    #[arg(long, value_name = "N|DURATION", conflicts_with = "since")]
+    rewind: Option<String>,
+    /// Resume after this position (the last message had), if the room's
+    /// epoch is still --epoch and its history holds what followed.
+    #[arg(long, value_name = "POSITION", requires = "epoch")]
+    since: Option<u64>,
+    /// The room's epoch, with --since.
+    #[arg(long, requires = "since")]
+    epoch: Option<String>,
+    /// The position-aware mode (subprotocol wsrelay.v1): the relay's join
+    /// notice (#{...}) and each message's position (@N) print on their own
+    /// lines before the messages.
+    #[arg(long)]
+    positions: bool,
 }
 
 fn main() -> ExitCode {
@@ -428,9 +444,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
-        let ws = client::Dialer::new(&args.url, args.ca_file.as_deref())
+        let url = with_start(&args.url, &args);
+        let protocols: &[&str] = if args.positions { &["wsrelay.v1"] } else { &[] };
+        let ws = client::Dialer::new(&url, args.ca_file.as_deref())
             .await?
             .with_deflate(args.deflate)
+            .with_protocols(protocols)?
             .connect(None)
             .await?;
         let stdin = tokio::io::BufReader::new(tokio::io::stdin());
@@ -466,6 +485,25 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     // stdin stays open after the server has closed the connection.
     runtime.shutdown_background();
     code
+}
+
+/// `url` with the query parameters that say where to start in the room.
+#[cfg(feature = "client")]
+fn with_start(url: &str, args: &ClientArgs) -> String {
+    let mut params = form_urlencoded::Serializer::new(String::new());
+    if let Some(rewind) = &args.rewind {
+        params.append_pair("rewind", rewind);
+    }
+    if let (Some(since), Some(epoch)) = (args.since, &args.epoch) {
+        params.append_pair("since", &since.to_string());
+        params.append_pair("epoch", epoch);
+    }
+    let query = params.finish();
+    match (query.is_empty(), url.contains('?')) {
+        (true, _) => url.to_owned(),
+        (false, true) => format!("{url}&{query}"),
+        (false, false) => format!("{url}?{query}"),
+    }
 }
 
 #[cfg(feature = "bench")]

@@ -381,3 +381,71 @@ return { extensions: [a.ws.extensions, b.ws.extensions], got };
     browser.quit().await;
     server.stop().await;
 }
+
+/// clients/js in Chromium: a page joins a room with the client, which is
+/// made to drop its connection twice while another socket on the page
+/// publishes 2 000 messages; the client hands every one over once, in
+/// order, resuming each time (`recovered: true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_client_resumes_in_a_browser_without_loss_or_repeats() {
+    let Some(browser) =
+        Browser::launch("the_javascript_client_resumes_in_a_browser_without_loss_or_repeats").await
+    else {
+        return;
+    };
+    let mut config = test_config();
+    config.rooms.enabled = true;
+    config.rooms.history.size = 5000;
+    let server = start(config).await;
+    let module = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/clients/js/wsrelay.js"
+    ))
+    .expect("clients/js/wsrelay.js");
+    let url = format!("ws://{}/rooms/page", server.addr);
+    let outcome = browser
+        .run(
+            SCRIPT_LIMIT,
+            r#"
+const [url, source, total] = args;
+// The module as the page would import it (a blob: URL stands in for its file).
+const { RelayClient } = await import(URL.createObjectURL(new Blob([source], { type: "text/javascript" })));
+const seen = { data: [], positions: [], joins: [] };
+progress.seen = seen;
+let joined;
+const firstJoin = new Promise((r) => (joined = r));
+const client = new RelayClient(url, {
+  backoff: { initial: 20, max: 200 },
+  onMessage: (data, at) => { seen.data.push(data); seen.positions.push(at.position); },
+  onJoin: (j) => { seen.joins.push(j.recovered); joined(); },
+});
+await firstJoin;
+const publisher = sock(url + "?echo=false&role=publisher");
+await publisher.opened;
+const until = async (n) => { while (seen.data.length < n) await new Promise((r) => setTimeout(r, 2)); };
+for (let i = 0; i < total; i++) {
+  publisher.ws.send("m" + i);
+  if (i === 400 || i === 1200) {
+    await until(i - 100);
+    client.reconnect();
+  }
+}
+await until(total);
+await new Promise((r) => setTimeout(r, 100));
+client.close();
+const inOrder = seen.data.every((d, i) => d === "m" + i) && seen.positions.every((p, i) => p === i + 1);
+return { count: seen.data.length, inOrder, joins: seen.joins, position: client.position };
+"#,
+            vec![json!(url), json!(module), json!(2000)],
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        json!({ "count": 2000, "inOrder": true, "joins": [null, true, true], "position": 2000 })
+    );
+    server
+        .wait_metric("wsrelay_recoveries_total{result=\"recovered\"}", 2)
+        .await;
+    browser.quit().await;
+    server.stop().await;
+}

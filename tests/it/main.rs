@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod compression;
 mod history;
+mod js_client;
 mod layers;
 mod limits;
 mod packaging;

@@ -1,0 +1,155 @@
+// wsrelay.js in Node against the real relay (the binary at $WSRELAY_BIN,
+// default ../../target/debug/wsrelay), with the ws package as its
+// WebSocket. Run by tests/it/js_client.rs, or: npm test.
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+
+import { PROTOCOL, RelayClient } from "../wsrelay.js";
+
+const BIN = process.env.WSRELAY_BIN ?? new URL("../../../target/debug/wsrelay", import.meta.url).pathname;
+const relays = [];
+after(() => relays.forEach((r) => r.kill()));
+
+/** Starts a relay with `extra` YAML; resolves to its ws:// base URL. */
+function relay(extra = "") {
+  const dir = mkdtempSync(join(tmpdir(), "wsrelay-js-"));
+  const file = join(dir, "wsrelay.yaml");
+  writeFileSync(
+    file,
+    `server:\n  listen: "127.0.0.1:0"\nmetrics:\n  enabled: false\nrooms:\n  enabled: true\n  history:\n    size: 10000\n${extra}`,
+  );
+  const child = spawn(BIN, ["--config-file", file], { stdio: ["ignore", "pipe", "pipe"] });
+  relays.push(child);
+  return new Promise((resolve, reject) => {
+    let log = "";
+    const look = (chunk) => {
+      log += chunk;
+      const m = log.match(/relay listening url=(ws:\/\/[0-9.:]+)\//);
+      if (m) resolve(m[1]);
+    };
+    child.stdout.on("data", look);
+    child.stderr.on("data", look);
+    child.on("exit", (code) => reject(new Error(`relay exited with ${code}: ${log}`)));
+  });
+}
+
+/** A plain socket that publishes into `url`. */
+async function publisher(url) {
+  const ws = new WebSocket(`${url}?echo=false&role=publisher`);
+  await new Promise((resolve, reject) => {
+    ws.once("open", resolve);
+    ws.once("error", reject);
+  });
+  return ws;
+}
+
+/** Resolves when `check()` holds, polling on the event loop; bounded. */
+async function until(check, what, limit = 20_000) {
+  const started = Date.now();
+  while (!check()) {
+    if (Date.now() - started > limit) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A client that records what it is handed. */
+function recording(url, options = {}) {
+  const seen = { messages: [], joins: [], resets: [], errors: [] };
+  const client = new RelayClient(url, {
+    WebSocket,
+    backoff: { initial: 20, max: 200 },
+    onMessage: (data, at) => seen.messages.push({ data, ...at }),
+    onJoin: (j) => seen.joins.push(j),
+    onReset: (r) => seen.resets.push(r),
+    onError: (e) => seen.errors.push(e),
+    ...options,
+  });
+  return { client, seen };
+}
+
+test("a stream with forced disconnects arrives whole: every message once, in order", async () => {
+  const base = await relay();
+  const url = `${base}/rooms/stream`;
+  const { client, seen } = recording(url);
+  await until(() => seen.joins.length === 1, "the first join");
+  const pub = await publisher(url);
+  const total = 3000;
+  // Publish in the background while the client is made to drop twice.
+  const sending = (async () => {
+    for (let i = 0; i < total; i++) {
+      pub.send(`m${i}`);
+      if (i % 100 === 99) await new Promise((r) => setImmediate(r));
+    }
+  })();
+  await until(() => seen.messages.length >= 500, "500 messages");
+  client.reconnect();
+  await until(() => seen.messages.length >= 1500, "1500 messages");
+  client.reconnect();
+  await sending;
+  await until(() => seen.messages.length >= total, `${total} messages`);
+  await new Promise((r) => setTimeout(r, 100)); // anything extra would show up here
+  assert.deepEqual(
+    seen.messages.map((m) => m.data),
+    Array.from({ length: total }, (_, i) => `m${i}`),
+  );
+  assert.deepEqual(
+    seen.messages.map((m) => m.position),
+    Array.from({ length: total }, (_, i) => i + 1),
+  );
+  assert.equal(seen.joins.length, 3);
+  assert.deepEqual(seen.joins.map((j) => j.recovered), [null, true, true]);
+  assert.deepEqual(seen.resets, []);
+  assert.equal(client.position, total);
+  client.close();
+  pub.close();
+});
+
+test("when the history rolled past it, the client says so and carries on live", async () => {
+  const base = await relay();
+  const url = `${base}/rooms/short`;
+  const { client, seen } = recording(url);
+  await until(() => seen.joins.length === 1, "the first join");
+  const pub = await publisher(url);
+  pub.send("before");
+  await until(() => seen.messages.length === 1, "the first message");
+  // Away for longer than the history keeps (10 000 messages): 10 001 go by.
+  client.backoff = { initial: 2000, max: 2000 };
+  client.reconnect();
+  for (let i = 0; i < 10_001; i++) pub.send(`while away ${i}`);
+  await until(() => seen.resets.length === 1, "the reset", 30_000);
+  assert.equal(seen.joins.at(-1).recovered, false);
+  assert.equal(seen.resets[0].epoch, client.epoch);
+  pub.send("after");
+  await until(() => seen.messages.at(-1)?.data === "after", "the next live message");
+  // Nothing of what was missed was handed over as if it were complete.
+  assert.equal(seen.messages.length, 2);
+  assert.equal(seen.messages[1].position, 10_003);
+  client.close();
+  pub.close();
+});
+
+test("a token goes as a subprotocol beside wsrelay.v1; a server that speaks otherwise is an error", async () => {
+  const base = await relay('auth:\n  tokens: ["s3cret"]\n');
+  const { client, seen } = recording(`${base}/rooms/private`, { token: "s3cret", rewind: 5 });
+  await until(() => seen.joins.length === 1, "the join");
+  assert.equal(seen.errors.length, 0);
+  assert.equal(client.state, "open");
+  client.close();
+
+  // A server that selects wsrelay.v1 but does not send the join notice.
+  const { WebSocketServer } = await import("ws");
+  const impostor = new WebSocketServer({ port: 0, handleProtocols: () => PROTOCOL });
+  impostor.on("connection", (ws) => ws.send("hello"));
+  await new Promise((r) => impostor.once("listening", r));
+  const other = recording(`ws://127.0.0.1:${impostor.address().port}/`);
+  await until(() => other.seen.errors.length === 1, "the error");
+  assert.match(other.seen.errors[0].message, /unexpected frame/);
+  assert.equal(other.client.state, "closed");
+  impostor.close();
+});

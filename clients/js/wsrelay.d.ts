@@ -1,0 +1,58 @@
+// Types for wsrelay.js, wsrelay's JavaScript client.
+
+/** The subprotocol of the position-aware mode (docs/PROTOCOL.md). */
+export declare const PROTOCOL: "wsrelay.v1";
+
+/** Where a message stands: its room's epoch and its position in the room. */
+export interface Position {
+  epoch: string;
+  position: number;
+}
+
+export interface Joined extends Position {
+  /** Messages replayed before live ones on this join. */
+  replay: number;
+  /** On a reconnect: whether everything missed is coming; null on the first join. */
+  recovered: boolean | null;
+}
+
+export type State = "connecting" | "open" | "closed";
+
+/** A constructor compatible with the browser's WebSocket (e.g. the ws package's). */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
+
+export interface Options {
+  /** Sent as a `bearer.<token>` subprotocol (never in the URL). */
+  token?: string;
+  /** On the first connection only: replay this many of the room's latest messages, or those this young ("30s"). */
+  rewind?: number | string;
+  /** Each message once, in order, with its position. Binary messages are ArrayBuffers. */
+  onMessage?: (data: string | ArrayBuffer, at: Position) => void;
+  /** Each (re)join, once the relay says where the client stands. */
+  onJoin?: (joined: Joined) => void;
+  /** The relay could not replay what was missed: reload the application's state. */
+  onReset?: (at: Position) => void;
+  onState?: (state: State) => void;
+  /** A protocol error; the client has closed for good. */
+  onError?: (error: Error) => void;
+  /** Reconnect delays in ms: doubling from `initial` up to `max`, each with jitter (250 and 30 000 by default). */
+  backoff?: { initial?: number; max?: number };
+  /** The WebSocket to use; by default the global one (browsers, Node 22+). */
+  WebSocket?: WebSocketConstructor;
+}
+
+export declare class RelayClient {
+  constructor(url: string | URL, options?: Options);
+  readonly url: string;
+  /** The room's epoch, once joined. */
+  readonly epoch: string | null;
+  /** The position of the last message handed to onMessage (0: none). */
+  readonly position: number;
+  readonly state: State;
+  /** Sends a message to the room; false if not connected. */
+  send(data: string | ArrayBufferLike | ArrayBufferView | Blob): boolean;
+  /** Drops the connection and connects again, resuming where it stood. */
+  reconnect(): void;
+  /** Closes for good. */
+  close(): void;
+}
