@@ -107,7 +107,6 @@ pub struct Client {
 /// message comes after a frame with its position.
 pub const POSITIONS_PROTOCOL: &str = "wsrelay.v1";
 
-
 /// What to do with a request on the WebSocket listener.
 pub enum Decision {
     /// Answer 101 and serve this client.
