@@ -11,6 +11,7 @@ mod common;
 mod bursts;
 mod compression;
 mod handshakes;
+mod history;
 mod idle_memory;
 
 use tokio::sync::{Mutex, MutexGuard};
