@@ -92,10 +92,11 @@ echo "== 19 000 connections"
 run C19000 wsrelay fanout 1 -n 18999 -p 1 -w 64 -s 64 --warmup 2s -d 5s --drain-timeout 30s
 
 echo "== writing docs/BENCHMARKS.md"
-# The cluster and compression sections are scripts/bench-cluster.sh's and
-# scripts/bench-compression.sh's: keep them.
+# The cluster, compression and history sections are written by
+# scripts/bench-cluster.sh, bench-compression.sh and bench-history.sh: keep them.
 kept_sections="$(sed -n -e '/<!-- cluster:begin/,/<!-- cluster:end -->/p' \
-    -e '/<!-- compression:begin/,/<!-- compression:end -->/p' docs/BENCHMARKS.md 2>/dev/null || true)"
+    -e '/<!-- compression:begin/,/<!-- compression:end -->/p' \
+    -e '/<!-- history:begin/,/<!-- history:end -->/p' docs/BENCHMARKS.md 2>/dev/null || true)"
 python3 - "$out" "$RUNS" > docs/BENCHMARKS.md <<'PY'
 import glob, json, os, platform, statistics, subprocess, sys
 out, runs = sys.argv[1], int(sys.argv[2])

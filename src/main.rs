@@ -88,6 +88,10 @@ enum BenchMode {
     /// Connections that come and go at a steady rate, ending every way a
     /// client can; run beside `fanout` for a soak test.
     Churn(ChurnArgs),
+    /// A reconnect storm: N clients of a room with history drop at once,
+    /// messages go by, and all come back at once resuming (?since=); how
+    /// long until all caught up, and the relay's peak memory.
+    Storm(StormArgs),
 }
 
 #[cfg(feature = "bench")]
@@ -222,6 +226,23 @@ struct ChurnArgs {
     /// Most churning connections alive at once.
     #[arg(long, default_value_t = 2000)]
     max_alive: usize,
+}
+
+#[cfg(feature = "bench")]
+#[derive(Args, Debug)]
+struct StormArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Clients that drop and come back (--url: a room, on a relay with
+    /// rooms.history on).
+    #[arg(short = 'n', long, default_value_t = 5000)]
+    clients: usize,
+    /// Messages published while they are away.
+    #[arg(short = 'm', long, default_value_t = 100)]
+    missed: usize,
+    /// Payload bytes of each.
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
 }
 
 #[cfg(feature = "bench")]
@@ -445,7 +466,11 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
         let url = with_start(&args.url, &args);
-        let protocols: &[&str] = if args.positions { &["wsrelay.v1"] } else { &[] };
+        let protocols: &[&str] = if args.positions {
+            &[wsrelay::wire::POSITIONS_PROTOCOL]
+        } else {
+            &[]
+        };
         let ws = client::Dialer::new(&url, args.ca_file.as_deref())
             .await?
             .with_deflate(args.deflate)
@@ -570,6 +595,20 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let report = bench::connect(&t, a.connections, a.duration).await?;
                 print_report(&report, json)?;
                 Ok(ExitCode::SUCCESS)
+            }
+            BenchMode::Storm(a) => {
+                let (t, json) = target(a.target);
+                let opts = bench::storm::StormOptions {
+                    clients: a.clients,
+                    missed: a.missed,
+                    size: a.size,
+                };
+                let report = bench::storm::storm(&t, &opts).await?;
+                print_report(&report, json)?;
+                Ok(match report.saw_loss() {
+                    true => ExitCode::FAILURE,
+                    false => ExitCode::SUCCESS,
+                })
             }
             BenchMode::Churn(a) => {
                 let (t, json) = target(a.target);

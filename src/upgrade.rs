@@ -31,7 +31,7 @@ use crate::hub::{Role, RoomName, Start};
 use crate::limits::{ConnectionLimits, LimitExceeded, Permit};
 use crate::metrics::RejectReason;
 use crate::origin::OriginPolicy;
-use crate::wire::{Window, deflate};
+use crate::wire::{POSITIONS_PROTOCOL, Window, deflate};
 
 /// Why the checks could not be built from the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +102,6 @@ pub struct Client {
     /// It chose the position-aware mode ([`POSITIONS_PROTOCOL`]).
     pub positions: bool,
 }
-
-/// The subprotocol of the position-aware mode (docs/PROTOCOL.md): each
-/// message comes after a frame with its position.
-pub const POSITIONS_PROTOCOL: &str = "wsrelay.v1";
 
 /// What to do with a request on the WebSocket listener.
 pub enum Decision {

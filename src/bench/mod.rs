@@ -24,6 +24,7 @@ pub mod churn;
 pub mod payload;
 pub mod process;
 pub mod stats;
+pub mod storm;
 
 use std::collections::BTreeMap;
 use std::fmt;

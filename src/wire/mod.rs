@@ -10,5 +10,9 @@ mod frame;
 mod reader;
 
 pub use deflate::Window;
+
+/// The subprotocol of the position-aware mode (docs/PROTOCOL.md): each
+/// message comes after a frame with its position.
+pub const POSITIONS_PROTOCOL: &str = "wsrelay.v1";
 pub use frame::{Compressed, Frame, close_frame, close_reply, pong_frame, unmask};
 pub use reader::{Incoming, Reader, Violation};

@@ -51,8 +51,9 @@ async fn a_flood_of_big_messages_in_many_rooms_stays_within_the_history_bound() 
     assert!(bytes <= TOTAL_BYTES, "{bytes} bytes held");
     assert!(bytes >= TOTAL_BYTES / 2, "history was kept at all: {bytes}");
     assert_eq!(bytes, messages * SIZE as u64);
-    // The process: the bound, plus a stated overhead for buffers, the
-X
+    // The process: the bound, plus a stated overhead for read buffers, the
+    // allocator's slack and 50 sockets: 24 MiB (12 MiB measured: 27.8 MiB
+    // grown in all, debug build).
     let grown = relay.rss_bytes().saturating_sub(before);
     eprintln!("history flood: {bytes} B held in {messages} messages; relay RSS grew {grown} B");
     assert!(

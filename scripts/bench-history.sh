@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Rooms' history on against off, same run: S1 (1 000 subscribers, 64 B,
+# window 64) against a relay keeping 1 000 messages per room and one
+# keeping none. Writes the "History" section of docs/BENCHMARKS.md
+# (scripts/bench.sh keeps that section when it rewrites the rest).
+#
+#   scripts/bench-history.sh          # 5 runs per figure (about 3 minutes)
+#   RUNS=9 scripts/bench-history.sh
+#
+# As in scripts/bench.sh: the relay on CPU 0, the bench on CPU 1, loopback.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+RUNS="${RUNS:-5}"
+out="$(mktemp -d)"
+trap 'pkill -P $$ 2>/dev/null || true' EXIT
+
+echo "== building wsrelay (release)"
+cargo build --release --quiet
+WSRELAY="$root/target/release/wsrelay"
+
+for size in 0 1000; do
+    printf 'server:\n  listen: "127.0.0.1:18443"\nmetrics:\n  enabled: false\nlog:\n  level: warn\nrooms:\n  history:\n    size: %s\n' \
+        "$size" > "$out/$size.yaml"
+done
+
+# run NAME SIZE I BENCH-ARGS...: one bench run against a fresh relay keeping
+# SIZE messages of history; JSON to $out/NAME.SIZE.I.json.
+run() {
+    local name=$1 size=$2 i=$3; shift 3
+    taskset -c 0 "$WSRELAY" --config-file "$out/$size.yaml" & PID=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/18443) 2>/dev/null && break
+        sleep 0.05
+    done
+    taskset -c 1 "$WSRELAY" bench "$@" --url ws://127.0.0.1:18443/ --pid "$PID" --json \
+        > "$out/$name.$size.$i.json" || echo "   (run reported loss or failed; kept for the report)"
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+}
+
+S1=(fanout -n 1000 -p 1 -w 64 -s 64 --warmup 2s -d 5s)
+for i in $(seq 1 "$RUNS"); do
+    echo "== round $i of $RUNS"
+    for size in 0 1000; do
+        run S1 "$size" "$i" "${S1[@]}"
+    done
+done
+
+echo "== writing the history section of docs/BENCHMARKS.md"
+python3 - "$out" "$RUNS" <<'PY'
+import glob, json, re, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+
+def load(name, size):
+    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}.{size}.*.json"))]
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+def ns(rs): return med([r["server"]["cpu_ns_per_delivery"] for r in rs if r.get("server")])
+def dps(rs): return med([r["deliveries_per_second"] for r in rs])
+def lost(rs): return sum(r["lost"] + r["reorders"] + r["malformed"] for r in rs)
+
+off, on = load("S1", 0), load("S1", 1000)
+lines = ["<!-- history:begin (scripts/bench-history.sh writes this section) -->",
+         "## History: S1 with rooms.history on and off\n",
+         f"`scripts/bench-history.sh`: medians of {runs} runs, relay pinned to CPU 0 and the bench to CPU 1, "
+         "the two relays alternating run by run. S1: 1 000 subscribers, 1 publisher, 64 B text, window 64; "
+         "\"on\" keeps the latest 1 000 messages of the room (`rooms.history.size: 1000`).\n",
+         "| history | CPU ns / delivery | deliveries/s | lost, reordered, malformed |",
+         "|---|---|---|---|"]
+for name, rs in (("off", off), ("on, 1 000 messages", on)):
+    lines.append(f"| {name} | {ns(rs):.0f} | {dps(rs):,.0f} | {lost(rs)} |")
+def singles(rs): return ", ".join("%.0f" % r["server"]["cpu_ns_per_delivery"] for r in rs if r.get("server"))
+lines += ["", f"**on / off: {ns(on)/ns(off):.2f} ×** (target within 10 %). Single runs: "
+          f"off {singles(off)}; on {singles(on)} ns.",
+          "<!-- history:end -->"]
+section = "\n".join(lines) + "\n"
+
+path = "docs/BENCHMARKS.md"
+text = open(path).read()
+pattern = re.compile(r"<!-- history:begin.*?<!-- history:end -->\n", re.S)
+text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+print(section)
+PY
