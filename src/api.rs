@@ -12,11 +12,12 @@
 //!   With a position (always, in a room that exists), also `"position"` and
 //!   `"epoch"`: where the message stands in its room, for a page that
 //!   subscribes with `?since=` from there.
-//! - `GET /api/v1/rooms/{room}/history?since=&limit=`: the room's kept
-//!   messages after position `since` (default 0), at most `limit` (default
-//!   100, at most 1000): `{"epoch", "position", "complete", "messages":
-//!   [{"position", "text"} or {"position", "binary": base64}]}`;
-//!   `complete` is false when messages after `since` were no longer kept.
+//! - `GET /api/v1/rooms/{room}/history?since=&epoch=&limit=`: the room's
+//!   kept messages after position `since` (default 0), at most `limit`
+//!   (default 100, at most 1000): `{"epoch", "position", "complete",
+//!   "messages": [{"position", "text"} or {"position", "binary": base64}]}`;
+//!   `complete` is false when messages after `since` were no longer kept,
+//!   `since` is past the newest, or `epoch` is given and is not the room's.
 //! - `GET /api/v1/rooms`: `{"rooms": [{"name": ..., "subscribers": n}]}`.
 //! - `GET /api/v1/stats`: connections, rooms and message totals.
 //! - `DELETE /api/v1/rooms/{room}/connections`: closes the room's clients
@@ -194,11 +195,9 @@ impl Api {
         self.relay.metrics.received(body.len());
         let published = self.relay.publish(&room, &Frame::new(text, &body));
         let mut reply = json!({ "delivered": published.queued });
-        if published.position > 0
-            && let Some(r) = self.relay.hub.room(&room)
-        {
+        if let Some(epoch) = &published.epoch {
             reply["position"] = json!(published.position);
-            reply["epoch"] = json!(&**r.epoch());
+            reply["epoch"] = json!(&**epoch);
         }
         Ok(reply)
     }
@@ -212,10 +211,11 @@ impl Api {
         };
         let since = number("since", 0)?;
         let limit = number("limit", 100)?.min(1000) as usize;
+        let epoch = crate::query::param(query, "epoch");
         let page = self
             .relay
             .hub
-            .history(room, since, limit)
+            .history(room, since, epoch.as_deref(), limit)
             .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such room"))?;
         let messages: Vec<Value> = page
             .messages

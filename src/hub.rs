@@ -52,7 +52,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 use thin_vec::ThinVec;
 
-use crate::log::{LagLimits, Log, Mark, Offset, OnOverflow, Retention, Sender};
+use crate::log::{ENTRY_BYTES, LagLimits, Log, Mark, Offset, OnOverflow, Retention, Sender};
 use crate::wire::{Compressed, Frame, Window};
 
 /// Identifies one connected client for the lifetime of the process (never 0).
@@ -173,6 +173,19 @@ struct HistoryKeeping {
     held: HistoryGauges,
     /// One shedding at a time.
     shedding: AtomicBool,
+    /// What readers still needed at the last shedding (bytes, entries
+    /// counted): history cannot free that, so it does not count against
+    /// the bound, and publishes do not shed again until the logs hold
+    /// more than the bound beyond it.
+    readers_bytes: AtomicU64,
+}
+
+impl HistoryKeeping {
+    /// What the logs hold, entries counted.
+    fn held_bytes(&self) -> u64 {
+        let (m, b) = (self.held.messages.get(), self.held.bytes.get());
+        (b.max(0) as u64).saturating_add(m.max(0) as u64 * ENTRY_BYTES)
+    }
 }
 
 /// Where a joining member starts in its room's log.
@@ -198,7 +211,8 @@ pub struct HistoryPage {
     /// The position of the room's newest message (0: none yet).
     pub position: u64,
     /// Nothing between the asked position and the first message given
-    /// was lost: the history still held everything after it.
+    /// was lost: the history still held everything after it, in the asked
+    /// epoch, and the position is one the room has had.
     pub complete: bool,
     /// Oldest first, with their positions.
     pub messages: Vec<(u64, Frame)>,
@@ -266,8 +280,17 @@ struct RoomState {
     /// Taken out of the hub's map (emptied, or closed by an operator):
     /// whoever finds it so looks again.
     removed: bool,
-    /// History before this offset was shed (the relay-wide bound).
+    /// History before this offset was shed (the relay-wide bound), or is
+    /// not to be trusted (see `resume_floor`).
     history_floor: Offset,
+    /// A client may resume only from this position on: in a cluster, a
+    /// room that lost its last receiving member stopped hearing the other
+    /// nodes, so what they published meanwhile is not in its log.
+    resume_floor: Offset,
+    /// When a member last left (hub milliseconds): a room with history on
+    /// keeps its epoch for `ttl` after that, so a lone client that comes
+    /// back resumes even if nothing was published.
+    left_ms: u64,
     /// The log's messages and payload bytes last added to the hub's
     /// history gauges.
     counted: (u64, u64),
@@ -417,7 +440,7 @@ impl Backlog {
 pub struct RoomsFull;
 
 /// What one publish did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Published {
     /// Receiving members the message was appended for (a `drop_newest`
     /// member still taking its kept window will drop it, and say so).
@@ -426,8 +449,10 @@ pub struct Published {
     /// check: skipped by `drop_oldest` or `drop_newest`, or due to members
     /// it evicted.
     pub dropped: u64,
-    /// The message's position in its room (0: not appended).
+    /// The message's position in its room (0: not appended), and the
+    /// room's epoch then.
     pub position: u64,
+    pub epoch: Option<Arc<str>>,
 }
 
 /// What a member was due when it left.
@@ -499,6 +524,7 @@ impl Hub {
                 settings: history,
                 held,
                 shedding: AtomicBool::new(false),
+                readers_bytes: AtomicU64::new(0),
             }),
             ..self
         }
@@ -524,6 +550,14 @@ impl Hub {
         }
     }
 
+    /// Whether a room nobody is in still keeps its epoch: with history on,
+    /// for `ttl` after its last member left.
+    fn keeps_epoch(&self, state: &RoomState, now_ms: u64) -> bool {
+        self.history.as_ref().is_some_and(|h| {
+            now_ms.saturating_sub(state.left_ms) <= h.settings.ttl.as_millis() as u64
+        })
+    }
+
     /// Lets `state`'s log go of what neither its readers (from
     /// `readers_from` on) nor its history need, and counts what it holds.
     fn trim(&self, state: &mut RoomState, readers_from: Offset, now_ms: u64) {
@@ -545,26 +579,35 @@ impl Hub {
     }
 
     /// Past the relay-wide bound: the rooms quiet longest lose their
-    /// history (what their readers still need stays) until the logs hold
-    /// at most nine tenths of it.
+    /// history (what their readers still need stays, and is not counted
+    /// against the bound) until the history left is at most nine tenths
+    /// of it.
     fn shed_history(&self) {
         let Some(h) = &self.history else {
             return;
         };
         let bound = h.settings.total_bytes;
-        if h.held.bytes.get() as u64 <= bound || h.shedding.swap(true, Ordering::Acquire) {
+        let readers = h.readers_bytes.load(Ordering::Relaxed);
+        if h.held_bytes() <= bound.saturating_add(readers)
+            || h.shedding.swap(true, Ordering::Acquire)
+        {
             return;
         }
         let mut rooms = Vec::new();
+        let mut readers = 0u64;
         self.each_room(|room| {
-            if let Some(newest) = room.lock().log.newest_ms() {
+            let state = room.lock();
+            if let Some(newest) = state.log.newest_ms() {
+                let (m, b) = state.log.span(readers_from(&state), state.log.head());
+                readers = readers.saturating_add(b + m * ENTRY_BYTES);
                 rooms.push((newest, room.clone()));
             }
         });
+        h.readers_bytes.store(readers, Ordering::Relaxed);
         rooms.sort_unstable_by_key(|(newest, _)| *newest);
         let now = self.now_ms();
         for (_, room) in rooms {
-            if h.held.bytes.get() as u64 <= bound / 10 * 9 {
+            if h.held_bytes().saturating_sub(readers) <= bound / 10 * 9 {
                 break;
             }
             let emptied = {
@@ -676,10 +719,12 @@ impl Hub {
                 Start::Live => (head, None),
                 Start::Last(n) => (head.saturating_sub(*n).max(from), None),
                 Start::Within(age) => {
-                    let since = self.now_ms().saturating_sub(age.as_millis() as u64);
+                    let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                    let since = self.now_ms().saturating_sub(age);
                     (state.log.appended_since(from, since), None)
                 }
                 Start::Since { epoch, position } => {
+                    let from = from.max(state.resume_floor);
                     match **epoch == *arc.epoch && (from..=head).contains(position) {
                         true => (*position, Some(true)),
                         false => (head, Some(false)),
@@ -771,6 +816,7 @@ impl Hub {
                 self.lose_receiver(&mut state, room, &record.member);
             }
             record.member.close(Ending::Left);
+            state.left_ms = self.now_ms();
             state.members.is_empty()
         };
         if empty {
@@ -781,6 +827,13 @@ impl Hub {
 
     fn lose_receiver(&self, state: &mut RoomState, room: &Room, member: &Member) {
         state.receivers -= 1;
+        // No longer hearing the other nodes: what this log holds cannot be
+        // resumed from, nor what is published until someone is back.
+        if state.receivers == 0 && self.interest.is_some() && self.history.is_some() {
+            let head = state.log.head();
+            state.history_floor = head;
+            state.resume_floor = head + 1;
+        }
         if member.compresses.load(Ordering::Relaxed) {
             room.compressing.fetch_sub(1, Ordering::Relaxed);
         }
@@ -831,7 +884,7 @@ impl Hub {
         if state.members.is_empty() && !state.removed {
             let now = self.now_ms();
             self.trim(&mut state, Offset::MAX, now);
-            if !state.log.is_empty() {
+            if !state.log.is_empty() || self.keeps_epoch(&state, now) {
                 return;
             }
             state.removed = true;
@@ -894,6 +947,7 @@ impl Hub {
             let size = frame.payload().len() as u64;
             let now = self.now_ms();
             published.position = state.log.append(logged, skip.map_or(0, |s| s.id), now) + 1;
+            published.epoch = Some(room.epoch.clone());
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {
@@ -930,7 +984,8 @@ impl Hub {
                 }
             }
             *wakeups += 1;
-            state.members.is_empty()
+            // A room kept for its history stays; looking costs a shard's lock.
+            state.members.is_empty() && state.log.is_empty()
         };
         waking.drain(..).for_each(Waker::wake);
         WAKING.set(waking);
@@ -1058,7 +1113,9 @@ impl Hub {
         for (key, record) in state.members.iter_mut() {
             let cursor = record.member.cursor.load(Ordering::Acquire);
             let at = record.position(cursor, &state.log);
-            if record.replay_to <= at || at >= trim_to || record.dropping {
+            let settled = record.replay_to <= at || at >= trim_to || record.dropping;
+            // Evicted above already: its lag alone was past the limits.
+            if settled || evicted.contains(&key) {
                 continue;
             }
             dropped += state.log.count_for(at, trim_to, record.skipping());
@@ -1106,6 +1163,12 @@ impl Hub {
         // before the close; nothing more can be.
         let mut state = r.lock();
         state.removed = true;
+        // Out of the map, no longer trimmed: no longer counted either.
+        if let Some(h) = &self.history {
+            let (m, b) = std::mem::take(&mut state.counted);
+            h.held.messages.dec_by(m as i64);
+            h.held.bytes.dec_by(b as i64);
+        }
         if state.receivers > 0
             && let Some(i) = &self.interest
         {
@@ -1163,7 +1226,7 @@ impl Hub {
                 .behind
                 .retain(|(m, target)| Backlog::waits_for(m, *target));
             // A room kept only for its history goes once that expires.
-            if state.members.is_empty() && state.log.is_empty() {
+            if state.members.is_empty() && state.log.is_empty() && !self.keeps_epoch(&state, now) {
                 emptied.push(room.clone());
             }
         });
@@ -1187,9 +1250,15 @@ impl Hub {
         all
     }
 
-    /// Up to `limit` messages of `room`'s history after position `since`,
-    /// oldest first; `None` if there is no such room.
-    pub fn history(&self, room: &str, since: u64, limit: usize) -> Option<HistoryPage> {
+    /// Up to `limit` messages of `room`'s history after position `since`
+    /// (in `epoch`, if given), oldest first; `None` if there is no such room.
+    pub fn history(
+        &self,
+        room: &str,
+        since: u64,
+        epoch: Option<&str>,
+        limit: usize,
+    ) -> Option<HistoryPage> {
         let room = self.room(room)?;
         let state = room.lock();
         let head = state.log.head();
@@ -1204,7 +1273,7 @@ impl Hub {
         Some(HistoryPage {
             epoch: room.epoch.clone(),
             position: head,
-            complete: since >= from || since >= head,
+            complete: epoch.is_none_or(|e| *e == *room.epoch) && (from..=head).contains(&since),
             messages,
         })
     }
@@ -1310,6 +1379,8 @@ impl Room {
                 behind: Vec::new(),
                 removed: false,
                 history_floor: 0,
+                resume_floor: 0,
+                left_ms: 0,
                 counted: (0, 0),
             }),
             compressing: AtomicUsize::new(0),
@@ -1602,6 +1673,60 @@ mod tests {
         publisher.join().unwrap();
     }
 
+    /// A replaying member whose live lag passes the limits and whom the
+    /// history rolls past in the same check is evicted once (it used to be
+    /// removed twice: a panic under the room's lock).
+    #[test]
+    fn a_replaying_member_past_both_bounds_is_evicted_once() {
+        let hub = with_history(hub(8, OnOverflow::Disconnect), 100);
+        for n in 0..100u8 {
+            hub.publish("", &Frame::new(false, &[n]));
+        }
+        let (mut s, joined) = hub.join_at("".into(), true, &Start::Last(100)).unwrap();
+        assert_eq!(joined.replay, 100);
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = s.poll_take(&mut cx, 16, usize::MAX, |_, _| {});
+        s.member.set_socket_full(true);
+        for n in 0..40u8 {
+            hub.publish("", &Frame::new(false, &[n]));
+        }
+        assert_eq!(s.member.ending(), Some(Ending::Evicted));
+        let mut other = hub.join("".into(), true).unwrap();
+        hub.publish("", &Frame::new(false, b"after"));
+        assert_eq!(take(&mut other).len(), 1, "the room goes on");
+    }
+
+    /// In a cluster, a room that lost its last receiving member stopped
+    /// hearing the other nodes: nobody may resume from before it is back.
+    #[test]
+    fn in_a_cluster_a_room_nobody_heard_cannot_be_resumed_from() {
+        struct Nobody;
+        impl RoomInterest for Nobody {
+            fn add(&self, _: &RoomName) {}
+            fn remove(&self, _: &str) {}
+        }
+        let hub =
+            with_history(hub(100, OnOverflow::Disconnect), 100).with_interest(Arc::new(Nobody));
+        let (s, first) = hub.join_at("".into(), true, &Start::Live).unwrap();
+        hub.publish("", &Frame::new(false, b"one"));
+        hub.leave(&s);
+        // Back: the other nodes' messages meanwhile never came here.
+        let since = Start::Since {
+            epoch: first.epoch.to_string(),
+            position: 1,
+        };
+        let (_stays, again) = hub.join_at("".into(), true, &since).unwrap();
+        assert_eq!(again.recovered, Some(false));
+        // From a position published while someone was here again, one can.
+        hub.publish("", &Frame::new(false, b"two"));
+        let since = Start::Since {
+            epoch: first.epoch.to_string(),
+            position: 2,
+        };
+        let (_, later) = hub.join_at("".into(), true, &since).unwrap();
+        assert_eq!(later.recovered, Some(true));
+    }
+
     #[test]
     fn history_outlives_members_and_the_relay_wide_bound_sheds_the_quietest() {
         let gauges = HistoryGauges::default();
@@ -1612,7 +1737,8 @@ mod tests {
                     bytes: 1 << 20,
                 },
                 ttl: Duration::from_secs(60),
-                total_bytes: 1000,
+                // Eight messages of 100 bytes, each with its entry.
+                total_bytes: 8 * (100 + ENTRY_BYTES),
             },
             gauges.clone(),
         );
@@ -1624,18 +1750,17 @@ mod tests {
         }
         assert_eq!(hub.room_count(), 2);
         assert_eq!((gauges.messages.get(), gauges.bytes.get()), (8, 800));
-        // Past 1000 bytes: "quiet", the room quiet longest, loses its history.
+        // Past the bound: "quiet", the room quiet longest, loses its history.
         std::thread::sleep(Duration::from_millis(5));
         for _ in 0..3 {
             hub.publish("busy", &Frame::new(false, &[0; 100]));
         }
         assert_eq!(gauges.bytes.get(), 700);
-        assert_eq!(
-            hub.room_count(),
-            1,
-            "a room with no members and no history goes"
-        );
-        let page = hub.history("busy", 0, 100).unwrap();
+        let quiet = hub.history("quiet", 0, None, 100).unwrap();
+        assert!(quiet.messages.is_empty() && !quiet.complete);
+        // Its positions go on in the same epoch: the room stays for its ttl.
+        assert_eq!((hub.room_count(), quiet.position), (2, 4));
+        let page = hub.history("busy", 0, None, 100).unwrap();
         assert_eq!(
             (page.position, page.messages.len(), page.complete),
             (7, 7, true)
@@ -1702,6 +1827,7 @@ mod tests {
                 queued: 2,
                 dropped: 0,
                 position: 1,
+                epoch: Some(a.room.epoch().clone()),
             }
         );
         assert_eq!(a.room.log_len(), 1);

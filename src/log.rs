@@ -80,6 +80,11 @@ struct Entry {
     mark: Mark,
 }
 
+/// What one entry costs besides its payload (its frame's handle, sender,
+/// offsets, time and position frame): counted against the relay-wide
+/// history bound, so that many tiny messages cannot hide behind it.
+pub const ENTRY_BYTES: u64 = std::mem::size_of::<Entry>() as u64;
+
 /// The frame that tells a position-aware client the position of the
 /// message after it: text `@<position>`, at most 23 bytes, kept inline.
 #[derive(Clone, Copy)]

@@ -50,7 +50,7 @@ impl Relay {
         backlog: Option<&mut Backlog>,
     ) -> Published {
         let published = self.hub.publish_to(room, frame, skip, backlog);
-        self.count(room.name(), published);
+        self.count(room.name(), &published);
         if let Some(remote) = &self.remote {
             remote.publish(room.name(), frame);
         }
@@ -71,13 +71,13 @@ impl Relay {
     /// other nodes come in here.
     pub fn deliver(&self, room: &str, frame: &Frame) -> Published {
         let published = self.hub.publish(room, frame);
-        self.count(room, published);
+        self.count(room, &published);
         published
     }
 
     /// Counts what a publish did: drops by the slow-consumer policy and,
     /// if enabled, per-room figures.
-    fn count(&self, room: &str, published: Published) {
+    fn count(&self, room: &str, published: &Published) {
         if published.dropped > 0 {
             self.metrics
                 .dropped(DropReason::SlowConsumer, published.dropped);

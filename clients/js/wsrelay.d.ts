@@ -24,7 +24,10 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface Options {
   /** Sent as a `bearer.<token>` subprotocol (never in the URL). */
   token?: string;
-  /** On the first connection only: replay this many of the room's latest messages, or those this young ("30s"). */
+  /** Resume from a stored place (e.g. saved across a page reload): the epoch and the position of the last message had. */
+  epoch?: string;
+  position?: number;
+  /** On the first connection only, without `epoch`: replay this many of the room's latest messages, or those this young ("30s"). */
   rewind?: number | string;
   /** Each message once, in order, with its position. Binary messages are ArrayBuffers. */
   onMessage?: (data: string | ArrayBuffer, at: Position) => void;
@@ -33,8 +36,16 @@ export interface Options {
   /** The relay could not replay what was missed: reload the application's state. */
   onReset?: (at: Position) => void;
   onState?: (state: State) => void;
-  /** A protocol error; the client has closed for good. */
+  /** A protocol error, or maxAttempts failed attempts in a row; the client has closed for good. */
   onError?: (error: Error) => void;
+  /** The relay closed the connection with 1000 (an operator closed the room's clients): the client has closed for good. */
+  onClose?: (close: { code: number; reason: string }) => void;
+  /**
+   * Attempts in a row that may fail without a join before the client gives up
+   * (onError); by default it never does. A browser cannot tell a refused
+   * request (401, 404) from a network failure: both are close 1006.
+   */
+  maxAttempts?: number;
   /** Reconnect delays in ms: doubling from `initial` up to `max`, each with jitter (250 and 30 000 by default). */
   backoff?: { initial?: number; max?: number };
   /** The WebSocket to use; by default the global one (browsers, Node 22+). */
@@ -51,7 +62,7 @@ export declare class RelayClient {
   readonly state: State;
   /** Sends a message to the room; false if not connected. */
   send(data: string | ArrayBufferLike | ArrayBufferView | Blob): boolean;
-  /** Drops the connection and connects again, resuming where it stood. */
+  /** Drops the connection (or the wait for the next attempt) and connects again at once, resuming where it stood. */
   reconnect(): void;
   /** Closes for good. */
   close(): void;

@@ -28,16 +28,18 @@ export class RelayClient {
       throw new TypeError("no WebSocket here: pass options.WebSocket (in Node, the ws package's)");
     }
     this.backoff = { initial: 250, max: 30_000, ...options.backoff };
-    /** The room's epoch, once joined. */
-    this.epoch = null;
+    /** The room's epoch, once joined (or as given, to resume from a stored position). */
+    this.epoch = options.epoch ?? null;
     /** The position of the last message handed to the application (0: none). */
-    this.position = 0;
+    this.position = options.position ?? 0;
     this.state = CLOSED;
     this.socket = null;
     this.attempts = 0;
     this.timer = null;
     this.closed = false;
-    this.#connect();
+    // Connecting starts once the constructor has returned, so callbacks
+    // may use the client.
+    queueMicrotask(() => this.#connect());
   }
 
   /** Sends a message to the room (a string, or binary data); false if not connected. */
@@ -47,20 +49,26 @@ export class RelayClient {
     return true;
   }
 
-  /** Drops the connection and connects again, resuming where it stood. */
+  /** Drops the connection (or the wait for the next attempt) and connects again at once, resuming where it stood. */
   reconnect() {
     if (this.closed) return;
+    clearTimeout(this.timer);
+    this.timer = null;
     const socket = this.socket;
-    this.#dropped(socket);
+    this.#forget(socket);
     socket?.close();
+    this.attempts = 0;
+    this.#connect();
   }
 
   /** Closes for good: no more reconnecting. */
   close() {
     this.closed = true;
     clearTimeout(this.timer);
-    this.socket?.close(1000);
-    this.socket = null;
+    this.timer = null;
+    const socket = this.socket;
+    this.#forget(socket);
+    socket?.close(1000);
     this.#setState(CLOSED);
   }
 
@@ -115,7 +123,18 @@ export class RelayClient {
       }
       this.#fail(new Error(`unexpected frame from the relay: ${String(data).slice(0, 40)}`));
     };
-    socket.onclose = () => this.#dropped(socket);
+    socket.onclose = (event) => {
+      // The relay closing with 1000 means it: an operator closed the
+      // room's clients (its API). Anything else is worth another try.
+      if (event.code === 1000 && joined) {
+        this.#forget(socket);
+        this.closed = true;
+        this.#setState(CLOSED);
+        this.options.onClose?.({ code: event.code, reason: event.reason });
+        return;
+      }
+      this.#dropped(socket);
+    };
     socket.onerror = () => {}; // onclose follows, with the code.
   }
 
@@ -142,19 +161,28 @@ export class RelayClient {
     });
   }
 
+  /** Stops listening to `socket`, if it is the current one. */
+  #forget(socket) {
+    if (!socket || socket !== this.socket) return;
+    this.socket = null;
+    socket.onmessage = socket.onclose = null;
+  }
+
   /** `socket` ended: connect again after a backoff, unless closed for good. */
   #dropped(socket) {
     if (socket !== this.socket || this.closed) return;
-    this.socket = null;
-    if (socket) {
-      socket.onmessage = socket.onclose = null;
+    this.#forget(socket);
+    const limit = this.options.maxAttempts ?? Infinity;
+    if (this.attempts >= limit) {
+      this.#fail(new Error(`gave up after ${this.attempts} attempts without joining`));
+      return;
     }
     this.#setState(CONNECTING);
     // Full backoff doubling from `initial`, capped at `max`, with equal
     // jitter: a crowd that lost the same relay does not return at once.
-    const ceiling = Math.min(this.backoff.max, this.backoff.initial * 2 ** this.attempts);
+    const ceiling = Math.min(this.backoff.max, this.backoff.initial * 2 ** Math.min(this.attempts, 30));
     const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-    this.attempts = Math.min(this.attempts + 1, 30);
+    this.attempts += 1;
     this.timer = setTimeout(() => this.#connect(), delay);
   }
 

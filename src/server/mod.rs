@@ -476,6 +476,9 @@ pub async fn run(config: &Config) -> Result<(), ServerError> {
     if let Some(addr) = server.metrics_addr() {
         info!(url = %format!("http://{addr}/metrics"), addr = %addr, "metrics listening");
     }
+    if let Some(addr) = server.api_addr() {
+        info!(url = %format!("http://{addr}/api/v1/"), addr = %addr, "api listening");
+    }
     // Last: scripts and tests take this line to mean "ready".
     info!(url = %server.url(), addr = %server.local_addr(), open_files = files, "relay listening");
     server

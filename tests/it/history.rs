@@ -441,3 +441,22 @@ async fn the_bench_storm_resumes_every_client() {
         .await;
     server.stop().await;
 }
+
+/// A lone client of a quiet room (history on, nothing published) that
+/// drops and comes back resumes: the room kept its epoch for the ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_client_of_a_quiet_room_resumes() {
+    let server = start(history_config(10)).await;
+    let epoch = {
+        let mut alone = positioned(&server, "/rooms/quiet").await;
+        let notice = joined(&mut alone).await;
+        assert_eq!(notice["position"], 0);
+        notice["epoch"].as_str().unwrap().to_owned()
+    };
+    server.wait_metric("wsrelay_connections_active", 0).await;
+    let mut back = positioned(&server, &format!("/rooms/quiet?since=0&epoch={epoch}")).await;
+    let notice = joined(&mut back).await;
+    assert_eq!(notice["recovered"], true, "{notice}");
+    assert_eq!(notice["epoch"], epoch.as_str());
+    server.stop().await;
+}

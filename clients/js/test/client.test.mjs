@@ -16,13 +16,18 @@ const BIN = process.env.WSRELAY_BIN ?? new URL("../../../target/debug/wsrelay", 
 const relays = [];
 after(() => relays.forEach((r) => r.kill()));
 
+/** Where each started relay's metrics and API listen, by its ws:// base URL. */
+const sides = new Map();
+
 /** Starts a relay with `extra` YAML; resolves to its ws:// base URL. */
 function relay(extra = "") {
   const dir = mkdtempSync(join(tmpdir(), "wsrelay-js-"));
   const file = join(dir, "wsrelay.yaml");
   writeFileSync(
     file,
-    `server:\n  listen: "127.0.0.1:0"\nmetrics:\n  enabled: false\nrooms:\n  enabled: true\n  history:\n    size: 10000\n${extra}`,
+    `server:\n  listen: "127.0.0.1:0"\nmetrics:\n  listen: "127.0.0.1:0"\n` +
+      `api:\n  enabled: true\n  listen: "127.0.0.1:0"\n  keys: ["k"]\n` +
+      `rooms:\n  enabled: true\n  history:\n    size: 10000\n${extra}`,
   );
   const child = spawn(BIN, ["--config-file", file], { stdio: ["ignore", "pipe", "pipe"] });
   relays.push(child);
@@ -31,12 +36,30 @@ function relay(extra = "") {
     const look = (chunk) => {
       log += chunk;
       const m = log.match(/relay listening url=(ws:\/\/[0-9.:]+)\//);
-      if (m) resolve(m[1]);
+      if (m) {
+        sides.set(m[1], {
+          metrics: log.match(/metrics listening url=(\S+)/)[1],
+          api: log.match(/api listening url=(http:\/\/[0-9.:]+)\//)[1],
+        });
+        resolve(m[1]);
+      }
     };
     child.stdout.on("data", look);
     child.stderr.on("data", look);
     child.on("exit", (code) => reject(new Error(`relay exited with ${code}: ${log}`)));
   });
+}
+
+/** One of the relay's metrics. */
+async function metric(base, name) {
+  const text = await (await fetch(sides.get(base).metrics)).text();
+  return Number(text.match(new RegExp(`^${name} (\\d+)`, "m"))[1]);
+}
+
+/** Calls the relay's HTTP API. */
+async function relayApi(base) {
+  return (method, path, body) =>
+    fetch(sides.get(base).api + path, { method, body, headers: { authorization: "Bearer k" } });
 }
 
 /** A plain socket that publishes into `url`. */
@@ -113,23 +136,29 @@ test("a stream with forced disconnects arrives whole: every message once, in ord
 test("when the history rolled past it, the client says so and carries on live", async () => {
   const base = await relay();
   const url = `${base}/rooms/short`;
-  const { client, seen } = recording(url);
-  await until(() => seen.joins.length === 1, "the first join");
+  const first = recording(url);
+  await until(() => first.seen.joins.length === 1, "the first join");
   const pub = await publisher(url);
   pub.send("before");
-  await until(() => seen.messages.length === 1, "the first message");
-  // Away for longer than the history keeps (10 000 messages): 10 001 go by.
-  client.backoff = { initial: 2000, max: 2000 };
-  client.reconnect();
+  await until(() => first.seen.messages.length === 1, "the first message");
+  const { epoch, position } = first.client;
+  first.client.close();
+  // Away for longer than the history keeps (10 000 messages): 10 001 go by,
+  // then the application resumes from where it stored its place.
   for (let i = 0; i < 10_001; i++) pub.send(`while away ${i}`);
+  pub.send("last");
+  while ((await metric(base, "wsrelay_messages_total")) < 10_003) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const { client, seen } = recording(url, { epoch, position });
   await until(() => seen.resets.length === 1, "the reset", 30_000);
   assert.equal(seen.joins.at(-1).recovered, false);
-  assert.equal(seen.resets[0].epoch, client.epoch);
+  assert.equal(seen.resets[0].epoch, epoch, "the same room: only what it missed is gone");
   pub.send("after");
   await until(() => seen.messages.at(-1)?.data === "after", "the next live message");
   // Nothing of what was missed was handed over as if it were complete.
-  assert.equal(seen.messages.length, 2);
-  assert.equal(seen.messages[1].position, 10_003);
+  assert.equal(seen.messages.length, 1);
+  assert.ok(seen.messages[0].position > 10_002, `position ${seen.messages[0].position}`);
   client.close();
   pub.close();
 });
@@ -152,4 +181,54 @@ test("a token goes as a subprotocol beside wsrelay.v1; a server that speaks othe
   assert.match(other.seen.errors[0].message, /unexpected frame/);
   assert.equal(other.client.state, "closed");
   impostor.close();
+});
+
+test("reconnect() while waiting to retry opens one socket, close() closes it, and an operator's close ends the client", async () => {
+  const base = await relay();
+  const url = `${base}/rooms/one`;
+  const { client, seen } = recording(url, { backoff: { initial: 5000, max: 5000 } });
+  let closedBy = null;
+  client.options.onClose = (c) => (closedBy = c);
+  await until(() => seen.joins.length === 1, "the first join");
+  // Three in a row: each replaces the last, none waits for the backoff.
+  client.reconnect();
+  client.reconnect();
+  client.reconnect();
+  // Only the last one's join counts: the others' sockets were let go.
+  await until(() => seen.joins.length === 2, "the join after reconnect()", 3000);
+  const pub = await publisher(url);
+  pub.send("once");
+  await until(() => seen.messages.length === 1, "the message");
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(seen.messages.length, 1, "one socket: the message once");
+  // The relay's own count comes down to this client's one socket and the
+  // publisher's (the sockets let go close as the relay reads their ends).
+  let active;
+  for (let i = 0; i < 1000 && (active = await metric(base, "wsrelay_connections_active")) !== 2; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(active, 2);
+  client.close();
+  pub.close();
+
+  // Closed by the relay with 1000: no reconnect.
+  const second = recording(`${base}/rooms/kicked`);
+  second.client.options.onClose = (c) => (closedBy = c);
+  await until(() => second.seen.joins.length === 1, "the join");
+  const api = await relayApi(base);
+  await api("DELETE", "/api/v1/rooms/kicked/connections", "bye");
+  await until(() => closedBy !== null, "the close");
+  assert.deepEqual(closedBy, { code: 1000, reason: "bye" });
+  assert.equal(second.client.state, "closed");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(second.seen.joins.length, 1, "it did not come back");
+});
+
+test("maxAttempts: a client that can never join gives up and says so", async () => {
+  const base = await relay();
+  // 404: no such path with rooms on.
+  const { client, seen } = recording(`${base}/nowhere`, { maxAttempts: 3 });
+  await until(() => seen.errors.length === 1, "giving up");
+  assert.match(seen.errors[0].message, /gave up after 3 attempts/);
+  assert.equal(client.state, "closed");
 });
