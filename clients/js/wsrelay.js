@@ -110,7 +110,13 @@ export class RelayClient {
         return;
       }
       if (typeof data === "string" && data.startsWith("#")) {
-        const notice = JSON.parse(data.slice(1));
+        let notice;
+        try {
+          notice = JSON.parse(data.slice(1));
+        } catch {
+          this.#fail(new Error(`unreadable notice from the relay: ${data.slice(0, 40)}`));
+          return;
+        }
         if (notice.type === "joined") {
           joined = true;
           this.#joined(notice);

@@ -68,6 +68,8 @@ pub struct Inflating<S> {
     message: Option<(u8, BytesMut)>,
     /// Bytes received after the handshake, shared by a dialer's connections.
     received: Arc<AtomicU64>,
+    /// The upgrade request carried [`OFFER`].
+    offered: bool,
 }
 
 impl<S> Inflating<S> {
@@ -77,13 +79,15 @@ impl<S> Inflating<S> {
     pub fn new(inner: S, offered: bool, received: Arc<AtomicU64>) -> Self {
         Self {
             inner,
-            phase: if offered { Phase::Head } else { Phase::Plain },
+            // Read either way, so that the bytes counted start after it.
+            phase: Phase::Head,
             raw: BytesMut::new(),
             out: BytesMut::new(),
             ready: 0,
             passing: 0,
             message: None,
             received,
+            offered,
         }
     }
 
@@ -99,7 +103,8 @@ impl<S> Inflating<S> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
         let (len, phase) = match response.parse(&self.raw) {
-            Ok(httparse::Status::Complete(len)) => (len, accepted(&response)?),
+            Ok(httparse::Status::Complete(len)) if self.offered => (len, accepted(&response)?),
+            Ok(httparse::Status::Complete(len)) => (len, Phase::Plain),
             Ok(httparse::Status::Partial) if self.raw.len() < MAX_HEAD => return Ok(false),
             // Let the WebSocket library report what is wrong with it.
             _ => (self.raw.len(), Phase::Plain),
