@@ -34,7 +34,10 @@ fn main() {
         })
         .collect();
     let plain: usize = messages.iter().map(Vec::len).sum();
-    println!("{} JSON messages of {size} B, {ROUNDS} rounds", messages.len());
+    println!(
+        "{} JSON messages of {size} B, {ROUNDS} rounds",
+        messages.len()
+    );
     for level in [1, 2, 3, 6, 9] {
         let mut z = Compress::new(Compression::new(level), false);
         let mut out = Vec::with_capacity(size * 2 + 64);
@@ -72,7 +75,8 @@ fn main() {
     let (zlib_ns, _) = per_message(&packed, |p| {
         d.reset(false);
         out.clear();
-        d.decompress_vec(p, &mut out, FlushDecompress::Sync).unwrap();
+        d.decompress_vec(p, &mut out, FlushDecompress::Sync)
+            .unwrap();
         out.len()
     });
     let mut state = InflateState::new(DataFormat::Raw);
