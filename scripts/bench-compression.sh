@@ -71,21 +71,14 @@ done
 
 echo "== writing the compression section of docs/BENCHMARKS.md"
 python3 - "$out" "$RUNS" <<'PY'
-import glob, json, re, statistics, sys
+import glob, sys
+sys.path.insert(0, "scripts")
+from bench_report import dps, lost, med, ns, replace_section, rss
+from bench_report import load as load_runs
 out, runs = sys.argv[1], int(sys.argv[2])
 
-def load(name, mode):
-    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}.{mode}.*.json"))]
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
-
-def ns(rs): return med([r["server"]["cpu_ns_per_delivery"] for r in rs if r.get("server")])
+def load(name, variant): return load_runs(out, name, variant)
 def wire(rs): return med([r["wire_bytes_per_delivery"] for r in rs])
-def dps(rs): return med([r["deliveries_per_second"] for r in rs])
-def lost(rs): return sum(r["lost"] + r["reorders"] + r["malformed"] for r in rs)
-def rss(rs): return med([r["server"]["rss_per_connection_bytes"] for r in rs if r.get("server")])
 def deflated(rs): return med([r["connect"]["deflated"] for r in rs])
 
 def metric(name, mode, key):
@@ -136,10 +129,6 @@ lines += ["", f"**negotiated − not: {rss(inn) - rss(io):+,.0f} B** per connect
           "<!-- compression:end -->"]
 section = "\n".join(lines) + "\n"
 
-path = "docs/BENCHMARKS.md"
-text = open(path).read()
-pattern = re.compile(r"<!-- compression:begin.*?<!-- compression:end -->\n", re.S)
-text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
+replace_section("docs/BENCHMARKS.md", "compression", section)
 print(section)
 PY

@@ -52,19 +52,13 @@ done
 
 echo "== writing the history section of docs/BENCHMARKS.md"
 python3 - "$out" "$RUNS" <<'PY'
-import glob, json, re, statistics, sys
+import glob, sys
+sys.path.insert(0, "scripts")
+from bench_report import dps, lost, med, ns, replace_section, rss
+from bench_report import load as load_runs
 out, runs = sys.argv[1], int(sys.argv[2])
 
-def load(name, size):
-    return [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{name}.{size}.*.json"))]
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
-
-def ns(rs): return med([r["server"]["cpu_ns_per_delivery"] for r in rs if r.get("server")])
-def dps(rs): return med([r["deliveries_per_second"] for r in rs])
-def lost(rs): return sum(r["lost"] + r["reorders"] + r["malformed"] for r in rs)
+def load(name, variant): return load_runs(out, name, variant)
 
 off, on = load("S1", 0), load("S1", 1000)
 lines = ["<!-- history:begin (scripts/bench-history.sh writes this section) -->",
@@ -95,10 +89,6 @@ lines += ["", "Copying the 100 messages per client would take 5 000 × 100 × 64
           "<!-- history:end -->"]
 section = "\n".join(lines) + "\n"
 
-path = "docs/BENCHMARKS.md"
-text = open(path).read()
-pattern = re.compile(r"<!-- history:begin.*?<!-- history:end -->\n", re.S)
-text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
+replace_section("docs/BENCHMARKS.md", "history", section)
 print(section)
 PY
