@@ -33,11 +33,18 @@ async fn idle_clients_give_back_what_traffic_took() {
     assert!(report.disconnects.is_empty(), "{report:?}");
     let fresh = report.server.as_ref().unwrap().rss_per_connection_bytes;
     let after = report.rss_per_connection_after_traffic_bytes.unwrap();
-    // Within 40 % of fresh here (1.1-1.2 x measured; 1.7-1.9 x while
-    // clients kept their small buffers and the allocator its free pages),
-    // and never the tens of KiB a client once kept.
+    eprintln!(
+        "idle after traffic: {after:.0} B per client, fresh {fresh:.0} B ({:.2} x)",
+        after / fresh
+    );
+    // Within 60 % of fresh here, and never the tens of KiB a client once
+    // kept. Measured 1.14-1.23 x in most runs, and 1.5-1.56 x in about one
+    // run in four: jemalloc (the binary's allocator) hands freed pages back
+    // after its 10 s decay, and this waits 1.5 s (two pings 500 ms apart,
+    // then 500 ms), so what it still holds depends on where its arenas
+    // stand. 1.7-1.9 x was while clients kept their small buffers.
     assert!(
-        after < 1.4 * fresh && after < 10.0 * 1024.0,
+        after < 1.6 * fresh && after < 10.0 * 1024.0,
         "{after:.0} B per idle client after traffic ({fresh:.0} B fresh)"
     );
 }
