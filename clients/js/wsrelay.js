@@ -74,6 +74,8 @@ export class RelayClient {
 
   #connect() {
     this.timer = null;
+    // Closed before the first attempt (or a retry) came round.
+    if (this.closed) return;
     const url = new URL(this.url);
     for (const p of ["since", "epoch", "rewind"]) url.searchParams.delete(p);
     if (this.epoch !== null) {

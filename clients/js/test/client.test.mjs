@@ -224,6 +224,15 @@ test("reconnect() while waiting to retry opens one socket, close() closes it, an
   assert.equal(second.seen.joins.length, 1, "it did not come back");
 });
 
+test("a client closed before its first attempt never connects", async () => {
+  const base = await relay();
+  const { client, seen } = recording(`${base}/rooms/never`);
+  client.close();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(seen.joins.length, 0);
+  assert.equal(await metric(base, "wsrelay_connections_total"), 0);
+});
+
 test("maxAttempts: a client that can never join gives up and says so", async () => {
   const base = await relay();
   // 404: no such path with rooms on.
