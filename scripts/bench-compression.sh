@@ -21,6 +21,7 @@ trap 'pkill -P $$ 2>/dev/null || true' EXIT
 echo "== building wsrelay (release)"
 cargo build --release --quiet
 WSRELAY="$root/target/release/wsrelay"
+. scripts/bench_lib.sh
 
 # off: declines the offers; on: the defaults (level 1); on6: level 6.
 for mode in off on on6; do
@@ -37,18 +38,13 @@ done
 # compression MODE (on/off); JSON to $out/NAME.MODE.N.json.
 run() {
     local name=$1 mode=$2 i=$3; shift 3
-    taskset -c 0 "$WSRELAY" --config-file "$out/$mode.yaml" & PID=$!
-    for _ in $(seq 1 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/18443) 2>/dev/null && break
-        sleep 0.05
-    done
+    start_relay "$out/$mode.yaml"
     taskset -c 1 "$WSRELAY" bench "$@" --url ws://127.0.0.1:18443/ --pid "$PID" --json --deflate \
         > "$out/$name.$mode.$i.json" || echo "   (run reported loss or failed; kept for the report)"
     # The relay's own count of the time it spent compressing.
     curl -fs http://127.0.0.1:19090/metrics | grep -E '^wsrelay_compress(ed_messages|ion_seconds)_total ' \
         > "$out/$name.$mode.$i.metrics" || true
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    stop_relay
 }
 
 # A fixed rate the bench sustains in every mode (it inflates every

@@ -20,6 +20,7 @@ trap 'pkill -P $$ 2>/dev/null || true' EXIT
 echo "== building wsrelay (release)"
 cargo build --release --quiet
 WSRELAY="$root/target/release/wsrelay"
+. scripts/bench_lib.sh
 
 for size in 0 1000; do
     printf 'server:\n  listen: "127.0.0.1:18443"\nmetrics:\n  enabled: false\nlog:\n  level: warn\nrooms:\n  enabled: true\n  prefix: /rooms/\n  history:\n    size: %s\n' \
@@ -30,15 +31,10 @@ done
 # SIZE messages of history; JSON to $out/NAME.SIZE.I.json.
 run() {
     local name=$1 size=$2 i=$3; shift 3
-    taskset -c 0 "$WSRELAY" --config-file "$out/$size.yaml" & PID=$!
-    for _ in $(seq 1 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/18443) 2>/dev/null && break
-        sleep 0.05
-    done
+    start_relay "$out/$size.yaml"
     taskset -c 1 "$WSRELAY" bench "$@" --url ws://127.0.0.1:18443/rooms/bench --pid "$PID" --json \
         > "$out/$name.$size.$i.json" || echo "   (run reported loss or failed; kept for the report)"
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    stop_relay
 }
 
 S1=(fanout -n 1000 -p 1 -w 64 -s 64 --warmup 2s -d 5s)

@@ -1,0 +1,18 @@
+# What scripts/bench-compression.sh and bench-history.sh share: a relay
+# pinned to CPU 0 on 127.0.0.1:18443, started fresh for each run. Sourced;
+# needs WSRELAY set.
+
+# start_relay CONFIG: starts the relay with CONFIG on CPU 0, sets PID, and
+# returns once it accepts connections.
+start_relay() {
+    taskset -c 0 "$WSRELAY" --config-file "$1" & PID=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/18443) 2>/dev/null && return 0
+        sleep 0.05
+    done
+}
+
+stop_relay() {
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+}
