@@ -181,6 +181,10 @@ struct HistoryKeeping {
 }
 
 impl HistoryKeeping {
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// What the logs hold, entries counted.
     fn held_bytes(&self) -> u64 {
         let (m, b) = (self.held.messages.get(), self.held.bytes.get());
@@ -449,8 +453,8 @@ pub struct Published {
     /// check: skipped by `drop_oldest` or `drop_newest`, or due to members
     /// it evicted.
     pub dropped: u64,
-    /// The message's position in its room (0: not appended), and the
-    /// room's epoch then.
+    /// The message's position in its room (0: not appended), and, from
+    /// [`Hub::publish`], the room's epoch then.
     pub position: u64,
     pub epoch: Option<Arc<str>>,
 }
@@ -540,9 +544,8 @@ impl Hub {
         let Some(h) = &self.history else {
             return head;
         };
-        let ttl = h.settings.ttl.as_millis() as u64;
         match state.log.newest_ms() {
-            Some(newest) if now_ms.saturating_sub(newest) <= ttl => state
+            Some(newest) if now_ms.saturating_sub(newest) <= h.ttl_ms() => state
                 .log
                 .retained_from(&h.settings.retention)
                 .max(state.history_floor),
@@ -553,9 +556,9 @@ impl Hub {
     /// Whether a room nobody is in still keeps its epoch: with history on,
     /// for `ttl` after its last member left.
     fn keeps_epoch(&self, state: &RoomState, now_ms: u64) -> bool {
-        self.history.as_ref().is_some_and(|h| {
-            now_ms.saturating_sub(state.left_ms) <= h.settings.ttl.as_millis() as u64
-        })
+        self.history
+            .as_ref()
+            .is_some_and(|h| now_ms.saturating_sub(state.left_ms) <= h.ttl_ms())
     }
 
     /// Lets `state`'s log go of what neither its readers (from
@@ -712,15 +715,15 @@ impl Hub {
             if state.removed {
                 continue;
             }
-            let head = state.log.head();
-            let from = self.history_from(&state, self.now_ms());
+            let (head, now) = (state.log.head(), self.now_ms());
+            let from = self.history_from(&state, now);
             let (cursor, recovered) = match start {
                 _ if !receives => (head, None),
                 Start::Live => (head, None),
                 Start::Last(n) => (head.saturating_sub(*n).max(from), None),
                 Start::Within(age) => {
                     let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-                    let since = self.now_ms().saturating_sub(age);
+                    let since = now.saturating_sub(age);
                     (state.log.appended_since(from, since), None)
                 }
                 Start::Since { epoch, position } => {
@@ -947,7 +950,6 @@ impl Hub {
             let size = frame.payload().len() as u64;
             let now = self.now_ms();
             published.position = state.log.append(logged, skip.map_or(0, |s| s.id), now) + 1;
-            published.epoch = Some(room.epoch.clone());
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {
@@ -1006,9 +1008,15 @@ impl Hub {
             }
             _ => self.room(room),
         };
-        match found {
-            Some(r) => self.publish_to(&r, frame, None, None),
-            None => Published::default(),
+        let Some(room) = found else {
+            return Published::default();
+        };
+        // The epoch only for these callers (the API answers with it), not
+        // a reference count taken on every client's publish.
+        let published = self.publish_to(&room, frame, None, None);
+        Published {
+            epoch: (published.position > 0).then(|| room.epoch.clone()),
+            ..published
         }
     }
 

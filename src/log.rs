@@ -210,21 +210,10 @@ impl Log {
     /// scaled by `scale`: where a subscriber skipping its oldest messages
     /// lands.
     pub fn oldest_within(&self, from: Offset, limits: &LagLimits, scale: u64) -> Offset {
-        let (mut lo, hi) = (from.max(self.first), self.head());
-        if !limits.exceeded(self.lag(lo), scale) {
-            return lo;
-        }
-        // Lag only shrinks as the offset grows: the first offset within.
-        let mut hi_ok = hi;
-        while lo + 1 < hi_ok {
-            let mid = lo + (hi_ok - lo) / 2;
-            if limits.exceeded(self.lag(mid), scale) {
-                lo = mid;
-            } else {
-                hi_ok = mid;
-            }
-        }
-        hi_ok
+        // Lag only shrinks as the offset grows, and is nothing at the head.
+        first_offset(from.max(self.first), self.head(), |o| {
+            !limits.exceeded(self.lag(o), scale)
+        })
     }
 
     /// The newest offset after `from` such that `[from, offset)` is within
@@ -290,21 +279,10 @@ impl Log {
         let by_count = head
             .saturating_sub(retention.messages as u64)
             .max(self.first);
-        let within = |o: Offset| self.span(o, head).1 <= retention.bytes as u64;
-        if within(by_count) {
-            return by_count;
-        }
-        // The span only shrinks as its start grows: the first start within.
-        let (mut bad, mut ok) = (by_count, head);
-        while bad + 1 < ok {
-            let mid = bad + (ok - bad) / 2;
-            if within(mid) {
-                ok = mid;
-            } else {
-                bad = mid;
-            }
-        }
-        ok
+        // The span only shrinks as its start grows, and is nothing at the head.
+        first_offset(by_count, head, |o| {
+            self.span(o, head).1 <= retention.bytes as u64
+        })
     }
 
     /// The oldest offset at or after `from` appended at or after `at_ms`
@@ -346,6 +324,24 @@ impl Log {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The first offset in `[lo, hi]` where `holds`, which holds at `hi` and,
+/// once it holds, for every offset after: a binary search.
+fn first_offset(lo: Offset, hi: Offset, holds: impl Fn(Offset) -> bool) -> Offset {
+    if holds(lo) {
+        return lo;
+    }
+    let (mut fails, mut ok) = (lo, hi);
+    while fails + 1 < ok {
+        let mid = fails + (ok - fails) / 2;
+        if holds(mid) {
+            ok = mid;
+        } else {
+            fails = mid;
+        }
+    }
+    ok
 }
 
 #[cfg(test)]

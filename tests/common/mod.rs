@@ -508,6 +508,32 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wsrelay"))
 }
 
+/// `wsrelay client ARGS...` with its stdin and stdout piped to the test.
+pub fn spawn_client(args: &[&str]) -> Child {
+    binary()
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn wsrelay client")
+}
+
+/// The next `n` lines `child` prints (its stdout is taken).
+pub async fn stdout_lines(child: &mut Child, n: usize) -> Vec<String> {
+    let stdout = child.stdout.take().expect("a piped stdout");
+    within(tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(n)
+            .collect::<Result<Vec<_>, _>>()
+    }))
+    .await
+    .unwrap()
+    .expect("read the client's stdout")
+}
+
 /// Starts `wsrelay --config-file FILE` and waits for its "listening" lines.
 pub fn spawn_relay(config_file: &Path) -> RelayProcess {
     spawn_relay_with(binary(), config_file)

@@ -241,13 +241,7 @@ fn help_and_version_work_everywhere() {
 async fn client_subcommand_round_trip() {
     let server = start(test_config()).await;
     let mut peer = server.client().await;
-    let mut child = binary()
-        .args(["client", &server.url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_client(&[&server.url]);
     server.wait_metric("wsrelay_connections_active", 2).await;
 
     // stdin line → text message to everyone.
@@ -258,14 +252,7 @@ async fn client_subcommand_round_trip() {
 
     // Message from elsewhere → its own line on stdout (after the echo of ours).
     peer.send(Message::text("hello to stdout")).await.unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .collect::<Result<Vec<_>, _>>()
-    });
-    let lines = within(lines).await.unwrap().unwrap();
+    let lines = stdout_lines(&mut child, 2).await;
     assert_eq!(lines, ["hello from stdin ✓", "hello to stdout"]);
 
     // End of stdin: the client closes with 1000 and exits 0.

@@ -204,30 +204,13 @@ async fn compressed_faults_get_their_close_codes_and_others_carry_on() {
 /// relay compressed for it, inflated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_subcommand_inflates_what_the_relay_compresses() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-
     let server = start(compressing_config()).await;
     let mut peer = server.client().await;
-    let mut child = binary()
-        .args(["client", "--deflate", &server.url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_client(&["--deflate", &server.url]);
     server.wait_metric("wsrelay_connections_active", 2).await;
     let document = json(4000, 1);
     peer.send(Message::text(document.clone())).await.unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = within(tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout).lines().next()
-    }))
-    .await
-    .unwrap()
-    .unwrap()
-    .unwrap();
-    assert_eq!(line, document);
+    assert_eq!(stdout_lines(&mut child, 1).await, [document]);
     // Only the client subcommand negotiated, so it is the one that got it compressed.
     assert_eq!(server.metric("wsrelay_compressed_messages_total").await, 1);
     let _ = child.kill();

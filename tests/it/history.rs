@@ -379,30 +379,12 @@ async fn the_api_answers_positions_and_serves_the_history() {
 /// message after its position, one per line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_subcommand_rewinds_and_prints_positions() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-
     let server = start(history_config(10)).await;
     let mut publisher = join(server.addr, "/rooms/r").await;
     publish(&mut publisher, texts(0..3)).await;
     let url = format!("ws://{}/rooms/r", server.addr);
-    let mut child = binary()
-        .args(["client", "--rewind", "2", "--positions", &url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = within(tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .take(5)
-            .collect::<Result<Vec<_>, _>>()
-    }))
-    .await
-    .unwrap()
-    .unwrap();
+    let mut child = spawn_client(&["--rewind", "2", "--positions", &url]);
+    let lines = stdout_lines(&mut child, 5).await;
     let notice: Value = serde_json::from_str(lines[0].strip_prefix('#').unwrap()).unwrap();
     assert_eq!(
         (notice["position"].clone(), notice["replay"].clone()),
