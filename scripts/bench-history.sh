@@ -2,11 +2,13 @@
 # Rooms' history on against off, same run: S1 (1 000 subscribers, 64 B,
 # window 64) against a relay keeping 1 000 messages per room and one
 # keeping none; then a reconnect storm (`bench storm`: 5 000 clients drop,
-# 100 messages go by, all resume at once). Writes the "History" section of
+# 100 messages go by, all resume at once) and the fan-out's reconnect mode
+# (1 000 subscribers each dropping and resuming about once a second while
+# 1 000 msg/s go by). Writes the "History" section of
 # docs/BENCHMARKS.md (scripts/bench.sh keeps that section when it rewrites
 # the rest).
 #
-#   scripts/bench-history.sh          # 5 runs per figure (about 4 minutes)
+#   scripts/bench-history.sh          # 5 runs per figure (about 6 minutes)
 #   RUNS=9 scripts/bench-history.sh
 #
 # As in scripts/bench.sh: the relay on CPU 0, the bench on CPU 1, loopback.
@@ -44,6 +46,7 @@ for i in $(seq 1 "$RUNS"); do
         run S1 "$size" "$i" "${S1[@]}"
     done
     run STORM 1000 "$i" storm -n 5000 -m 100 -s 64
+    run RECONNECT 1000 "$i" fanout -n 1000 -p 1 -r 1000 -s 64 --warmup 2s -d 10s --reconnect 1s
 done
 
 echo "== writing the history section of docs/BENCHMARKS.md"
@@ -81,8 +84,20 @@ for i, r in enumerate(storms, 1):
     lines.append(f"| {i} | {r['recovered']:,} of {r['clients']:,} | {r['lost']}, {r['out_of_order']} | {r['caught_up_seconds']:.2f} s | "
                  f"{r['caught_up_us']['p50']/1000:.0f} / {r['caught_up_us']['p99']/1000:.0f} ms | "
                  f"{mib(r['rss_before_bytes']):.1f} → {mib(r['peak_rss_bytes']):.1f} MiB |")
-lines += ["", "Copying the 100 messages per client would take 5 000 × 100 × 64 B = 31 MiB more; the replayed frames are the room's log's own, shared.",
-          "<!-- history:end -->"]
+lines += ["", "Copying the 100 messages per client would take 5 000 × 100 × 64 B = 31 MiB more; the replayed frames are the room's log's own, shared.\n"]
+recon = load("RECONNECT", 1000)
+lines += ["### Subscribers dropping and resuming mid-stream\n",
+          "`wsrelay bench fanout -n 1000 -p 1 -r 1000 --reconnect 1s`: 1 000 position-aware subscribers, each dropping its connection "
+          "(no close frame) after a random 0.5 to 1.5 s and resuming with `?since=&epoch=` from the last position it had, "
+          "while one publisher sends 1 000 msg/s of 64 B for 12 s. Every subscriber checks that it got every message exactly once, in order. "
+          "Latency is of live messages only (a replayed one waited while its client was away).\n",
+          "| run | reconnects | not recovered | deliveries: received of expected | lost, repeated or reordered | latency p50 / p99 | relay CPU ns / delivery |",
+          "|---|---|---|---|---|---|---|"]
+for i, r in enumerate(recon, 1):
+    lines.append(f"| {i} | {r['reconnect']['reconnects']:,} | {r['reconnect']['not_recovered']} | "
+                 f"{r['received_deliveries']:,} of {r['expected_deliveries']:,} | {r['lost']}, {r['reorders']} | "
+                 f"{r['latency_us']['p50']/1000:.1f} / {r['latency_us']['p99']/1000:.1f} ms | {r['server']['cpu_ns_per_delivery']:.0f} |")
+lines += ["<!-- history:end -->"]
 section = "\n".join(lines) + "\n"
 
 replace_section("docs/BENCHMARKS.md", "history", section)

@@ -175,6 +175,12 @@ struct FanoutArgs {
     /// through the broker.
     #[arg(long, value_delimiter = ',', value_name = "URL")]
     subscriber_url: Vec<String>,
+    /// Reconnect mode: every subscriber drops its connection after a random
+    /// 0.5 to 1.5 times DURATION and resumes (?since=&epoch=) from the last
+    /// position it had, on the next --subscriber-url; the check then proves
+    /// recovery lost and repeated nothing. Needs rooms.history on.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    reconnect: Option<std::time::Duration>,
 }
 
 #[cfg(feature = "bench")]
@@ -261,6 +267,14 @@ struct ConnectArgs {
 #[cfg(feature = "bench")]
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     wsrelay::config::parse_duration(s)
+}
+
+#[cfg(feature = "bench")]
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        std::time::Duration::ZERO => Err("must be more than zero".to_owned()),
+        d => Ok(d),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -567,6 +581,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     duration: a.duration,
                     drain_timeout: a.drain_timeout,
                     subscriber_urls: a.subscriber_url,
+                    reconnect: a.reconnect,
                 };
                 let report = bench::fanout(&t, &opts).await?;
                 print_report(&report, json)?;

@@ -23,6 +23,7 @@
 pub mod churn;
 pub mod payload;
 pub mod process;
+mod resume;
 pub mod stats;
 pub mod storm;
 
@@ -94,6 +95,11 @@ pub struct FanoutOptions {
     /// stay on the target); empty: everyone on the target. With these,
     /// latency is measured at the subscribers only, across the broker.
     pub subscriber_urls: Vec<String>,
+    /// Reconnect mode: subscribers are position-aware (`wsrelay.v1`, the
+    /// room needs history) and each drops its connection after a random
+    /// 0.5 to 1.5 times this, resuming on the next subscriber node from the
+    /// last position it had.
+    pub reconnect: Option<Duration>,
 }
 
 /// How long subscribers on other nodes may take to hear the publishers.
@@ -107,6 +113,11 @@ pub enum BenchError {
          are the nodes in one cluster, and the URLs on one room?"
     )]
     Settle,
+    #[error(
+        "no join notice within {SETTLE_TIMEOUT:?}: reconnect mode needs wsrelay with \
+         rooms.history on"
+    )]
+    NoPositions,
     #[error(transparent)]
     Client(#[from] Box<ClientError>),
     #[error("connection {index} of {total} failed: {source}")]
@@ -200,12 +211,30 @@ pub struct FanoutReport {
     /// Send-to-receive latency of deliveries in the measured window.
     pub latency_us: Percentiles,
     pub server: Option<ServerFigures>,
+    /// Reconnect mode only.
+    pub reconnect: Option<ReconnectFigures>,
+}
+
+/// What the subscribers of a reconnect-mode run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconnectFigures {
+    /// Mean time between a subscriber's drops.
+    pub every_seconds: f64,
+    /// Drops, each followed by a resumption.
+    pub reconnects: u64,
+    /// Resumptions the relay answered `recovered: false`.
+    pub not_recovered: u64,
 }
 
 impl FanoutReport {
-    /// Whether anything was lost, reordered, malformed or disconnected.
+    /// Whether anything was lost, reordered, malformed or disconnected, or
+    /// a resuming subscriber was not recovered.
     pub fn saw_loss(&self) -> bool {
-        self.lost > 0 || self.reorders > 0 || self.malformed > 0 || !self.disconnects.is_empty()
+        self.lost > 0
+            || self.reorders > 0
+            || self.malformed > 0
+            || !self.disconnects.is_empty()
+            || self.reconnect.as_ref().is_some_and(|r| r.not_recovered > 0)
     }
 }
 
@@ -241,6 +270,23 @@ struct Received {
     latency: Histogram<u64>,
     measured: u64,
     disconnect: Option<String>,
+    /// Times it dropped its connection and resumed (reconnect mode).
+    reconnects: u64,
+    /// Resumptions the relay answered `recovered: false`.
+    not_recovered: u64,
+}
+
+impl Received {
+    fn new(publishers: usize) -> Self {
+        Self {
+            check: OrderCheck::new(publishers),
+            latency: stats::new_histogram(),
+            measured: 0,
+            disconnect: None,
+            reconnects: 0,
+            not_recovered: 0,
+        }
+    }
 }
 
 /// Runs the fan-out scenario against `target`.
@@ -251,10 +297,43 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     let total = opts.subscribers + opts.publishers;
     let rss_before = sample(target.pid)?;
     let cross_node = !opts.subscriber_urls.is_empty();
-    let (clients, connect) = match cross_node {
+    // Subscribers dial on their own when they must resume (position-aware,
+    // unlike the publishers) or are on other nodes.
+    let separate = cross_node || opts.reconnect.is_some();
+    let mut nodes = Vec::new();
+    if separate {
+        let urls = match cross_node {
+            true => opts.subscriber_urls.clone(),
+            false => vec![target.url.clone()],
+        };
+        let protocols: &[&str] = match opts.reconnect {
+            Some(_) => &[crate::wire::POSITIONS_PROTOCOL],
+            None => &[],
+        };
+        for url in urls {
+            let node = Target {
+                url,
+                ..target.clone()
+            };
+            let node = prepare(&node).await?.counting_into(received_bytes.clone());
+            nodes.push(node.with_protocols(protocols).map_err(Box::new)?);
+        }
+    }
+    let (mut clients, connect) = match separate {
         false => connect_all(&dialer, target, total).await?,
-        true => connect_across(&dialer, target, opts, &received_bytes).await?,
+        true => connect_across(&nodes, &dialer, target, opts).await?,
     };
+    let (subscribers, publishers) = clients.split_at_mut(opts.subscribers);
+    let mut joined = Vec::new();
+    if opts.reconnect.is_some() {
+        for ws in subscribers.iter_mut() {
+            let notice = tokio::time::timeout(SETTLE_TIMEOUT, resume::notice(ws)).await;
+            joined.push(notice.ok().flatten().ok_or(BenchError::NoPositions)?);
+        }
+    }
+    if cross_node && let Some(first) = publishers.first_mut() {
+        await_subscriptions(subscribers, first).await?;
+    }
     let rss_after = sample(target.pid)?;
 
     let clock = Instant::now();
@@ -273,9 +352,23 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     let mut receivers = JoinSet::new();
     let mut publishers = JoinSet::new();
     let mut clients = clients.into_iter();
-    for _ in 0..opts.subscribers {
+    let reconnecting = opts.reconnect.map(|every| resume::Reconnecting {
+        nodes: nodes.into(),
+        every,
+    });
+    let mut joined = joined.into_iter();
+    for i in 0..opts.subscribers {
         let Some(ws) = clients.next() else { break };
-        receivers.spawn(receive(ws, run.clone(), None, true));
+        match (&reconnecting, joined.next()) {
+            (Some(how), Some(notice)) => receivers.spawn(resume::receive_reconnecting(
+                ws,
+                notice,
+                i % how.nodes.len(),
+                how.clone(),
+                run.clone(),
+            )),
+            _ => receivers.spawn(receive(ws, run.clone(), None, true)),
+        };
     }
     let burst = opts.burst.max(1);
     // With a rate, each tick sends one burst.
@@ -314,9 +407,12 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     let mut latency = stats::new_histogram();
     let (mut measured, mut received, mut lost) = (0, 0, 0);
     let mut disconnects = BTreeMap::new();
+    let (mut reconnects, mut not_recovered) = (0, 0);
     let sent = run.sent();
     while let Some(r) = receivers.join_next().await {
         let Ok(r) = r else { continue };
+        reconnects += r.reconnects;
+        not_recovered += r.not_recovered;
         received += r.check.received.iter().sum::<u64>();
         lost += r.check.lost(&sent);
         check.reorders += r.check.reorders;
@@ -375,6 +471,11 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
             total,
             Some(measured),
         ),
+        reconnect: opts.reconnect.map(|every| ReconnectFigures {
+            every_seconds: every.as_secs_f64(),
+            reconnects,
+            not_recovered,
+        }),
     })
 }
 
@@ -491,25 +592,65 @@ async fn receive<S>(
 where
     S: Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
 {
-    let mut r = Received {
-        check: OrderCheck::new(run.sent.len()),
-        latency: stats::new_histogram(),
-        measured: 0,
-        disconnect: None,
+    let mut r = Received::new(run.sent.len());
+    if let Outcome::Ended(why) =
+        read_until(&mut stream, &run, &mut r, own.as_ref(), timed, None, None).await
+    {
+        r.disconnect = Some(why);
+    }
+    r
+}
+
+/// Why [`read_until`] stopped reading.
+enum Outcome {
+    /// Every publisher's messages are in, or the drain deadline passed.
+    Stopped,
+    /// The connection ended: its close code, or `eof` or `error`.
+    Ended(String),
+    /// The `due` time came.
+    Due,
+}
+
+/// Reads one connection into `r` (see [`receive`]) until it has every
+/// publisher's messages, the connection ends, the drain deadline passes or
+/// `due` comes. With a `cursor`, the stream is position-aware (`@N` before
+/// each message) and replayed messages are not timed.
+async fn read_until<S>(
+    stream: &mut S,
+    run: &Run,
+    r: &mut Received,
+    own: Option<&(u32, Arc<Semaphore>)>,
+    timed: bool,
+    mut cursor: Option<&mut resume::Cursor>,
+    due: Option<Instant>,
+) -> Outcome
+where
+    S: Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
+    let mut done = run.published.is_cancelled();
+    if done && r.check.complete(&run.sent()) {
+        return Outcome::Stopped;
+    }
+    let due = async {
+        match due {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
     };
-    let mut done = false;
+    tokio::pin!(due);
     let mut unreported = 0u64;
-    loop {
+    let outcome = loop {
         let next = tokio::select! {
             m = stream.next() => m,
             () = run.published.cancelled(), if !done => {
                 done = true;
                 if r.check.complete(&run.sent()) {
-                    break;
+                    break Outcome::Stopped;
                 }
                 continue;
             }
-            () = tokio::time::sleep_until(run.drain_deadline) => break,
+            () = tokio::time::sleep_until(run.drain_deadline) => break Outcome::Stopped,
+            () = &mut due => break Outcome::Due,
         };
         let m = match next {
             Some(Ok(m)) if m.is_text() || m.is_binary() => m,
@@ -517,17 +658,18 @@ where
                 let code = m
                     .as_close()
                     .map_or_else(|| "close".to_owned(), |(c, _)| u16::from(c).to_string());
-                r.disconnect = Some(code);
-                break;
+                break Outcome::Ended(code);
             }
             Some(Ok(_)) => continue,
-            Some(Err(_)) => {
-                r.disconnect = Some("error".to_owned());
-                break;
-            }
-            None => {
-                r.disconnect = Some("eof".to_owned());
-                break;
+            Some(Err(_)) => break Outcome::Ended("error".to_owned()),
+            None => break Outcome::Ended("eof".to_owned()),
+        };
+        let live = match cursor.as_deref_mut().map(|c| c.take(&m)) {
+            None => true,
+            Some(resume::Frame::Message { live }) => live,
+            Some(resume::Frame::Position { valid }) => {
+                r.check.malformed += u64::from(!valid);
+                continue;
             }
         };
         if payload::is_probe(m.as_payload()) {
@@ -537,11 +679,11 @@ where
         let stamp = payload::decode(m.as_payload());
         r.check.observe(stamp);
         if let Some(stamp) = stamp {
-            if timed && (run.measure_from_ns..run.measure_to_ns).contains(&now) {
+            if timed && live && (run.measure_from_ns..run.measure_to_ns).contains(&now) {
                 r.measured += 1;
                 let _ = r.latency.record(now.saturating_sub(stamp.sent_ns).max(1));
             }
-            if let Some((id, window)) = &own
+            if let Some((id, window)) = own
                 && stamp.publisher == *id
             {
                 window.add_permits(1);
@@ -553,10 +695,11 @@ where
             unreported = 0;
         }
         if done && r.check.complete(&run.sent()) {
-            break;
+            break Outcome::Stopped;
         }
-    }
-    r
+    };
+    run.progress.fetch_add(unreported, Ordering::Relaxed);
+    outcome
 }
 
 async fn show_progress(run: Arc<Run>) {
@@ -576,42 +719,37 @@ async fn show_progress(run: Arc<Run>) {
     }
 }
 
-/// Connects the subscribers round-robin over `opts.subscriber_urls` (the
-/// other nodes of a cluster), then the publishers to the target; the
-/// clients come back subscribers first, as [`connect_all`] returns them.
+/// Connects the subscribers round-robin over `nodes` (the target's or
+/// other nodes' dialers), then the publishers to the target; the clients
+/// come back subscribers first, as [`connect_all`] returns them, subscriber
+/// `i` on node `i % nodes.len()`.
 async fn connect_across(
+    nodes: &[Dialer],
     dialer: &Dialer,
     target: &Target,
     opts: &FanoutOptions,
-    received_bytes: &Arc<AtomicU64>,
 ) -> Result<(Vec<ClientStream>, ConnectFigures), BenchError> {
     let started = Instant::now();
-    let mut clients = Vec::with_capacity(opts.subscribers + opts.publishers);
+    let mut by_node = Vec::with_capacity(nodes.len());
     let mut latency = stats::new_histogram();
-    let nodes = opts.subscriber_urls.len();
     let mut deflated = 0;
-    for (i, url) in opts.subscriber_urls.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         // Node i takes every nodes-th subscriber, starting at the i-th.
-        let share = (opts.subscribers + nodes - 1 - i) / nodes;
-        let node = Target {
-            url: url.clone(),
-            ..target.clone()
-        };
-        let dialer = prepare(&node).await?.counting_into(received_bytes.clone());
-        let (more, figures) = connect_all(&dialer, &node, share).await?;
-        clients.extend(more);
+        let share = (opts.subscribers + nodes.len() - 1 - i) / nodes.len();
+        let (more, figures) = connect_all(node, target, share).await?;
+        by_node.push(more.into_iter());
         deflated += figures.deflated;
         let _ = latency.add(&figures.histogram);
     }
-    let (mut publishers, figures) = connect_all(dialer, target, opts.publishers).await?;
+    let mut clients = Vec::with_capacity(opts.subscribers + opts.publishers);
+    for i in 0..opts.subscribers {
+        clients.extend(by_node[i % nodes.len()].next());
+    }
+    let (publishers, figures) = connect_all(dialer, target, opts.publishers).await?;
     deflated += figures.deflated;
     let _ = latency.add(&figures.histogram);
-    let connections = clients.len() + publishers.len();
-    let figures = ConnectFigures::new(connections, deflated, started, latency);
-    if let Some(first) = publishers.first_mut() {
-        await_subscriptions(&mut clients, first).await?;
-    }
     clients.extend(publishers);
+    let figures = ConnectFigures::new(clients.len(), deflated, started, latency);
     Ok((clients, figures))
 }
 
@@ -1030,7 +1168,7 @@ impl fmt::Display for FanoutReport {
         )?;
         writeln!(
             f,
-            "deliveries:   {} of {} expected; lost {} ({:.3} %), reorders {}, malformed {}",
+            "deliveries:   {} of {} expected; lost {} ({:.3} %), reordered or repeated {}, malformed {}",
             self.received_deliveries,
             self.expected_deliveries,
             self.lost,
@@ -1039,6 +1177,13 @@ impl fmt::Display for FanoutReport {
             self.malformed
         )?;
         write_disconnects(f, &self.disconnects)?;
+        if let Some(r) = &self.reconnect {
+            writeln!(
+                f,
+                "reconnects:   {} (each subscriber about every {:.1} s), {} not recovered",
+                r.reconnects, r.every_seconds, r.not_recovered
+            )?;
+        }
         writeln!(
             f,
             "throughput:   {:.0} deliveries/s",

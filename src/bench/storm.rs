@@ -18,9 +18,10 @@ use tokio::time::Instant;
 use tokio_websockets::{Message, Payload};
 
 use super::payload::{self, Stamp};
+use super::resume::{Cursor, Frame, notice};
 use super::stats::{self, Percentiles};
 use super::{BenchError, ConnectFigures, Target, connect_all, prepare, sample};
-use crate::client::{ClientError, ClientStream, Dialer};
+use crate::client::{ClientError, Dialer};
 
 /// The `storm` scenario.
 #[derive(Debug, Clone)]
@@ -70,28 +71,6 @@ fn unexpected(url: &str, why: &str) -> BenchError {
         url: url.to_owned(),
         why: why.to_owned(),
     }))
-}
-
-/// Where a position-aware client stands: the relay's join notice.
-struct Notice {
-    epoch: String,
-    position: u64,
-    recovered: Option<bool>,
-}
-
-/// Reads the join notice, the first frame of a `wsrelay.v1` client.
-async fn notice(ws: &mut ClientStream) -> Option<Notice> {
-    while let Some(Ok(m)) = ws.next().await {
-        let Some(text) = m.as_text() else { continue };
-        let json = text.strip_prefix('#')?;
-        let v: serde_json::Value = serde_json::from_str(json).ok()?;
-        return Some(Notice {
-            epoch: v["epoch"].as_str()?.to_owned(),
-            position: v["position"].as_u64()?,
-            recovered: v["recovered"].as_bool(),
-        });
-    }
-    None
 }
 
 /// One returning client's findings.
@@ -188,27 +167,22 @@ pub async fn storm(target: &Target, opts: &StormOptions) -> Result<StormReport, 
             let Ok(mut ws) = ws else {
                 return Return::default();
             };
+            let Some(joined) = notice(&mut ws).await else {
+                return Return::default();
+            };
             let mut r = Return {
-                recovered: matches!(
-                    notice(&mut ws).await,
-                    Some(Notice {
-                        recovered: Some(true),
-                        ..
-                    })
-                ),
+                recovered: joined.recovered == Some(true),
                 ..Return::default()
             };
-            let mut next_position = None;
+            let mut cursor = Cursor::new(joined);
             while r.received < missed {
                 let Some(Ok(m)) = ws.next().await else { break };
-                let Some(text) = m.as_text() else { continue };
-                match next_position.take() {
-                    None => {
-                        next_position = text.strip_prefix('@').and_then(|p| p.parse::<u64>().ok())
-                    }
-                    Some(p) => {
-                        let seq = payload::decode(text.as_bytes()).map(|s| s.seq);
-                        if p != position + r.received + 1 || seq != Some(r.received) {
+                match cursor.take(&m) {
+                    Frame::Position { valid } => r.out_of_order += u64::from(!valid),
+                    Frame::Message { .. } => {
+                        let seq = payload::decode(m.as_payload()).map(|s| s.seq);
+                        if cursor.position() != position + r.received + 1 || seq != Some(r.received)
+                        {
                             r.out_of_order += 1;
                         }
                         r.received += 1;

@@ -74,12 +74,13 @@ pub enum Ending {
 /// Opens client connections to one relay URL. Resolves the address and
 /// builds the TLS configuration once, so opening thousands of connections
 /// (as the bench does) costs only the handshakes.
+#[derive(Clone)]
 pub struct Dialer {
     url: String,
     uri: Uri,
     host: String,
     addr: SocketAddr,
-    connector: Connector,
+    connector: Arc<Connector>,
     /// Bytes of frames a connection buffers before it writes them out
     /// unasked; `None`: the library's default.
     flush_threshold: Option<usize>,
@@ -132,7 +133,7 @@ impl Dialer {
             uri,
             host,
             addr,
-            connector,
+            connector: Arc::new(connector),
             flush_threshold: None,
             deflate: false,
             protocols: None,
@@ -169,6 +170,23 @@ impl Dialer {
             })?),
         };
         Ok(Self { protocols, ..self })
+    }
+
+    /// The same dialer for this URL with `query` (`name=value&...`,
+    /// already encoded) added to its query string: a resuming client's
+    /// `since=&epoch=`. Nothing is resolved or loaded again.
+    pub fn with_query(&self, query: &str) -> Result<Self, ClientError> {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}{query}", self.url);
+        let uri = url.parse().map_err(|source| ClientError::Url {
+            url: url.clone(),
+            source,
+        })?;
+        Ok(Self {
+            url,
+            uri,
+            ..self.clone()
+        })
     }
 
     /// Counts the bytes this dialer's connections receive after their

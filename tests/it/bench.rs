@@ -28,6 +28,7 @@ fn short_fanout(subscribers: usize, publishers: usize, rate: Option<f64>) -> Fan
         duration: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(10),
         subscriber_urls: Vec::new(),
+        reconnect: None,
     }
 }
 

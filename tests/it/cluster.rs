@@ -613,6 +613,7 @@ async fn bench_fans_out_across_nodes() {
         duration: std::time::Duration::from_secs(1),
         drain_timeout: std::time::Duration::from_secs(10),
         subscriber_urls: vec![url(&b), url(&c)],
+        reconnect: None,
     };
     let report = wsrelay::bench::fanout(&target, &opts).await.unwrap();
     assert!(report.published > 0);

@@ -239,6 +239,7 @@ async fn the_bench_measures_wire_bytes_with_and_without_compression() {
         duration: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(10),
         subscriber_urls: Vec::new(),
+        reconnect: None,
     };
     let mut target = bench_target(&server.url);
     let plain = bench::fanout(&target, &opts).await.unwrap();
