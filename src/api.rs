@@ -9,9 +9,9 @@
 //!   answers `{"delivered": n}`, the local subscribers it is for.
 //!   It goes through the same fan-out, size limit and metrics as a message
 //!   from a client.
-//!   With a position (always, in a room that exists), also `"position"` and
-//!   `"epoch"`: where the message stands in its room, for a page that
-//!   subscribes with `?since=` from there.
+//!   When the message took a place in its room's log (someone receives it,
+//!   or history is on), also `"position"` and `"epoch"`: where it stands,
+//!   for a page that subscribes with `?since=` from there.
 //! - `GET /api/v1/rooms/{room}/history?since=&epoch=&limit=`: the room's
 //!   kept messages after position `since` (default 0), at most `limit`
 //!   (default 100, at most 1000): `{"epoch", "position", "complete",
@@ -281,8 +281,8 @@ impl Api {
             .hub
             .close_room(room, &wire::close_frame(1000, reason.trim()));
         match closed {
-            0 => Err(fail(StatusCode::NOT_FOUND, "no such room")),
-            n => Ok(json!({ "closed": n })),
+            None => Err(fail(StatusCode::NOT_FOUND, "no such room")),
+            Some(n) => Ok(json!({ "closed": n })),
         }
     }
 }

@@ -256,7 +256,10 @@ pub struct HistoryConfig {
     #[serde(deserialize_with = "de_size", serialize_with = "ser_size")]
     pub max_bytes: usize,
     /// How long a room's history outlives its newest message.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(
+        deserialize_with = "de_history_ttl",
+        serialize_with = "humantime_serde_compat::serialize"
+    )]
     pub ttl: Duration,
     /// Payload bytes all rooms' history may hold together; past it, the
     /// rooms quiet longest lose theirs first.
@@ -771,6 +774,17 @@ fn ser_size<S: serde::Serializer>(v: &usize, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&text)
 }
 
+/// A history ttl: 0 would expire every message at once, which is not
+/// what anyone means by it (`size: 0` is how history is turned off).
+fn de_history_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match humantime_serde_compat::deserialize(d)? {
+        Duration::ZERO => Err(serde::de::Error::custom(
+            "must be more than 0s: history would expire at once (size: 0 turns history off)",
+        )),
+        ttl => Ok(ttl),
+    }
+}
+
 fn de_nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     match usize::deserialize(d)? {
         0 => Err(serde::de::Error::custom("must be at least 1")),
@@ -883,6 +897,18 @@ mod tests {
             Err(ConfigError::Invalid(e)) => Err(e),
             Err(e) => panic!("unexpected error {e}"),
         }
+    }
+
+    #[test]
+    fn a_history_ttl_of_zero_is_refused_with_its_key_and_line() {
+        let e = parse("rooms:\n  history:\n    size: 10\n    ttl: 0s\n").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("rooms.history.ttl") && text.contains("line 4"),
+            "{text}"
+        );
+        assert!(text.contains("expire at once"), "{text}");
+        assert!(parse("rooms:\n  history:\n    ttl: 1s\n").is_ok());
     }
 
     #[test]

@@ -176,8 +176,11 @@ struct HistoryKeeping {
     /// What readers still needed at the last shedding (bytes, entries
     /// counted): history cannot free that, so it does not count against
     /// the bound, and publishes do not shed again until the logs hold
-    /// more than the bound beyond it.
+    /// more than the bound beyond it. Refreshed at every tidy tick too.
     readers_bytes: AtomicU64,
+    /// Rooms nobody is in, kept for their history or epoch: each counts
+    /// [`KEPT_ROOM_BYTES`] against the bound.
+    kept_rooms: AtomicU64,
 }
 
 impl HistoryKeeping {
@@ -185,12 +188,22 @@ impl HistoryKeeping {
         u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// What the logs hold, entries counted.
+    /// What the logs hold, entries and rooms kept without members counted.
     fn held_bytes(&self) -> u64 {
         let (m, b) = (self.held.messages.get(), self.held.bytes.get());
-        (b.max(0) as u64).saturating_add(m.max(0) as u64 * ENTRY_BYTES)
+        let kept = self.kept_rooms.load(Ordering::Relaxed);
+        (b.max(0) as u64)
+            .saturating_add(m.max(0) as u64 * ENTRY_BYTES)
+            .saturating_add(kept * KEPT_ROOM_BYTES)
     }
 }
+
+/// What a room nobody is in costs while it is kept for its history or
+/// epoch, counted against the relay-wide history bound so that rooms
+/// joined and left (or published to through the API) once each cannot
+/// pile up uncounted: a room's state, map entry and name, about 880 bytes
+/// of RSS each as measured with 20 000 such rooms, rounded up.
+pub const KEPT_ROOM_BYTES: u64 = 1024;
 
 /// Where a joining member starts in its room's log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -298,6 +311,11 @@ struct RoomState {
     /// The log's messages and payload bytes last added to the hub's
     /// history gauges.
     counted: (u64, u64),
+    /// Whether it is counted among the hub's kept rooms.
+    counted_kept: bool,
+    /// Its history was shed by the relay-wide bound: with nobody in it, it
+    /// goes at once instead of keeping its epoch for the ttl.
+    shed: bool,
 }
 
 /// Messages and payload bytes appended since the last lag check.
@@ -529,6 +547,7 @@ impl Hub {
                 held,
                 shedding: AtomicBool::new(false),
                 readers_bytes: AtomicU64::new(0),
+                kept_rooms: AtomicU64::new(0),
             }),
             ..self
         }
@@ -556,9 +575,17 @@ impl Hub {
     /// Whether a room nobody is in still keeps its epoch: with history on,
     /// for `ttl` after its last member left.
     fn keeps_epoch(&self, state: &RoomState, now_ms: u64) -> bool {
-        self.history
-            .as_ref()
-            .is_some_and(|h| now_ms.saturating_sub(state.left_ms) <= h.ttl_ms())
+        !state.shed
+            && self
+                .history
+                .as_ref()
+                .is_some_and(|h| now_ms.saturating_sub(state.left_ms) <= h.ttl_ms())
+    }
+
+    /// Where `state` can be resumed from: its history, and in a cluster
+    /// not before it last stopped hearing the other nodes.
+    fn resumable_from(&self, state: &RoomState, now_ms: u64) -> Offset {
+        self.history_from(state, now_ms).max(state.resume_floor)
     }
 
     /// Lets `state`'s log go of what neither its readers (from
@@ -569,16 +596,29 @@ impl Hub {
         self.recount(state);
     }
 
-    /// Brings the history gauges up to date with `state`'s log.
+    /// Brings the history gauges up to date with `state`'s log, and the
+    /// kept rooms with whether anyone is in it. A room out of the map
+    /// counts nothing.
     fn recount(&self, state: &mut RoomState) {
         let Some(h) = &self.history else {
             return;
         };
-        let now = state.log.held();
+        let now = match state.removed {
+            true => (0, 0),
+            false => state.log.held(),
+        };
         let (m, b) = state.counted;
         h.held.messages.inc_by(now.0 as i64 - m as i64);
         h.held.bytes.inc_by(now.1 as i64 - b as i64);
         state.counted = now;
+        let kept = !state.removed && state.members.is_empty();
+        if kept != state.counted_kept {
+            match kept {
+                true => h.kept_rooms.fetch_add(1, Ordering::Relaxed),
+                false => h.kept_rooms.fetch_sub(1, Ordering::Relaxed),
+            };
+            state.counted_kept = kept;
+        }
     }
 
     /// Past the relay-wide bound: the rooms quiet longest lose their
@@ -600,10 +640,11 @@ impl Hub {
         let mut readers = 0u64;
         self.each_room(|room| {
             let state = room.lock();
-            if let Some(newest) = state.log.newest_ms() {
+            let newest = state.log.newest_ms();
+            if newest.is_some() || state.members.is_empty() {
                 let (m, b) = state.log.span(readers_from(&state), state.log.head());
                 readers = readers.saturating_add(b + m * ENTRY_BYTES);
-                rooms.push((newest, room.clone()));
+                rooms.push((newest.unwrap_or(0).max(state.left_ms), room.clone()));
             }
         });
         h.readers_bytes.store(readers, Ordering::Relaxed);
@@ -618,7 +659,8 @@ impl Hub {
                 state.history_floor = state.log.head();
                 let readers_from = readers_from(&state);
                 self.trim(&mut state, readers_from, now);
-                state.members.is_empty()
+                state.shed = state.members.is_empty();
+                state.shed
             };
             if emptied {
                 self.remove_if_empty(&room);
@@ -659,32 +701,73 @@ impl Hub {
         shard.get(name).cloned()
     }
 
-    /// The room called `name`, created if need be (within `max_rooms`).
+    /// The room called `name`, created if need be (within `max_rooms`; at
+    /// the cap, a room nobody is in that is kept for its history gives way).
     fn room_or_create(&self, name: &RoomName) -> Result<Arc<Room>, RoomsFull> {
-        if let Some(room) = self.room(name) {
+        let mut evicted = false;
+        loop {
+            if let Some(room) = self.room(name) {
+                return Ok(room);
+            }
+            let mut map = self
+                .shard(name)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(room) = map.get(name) {
+                return Ok(room.clone());
+            }
+            // Counted across shards, so the cap holds whichever shard the
+            // new room falls in.
+            let counted = self
+                .room_count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
+                });
+            if counted.is_err() {
+                drop(map);
+                if !evicted && self.evict_kept_room() {
+                    evicted = true;
+                    continue;
+                }
+                return Err(RoomsFull);
+            }
+            self.rooms_active.inc();
+            let room = Arc::new(Room::new(name.clone()));
+            map.insert(name.clone(), room.clone());
             return Ok(room);
         }
-        let mut map = self
-            .shard(name)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(room) = map.get(name) {
-            return Ok(room.clone());
+    }
+
+    /// Removes the quietest room nobody is in (kept for its history or
+    /// epoch), so that such rooms never keep clients out of `max_rooms`;
+    /// whether there was one. A scan of every room, at the cap only.
+    fn evict_kept_room(&self) -> bool {
+        if self.history.is_none() {
+            return false;
         }
-        // Counted across shards, so the cap holds whichever shard the new
-        // room falls in.
-        let counted = self
-            .room_count
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (self.max_rooms == 0 || n < self.max_rooms).then_some(n + 1)
-            });
-        if counted.is_err() {
-            return Err(RoomsFull);
+        let mut quietest: Option<(u64, Arc<Room>)> = None;
+        self.each_room(|room| {
+            let state = room.lock();
+            if state.members.is_empty() && !state.removed {
+                let quiet_since = state.log.newest_ms().unwrap_or(0).max(state.left_ms);
+                if quietest.as_ref().is_none_or(|(q, _)| quiet_since < *q) {
+                    quietest = Some((quiet_since, room.clone()));
+                }
+            }
+        });
+        let Some((_, room)) = quietest else {
+            return false;
+        };
+        {
+            let mut state = room.lock();
+            if !state.members.is_empty() {
+                return false;
+            }
+            state.shed = true;
+            state.history_floor = state.log.head();
         }
-        self.rooms_active.inc();
-        let room = Arc::new(Room::new(name.clone()));
-        map.insert(name.clone(), room.clone());
-        Ok(room)
+        self.remove_if_empty(&room);
+        true
     }
 
     /// Adds a client to `room`, creating the room if needed; it hears every
@@ -727,7 +810,7 @@ impl Hub {
                     (state.log.appended_since(from, since), None)
                 }
                 Start::Since { epoch, position } => {
-                    let from = from.max(state.resume_floor);
+                    let from = self.resumable_from(&state, now);
                     match **epoch == *arc.epoch && (from..=head).contains(position) {
                         true => (*position, Some(true)),
                         false => (head, Some(false)),
@@ -751,6 +834,9 @@ impl Hub {
                     i.add(&room);
                 }
             }
+            // Someone is in it: no longer kept, nor to go at once.
+            state.shed = false;
+            self.recount(&mut state);
             // After joining, so that a drain that has passed this room
             // already is seen here, and one that has not yet sees this member.
             if self.draining.load(Ordering::SeqCst) {
@@ -877,28 +963,6 @@ impl Hub {
         }
     }
 
-    /// Takes `room` out of the map if it has no members left, nor history.
-    fn remove_if_empty(&self, room: &Arc<Room>) {
-        let mut map = self
-            .shard(&room.name)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut state = room.lock();
-        if state.members.is_empty() && !state.removed {
-            let now = self.now_ms();
-            self.trim(&mut state, Offset::MAX, now);
-            if !state.log.is_empty() || self.keeps_epoch(&state, now) {
-                return;
-            }
-            state.removed = true;
-            if map.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
-                map.remove(&room.name);
-                self.room_count.fetch_sub(1, Ordering::Relaxed);
-                self.rooms_active.dec();
-            }
-        }
-    }
-
     /// Appends `frame` to `room`'s log for everyone there who receives,
     /// except `skip`'s member (a sender that does not want its own
     /// messages back), and wakes those waiting for it. When a lag check is
@@ -950,6 +1014,13 @@ impl Hub {
             let size = frame.payload().len() as u64;
             let now = self.now_ms();
             published.position = state.log.append(logged, skip.map_or(0, |s| s.id), now) + 1;
+            // Not hearing the other nodes (nobody here receives): what they
+            // publish meanwhile is not in this log, so nothing from here on
+            // can be resumed from or served as history.
+            if state.receivers == 0 && self.interest.is_some() && self.history.is_some() {
+                state.history_floor = state.log.head();
+                state.resume_floor = state.log.head() + 1;
+            }
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
             if self.check_due(&state) {
@@ -1002,21 +1073,28 @@ impl Hub {
     /// not members (the HTTP API, other nodes) and cannot wait. With
     /// history on, a room nobody is in is created to keep the message.
     pub fn publish(&self, room: &str, frame: &Frame) -> Published {
-        let found = match &self.history {
-            Some(_) if is_room_name(room) || room.is_empty() => {
-                self.room_or_create(&room.into()).ok()
+        // A room emptied and removed between finding it and publishing is
+        // looked up (or created) again, as a joining member does.
+        loop {
+            let found = match &self.history {
+                Some(_) if is_room_name(room) || room.is_empty() => {
+                    self.room_or_create(&room.into()).ok()
+                }
+                _ => self.room(room),
+            };
+            let Some(found) = found else {
+                return Published::default();
+            };
+            // The epoch only for these callers (the API answers with it),
+            // not a reference count taken on every client's publish.
+            let published = self.publish_to(&found, frame, None, None);
+            if published.position == 0 && self.history.is_some() && found.lock().removed {
+                continue;
             }
-            _ => self.room(room),
-        };
-        let Some(room) = found else {
-            return Published::default();
-        };
-        // The epoch only for these callers (the API answers with it), not
-        // a reference count taken on every client's publish.
-        let published = self.publish_to(&room, frame, None, None);
-        Published {
-            epoch: (published.position > 0).then(|| room.epoch.clone()),
-            ..published
+            return Published {
+                epoch: (published.position > 0).then(|| found.epoch.clone()),
+                ..published
+            };
         }
     }
 
@@ -1153,41 +1231,45 @@ impl Hub {
         backlog.members.is_empty()
     }
 
-    /// Removes every member of `room` and closes each with `farewell`
-    /// (a Close frame); returns how many there were.
-    pub fn close_room(&self, room: &str, farewell: &Bytes) -> usize {
+    /// Closes every member of `room` with `farewell` (a Close frame);
+    /// returns how many there were, or `None` if there is no such room.
+    /// With history on the room stays, with its history and epoch, for
+    /// clients that come back; without, it goes at once.
+    pub fn close_room(&self, room: &str, farewell: &Bytes) -> Option<usize> {
+        let closing = |state: &RoomState| {
+            for (_, record) in &state.members {
+                record
+                    .member
+                    .close(Ending::Closed(Box::new(farewell.clone())));
+            }
+            state.members.len()
+        };
+        if self.history.is_some() {
+            // Each member leaves as it says goodbye; the last one's leaving
+            // tells the interest, as any.
+            let room = self.room(room)?;
+            let state = room.lock();
+            return Some(closing(&state));
+        }
         // Under the shard's lock throughout: a room of the same name joined
         // meanwhile tells the interest `add` only after this `remove`.
         let mut map = self
             .shard(room)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(r) = map.remove(room) else {
-            return 0;
-        };
+        let r = map.remove(room)?;
         self.room_count.fetch_sub(1, Ordering::Relaxed);
         self.rooms_active.dec();
         // The members stay until each leaves, taking what was published
         // before the close; nothing more can be.
         let mut state = r.lock();
         state.removed = true;
-        // Out of the map, no longer trimmed: no longer counted either.
-        if let Some(h) = &self.history {
-            let (m, b) = std::mem::take(&mut state.counted);
-            h.held.messages.dec_by(m as i64);
-            h.held.bytes.dec_by(b as i64);
-        }
         if state.receivers > 0
             && let Some(i) = &self.interest
         {
             i.remove(room);
         }
-        for (_, record) in &state.members {
-            record
-                .member
-                .close(Ending::Closed(Box::new(farewell.clone())));
-        }
-        state.members.len()
+        Some(closing(&state))
     }
 
     /// Every room, one at a time.
@@ -1210,6 +1292,39 @@ impl Hub {
         self.tidy(true);
     }
 
+    /// Takes `room` out of the map if it has no members left, nor history.
+    /// A room kept for its history counts against the relay-wide bound,
+    /// which may shed the quietest such rooms.
+    fn remove_if_empty(&self, room: &Arc<Room>) {
+        let kept = {
+            let mut map = self
+                .shard(&room.name)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut state = room.lock();
+            if !state.members.is_empty() || state.removed {
+                return;
+            }
+            let now = self.now_ms();
+            self.trim(&mut state, Offset::MAX, now);
+            if !state.log.is_empty() || self.keeps_epoch(&state, now) {
+                true
+            } else {
+                state.removed = true;
+                self.recount(&mut state);
+                if map.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                    map.remove(&room.name);
+                    self.room_count.fetch_sub(1, Ordering::Relaxed);
+                    self.rooms_active.dec();
+                }
+                false
+            }
+        };
+        if kept {
+            self.shed_history();
+        }
+    }
+
     /// Lets every room's log go of what its readers took and of history
     /// past its ttl; a room kept only for its history goes with it. (Pings
     /// do the same; this is for relays that do not ping.)
@@ -1220,6 +1335,7 @@ impl Hub {
     fn tidy(&self, ping: bool) {
         let now = self.now_ms();
         let mut emptied = Vec::new();
+        let mut readers = 0u64;
         self.each_room(|room| {
             let mut state = room.lock();
             if ping {
@@ -1228,6 +1344,8 @@ impl Hub {
                 }
             }
             let readers_from = readers_from(&state);
+            let (m, b) = state.log.span(readers_from, state.log.head());
+            readers = readers.saturating_add(b + m * ENTRY_BYTES);
             self.trim(&mut state, readers_from, now);
             // Nobody waits for members that caught up or left.
             state
@@ -1238,9 +1356,15 @@ impl Hub {
                 emptied.push(room.clone());
             }
         });
+        // What readers need now, not at the last shedding: once they
+        // caught up, what they held counts as history again.
+        if let Some(h) = &self.history {
+            h.readers_bytes.store(readers, Ordering::Relaxed);
+        }
         for room in emptied {
             self.remove_if_empty(&room);
         }
+        self.shed_history();
     }
 
     /// Begins shutdown: hands back every member, for the server to close in
@@ -1270,8 +1394,14 @@ impl Hub {
         let room = self.room(room)?;
         let state = room.lock();
         let head = state.log.head();
-        let from = self.history_from(&state, self.now_ms());
-        let start = since.max(from);
+        let now = self.now_ms();
+        let from = self.history_from(&state, now);
+        // Positions from another epoch name other messages: none of these.
+        let same_epoch = epoch.is_none_or(|e| *e == *room.epoch);
+        let start = match same_epoch {
+            true => since.max(from),
+            false => head,
+        };
         let messages = state
             .log
             .entries_in(start, head)
@@ -1281,7 +1411,7 @@ impl Hub {
         Some(HistoryPage {
             epoch: room.epoch.clone(),
             position: head,
-            complete: epoch.is_none_or(|e| *e == *room.epoch) && (from..=head).contains(&since),
+            complete: same_epoch && (self.resumable_from(&state, now)..=head).contains(&since),
             messages,
         })
     }
@@ -1390,6 +1520,8 @@ impl Room {
                 resume_floor: 0,
                 left_ms: 0,
                 counted: (0, 0),
+                counted_kept: false,
+                shed: false,
             }),
             compressing: AtomicUsize::new(0),
         }
@@ -1668,12 +1800,17 @@ mod tests {
             let mut next = joined.position + 1;
             // Through the replay and at least 20 live messages.
             while next <= joined.position + joined.replay + 20 {
-                let _ = s.poll_take(&mut cx, 64, usize::MAX, |f, mark| {
+                let taken = s.poll_take(&mut cx, 64, usize::MAX, |f, mark| {
                     let n = u64::from_be_bytes(f.payload().try_into().unwrap());
                     assert_eq!(n, next, "gap or repeat at the seam: {joined:?}");
                     assert_eq!(mark.frame()[2..], *format!("@{n}").as_bytes());
                     next += 1;
                 });
+                // Evicted or closed, it would never get the rest.
+                assert!(
+                    !matches!(taken, Poll::Ready(Taken::Closed)),
+                    "closed at {next}: {joined:?}"
+                );
             }
             hub.leave(&s);
         }
@@ -1745,8 +1882,9 @@ mod tests {
                     bytes: 1 << 20,
                 },
                 ttl: Duration::from_secs(60),
-                // Eight messages of 100 bytes, each with its entry.
-                total_bytes: 8 * (100 + ENTRY_BYTES),
+                // Eight messages of 100 bytes, each with its entry, in two
+                // rooms nobody is in.
+                total_bytes: 8 * (100 + ENTRY_BYTES) + 2 * KEPT_ROOM_BYTES,
             },
             gauges.clone(),
         );
@@ -1764,15 +1902,166 @@ mod tests {
             hub.publish("busy", &Frame::new(false, &[0; 100]));
         }
         assert_eq!(gauges.bytes.get(), 700);
-        let quiet = hub.history("quiet", 0, None, 100).unwrap();
-        assert!(quiet.messages.is_empty() && !quiet.complete);
-        // Its positions go on in the same epoch: the room stays for its ttl.
-        assert_eq!((hub.room_count(), quiet.position), (2, 4));
+        // Nobody in it, nothing kept: it goes, epoch and all.
+        assert!(hub.history("quiet", 0, None, 100).is_none());
+        assert_eq!(hub.room_count(), 1);
         let page = hub.history("busy", 0, None, 100).unwrap();
         assert_eq!(
             (page.position, page.messages.len(), page.complete),
             (7, 7, true)
         );
+    }
+
+    fn bounded_history(total_bytes: u64) -> (Hub, HistoryGauges) {
+        let gauges = HistoryGauges::default();
+        let hub = hub(1000, OnOverflow::Disconnect).with_history(
+            History {
+                retention: Retention {
+                    messages: 100,
+                    bytes: 1 << 20,
+                },
+                ttl: Duration::from_secs(300),
+                total_bytes,
+            },
+            gauges.clone(),
+        );
+        (hub, gauges)
+    }
+
+    /// Rooms joined and left once each, or published to once through the
+    /// API, are kept for their epoch or history: each counts against the
+    /// relay-wide bound, which sheds the quietest, so they cannot pile up.
+    #[test]
+    fn rooms_kept_without_members_count_against_the_bound() {
+        let bound = 16 * KEPT_ROOM_BYTES;
+        let (hub, _) = bounded_history(bound);
+        for i in 0..10_000 {
+            let s = hub.join(format!("r{i}").into(), true).unwrap();
+            hub.leave(&s);
+        }
+        assert!(hub.room_count() <= 16, "{} rooms kept", hub.room_count());
+        assert!(hub.room("r9999").is_some(), "the newest stays");
+        let (hub, gauges) = bounded_history(bound);
+        for i in 0..10_000 {
+            hub.publish(&format!("p{i}"), &Frame::new(false, b"x"));
+        }
+        assert!(hub.room_count() <= 16, "{} rooms kept", hub.room_count());
+        assert!(gauges.messages.get() <= 16);
+    }
+
+    /// At `max_rooms`, a room nobody is in gives way to a client's new one.
+    #[test]
+    fn rooms_kept_without_members_never_keep_clients_out() {
+        let hub = with_history(
+            Hub::new(
+                LagLimits {
+                    messages: 100,
+                    bytes: 1 << 20,
+                    on_overflow: OnOverflow::Disconnect,
+                },
+                100,
+                Gauge::default(),
+            ),
+            10,
+        );
+        for i in 0..100 {
+            let s = hub.join(format!("r{i}").into(), true).unwrap();
+            hub.publish(&format!("r{i}"), &Frame::new(false, b"x"));
+            hub.leave(&s);
+        }
+        assert_eq!(hub.room_count(), 100);
+        let _in = hub
+            .join("legit".into(), true)
+            .expect("a kept room gave way");
+        let kept = (0..100)
+            .filter(|i| hub.room(&format!("r{i}")).is_some())
+            .count();
+        assert_eq!(kept, 99, "one kept room went");
+        assert_eq!(hub.room_count(), 100);
+        // Rooms with members never give way.
+        let full = (0..100)
+            .map(|i| hub.join(format!("m{i}").into(), true))
+            .take_while(Result::is_ok)
+            .count();
+        assert_eq!(full, 99);
+        assert_eq!(hub.room_count(), 100);
+    }
+
+    /// What slow readers needed stops counting once they caught up: the
+    /// history left is held to the bound again.
+    #[test]
+    fn history_is_bound_again_once_readers_caught_up() {
+        let bound = 10_000 + 2 * KEPT_ROOM_BYTES;
+        let (hub, gauges) = bounded_history(bound);
+        let mut slow = hub.join("slow".into(), true).unwrap();
+        for _ in 0..50 {
+            hub.publish("slow", &Frame::new(false, &[0; 1000]));
+        }
+        take(&mut slow);
+        hub.ping_all();
+        for _ in 0..4 {
+            hub.publish("other", &Frame::new(false, &[0; 1000]));
+        }
+        assert!(
+            gauges.bytes.get() as u64 <= bound,
+            "{} bytes of history held past the bound {bound}",
+            gauges.bytes.get()
+        );
+    }
+
+    /// In a cluster, a message published while nobody here receives (the
+    /// API's, or one in flight from the broker) is not a place to resume
+    /// from, nor served as complete history: other nodes' messages
+    /// meanwhile never came here.
+    #[test]
+    fn in_a_cluster_positions_published_while_nobody_listens_are_not_resumable() {
+        struct Nobody;
+        impl RoomInterest for Nobody {
+            fn add(&self, _: &RoomName) {}
+            fn remove(&self, _: &str) {}
+        }
+        let hub =
+            with_history(hub(100, OnOverflow::Disconnect), 100).with_interest(Arc::new(Nobody));
+        let (s, first) = hub.join_at("".into(), true, &Start::Live).unwrap();
+        hub.publish("", &Frame::new(false, b"one"));
+        hub.leave(&s);
+        let p = hub.publish("", &Frame::new(false, b"api")).position;
+        assert_eq!(p, 2);
+        let page = hub.history("", 1, Some(&first.epoch), 10).unwrap();
+        assert!(!page.complete);
+        let since = Start::Since {
+            epoch: first.epoch.to_string(),
+            position: p,
+        };
+        let (_s, j) = hub.join_at("".into(), true, &since).unwrap();
+        assert_eq!(j.recovered, Some(false));
+    }
+
+    /// The history route answers nothing for positions of another epoch.
+    #[test]
+    fn history_of_another_epoch_is_empty_and_incomplete() {
+        let hub = with_history(hub(100, OnOverflow::Disconnect), 100);
+        hub.publish("r", &Frame::new(false, b"one"));
+        let page = hub.history("r", 0, Some("other"), 10).unwrap();
+        assert!(page.messages.is_empty() && !page.complete);
+        let page = hub.history("r", 0, Some(&page.epoch), 10).unwrap();
+        assert_eq!((page.messages.len(), page.complete), (1, true));
+    }
+
+    /// An operator closing a room with history closes its clients and
+    /// keeps the room, its history and epoch, for those that come back.
+    #[test]
+    fn closing_a_room_with_history_keeps_its_history() {
+        let hub = with_history(hub(100, OnOverflow::Disconnect), 100);
+        let (s, joined) = hub.join_at("r".into(), true, &Start::Live).unwrap();
+        hub.publish("r", &Frame::new(false, b"one"));
+        assert_eq!(hub.close_room("r", &Bytes::from_static(b"")), Some(1));
+        assert!(s.member.is_closed());
+        hub.leave(&s);
+        let page = hub.history("r", 0, Some(&joined.epoch), 10).unwrap();
+        assert_eq!((page.messages.len(), page.complete), (1, true));
+        assert_eq!(hub.close_room("r", &Bytes::from_static(b"")), Some(0));
+        assert_eq!(hub.close_room("none", &Bytes::from_static(b"")), None);
     }
 
     #[test]
@@ -2134,7 +2423,7 @@ mod tests {
             hub.leave(s);
         }
         assert_eq!(rooms_active.get(), 1);
-        assert_eq!(hub.close_room("c", &Bytes::from_static(b"")), 1);
+        assert_eq!(hub.close_room("c", &Bytes::from_static(b"")), Some(1));
         assert_eq!(rooms_active.get(), 0);
     }
 

@@ -18,8 +18,32 @@ export interface Joined extends Position {
 
 export type State = "connecting" | "open" | "closed";
 
+/**
+ * What the client uses of a WebSocket: the browser's, or the ws package's
+ * in Node (whose event types differ from the DOM's, hence the loose ones).
+ */
+export interface WebSocketLike {
+  binaryType: string;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: any): void;
+  close(code?: number, reason?: string): void;
+}
+
 /** A constructor compatible with the browser's WebSocket (e.g. the ws package's). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Where a message handed to onMessage stands. */
+export interface At extends Position {
+  /**
+   * Positions between this message and the one before that the relay did
+   * not send (0 almost always): the client's own messages when echo is off,
+   * or messages a `drop_oldest`/`drop_newest` slow-consumer policy dropped
+   * for it. See docs/PROTOCOL.md.
+   */
+  skipped: number;
+}
 
 export interface Options {
   /** Sent as a `bearer.<token>` subprotocol (never in the URL). */
@@ -27,10 +51,14 @@ export interface Options {
   /** Resume from a stored place (e.g. saved across a page reload): the epoch and the position of the last message had. */
   epoch?: string;
   position?: number;
-  /** On the first connection only, without `epoch`: replay this many of the room's latest messages, or those this young ("30s"). */
+  /**
+   * On the first connection only, without `epoch`: replay this many of the
+   * room's latest messages, or those this young ("30s", "5m"). Anything else
+   * throws a TypeError at once (the relay would refuse every attempt).
+   */
   rewind?: number | string;
   /** Each message once, in order, with its position. Binary messages are ArrayBuffers. */
-  onMessage?: (data: string | ArrayBuffer, at: Position) => void;
+  onMessage?: (data: string | ArrayBuffer, at: At) => void;
   /** Each (re)join, once the relay says where the client stands. */
   onJoin?: (joined: Joined) => void;
   /** The relay could not replay what was missed: reload the application's state. */

@@ -27,6 +27,12 @@ export class RelayClient {
     if (typeof this.WebSocket !== "function") {
       throw new TypeError("no WebSocket here: pass options.WebSocket (in Node, the ws package's)");
     }
+    // The relay refuses anything else with 400, which a browser sees only
+    // as a failed connection: say so here instead of retrying for ever.
+    const rewind = options.rewind;
+    if (rewind !== undefined && !/^(\d+|(\d+\s*[a-zµ]+\s*)+)$/i.test(String(rewind).trim())) {
+      throw new TypeError(`rewind must be a number of messages or a duration such as "30s", not ${JSON.stringify(rewind)}`);
+    }
     this.backoff = { initial: 250, max: 30_000, ...options.backoff };
     /** The room's epoch, once joined (or as given, to resume from a stored position). */
     this.epoch = options.epoch ?? null;
@@ -107,8 +113,9 @@ export class RelayClient {
         next = null;
         // A message it already has (never expected; cheap to be sure of).
         if (position <= this.position) return;
+        const skipped = position - this.position - 1;
         this.position = position;
-        this.options.onMessage?.(data, { position, epoch: this.epoch });
+        this.options.onMessage?.(data, { position, epoch: this.epoch, skipped });
         return;
       }
       if (typeof data === "string" && data.startsWith("#")) {

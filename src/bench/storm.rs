@@ -23,6 +23,9 @@ use super::stats::{self, Percentiles};
 use super::{BenchError, ConnectFigures, Target, connect_all, prepare, sample};
 use crate::client::{ClientError, Dialer};
 
+/// How long a recovered client may take to get what it missed.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The `storm` scenario.
 #[derive(Debug, Clone)]
 pub struct StormOptions {
@@ -174,21 +177,30 @@ pub async fn storm(target: &Target, opts: &StormOptions) -> Result<StormReport, 
                 recovered: joined.recovered == Some(true),
                 ..Return::default()
             };
+            // Not recovered: nothing missed is coming, only live messages.
+            if !r.recovered {
+                return r;
+            }
             let mut cursor = Cursor::new(joined);
-            while r.received < missed {
-                let Some(Ok(m)) = ws.next().await else { break };
-                match cursor.take(&m) {
-                    Frame::Position { valid } => r.out_of_order += u64::from(!valid),
-                    Frame::Message { .. } => {
-                        let seq = payload::decode(m.as_payload()).map(|s| s.seq);
-                        if cursor.position() != position + r.received + 1 || seq != Some(r.received)
-                        {
-                            r.out_of_order += 1;
+            let catching_up = async {
+                while r.received < missed {
+                    let Some(Ok(m)) = ws.next().await else { break };
+                    match cursor.take(&m) {
+                        Frame::Position { valid } => r.out_of_order += u64::from(!valid),
+                        Frame::Message { .. } => {
+                            let seq = payload::decode(m.as_payload()).map(|s| s.seq);
+                            if cursor.position() != position + r.received + 1
+                                || seq != Some(r.received)
+                            {
+                                r.out_of_order += 1;
+                            }
+                            r.received += 1;
                         }
-                        r.received += 1;
                     }
                 }
-            }
+            };
+            // What has not come by then is lost.
+            let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, catching_up).await;
             r.took = (r.received == missed).then(|| t.elapsed());
             r
         });

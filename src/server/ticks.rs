@@ -1,5 +1,6 @@
 //! What runs once per interval: keepalive pings (and with them the idle
-//! check and giving memory back), certificate watching.
+//! check, giving memory back and expiring rooms' history), history expiry
+//! on its own when pings are off, certificate watching.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -372,6 +372,20 @@ async fn the_api_answers_positions_and_serves_the_history() {
     // A page rendered from message 4 resumes from there.
     let mut client = positioned(&server, &format!("/rooms/news?since=4&epoch={epoch}")).await;
     assert_eq!(joined(&mut client).await["recovered"], true);
+    // An operator closing the room's clients closes them and keeps the
+    // room's history and epoch: they can come back and resume.
+    let (status, body) = http_request(
+        api,
+        "DELETE",
+        "/api/v1/rooms/news/connections",
+        "Authorization: Bearer k\r\n",
+        b"bye",
+    )
+    .await;
+    assert_eq!((status, body.trim()), (200, r#"{"closed":1}"#));
+    assert_eq!(recv_close(&mut client).await, 1000);
+    let mut back = positioned(&server, &format!("/rooms/news?since=4&epoch={epoch}")).await;
+    assert_eq!(joined(&mut back).await["recovered"], true);
     server.stop().await;
 }
 
@@ -421,6 +435,31 @@ async fn the_bench_storm_resumes_every_client() {
     server
         .wait_metric("wsrelay_recoveries_total{result=\"recovered\"}", 50)
         .await;
+    server.stop().await;
+}
+
+/// A storm whose clients the history cannot take back (it holds 10 of
+/// the 20 they missed) ends, and reports them as not recovered and what
+/// they lost, instead of waiting for messages that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_storm_reports_clients_it_could_not_recover() {
+    let server = start(history_config(10)).await;
+    let target = bench_target(&format!("ws://{}/rooms/storm", server.addr));
+    let opts = wsrelay::bench::storm::StormOptions {
+        clients: 20,
+        missed: 20,
+        size: 64,
+    };
+    let report = within(wsrelay::bench::storm::storm(&target, &opts))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.recovered, report.not_recovered),
+        (0, 20),
+        "{report}"
+    );
+    assert_eq!(report.lost, 20 * 20, "{report}");
+    assert!(report.saw_loss());
     server.stop().await;
 }
 

@@ -241,3 +241,46 @@ test("maxAttempts: a client that can never join gives up and says so", async () 
   assert.match(seen.errors[0].message, /gave up after 3 attempts/);
   assert.equal(client.state, "closed");
 });
+
+test("a rewind the relay would refuse throws at once instead of retrying for ever", () => {
+  for (const rewind of ["abc", -5, "1.5s", ""]) {
+    assert.throws(() => new RelayClient("ws://127.0.0.1:1/rooms/r", { WebSocket, rewind }), TypeError, String(rewind));
+  }
+  for (const rewind of [5, "5", "30s", "1h 30m"]) {
+    new RelayClient("ws://127.0.0.1:1/rooms/r", { WebSocket, rewind }).close();
+  }
+});
+
+test("positions the relay did not send (its own, with echo off) show as skipped", async () => {
+  const base = await relay();
+  const url = `${base}/rooms/skips`;
+  const { client, seen } = recording(`${url}?echo=false`);
+  await until(() => seen.joins.length === 1, "the join");
+  const api = await relayApi(base);
+  client.send("mine");
+  // Its own message is in the room's history before the other's is sent.
+  for (;;) {
+    const page = await (await api("GET", "/api/v1/rooms/skips/history")).json();
+    if (page.messages.length === 1) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const other = await publisher(url);
+  other.send("theirs");
+  await until(() => seen.messages.length === 1, "the other's message");
+  assert.deepEqual(
+    seen.messages.map((m) => [m.data, m.position, m.skipped]),
+    [["theirs", 2, 1]],
+  );
+  other.close();
+  client.close();
+});
+
+test("the types check under --strict, with ws in Node and in a browser", async () => {
+  const { execFileSync } = await import("node:child_process");
+  const tsc = new URL("../node_modules/.bin/tsc", import.meta.url).pathname;
+  execFileSync(tsc, [
+    "--strict", "--noEmit", "--module", "nodenext", "--moduleResolution", "nodenext",
+    "--target", "es2022", "--lib", "es2022,dom",
+    new URL("types.ts", import.meta.url).pathname,
+  ], { stdio: "pipe" });
+});
