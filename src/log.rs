@@ -80,10 +80,14 @@ struct Entry {
     mark: Mark,
 }
 
-/// What one entry costs besides its payload (its frame's handle, sender,
-/// offsets, time and position frame): counted against the relay-wide
-/// history bound, so that many tiny messages cannot hide behind it.
-pub const ENTRY_BYTES: u64 = std::mem::size_of::<Entry>() as u64;
+/// What one entry costs besides its payload, as the relay-wide history
+/// bound counts it, so that many tiny messages cannot hide behind it: the
+/// entry (its frame's handle, sender, offsets, time and position frame,
+/// 88 bytes) twice, since the log's ring may be half empty after it grew,
+/// and 32 bytes for the frame's own allocation. (With 88 alone, a flood
+/// of 16-byte messages grew the relay by 38 MiB against a 16 MiB bound;
+/// with this, 25 MiB: tests/crowds/history.rs.)
+pub const ENTRY_BYTES: u64 = 2 * std::mem::size_of::<Entry>() as u64 + 32;
 
 /// The frame that tells a position-aware client the position of the
 /// message after it: text `@<position>`, at most 23 bytes, kept inline.
