@@ -8,7 +8,8 @@
 # `cargo test` with any arguments given. WSRELAY_REQUIRE_BROWSER=1 makes
 # the browser tests fail, rather than skip, should the browser be missing.
 # With node and npm present it installs the JavaScript client's test
-# dependency (the ws package, clients/js/package-lock.json) too.
+# dependencies (the ws package, TypeScript and the ws types for its type
+# check: clients/js/package-lock.json) too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
