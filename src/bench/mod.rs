@@ -140,6 +140,9 @@ pub enum BenchError {
 pub struct ServerFigures {
     pub cpu_seconds: f64,
     pub cpu_ns_per_delivery: Option<f64>,
+    /// Of that, system time: the kernel's share (a loopback write runs the
+    /// receiving side's network stack too).
+    pub kernel_ns_per_delivery: Option<f64>,
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     pub rss_per_connection_bytes: f64,
@@ -871,11 +874,12 @@ fn server_figures(
 ) -> Option<ServerFigures> {
     let (before, after, from, to) = (rss_before?, rss_after?, cpu_from?, cpu_to?);
     let cpu_ns = to.cpu_ns.saturating_sub(from.cpu_ns);
+    let system_ns = to.system_ns.saturating_sub(from.system_ns);
+    let per_delivery = |ns: u64| deliveries.filter(|d| *d > 0).map(|d| ns as f64 / d as f64);
     Some(ServerFigures {
         cpu_seconds: cpu_ns as f64 / 1e9,
-        cpu_ns_per_delivery: deliveries
-            .filter(|d| *d > 0)
-            .map(|d| cpu_ns as f64 / d as f64),
+        cpu_ns_per_delivery: per_delivery(cpu_ns),
+        kernel_ns_per_delivery: per_delivery(system_ns),
         rss_before_bytes: before.rss_bytes,
         rss_after_bytes: after.rss_bytes,
         rss_per_connection_bytes: (after.rss_bytes as f64 - before.rss_bytes as f64)
@@ -1119,6 +1123,9 @@ impl fmt::Display for ServerFigures {
         write!(f, "server: {:.2} CPU s", self.cpu_seconds)?;
         if let Some(ns) = self.cpu_ns_per_delivery {
             write!(f, ", {ns:.0} CPU ns per delivery")?;
+        }
+        if let Some(ns) = self.kernel_ns_per_delivery {
+            write!(f, " ({ns:.0} in the kernel)")?;
         }
         write!(
             f,

@@ -7,6 +7,9 @@ use std::io;
 pub struct Sample {
     /// User plus system CPU time of all its threads, in nanoseconds.
     pub cpu_ns: u64,
+    /// Of which system time: in the kernel on its behalf (syscalls, and
+    /// the loopback's network stack that its writes run).
+    pub system_ns: u64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
 }
@@ -45,6 +48,7 @@ fn parse(stat: &str, status: &str) -> Option<Sample> {
         .ok()?;
     Some(Sample {
         cpu_ns: (utime + stime) * (1_000_000_000 / ticks),
+        system_ns: stime * (1_000_000_000 / ticks),
         rss_bytes: rss_kib * 1024,
     })
 }
@@ -61,6 +65,7 @@ mod tests {
         assert_eq!(s.rss_bytes, 2048 * 1024);
         let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         assert_eq!(s.cpu_ns, 300 * tick_ns);
+        assert_eq!(s.system_ns, 50 * tick_ns);
     }
 
     #[test]

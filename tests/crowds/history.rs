@@ -108,7 +108,10 @@ async fn a_flood_of_tiny_messages_stays_within_the_history_bound() {
     // Each message counts 208 bytes besides its payload (log::ENTRY_BYTES).
     let counted = bytes + messages * 208;
     assert!(counted <= TOTAL_BYTES, "{counted} bytes counted");
-    assert!(counted >= TOTAL_BYTES / 2, "history was kept at all: {counted}");
+    assert!(
+        counted >= TOTAL_BYTES / 2,
+        "history was kept at all: {counted}"
+    );
     let grown = relay.rss_bytes().saturating_sub(before);
     eprintln!(
         "tiny flood: {messages} messages, {counted} B counted; relay RSS grew {grown} B ({:.0} B per message held)",
