@@ -111,7 +111,7 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 def ns(rs): return med([r["server"]["cpu_ns_per_delivery"] for r in rs if r.get("server")])
-def kernel(rs): return med([r["server"].get("kernel_ns_per_delivery") for r in rs if r.get("server")])
+def kernel_ns(rs): return med([r["server"].get("kernel_ns_per_delivery") for r in rs if r.get("server")])
 def dps(rs): return med([r["deliveries_per_second"] for r in rs])
 def lost(rs): return sum(r["lost"] + r["reorders"] + r["malformed"] for r in rs)
 def lat(rs, k): return med([r["latency_us"][k] for r in rs])
@@ -201,10 +201,10 @@ print("|---|---|---|---|---|---|---|---|")
 series = {s: [load("S1-100", s), load("S1", s), load("S1-10000", s)] for s in ("wsrelay", "ceiling")}
 for i, n in enumerate(("100", "1000", "10 000")):
     w, c = series["wsrelay"][i], series["ceiling"][i]
-    print(f"| {n} | {ns(w):.0f} | {ns(w)-kernel(w):.0f} / {kernel(w):.0f} | {ns(w)/ns(series['wsrelay'][1]):.2f} × | "
-          f"{ns(c):.0f} | {ns(c)-kernel(c):.0f} / {kernel(c):.0f} | {ns(c)/ns(series['ceiling'][1]):.2f} × | {lost(w)} |")
+    print(f"| {n} | {ns(w):.0f} | {ns(w)-kernel_ns(w):.0f} / {kernel_ns(w):.0f} | {ns(w)/ns(series['wsrelay'][1]):.2f} × | "
+          f"{ns(c):.0f} | {ns(c)-kernel_ns(c):.0f} / {kernel_ns(c):.0f} | {ns(c)/ns(series['ceiling'][1]):.2f} × | {lost(w)} |")
 def spread(rs): return max(ns(r) for r in rs) / min(ns(r) for r in rs)
-user = [ns(r) - kernel(r) for r in series["wsrelay"]]
+user = [ns(r) - kernel_ns(r) for r in series["wsrelay"]]
 print(f"\n**most / least: wsrelay {spread(series['wsrelay']):.2f} ×** (target ≤ 1.3 ×), the ceiling {spread(series['ceiling']):.2f} ×; "
       f"wsrelay's user-space share alone {max(user)/min(user):.2f} ×.")
 c = load("C19000", "wsrelay")
