@@ -357,7 +357,8 @@ struct ClientArgs {
     #[arg(long, value_name = "N|DURATION", conflicts_with = "since")]
     rewind: Option<String>,
     /// Resume after this position (the last message had), if the room's
-    /// epoch is still --epoch and its history holds what followed.
+    /// epoch is still --epoch and its history holds what followed. Only
+    /// with --positions does the relay's notice say whether it could.
     #[arg(long, value_name = "POSITION", requires = "epoch")]
     since: Option<u64>,
     /// The room's epoch, with --since.
@@ -480,6 +481,14 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
         let url = with_start(&args.url, &args);
+        if let Some(since) = args.since
+            && !args.positions
+        {
+            eprintln!(
+                "wsrelay: note: without --positions the relay cannot say whether it resumed \
+                 (a room whose history no longer holds position {since} goes live silently)"
+            );
+        }
         let protocols: &[&str] = if args.positions {
             &[wsrelay::wire::POSITIONS_PROTOCOL]
         } else {

@@ -16,8 +16,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -36,6 +36,16 @@ const MAX_INFLATED: usize = 64 << 20;
 
 /// Longest 101 response read before giving up on it.
 const MAX_HEAD: usize = 16 << 10;
+/// Most of a refusal's body kept to show (the relay's are one line).
+const MAX_REFUSAL: usize = 512;
+
+/// A server's answer other than 101 to the upgrade request: its status and
+/// what of its body came with it (the relay says there why it refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: String,
+}
 
 const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
@@ -70,6 +80,8 @@ pub struct Inflating<S> {
     received: Arc<AtomicU64>,
     /// The upgrade request carried [`OFFER`].
     offered: bool,
+    /// Where a refusal of the upgrade is put, for the dialer to report.
+    refusal: Option<Arc<OnceLock<Refusal>>>,
 }
 
 impl<S> Inflating<S> {
@@ -88,6 +100,16 @@ impl<S> Inflating<S> {
             message: None,
             received,
             offered,
+            refusal: None,
+        }
+    }
+
+    /// Puts the server's status and body in `slot` if it refuses the
+    /// upgrade (the WebSocket library only says it was not 101).
+    pub fn with_refusal(self, slot: Arc<OnceLock<Refusal>>) -> Self {
+        Self {
+            refusal: Some(slot),
+            ..self
         }
     }
 
@@ -102,7 +124,18 @@ impl<S> Inflating<S> {
     fn end_head(&mut self) -> io::Result<bool> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
-        let (len, phase) = match response.parse(&self.raw) {
+        let parsed = response.parse(&self.raw);
+        if let (Ok(httparse::Status::Complete(len)), Some(status), Some(slot)) =
+            (parsed, response.code, &self.refusal)
+            && status != 101
+        {
+            let body = &self.raw[len..self.raw.len().min(len + MAX_REFUSAL)];
+            let _ = slot.set(Refusal {
+                status,
+                body: String::from_utf8_lossy(body).trim().to_owned(),
+            });
+        }
+        let (len, phase) = match parsed {
             Ok(httparse::Status::Complete(len)) if self.offered => (len, accepted(&response)?),
             Ok(httparse::Status::Complete(len)) => (len, Phase::Plain),
             Ok(httparse::Status::Partial) if self.raw.len() < MAX_HEAD => return Ok(false),

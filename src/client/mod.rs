@@ -44,6 +44,12 @@ pub enum ClientError {
     Unusable { url: String, why: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{url} refused the upgrade: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
@@ -246,7 +252,9 @@ impl Dialer {
             .wrap(&self.host, stream)
             .await
             .map_err(failed)?;
-        let stream = Inflating::new(stream, self.deflate, self.received.clone());
+        let refusal = Arc::new(std::sync::OnceLock::new());
+        let stream = Inflating::new(stream, self.deflate, self.received.clone())
+            .with_refusal(refusal.clone());
         let mut builder = ClientBuilder::from_uri(self.uri.clone());
         if self.deflate {
             builder = builder
@@ -264,7 +272,18 @@ impl Dialer {
         if let Some(bytes) = self.flush_threshold {
             builder = builder.config(tokio_websockets::Config::default().flush_threshold(bytes));
         }
-        let (ws, _response) = builder.connect_on(stream).await.map_err(failed)?;
+        let (ws, _response) =
+            builder
+                .connect_on(stream)
+                .await
+                .map_err(|e| match refusal.get().cloned() {
+                    Some(r) => ClientError::Refused {
+                        url: self.url.clone(),
+                        status: r.status,
+                        body: r.body,
+                    },
+                    None => failed(e),
+                })?;
         Ok(ws)
     }
 }

@@ -275,6 +275,16 @@ async fn bad_start_parameters_get_400() {
             handshake_to(server.addr, "127.0.0.1", &format!("/rooms/r?{query}"), "").await;
         assert!(head.starts_with("HTTP/1.1 400"), "{query}: {head}");
     }
+    // Our client says why, as the relay put it.
+    let url = format!("ws://{}/rooms/r?rewind=lots", server.addr);
+    let Err(refused) = within(wsrelay::client::connect(&url, None)).await else {
+        panic!("a bad rewind was accepted");
+    };
+    let said = refused.to_string();
+    assert!(
+        said.contains("HTTP 400") && said.contains("rewind must be a number"),
+        "{said}"
+    );
     server.stop().await;
 }
 
