@@ -689,6 +689,23 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+
+    /// [`Config::to_yaml`] with its secrets shown as `***` (API keys,
+    /// client tokens, the JWT secret, a broker URL's password): what
+    /// `check-config` prints, which ends up in terminals and CI logs.
+    pub fn to_yaml_redacted(&self) -> String {
+        let mut shown = self.clone();
+        let hide = |secrets: &mut Vec<String>| secrets.iter_mut().for_each(|s| *s = "***".into());
+        hide(&mut shown.api.keys);
+        hide(&mut shown.auth.tokens);
+        if let Some(jwt) = &mut shown.auth.jwt
+            && let crate::auth::JwtKey::HS256 { secret } = &mut jwt.key
+        {
+            *secret = "***".into();
+        }
+        shown.cluster.url = crate::backplane::redact(&shown.cluster.url);
+        shown.to_yaml()
+    }
 }
 
 /// serde-saphyr renders `error: line L column C: message` followed by a

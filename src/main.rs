@@ -64,8 +64,9 @@ enum Command {
     ///
     /// Validates the file as `serve` would, including that TLS and JWT key
     /// files load, applies the same flags and environment variables on top,
-    /// and prints the result with every default filled in. Exits 0 if the
-    /// relay would start with it, 2 (naming the file, key and line) if not.
+    /// and prints the result with every default filled in (secrets as
+    /// ***). Exits 0 if the relay would start with it, 2 (naming the file,
+    /// key and line) if not.
     CheckConfig(CheckConfigArgs),
 }
 
@@ -450,7 +451,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     });
     match checked {
         Ok(config) => {
-            print!("{}", config.to_yaml());
+            print!("{}", config.to_yaml_redacted());
             eprintln!("wsrelay: {} is valid", args.file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -180,8 +180,9 @@ pub fn backend_of(url: &str) -> ClusterBackend {
     }
 }
 
-/// The broker URL with any password or token hidden, for logs.
-fn redact(url: &str) -> String {
+/// The broker URL with any password or token hidden, for logs and
+/// `check-config`.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])

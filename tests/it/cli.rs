@@ -557,3 +557,29 @@ async fn drain_turns_readyz_503_keeps_accepting_then_spreads_the_closes() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// check-config's output goes to terminals and CI logs: the secrets in it
+/// are shown as `***`, everything else as it is.
+#[test]
+fn check_config_hides_secrets() {
+    let dir = TempDir::new("check-secrets");
+    let file = dir.file(
+        "secrets.yaml",
+        "api:\n  enabled: true\n  keys: [api-key-1]\n\
+         auth:\n  tokens: [client-token-1]\n  jwt:\n    algorithm: HS256\n    secret: jwt-secret-1\n\
+         cluster:\n  backend: redis\n  url: \"redis://user:broker-pass-1@127.0.0.1:6379\"\n",
+    );
+    let out = binary().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for secret in [
+        "api-key-1",
+        "client-token-1",
+        "jwt-secret-1",
+        "broker-pass-1",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    assert_eq!(printed.matches("***").count(), 4, "{printed}");
+    assert!(printed.contains("127.0.0.1:6379"), "{printed}");
+}
