@@ -1841,10 +1841,9 @@ mod tests {
         assert_eq!(take(&mut other).len(), 1, "the room goes on");
     }
 
-    /// In a cluster, a room that lost its last receiving member stopped
-    /// hearing the other nodes: nobody may resume from before it is back.
-    #[test]
-    fn in_a_cluster_a_room_nobody_heard_cannot_be_resumed_from() {
+    /// A cluster node's hub with history, whose one member of the shared
+    /// room heard message 1 and left; and where that member joined.
+    fn cluster_room_left() -> (Hub, Joined) {
         struct Nobody;
         impl RoomInterest for Nobody {
             fn add(&self, _: &RoomName) {}
@@ -1855,6 +1854,14 @@ mod tests {
         let (s, first) = hub.join_at("".into(), true, &Start::Live).unwrap();
         hub.publish("", &Frame::new(false, b"one"));
         hub.leave(&s);
+        (hub, first)
+    }
+
+    /// In a cluster, a room that lost its last receiving member stopped
+    /// hearing the other nodes: nobody may resume from before it is back.
+    #[test]
+    fn in_a_cluster_a_room_nobody_heard_cannot_be_resumed_from() {
+        let (hub, first) = cluster_room_left();
         // Back: the other nodes' messages meanwhile never came here.
         let since = Start::Since {
             epoch: first.epoch.to_string(),
@@ -1874,20 +1881,9 @@ mod tests {
 
     #[test]
     fn history_outlives_members_and_the_relay_wide_bound_sheds_the_quietest() {
-        let gauges = HistoryGauges::default();
-        let hub = hub(1000, OnOverflow::Disconnect).with_history(
-            History {
-                retention: Retention {
-                    messages: 100,
-                    bytes: 1 << 20,
-                },
-                ttl: Duration::from_secs(60),
-                // Eight messages of 100 bytes, each with its entry, in two
-                // rooms nobody is in.
-                total_bytes: 8 * (100 + ENTRY_BYTES) + 2 * KEPT_ROOM_BYTES,
-            },
-            gauges.clone(),
-        );
+        // Eight messages of 100 bytes, each with its entry, in two rooms
+        // nobody is in.
+        let (hub, gauges) = bounded_history(8 * (100 + ENTRY_BYTES) + 2 * KEPT_ROOM_BYTES);
         // Two rooms of 400 payload bytes each, nobody in them.
         for room in ["quiet", "busy"] {
             for _ in 0..4 {
@@ -2015,16 +2011,7 @@ mod tests {
     /// meanwhile never came here.
     #[test]
     fn in_a_cluster_positions_published_while_nobody_listens_are_not_resumable() {
-        struct Nobody;
-        impl RoomInterest for Nobody {
-            fn add(&self, _: &RoomName) {}
-            fn remove(&self, _: &str) {}
-        }
-        let hub =
-            with_history(hub(100, OnOverflow::Disconnect), 100).with_interest(Arc::new(Nobody));
-        let (s, first) = hub.join_at("".into(), true, &Start::Live).unwrap();
-        hub.publish("", &Frame::new(false, b"one"));
-        hub.leave(&s);
+        let (hub, first) = cluster_room_left();
         let p = hub.publish("", &Frame::new(false, b"api")).position;
         assert_eq!(p, 2);
         let page = hub.history("", 1, Some(&first.epoch), 10).unwrap();

@@ -498,19 +498,8 @@ async fn the_bench_storm_reports_clients_it_could_not_recover() {
 /// drop and resume about every 100 ms while two publishers send.
 fn reconnecting_fanout(rate: f64) -> wsrelay::bench::FanoutOptions {
     wsrelay::bench::FanoutOptions {
-        subscribers: 20,
-        publishers: 2,
-        rate: Some(rate),
-        window: 16,
-        burst: 1,
-        size: 64,
-        payload: wsrelay::bench::payload::Kind::Random,
-        binary: false,
-        warmup: Duration::from_millis(200),
-        duration: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(10),
-        subscriber_urls: Vec::new(),
         reconnect: Some(Duration::from_millis(100)),
+        ..crate::bench::short_fanout(20, 2, Some(rate))
     }
 }
 
