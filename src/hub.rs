@@ -136,6 +136,10 @@ pub struct Hub {
     rooms_active: Gauge,
     /// Told when a room gains its first receiving member or loses its last.
     interest: Option<Arc<dyn RoomInterest>>,
+    /// In a cluster: whether this node hears the other nodes now (its
+    /// broker connection is up). While it does not, nobody resumes here:
+    /// what the others publish meanwhile is in no log of this node.
+    hearing: AtomicBool,
     /// Set once shutdown has begun: a client joining later gets a
     /// membership that is already closed.
     draining: AtomicBool,
@@ -532,6 +536,7 @@ impl Hub {
             room_count: AtomicUsize::new(0),
             rooms_active,
             interest: None,
+            hearing: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             compression: None,
             history: None,
@@ -583,9 +588,13 @@ impl Hub {
     }
 
     /// Where `state` can be resumed from: its history, and in a cluster
-    /// not before it last stopped hearing the other nodes.
+    /// not before it last stopped hearing the other nodes (nowhere while it
+    /// does not hear them).
     fn resumable_from(&self, state: &RoomState, now_ms: u64) -> Offset {
-        self.history_from(state, now_ms).max(state.resume_floor)
+        match self.hearing.load(Ordering::SeqCst) {
+            true => self.history_from(state, now_ms).max(state.resume_floor),
+            false => Offset::MAX,
+        }
     }
 
     /// Lets `state`'s log go of what neither its readers (from
@@ -681,11 +690,32 @@ impl Hub {
 
     /// Reports rooms gaining their first or losing their last receiving
     /// member to `interest`.
+    /// In a cluster, until its broker connection is up ([`Hub::hearing_others`]),
+    /// the node does not hear the other nodes.
     pub fn with_interest(self, interest: Arc<dyn RoomInterest>) -> Self {
         Self {
             interest: Some(interest),
+            hearing: AtomicBool::new(false),
             ..self
         }
+    }
+
+    /// A cluster node's broker connection came up (`true`, once its rooms
+    /// are subscribed again) or went down. While it is down nobody resumes
+    /// here; when it is back, every position from before counts as lost
+    /// (the other nodes' messages meanwhile are in no log here), as when a
+    /// room loses its last receiver.
+    pub fn hearing_others(&self, hearing: bool) {
+        let was = self.hearing.swap(hearing, Ordering::SeqCst);
+        if !hearing || was || self.history.is_none() {
+            return;
+        }
+        self.each_room(|room| {
+            let mut state = room.lock();
+            let head = state.log.head();
+            state.history_floor = head;
+            state.resume_floor = head + 1;
+        });
     }
 
     fn shard(&self, room: &str) -> &RwLock<HashMap<RoomName, Arc<Room>>> {
@@ -1851,10 +1881,39 @@ mod tests {
         }
         let hub =
             with_history(hub(100, OnOverflow::Disconnect), 100).with_interest(Arc::new(Nobody));
+        // Its broker connection is up.
+        hub.hearing_others(true);
         let (s, first) = hub.join_at("".into(), true, &Start::Live).unwrap();
         hub.publish("", &Frame::new(false, b"one"));
         hub.leave(&s);
         (hub, first)
+    }
+
+    /// While a cluster node's broker connection is down nobody resumes
+    /// there, and once it is back, positions from before count as lost.
+    #[test]
+    fn in_a_cluster_a_broker_outage_stops_recovery_and_cuts_history() {
+        let (hub, first) = cluster_room_left();
+        let (_stays, _) = hub.join_at("".into(), true, &Start::Live).unwrap();
+        hub.publish("", &Frame::new(false, b"two"));
+        let since = |position| Start::Since {
+            epoch: first.epoch.to_string(),
+            position,
+        };
+        let (_, during) = hub.join_at("".into(), true, &since(2)).unwrap();
+        assert_eq!(during.recovered, Some(true), "hearing: resumable");
+        hub.hearing_others(false);
+        let (_, during) = hub.join_at("".into(), true, &since(2)).unwrap();
+        assert_eq!(during.recovered, Some(false), "not hearing: nobody resumes");
+        assert!(!hub.history("", 1, None, 10).unwrap().complete);
+        hub.hearing_others(true);
+        let (_, after) = hub.join_at("".into(), true, &since(2)).unwrap();
+        assert_eq!(after.recovered, Some(false), "from before the outage");
+        hub.publish("", &Frame::new(false, b"three"));
+        let (_, later) = hub.join_at("".into(), true, &since(3)).unwrap();
+        assert_eq!(later.recovered, Some(true), "from after it");
+        let page = hub.history("", 0, None, 10).unwrap();
+        assert_eq!(page.messages.len(), 1, "only what came after");
     }
 
     /// In a cluster, a room that lost its last receiving member stopped

@@ -320,7 +320,9 @@ impl Cluster {
                     info!(broker = %broker, node = %self.node_id, "cluster broker connected");
                     failures = 0;
                     self.metrics.connected.set(1);
-                    let ended = self.session(link, &stop).await;
+                    let ended = self.session(link, &relay, &stop).await;
+                    // Before the gauge says so, for whoever watches it.
+                    relay.hub.hearing_others(false);
                     self.metrics.connected.set(0);
                     self.metrics.subscriptions.set(0);
                     match ended {
@@ -351,13 +353,21 @@ impl Cluster {
     /// One connection's life: subscribe to every room of interest, then
     /// relay until the connection fails (`Err`) or `stop` (`Ok`, after
     /// sending what waits).
-    async fn session(&self, mut link: Link, stop: &CancellationToken) -> Result<(), LinkError> {
+    async fn session(
+        &self,
+        mut link: Link,
+        relay: &Relay,
+        stop: &CancellationToken,
+    ) -> Result<(), LinkError> {
         let mut subscribed: HashSet<RoomName> = self.interest.resync().into_iter().collect();
         let channels: Vec<String> = subscribed.iter().map(|r| self.channel(r)).collect();
         if !channels.is_empty() {
             link.subscribe(&channels).await?;
         }
         link.confirm().await?;
+        // From here on this node hears the others' messages for its rooms
+        // (before the gauge says the rooms are subscribed).
+        relay.hub.hearing_others(true);
         self.metrics.subscriptions.set(subscribed.len() as i64);
         let mut batch = Vec::with_capacity(BATCH);
         loop {

@@ -19,7 +19,7 @@ fn history_config(size: usize) -> wsrelay::config::Config {
 }
 
 /// A position-aware client (`wsrelay.v1`) at `path_and_query`.
-async fn positioned(server: &TestServer, path_and_query: &str) -> ClientStream {
+pub(crate) async fn positioned(server: &TestServer, path_and_query: &str) -> ClientStream {
     let url = format!("ws://{}{path_and_query}", server.addr);
     let dialer = within(Dialer::new(&url, None)).await.unwrap();
     let dialer = dialer.with_protocols(&["wsrelay.v1"]).unwrap();
@@ -28,14 +28,14 @@ async fn positioned(server: &TestServer, path_and_query: &str) -> ClientStream {
 
 /// What a position-aware client reads.
 #[derive(Debug, PartialEq)]
-enum Event {
+pub(crate) enum Event {
     /// The join notice, parsed.
     Joined(Value),
     /// A message and its position.
     Message(u64, String),
 }
 
-async fn next_event(ws: &mut ClientStream) -> Event {
+pub(crate) async fn next_event(ws: &mut ClientStream) -> Event {
     let m = recv(ws).await;
     let text = m.as_text().expect("a text frame").to_owned();
     if let Some(json) = text.strip_prefix('#') {
@@ -50,7 +50,7 @@ async fn next_event(ws: &mut ClientStream) -> Event {
     Event::Message(position, m.as_text().expect("text").to_owned())
 }
 
-async fn joined(ws: &mut ClientStream) -> Value {
+pub(crate) async fn joined(ws: &mut ClientStream) -> Value {
     match next_event(ws).await {
         Event::Joined(v) => v,
         e => panic!("expected the join notice, got {e:?}"),
