@@ -60,13 +60,23 @@ pub struct Api {
     shutdown: CancellationToken,
 }
 
-/// A failed request: its status and what to say.
-struct Failure(StatusCode, String);
+/// A failed request: its status, what to say, and for a 405 the methods
+/// the route takes (its `Allow` header).
+struct Failure(StatusCode, String, Option<&'static str>);
 
 type Reply = Result<Value, Failure>;
 
 fn fail(status: StatusCode, why: impl Into<String>) -> Failure {
-    Failure(status, why.into())
+    Failure(status, why.into(), None)
+}
+
+/// 405 for a route that takes only `allow`.
+fn not_allowed(allow: &'static str) -> Failure {
+    Failure(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed (this route takes {allow})"),
+        Some(allow),
+    )
 }
 
 impl Api {
@@ -123,9 +133,9 @@ impl Api {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let reply = self.route(req).await;
-        let (status, body) = match reply {
-            Ok(body) => (StatusCode::OK, body),
-            Err(Failure(status, why)) => (status, json!({ "error": why })),
+        let (status, body, allow) = match reply {
+            Ok(body) => (StatusCode::OK, body, None),
+            Err(Failure(status, why, allow)) => (status, json!({ "error": why }), allow),
         };
         let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
         *r.status_mut() = status;
@@ -133,6 +143,10 @@ impl Api {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(allow) = allow {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -167,18 +181,12 @@ impl Api {
                 let room = self.room(room)?;
                 self.close_room(&room, req).await
             }
+            (_, ["", "api", "v1", "rooms", _, "messages"]) => Err(not_allowed("POST")),
+            (_, ["", "api", "v1", "rooms", _, "connections"]) => Err(not_allowed("DELETE")),
             (
                 _,
-                [
-                    "",
-                    "api",
-                    "v1",
-                    "rooms",
-                    _,
-                    "messages" | "connections" | "history",
-                ]
-                | ["", "api", "v1", "rooms" | "stats"],
-            ) => Err(fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+                ["", "api", "v1", "rooms", _, "history"] | ["", "api", "v1", "rooms" | "stats"],
+            ) => Err(not_allowed("GET")),
             _ => Err(fail(StatusCode::NOT_FOUND, "no such route")),
         }
     }

@@ -859,10 +859,32 @@ fn de_origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
 
 fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let level = String::deserialize(d)?;
-    tracing_subscriber::EnvFilter::builder()
-        .parse(&level)
-        .map_err(|e| serde::de::Error::custom(format!("invalid log level {level:?}: {e}")))?;
+    check_log_filter(&level).map_err(serde::de::Error::custom)?;
     Ok(level)
+}
+
+/// Checks a log filter (`log.level`, `--log-level`): a `tracing` filter in
+/// which every directive without `=` is a level. A bare word that is not
+/// one (`verbose`, a typo) would parse as a target, and log nothing but
+/// that target: the relay would go silent.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| format!("invalid log level {filter:?}: {e}"))?;
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in filter.split(',').map(str::trim) {
+        if !directive.is_empty()
+            && !directive.contains(['=', '['])
+            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        {
+            return Err(format!(
+                "invalid log level {directive:?}: use one of {} or target=level \
+                 (a bare word is taken as a target, and everything else would be silent)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A list of networks: CIDRs, or bare addresses as networks of one.
@@ -913,6 +935,16 @@ mod tests {
             Ok(c) => Ok(c),
             Err(ConfigError::Invalid(e)) => Err(e),
             Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn a_log_level_that_would_silence_the_relay_is_refused() {
+        let e = parse("log:\n  level: verbose\n").unwrap_err().to_string();
+        assert!(e.contains("log.level") && e.contains("line 2"), "{e}");
+        assert!(e.contains("bare word"), "{e}");
+        for ok in ["info", "WARN", "wsrelay=debug,warn", "off"] {
+            assert!(parse(&format!("log:\n  level: \"{ok}\"\n")).is_ok(), "{ok}");
         }
     }
 

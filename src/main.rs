@@ -270,6 +270,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     wsrelay::config::parse_duration(s)
 }
 
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    wsrelay::config::check_log_filter(s).map(|()| s.to_owned())
+}
+
 #[cfg(feature = "bench")]
 fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     match parse_duration(s)? {
@@ -325,7 +329,7 @@ struct Overrides {
     #[arg(long, env = "WSRELAY_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// Log filter such as `info` or `wsrelay=debug` [config: log.level]; RUST_LOG overrides it.
-    #[arg(long, env = "WSRELAY_LOG", value_name = "FILTER")]
+    #[arg(long, env = "WSRELAY_LOG", value_name = "FILTER", value_parser = parse_log_filter)]
     log_level: Option<String>,
     /// Log line format [config: log.format].
     #[arg(long, env = "WSRELAY_LOG_FORMAT", value_name = "FORMAT")]

@@ -1158,9 +1158,11 @@ impl fmt::Display for FanoutReport {
         };
         writeln!(
             f,
-            "fanout: {} subscribers, {} publishers, {} B {} {}, {pace}, {:.0} s warm-up + {:.0} s measured",
+            "fanout: {} subscriber{}, {} publisher{}, {} B {} {}, {pace}, {:.0} s warm-up + {:.0} s measured",
             self.subscribers,
+            if self.subscribers == 1 { "" } else { "s" },
             self.publishers,
+            if self.publishers == 1 { "" } else { "s" },
             self.size,
             self.payload,
             if self.binary { "binary" } else { "text" },

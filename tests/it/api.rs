@@ -221,6 +221,28 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         assert_eq!(status, want, "{method} {path}: {reply}");
         assert!(reply["error"].is_string(), "{method} {path}: {reply}");
     }
+    // A 405 says, in Allow, which method the route takes.
+    for (method, path, allow) in [
+        ("GET", "/api/v1/rooms/a/messages", "POST"),
+        ("POST", "/api/v1/rooms/a/connections", "DELETE"),
+        ("DELETE", "/api/v1/rooms/a/history", "GET"),
+        ("PUT", "/api/v1/stats", "GET"),
+    ] {
+        let mut s = within(tokio::net::TcpStream::connect(api)).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {KEY}\r\nContent-Length: 0\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut s, request.as_bytes())
+            .await
+            .unwrap();
+        let head = String::from_utf8_lossy(&read_until_closed(&mut s).await).to_lowercase();
+        assert!(head.starts_with("http/1.1 405"), "{method} {path}: {head}");
+        assert!(
+            head.contains(&format!("\r\nallow: {}\r\n", allow.to_lowercase())),
+            "{method} {path}: {head}"
+        );
+    }
     // A message at the limit still goes.
     let (status, _) = call(
         api,
