@@ -876,6 +876,8 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
         if !directive.is_empty()
             && !directive.contains(['=', '['])
             && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+            // tracing's numeric levels, 0 (off) to 5 (trace).
+            && !matches!(directive, "0" | "1" | "2" | "3" | "4" | "5")
         {
             return Err(format!(
                 "invalid log level {directive:?}: use one of {} or target=level \

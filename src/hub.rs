@@ -170,6 +170,9 @@ pub struct History {
 pub struct HistoryGauges {
     pub messages: Gauge,
     pub bytes: Gauge,
+    /// Rooms nobody is in, kept for their history or epoch: each counts
+    /// [`KEPT_ROOM_BYTES`] against the bound.
+    pub kept_rooms: Gauge,
 }
 
 struct HistoryKeeping {
@@ -182,9 +185,6 @@ struct HistoryKeeping {
     /// the bound, and publishes do not shed again until the logs hold
     /// more than the bound beyond it. Refreshed at every tidy tick too.
     readers_bytes: AtomicU64,
-    /// Rooms nobody is in, kept for their history or epoch: each counts
-    /// [`KEPT_ROOM_BYTES`] against the bound.
-    kept_rooms: AtomicU64,
 }
 
 impl HistoryKeeping {
@@ -195,7 +195,7 @@ impl HistoryKeeping {
     /// What the logs hold, entries and rooms kept without members counted.
     fn held_bytes(&self) -> u64 {
         let (m, b) = (self.held.messages.get(), self.held.bytes.get());
-        let kept = self.kept_rooms.load(Ordering::Relaxed);
+        let kept = self.held.kept_rooms.get().max(0) as u64;
         (b.max(0) as u64)
             .saturating_add(m.max(0) as u64 * ENTRY_BYTES)
             .saturating_add(kept * KEPT_ROOM_BYTES)
@@ -320,6 +320,31 @@ struct RoomState {
     /// Its history was shed by the relay-wide bound: with nobody in it, it
     /// goes at once instead of keeping its epoch for the ttl.
     shed: bool,
+}
+
+impl RoomState {
+    /// Nothing up to the head can be resumed from or served as history:
+    /// in a cluster, this node may have missed the other nodes' messages
+    /// after it (its last receiver left, or its broker link was down).
+    fn stop_resuming_before_now(&mut self) {
+        let head = self.log.head();
+        self.history_floor = head;
+        self.resume_floor = head + 1;
+    }
+
+    /// What its readers still need of its log, entries counted as the
+    /// relay-wide bound counts them.
+    fn readers_bytes(&self, readers_from: Offset) -> u64 {
+        let (m, b) = self.log.span(readers_from, self.log.head());
+        b + m * ENTRY_BYTES
+    }
+
+    /// Since when nothing happened in it (hub milliseconds): its newest
+    /// message, or its last member leaving. Quietest first is the order
+    /// kept rooms give way in.
+    fn quiet_since(&self) -> u64 {
+        self.log.newest_ms().unwrap_or(0).max(self.left_ms)
+    }
 }
 
 /// Messages and payload bytes appended since the last lag check.
@@ -552,7 +577,6 @@ impl Hub {
                 held,
                 shedding: AtomicBool::new(false),
                 readers_bytes: AtomicU64::new(0),
-                kept_rooms: AtomicU64::new(0),
             }),
             ..self
         }
@@ -623,8 +647,8 @@ impl Hub {
         let kept = !state.removed && state.members.is_empty();
         if kept != state.counted_kept {
             match kept {
-                true => h.kept_rooms.fetch_add(1, Ordering::Relaxed),
-                false => h.kept_rooms.fetch_sub(1, Ordering::Relaxed),
+                true => h.held.kept_rooms.inc(),
+                false => h.held.kept_rooms.dec(),
             };
             state.counted_kept = kept;
         }
@@ -649,11 +673,9 @@ impl Hub {
         let mut readers = 0u64;
         self.each_room(|room| {
             let state = room.lock();
-            let newest = state.log.newest_ms();
-            if newest.is_some() || state.members.is_empty() {
-                let (m, b) = state.log.span(readers_from(&state), state.log.head());
-                readers = readers.saturating_add(b + m * ENTRY_BYTES);
-                rooms.push((newest.unwrap_or(0).max(state.left_ms), room.clone()));
+            if !state.log.is_empty() || state.members.is_empty() {
+                readers = readers.saturating_add(state.readers_bytes(readers_from(&state)));
+                rooms.push((state.quiet_since(), room.clone()));
             }
         });
         h.readers_bytes.store(readers, Ordering::Relaxed);
@@ -706,16 +728,12 @@ impl Hub {
     /// (the other nodes' messages meanwhile are in no log here), as when a
     /// room loses its last receiver.
     pub fn hearing_others(&self, hearing: bool) {
-        let was = self.hearing.swap(hearing, Ordering::SeqCst);
-        if !hearing || was || self.history.is_none() {
-            return;
+        // Only the cluster task calls this: the floors move while nobody
+        // may resume yet, and only then may they.
+        if hearing && !self.hearing.load(Ordering::SeqCst) && self.history.is_some() {
+            self.each_room(|room| room.lock().stop_resuming_before_now());
         }
-        self.each_room(|room| {
-            let mut state = room.lock();
-            let head = state.log.head();
-            state.history_floor = head;
-            state.resume_floor = head + 1;
-        });
+        self.hearing.store(hearing, Ordering::SeqCst);
     }
 
     fn shard(&self, room: &str) -> &RwLock<HashMap<RoomName, Arc<Room>>> {
@@ -772,14 +790,17 @@ impl Hub {
     /// epoch), so that such rooms never keep clients out of `max_rooms`;
     /// whether there was one. A scan of every room, at the cap only.
     fn evict_kept_room(&self) -> bool {
-        if self.history.is_none() {
-            return false;
+        match &self.history {
+            Some(h) if h.held.kept_rooms.get() > 0 => {}
+            _ => return false,
         }
         let mut quietest: Option<(u64, Arc<Room>)> = None;
         self.each_room(|room| {
             let state = room.lock();
-            if state.members.is_empty() && !state.removed {
-                let quiet_since = state.log.newest_ms().unwrap_or(0).max(state.left_ms);
+            // Counted as kept: not a room just created for someone about
+            // to join it.
+            if state.counted_kept && state.members.is_empty() && !state.removed {
+                let quiet_since = state.quiet_since();
                 if quietest.as_ref().is_none_or(|(q, _)| quiet_since < *q) {
                     quietest = Some((quiet_since, room.clone()));
                 }
@@ -949,9 +970,7 @@ impl Hub {
         // No longer hearing the other nodes: what this log holds cannot be
         // resumed from, nor what is published until someone is back.
         if state.receivers == 0 && self.interest.is_some() && self.history.is_some() {
-            let head = state.log.head();
-            state.history_floor = head;
-            state.resume_floor = head + 1;
+            state.stop_resuming_before_now();
         }
         if member.compresses.load(Ordering::Relaxed) {
             room.compressing.fetch_sub(1, Ordering::Relaxed);
@@ -1048,8 +1067,7 @@ impl Hub {
             // publish meanwhile is not in this log, so nothing from here on
             // can be resumed from or served as history.
             if state.receivers == 0 && self.interest.is_some() && self.history.is_some() {
-                state.history_floor = state.log.head();
-                state.resume_floor = state.log.head() + 1;
+                state.stop_resuming_before_now();
             }
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
@@ -1374,8 +1392,7 @@ impl Hub {
                 }
             }
             let readers_from = readers_from(&state);
-            let (m, b) = state.log.span(readers_from, state.log.head());
-            readers = readers.saturating_add(b + m * ENTRY_BYTES);
+            readers = readers.saturating_add(state.readers_bytes(readers_from));
             self.trim(&mut state, readers_from, now);
             // Nobody waits for members that caught up or left.
             state
@@ -1808,13 +1825,22 @@ mod tests {
     fn joins_behind_the_head_meet_the_live_stream_without_a_seam() {
         let hub = Arc::new(with_history(hub(100_000, OnOverflow::Disconnect), 200));
         let stop = Arc::new(AtomicBool::new(false));
+        // Where the reader is: the publisher stays at most 10 000 ahead of
+        // it, far within the lag limit, however the threads are scheduled.
+        let read = Arc::new(AtomicU64::new(0));
         // The room exists (and keeps its history) from the first publish on.
         hub.publish("", &Frame::new(false, &1u64.to_be_bytes()));
         let publisher = {
-            let (hub, stop) = (hub.clone(), stop.clone());
+            let (hub, stop, read) = (hub.clone(), stop.clone(), read.clone());
             std::thread::spawn(move || {
                 // Position n carries n.
                 for n in 2u64.. {
+                    while n > read.load(Ordering::Relaxed) + 10_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::yield_now();
+                    }
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
@@ -1841,6 +1867,7 @@ mod tests {
                     !matches!(taken, Poll::Ready(Taken::Closed)),
                     "closed at {next}: {joined:?}"
                 );
+                read.store(next, Ordering::Relaxed);
             }
             hub.leave(&s);
         }
@@ -2002,6 +2029,7 @@ mod tests {
         }
         assert!(hub.room_count() <= 16, "{} rooms kept", hub.room_count());
         assert!(gauges.messages.get() <= 16);
+        assert_eq!(gauges.kept_rooms.get(), hub.room_count() as i64);
     }
 
     /// At `max_rooms`, a room nobody is in gives way to a client's new one.

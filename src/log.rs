@@ -88,6 +88,12 @@ struct Entry {
 /// of 16-byte messages grew the relay by 38 MiB against a 16 MiB bound;
 /// with this, 25 MiB: tests/crowds/history.rs.)
 pub const ENTRY_BYTES: u64 = 2 * std::mem::size_of::<Entry>() as u64 + 32;
+// The docs and the example config quote it.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(
+    ENTRY_BYTES == 208,
+    "update the 208 in README, ARCHITECTURE and the example config"
+);
 
 /// The frame that tells a position-aware client the position of the
 /// message after it: text `@<position>`, at most 23 bytes, kept inline.

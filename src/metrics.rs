@@ -342,6 +342,7 @@ pub struct Metrics {
     /// Messages and payload bytes rooms' logs hold, while history is on.
     pub history_messages: Gauge,
     pub history_bytes: Gauge,
+    pub history_rooms_kept: Gauge,
     /// Clients that joined behind the head (a rewind or a recovery), and
     /// the messages they were replayed.
     pub replays: Counter,
@@ -395,6 +396,7 @@ impl Metrics {
             compression_seconds: Counter::default(),
             history_messages: Gauge::default(),
             history_bytes: Gauge::default(),
+            history_rooms_kept: Gauge::default(),
             replays: Counter::default(),
             replayed_messages: Counter::default(),
             recoveries: Family::default(),
@@ -498,6 +500,11 @@ impl Metrics {
             "history_bytes",
             "Payload bytes held in rooms' logs, while rooms.history is on",
             m.history_bytes.clone(),
+        );
+        r.register(
+            "history_rooms_kept",
+            "Rooms nobody is in, kept for their history or epoch (each counts 1 KiB against rooms.history.total_bytes)",
+            m.history_rooms_kept.clone(),
         );
         r.register(
             "replays",

@@ -11,6 +11,11 @@
 /** The subprotocol of the position-aware mode. */
 export const PROTOCOL = "wsrelay.v1";
 
+// A number of messages, or a duration in the units the relay reads
+// (humantime's): "30s", "5m", "1h 30m", "500ms".
+const UNIT = "(nsec|ns|usec|us|µs|msec|ms|seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d|weeks?|w|months?|M|years?|y)";
+const REWIND = new RegExp(`^(\\d+|(\\d+\\s*${UNIT}\\s*)+)$`);
+
 const CONNECTING = "connecting";
 const OPEN = "open";
 const CLOSED = "closed";
@@ -30,7 +35,7 @@ export class RelayClient {
     // The relay refuses anything else with 400, which a browser sees only
     // as a failed connection: say so here instead of retrying for ever.
     const rewind = options.rewind;
-    if (rewind !== undefined && !/^(\d+|(\d+\s*[a-zµ]+\s*)+)$/i.test(String(rewind).trim())) {
+    if (rewind !== undefined && !REWIND.test(String(rewind).trim())) {
       throw new TypeError(`rewind must be a number of messages or a duration such as "30s", not ${JSON.stringify(rewind)}`);
     }
     this.backoff = { initial: 250, max: 30_000, ...options.backoff };

@@ -97,8 +97,8 @@ pub struct FanoutOptions {
     pub subscriber_urls: Vec<String>,
     /// Reconnect mode: subscribers are position-aware (`wsrelay.v1`, the
     /// room needs history) and each drops its connection after a random
-    /// 0.5 to 1.5 times this, resuming on the next subscriber node from the
-    /// last position it had.
+    /// 0.5 to 1.5 times this, resuming on its node from the last position
+    /// it had.
     pub reconnect: Option<Duration>,
 }
 
@@ -355,9 +355,22 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> Result<FanoutRepor
     let mut receivers = JoinSet::new();
     let mut publishers = JoinSet::new();
     let mut clients = clients.into_iter();
-    let reconnecting = opts.reconnect.map(|every| resume::Reconnecting {
-        nodes: nodes.into(),
-        every,
+    let reconnecting = opts.reconnect.map(|every| {
+        // Spread like connect_all, as if every resumption (at most about
+        // two per interval per subscriber) were a connection of its own.
+        let run_for = opts.warmup + opts.duration + opts.drain_timeout;
+        let resumptions =
+            opts.subscribers as f64 * 2.0 * run_for.as_secs_f64() / every.as_secs_f64();
+        let sources = match nodes.first() {
+            Some(node) => source_addresses(target, node, resumptions.min(1e9) as usize),
+            None => Vec::new(),
+        };
+        resume::Reconnecting {
+            nodes: nodes.into(),
+            every,
+            sources: sources.into(),
+            next_source: Arc::default(),
+        }
     });
     let mut joined = joined.into_iter();
     for i in 0..opts.subscribers {

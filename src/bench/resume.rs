@@ -2,12 +2,15 @@
 //! bench: the relay's join notice, the `@N` frame before each message, and
 //! the fan-out's reconnect mode, in which every subscriber drops its
 //! connection now and then and resumes from the last position it had
-//! (`?since=&epoch=`), on the next of the subscriber nodes.
+//! (`?since=&epoch=`) on the node it left: positions are per node until
+//! the cluster shares them (issue #14).
 //!
 //! The fan-out's order check then proves recovery: a message missed across
 //! a reconnect counts as lost, one received twice as a reorder.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -104,11 +107,16 @@ impl Cursor {
 
     /// The query that resumes after the last message handed over.
     fn resume_query(&self) -> String {
-        form_urlencoded::Serializer::new(String::new())
-            .append_pair("since", &self.position.to_string())
-            .append_pair("epoch", &self.epoch)
-            .finish()
+        resume_query(self.position, &self.epoch)
     }
+}
+
+/// The query that resumes after `position` in `epoch`.
+pub(super) fn resume_query(position: u64, epoch: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("since", &position.to_string())
+        .append_pair("epoch", epoch)
+        .finish()
 }
 
 /// How a reconnecting subscriber behaves.
@@ -119,15 +127,27 @@ pub(super) struct Reconnecting {
     /// Mean time between drops; each connection lives a random 0.5 to 1.5
     /// times this.
     pub every: Duration,
+    /// Source addresses the resumptions take in turn (empty: the system
+    /// picks): each drop leaves a port in TIME_WAIT, and 1 000 drops a
+    /// second would use up one address's ports in half a minute.
+    pub sources: Arc<[IpAddr]>,
+    pub next_source: Arc<AtomicUsize>,
+}
+
+impl Reconnecting {
+    fn source(&self) -> Option<IpAddr> {
+        let i = self.next_source.fetch_add(1, Ordering::Relaxed);
+        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
 }
 
 /// Receives as [`super::receive`] does, dropping the connection at random
-/// times and resuming on the next node from the last position it had,
-/// until every publisher's messages are in or the run's drain deadline.
+/// times and resuming on `node` from the last position it had, until
+/// every publisher's messages are in or the run's drain deadline.
 pub(super) async fn receive_reconnecting(
     mut ws: ClientStream,
     joined: Notice,
-    mut node: usize,
+    node: usize,
     how: Reconnecting,
     run: Arc<Run>,
 ) -> Received {
@@ -155,12 +175,11 @@ pub(super) async fn receive_reconnecting(
         }
         // Gone without a close frame, as a network blip or a closed laptop.
         drop(ws);
-        node = (node + 1) % how.nodes.len();
         let resumed = async {
             let mut next = how.nodes[node]
                 .with_query(&cursor.resume_query())
                 .ok()?
-                .connect(None)
+                .connect(how.source())
                 .await
                 .ok()?;
             let notice = notice(&mut next).await?;

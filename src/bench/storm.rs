@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use tokio_websockets::{Message, Payload};
 
 use super::payload::{self, Stamp};
-use super::resume::{Cursor, Frame, notice};
+use super::resume::{Cursor, Frame, notice, resume_query};
 use super::stats::{self, Percentiles};
 use super::{BenchError, ConnectFigures, Target, connect_all, prepare, sample};
-use crate::client::{ClientError, Dialer};
+use crate::client::ClientError;
 
 /// How long a recovered client may take to get what it missed.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,13 +141,9 @@ pub async fn storm(target: &Target, opts: &StormOptions) -> Result<StormReport, 
     }
 
     // Everyone comes back at once.
-    let separator = if target.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{separator}since={position}&epoch={epoch}", target.url);
     let back = Arc::new(
-        Dialer::new(&url, target.ca_file.as_deref())
-            .await
-            .map_err(Box::new)?
-            .with_protocols(&[crate::wire::POSITIONS_PROTOCOL])
+        dialer
+            .with_query(&resume_query(position, &epoch))
             .map_err(Box::new)?,
     );
     let rss_before = sample(target.pid)?.map(|s| s.rss_bytes);

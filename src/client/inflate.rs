@@ -130,9 +130,14 @@ impl<S> Inflating<S> {
             && status != 101
         {
             let body = &self.raw[len..self.raw.len().min(len + MAX_REFUSAL)];
+            // Shown on a terminal: no control characters from the server.
+            let body: String = String::from_utf8_lossy(body)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             let _ = slot.set(Refusal {
                 status,
-                body: String::from_utf8_lossy(body).trim().to_owned(),
+                body: body.trim().to_owned(),
             });
         }
         let (len, phase) = match parsed {

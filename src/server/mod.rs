@@ -185,6 +185,7 @@ impl Server {
                 HistoryGauges {
                     messages: metrics.history_messages.clone(),
                     bytes: metrics.history_bytes.clone(),
+                    kept_rooms: metrics.history_rooms_kept.clone(),
                 },
             );
         }

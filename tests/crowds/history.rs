@@ -121,8 +121,10 @@ async fn a_flood_of_tiny_messages_stays_within_the_history_bound() {
         f.grown,
         f.grown as f64 / f.messages as f64
     );
+    // 8-9 MiB above the bound measured (24-25 MiB grown); counting 88
+    // bytes a message, as before, it grew 38 MiB.
     assert!(
-        f.grown <= TOTAL_BYTES + (24 << 20),
+        f.grown <= TOTAL_BYTES + (16 << 20),
         "RSS grew {} MiB for a 16 MiB bound",
         f.grown >> 20
     );
