@@ -676,6 +676,17 @@ impl Config {
             if message.starts_with("unknown field") {
                 message = message.replacen("unknown field", "unknown key", 1);
             }
+            // The parser's words, in the config's: which key, and what to do.
+            if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+                let name = rest.split(',').next().unwrap_or(rest).trim().to_owned();
+                key = key.map(|k| format!("{}{name}", k.trim_end_matches('?')));
+                message = format!("`{name}` is given twice; give each key once");
+            } else if matches!(
+                message.as_str(),
+                "invalid u64" | "invalid u8" | "invalid usize"
+            ) {
+                message = "expected a whole number, 0 or more".to_owned();
+            }
             ConfigError::Invalid(InvalidConfig {
                 path: path.to_owned(),
                 key,
@@ -770,12 +781,20 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {
-        Bytes(usize),
+        Bytes(u64),
+        Negative(i64),
         Text(String),
     }
-    match Size::deserialize(d)? {
-        Size::Bytes(0) => Err(serde::de::Error::custom("size must be at least 1 byte")),
-        Size::Bytes(n) => Ok(n),
+    let wrong = || {
+        serde::de::Error::custom(
+            "a size is a number of bytes or a string such as \"64KiB\" or \"1MiB\"",
+        )
+    };
+    match Size::deserialize(d).map_err(|_: D::Error| wrong())? {
+        Size::Bytes(0) | Size::Negative(_) => {
+            Err(serde::de::Error::custom("size must be at least 1 byte"))
+        }
+        Size::Bytes(n) => usize::try_from(n).map_err(|_| wrong()),
         Size::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
     }
 }
@@ -938,6 +957,36 @@ mod tests {
             Err(ConfigError::Invalid(e)) => Err(e),
             Err(e) => panic!("unexpected error {e}"),
         }
+    }
+
+    #[test]
+    fn wrong_values_are_named_in_the_configs_words() {
+        let e = parse("rooms:\n  history:\n    ttl: 1s\n    ttl: 2s\n").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("rooms.history.ttl") && text.contains("given twice"),
+            "{text}"
+        );
+        assert!(!text.contains("DuplicateKeyPolicy"), "{text}");
+        let text = parse("rooms:\n  history:\n    size: -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("whole number"), "{text}");
+        for (bad, says) in [
+            ("-1", "at least 1 byte"),
+            ("1.5", "number of bytes"),
+            ("true", "number of bytes"),
+        ] {
+            let text = parse(&format!("rooms:\n  history:\n    max_bytes: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("rooms.history.max_bytes") && text.contains(says),
+                "{bad}: {text}"
+            );
+        }
+        assert!(parse("rooms:\n  history:\n    max_bytes: 4096\n").is_ok());
+        assert!(parse("rooms:\n  history:\n    max_bytes: 0\n").is_err());
     }
 
     #[test]
