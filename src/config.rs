@@ -782,7 +782,8 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     #[serde(untagged)]
     enum Size {
         Bytes(u64),
-        Negative(i64),
+        // Read only to say what is wrong with it.
+        Negative(#[allow(dead_code)] i64),
         Text(String),
     }
     let wrong = || {
