@@ -11,16 +11,8 @@
 # subscriber's copy crosses the broker. Latency is measured at the
 # subscribers. Five processes share this machine's two CPUs, so nothing is
 # pinned. Needs redis-server and nats-server (scripts/test.sh installs them).
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
 RUNS="${RUNS:-3}"
-out="$(mktemp -d)"
-trap 'pkill -P $$ 2>/dev/null || true' EXIT
-
-echo "== building wsrelay (release)"
-cargo build --release --quiet
-WSRELAY="$root/target/release/wsrelay"
+. "$(dirname "$0")/bench_lib.sh"
 
 wait_port() {
     for _ in $(seq 1 200); do

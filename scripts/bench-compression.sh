@@ -11,17 +11,8 @@
 # As in scripts/bench.sh: the relay on CPU 0, the bench on CPU 1, loopback.
 # The clients offer permessage-deflate in every run, as browsers do; "off"
 # is a relay with compression disabled, which declines it.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
 RUNS="${RUNS:-3}"
-out="$(mktemp -d)"
-trap 'pkill -P $$ 2>/dev/null || true' EXIT
-
-echo "== building wsrelay (release)"
-cargo build --release --quiet
-WSRELAY="$root/target/release/wsrelay"
-. scripts/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 
 # off: declines the offers; on: the defaults (level 1); on6: level 6.
 for mode in off on on6; do

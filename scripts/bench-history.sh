@@ -12,17 +12,8 @@
 #   RUNS=9 scripts/bench-history.sh
 #
 # As in scripts/bench.sh: the relay on CPU 0, the bench on CPU 1, loopback.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
 RUNS="${RUNS:-5}"
-out="$(mktemp -d)"
-trap 'pkill -P $$ 2>/dev/null || true' EXIT
-
-echo "== building wsrelay (release)"
-cargo build --release --quiet
-WSRELAY="$root/target/release/wsrelay"
-. scripts/bench_lib.sh
+. "$(dirname "$0")/bench_lib.sh"
 
 for size in 0 1000; do
     printf 'server:\n  listen: "127.0.0.1:18443"\nmetrics:\n  enabled: false\nlog:\n  level: warn\nrooms:\n  enabled: true\n  prefix: /rooms/\n  history:\n    size: %s\n' \
