@@ -485,7 +485,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
-        let url = with_start(&args.url, &args);
         if let Some(since) = args.since
             && !args.positions
         {
@@ -499,8 +498,12 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         } else {
             &[]
         };
-        let ws = client::Dialer::new(&url, args.ca_file.as_deref())
-            .await?
+        let mut dialer = client::Dialer::new(&args.url, args.ca_file.as_deref()).await?;
+        let start = start_query(&args);
+        if !start.is_empty() {
+            dialer = dialer.with_query(&start)?;
+        }
+        let ws = dialer
             .with_deflate(args.deflate)
             .with_protocols(protocols)?
             .connect(None)
@@ -540,9 +543,9 @@ fn run_client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// `url` with the query parameters that say where to start in the room.
+/// The query parameters that say where to start in the room (empty: live).
 #[cfg(feature = "client")]
-fn with_start(url: &str, args: &ClientArgs) -> String {
+fn start_query(args: &ClientArgs) -> String {
     let mut params = form_urlencoded::Serializer::new(String::new());
     if let Some(rewind) = &args.rewind {
         params.append_pair("rewind", rewind);
@@ -551,12 +554,7 @@ fn with_start(url: &str, args: &ClientArgs) -> String {
         params.append_pair("since", &since.to_string());
         params.append_pair("epoch", epoch);
     }
-    let query = params.finish();
-    match (query.is_empty(), url.contains('?')) {
-        (true, _) => url.to_owned(),
-        (false, true) => format!("{url}&{query}"),
-        (false, false) => format!("{url}?{query}"),
-    }
+    params.finish()
 }
 
 #[cfg(feature = "bench")]
