@@ -685,19 +685,25 @@ impl Hub {
             if h.held_bytes().saturating_sub(readers) <= bound / 10 * 9 {
                 break;
             }
-            let emptied = {
-                let mut state = room.lock();
-                state.history_floor = state.log.head();
-                let readers_from = readers_from(&state);
-                self.trim(&mut state, readers_from, now);
-                state.shed = state.members.is_empty();
-                state.shed
-            };
-            if emptied {
-                self.remove_if_empty(&room);
-            }
+            self.shed_room(&room, now);
         }
         h.shedding.store(false, Ordering::Release);
+    }
+
+    /// Lets `room` go of its history (what its readers still need stays)
+    /// and, if nobody is in it, of the room itself, epoch and all.
+    fn shed_room(&self, room: &Arc<Room>, now_ms: u64) {
+        let nobodys = {
+            let mut state = room.lock();
+            state.history_floor = state.log.head();
+            let readers_from = readers_from(&state);
+            self.trim(&mut state, readers_from, now_ms);
+            state.shed = state.members.is_empty();
+            state.shed
+        };
+        if nobodys {
+            self.remove_if_empty(room);
+        }
     }
 
     /// Logs messages from `compression.min_size` bytes on as compressible:
@@ -809,15 +815,10 @@ impl Hub {
         let Some((_, room)) = quietest else {
             return false;
         };
-        {
-            let mut state = room.lock();
-            if !state.members.is_empty() {
-                return false;
-            }
-            state.shed = true;
-            state.history_floor = state.log.head();
+        if !room.lock().members.is_empty() {
+            return false;
         }
-        self.remove_if_empty(&room);
+        self.shed_room(&room, self.now_ms());
         true
     }
 
