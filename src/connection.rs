@@ -184,6 +184,8 @@ enum Event {
     /// Closed through the HTTP API, with this Close frame.
     ClosedByOperator(Bytes),
     Shutdown,
+    /// Its room's positions moved to another epoch (it is told positions).
+    EpochMoved,
     WriteFailed(io::Error),
 }
 
@@ -476,6 +478,11 @@ where
             Event::Shutdown => (
                 DisconnectReason::Shutdown,
                 wire::close_frame(1001, "server shutting down"),
+                true,
+            ),
+            Event::EpochMoved => (
+                DisconnectReason::EpochMoved,
+                wire::close_frame(1012, "room epoch moved; resume"),
                 true,
             ),
         };
@@ -994,6 +1001,7 @@ fn ended(member: &Member) -> Event {
     match member.ending() {
         Some(Ending::Closed(close)) => Event::ClosedByOperator(*close),
         Some(Ending::Shutdown) => Event::Shutdown,
+        Some(Ending::Moved) => Event::EpochMoved,
         Some(Ending::Evicted | Ending::Left) | None => Event::Evicted,
     }
 }

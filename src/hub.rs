@@ -52,7 +52,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 use thin_vec::ThinVec;
 
-use crate::log::{ENTRY_BYTES, LagLimits, Log, Mark, Offset, OnOverflow, Retention, Sender};
+use crate::log::{
+    ENTRY_BYTES, LagLimits, Log, Mark, NOBODY, Offset, OnOverflow, Retention, Sender,
+};
 use crate::wire::{Compressed, Frame, Window};
 
 /// Identifies one connected client for the lifetime of the process (never 0).
@@ -115,9 +117,18 @@ pub enum Ending {
     /// An operator closed it (the HTTP API), with this Close frame (boxed:
     /// every member has a place for an ending, few are closed this way).
     Closed(Box<Bytes>),
+    /// In a cluster, the room's positions moved to another epoch (the
+    /// broker's history was lost, or this node numbered messages itself
+    /// while its broker was unreachable): a position-aware client must
+    /// resume to learn where it stands.
+    Moved,
     /// The client left by itself; nobody reads this.
     Left,
 }
+
+/// How long a room's log counts as current after a read from the broker
+/// filled it, for clients joining without anyone in it yet.
+const FRESH_MS: u64 = 1000;
 
 /// Shards of the name-to-room map: rooms in different shards never meet
 /// on a lock, even to be created.
@@ -140,6 +151,10 @@ pub struct Hub {
     /// broker connection is up). While it does not, nobody resumes here:
     /// what the others publish meanwhile is in no log of this node.
     hearing: AtomicBool,
+    /// In a cluster with history: positions are the broker's, which
+    /// numbers every room's messages for all nodes (see
+    /// [`Hub::deliver_sequenced`]).
+    shared: bool,
     /// Set once shutdown has begun: a client joining later gets a
     /// membership that is already closed.
     draining: AtomicBool,
@@ -269,9 +284,6 @@ pub struct Compression {
 /// One room: its log and its members.
 pub struct Room {
     name: RoomName,
-    /// Short and random: offsets restart only in a new room, which has a
-    /// new epoch, so an epoch and a position name one message for ever.
-    epoch: Arc<str>,
     state: Mutex<RoomState>,
     /// Receiving members that take messages compressed with the full
     /// window; changed under `state`'s lock, read before taking it.
@@ -279,6 +291,15 @@ pub struct Room {
 }
 
 struct RoomState {
+    /// Short and random: offsets restart only in a new room, which has a
+    /// new epoch, so an epoch and a position name one message for ever.
+    /// In a cluster with history, the broker's epoch for the room once
+    /// `synced`.
+    epoch: Arc<str>,
+    /// In a cluster with history: the log's offsets are the broker's
+    /// positions, in `epoch` (not yet, or no longer: this node numbers
+    /// them itself, in an epoch of its own).
+    synced: bool,
     log: Log,
     members: Slab<Record>,
     /// Members that receive (not publish-only).
@@ -320,6 +341,10 @@ struct RoomState {
     /// Its history was shed by the relay-wide bound: with nobody in it, it
     /// goes at once instead of keeping its epoch for the ttl.
     shed: bool,
+    /// When its log was last filled from the broker (hub milliseconds; 0:
+    /// never): for a moment after, the log is as current as the broker's,
+    /// so clients joining together cost one read.
+    filled_ms: u64,
 }
 
 impl RoomState {
@@ -375,6 +400,9 @@ struct Record {
     /// It has published messages it skips: counting what is due to it must
     /// leave them out (everyone else's count is a subtraction).
     skips_own: bool,
+    /// Its room's log started afresh (a new epoch): its cursor moves to
+    /// `skip_to`, whether before or after it.
+    rebased: bool,
     /// `wakeups` when it joined the sleepers.
     slept: u64,
     /// The head when it joined behind it (a rewind or a recovery): what it
@@ -418,6 +446,8 @@ pub struct Member {
     socket_full: AtomicBool,
     /// Mirrors `signals.closed`, so the task checks it without a lock.
     closed: AtomicBool,
+    /// It is told positions (`wsrelay.v1`): a move to another epoch closes it.
+    positioned: AtomicBool,
     /// A keepalive ping is due; mirrors `signals.ping`.
     ping_due: AtomicBool,
     /// Counted in its room's `compressing` ([`Hub::compresses`]).
@@ -506,6 +536,64 @@ pub struct Published {
     pub epoch: Option<Arc<str>>,
 }
 
+/// A member, as a message's publisher: its client id and its key in its
+/// room (a cluster's broker carries both, so the message can leave the
+/// member out when it comes back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderTag {
+    pub id: ClientId,
+    pub key: usize,
+}
+
+/// A message the cluster's broker numbered (see [`Hub::deliver_sequenced`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Sequenced<'a> {
+    pub epoch: &'a str,
+    /// 1 or more.
+    pub position: u64,
+    /// Its publisher, if on this node and not wanting it back.
+    pub sender: Option<SenderTag>,
+    /// This node's clients had it already: it only takes its place.
+    pub placeholder: bool,
+    /// Missing positions before it are given up rather than reported.
+    pub force: bool,
+}
+
+/// Where a sequenced message went in its room's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Appended.
+    Here,
+    /// The log has it already (or nobody here has the room).
+    Duplicate,
+    /// Messages after `after`, up to it, are missing.
+    Gap { after: u64 },
+}
+
+/// What [`Hub::deliver_sequenced`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    Appended(Published),
+    Placed(Placed),
+}
+
+/// What a cluster's broker holds for a room: its epoch, its newest
+/// position, and messages after the position asked for, oldest first,
+/// each with its position and its sender as a log keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerPage {
+    pub epoch: String,
+    pub top: u64,
+    pub messages: Vec<(u64, Frame, Sender)>,
+}
+
+/// How [`Hub::append`] appends.
+struct Appending<'a, 'b> {
+    skip: Option<SenderTag>,
+    backlog: Option<&'b mut Backlog>,
+    sequence: Option<&'a Sequenced<'a>>,
+}
+
 /// What a member was due when it left.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Left {
@@ -562,6 +650,7 @@ impl Hub {
             rooms_active,
             interest: None,
             hearing: AtomicBool::new(true),
+            shared: false,
             draining: AtomicBool::new(false),
             compression: None,
             history: None,
@@ -728,6 +817,31 @@ impl Hub {
         }
     }
 
+    /// Positions come from the cluster's broker, which numbers every
+    /// room's messages for all nodes: this node appends a message only
+    /// when the broker hands it back numbered ([`Hub::deliver_sequenced`]),
+    /// fills what it missed from the broker's history ([`Hub::fill`]), and
+    /// numbers messages itself only while its broker is unreachable, in an
+    /// epoch of its own.
+    pub fn with_shared_history(self) -> Self {
+        Self {
+            shared: true,
+            ..self
+        }
+    }
+
+    /// Whether this node hears the other nodes now (always, alone).
+    pub fn hears_others(&self) -> bool {
+        self.hearing.load(Ordering::SeqCst)
+    }
+
+    /// Whether positions come from the broker (and it is reachable now):
+    /// then a message published here goes only to the broker, and comes
+    /// back numbered.
+    pub fn sequenced_by_broker(&self) -> bool {
+        self.shared && self.hears_others()
+    }
+
     /// A cluster node's broker connection came up (`true`, once its rooms
     /// are subscribed again) or went down. While it is down nobody resumes
     /// here; when it is back, every position from before counts as lost
@@ -736,7 +850,8 @@ impl Hub {
     pub fn hearing_others(&self, hearing: bool) {
         // Only the cluster task calls this: the floors move while nobody
         // may resume yet, and only then may they.
-        if hearing && !self.hearing.load(Ordering::SeqCst) && self.history.is_some() {
+        if hearing && !self.hearing.load(Ordering::SeqCst) && self.history.is_some() && !self.shared
+        {
             self.each_room(|room| room.lock().stop_resuming_before_now());
         }
         self.hearing.store(hearing, Ordering::SeqCst);
@@ -839,8 +954,22 @@ impl Hub {
         receives: bool,
         start: &Start,
     ) -> Result<(Subscription, Joined), RoomsFull> {
+        self.join_as(room, receives, false, start)
+    }
+
+    /// [`Hub::join_at`] for a client told positions (`positions`) or not:
+    /// one told positions is closed if its room's positions move to
+    /// another epoch.
+    pub fn join_as(
+        &self,
+        room: RoomName,
+        receives: bool,
+        positions: bool,
+        start: &Start,
+    ) -> Result<(Subscription, Joined), RoomsFull> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let member = Arc::new(Member::new(id, receives));
+        member.positioned.store(positions, Ordering::Relaxed);
         // No shard lock is held while waiting for the room's: a room found
         // removed by the time its lock is taken (emptied, or closed) is
         // looked up again.
@@ -863,7 +992,7 @@ impl Hub {
                 }
                 Start::Since { epoch, position } => {
                     let from = self.resumable_from(&state, now);
-                    match **epoch == *arc.epoch && (from..=head).contains(position) {
+                    match **epoch == *state.epoch && (from..=head).contains(position) {
                         true => (*position, Some(true)),
                         false => (head, Some(false)),
                     }
@@ -876,6 +1005,7 @@ impl Hub {
                 held: None,
                 dropping: false,
                 skips_own: false,
+                rebased: false,
                 slept: u64::MAX,
                 replay_to: if cursor < head { head } else { 0 },
                 waker: None,
@@ -894,9 +1024,10 @@ impl Hub {
             if self.draining.load(Ordering::SeqCst) {
                 member.close(Ending::Shutdown);
             }
+            let epoch = state.epoch.clone();
             drop(state);
             let joined = Joined {
-                epoch: arc.epoch.clone(),
+                epoch,
                 position: cursor,
                 replay: head - cursor,
                 recovered,
@@ -970,7 +1101,8 @@ impl Hub {
         state.receivers -= 1;
         // No longer hearing the other nodes: what this log holds cannot be
         // resumed from, nor what is published until someone is back.
-        if state.receivers == 0 && self.interest.is_some() && self.history.is_some() {
+        if state.receivers == 0 && self.interest.is_some() && self.history.is_some() && !self.shared
+        {
             state.stop_resuming_before_now();
         }
         if member.compresses.load(Ordering::Relaxed) {
@@ -1025,49 +1157,112 @@ impl Hub {
         skip: Option<&Subscription>,
         backlog: Option<&mut Backlog>,
     ) -> Published {
-        let mut published = Published::default();
-        let logged = match &self.compression {
+        let appending = Appending {
+            skip: skip.map(Subscription::tag),
+            backlog,
+            sequence: None,
+        };
+        match self.append(room, self.loggable(room, frame), appending) {
+            Ok(published) => published,
+            // Only a sequenced message finds no place.
+            Err(_) => Published::default(),
+        }
+    }
+
+    /// `frame` as a room's log keeps it: with room for its compressed
+    /// frame if it is large enough, compressed here already if a member
+    /// will want it so (here, not under the room's lock in the first
+    /// compressing member's writer: compressing a large message takes long).
+    fn loggable(&self, room: &Room, frame: &Frame) -> Frame {
+        match &self.compression {
             Some((c, counted)) if frame.payload().len() >= c.min_size => {
                 let logged = frame.compressible(c.level);
-                // Here, not under the room's lock in the first compressing
-                // member's writer: compressing a large message takes long.
                 if room.compressing.load(Ordering::Relaxed) > 0 {
                     logged.deflated(Window::Full, counted);
                 }
                 logged
             }
             _ => frame.clone(),
-        };
+        }
+    }
+
+    /// Appends `logged` to `room`'s log (see [`Hub::publish_to`]); a
+    /// sequenced message goes only where its position says
+    /// ([`Hub::deliver_sequenced`]).
+    fn append(
+        &self,
+        room: &Arc<Room>,
+        logged: Frame,
+        appending: Appending<'_, '_>,
+    ) -> Result<Published, Placed> {
+        let Appending {
+            skip,
+            backlog,
+            sequence,
+        } = appending;
+        let mut published = Published::default();
         let mut waking = WAKING.take();
         let emptied = {
             let mut state = room.lock();
             // With no one to hear it, only a room with history keeps it.
             if state.removed || (state.receivers == 0 && self.history.is_none()) {
-                return published;
+                WAKING.set(waking);
+                return Ok(published);
+            }
+            match sequence {
+                Some(at) => {
+                    let placed = self.place(&mut state, at);
+                    if placed != Placed::Here {
+                        WAKING.set(waking);
+                        return Err(placed);
+                    }
+                }
+                // This node numbers a message itself in a cluster with
+                // history only while its broker is unreachable: its
+                // positions are then its own, in an epoch of its own.
+                None if self.shared && state.synced && !self.hearing.load(Ordering::SeqCst) => {
+                    let head = state.log.head();
+                    self.move_epoch(&mut state, &new_epoch(), head);
+                    state.synced = false;
+                }
+                None => {}
             }
             let head = state.log.head();
             let mut skipped = 0;
-            if let Some(sender) = skip
-                && sender.owns(&state)
+            let placeholder = sequence.is_some_and(|at| at.placeholder);
+            let mut sender: Sender = if placeholder { NOBODY } else { 0 };
+            if let Some(tag) = skip
+                && !placeholder
+                && let Some(record) = state.members.get(tag.key)
+                && record.member.id == tag.id
             {
+                sender = tag.id;
                 let RoomState { log, members, .. } = &mut *state;
-                let record = &mut members[sender.key];
+                let record = &mut members[tag.key];
                 record.skips_own = true;
                 // Up to date: it stays so, past its own message, and that
                 // message never counts towards its lag.
-                if record.position(sender.member.cursor.load(Ordering::Relaxed), log) == head {
+                if record.position(record.member.cursor.load(Ordering::Relaxed), log) == head {
                     record.skip_to = head + 1;
                 }
                 skipped = usize::from(record.member.receives);
             }
-            published.queued = state.receivers - skipped;
-            let size = frame.payload().len() as u64;
+            published.queued = match placeholder {
+                true => 0,
+                false => state.receivers - skipped,
+            };
+            let size = logged.payload().len() as u64;
             let now = self.now_ms();
-            published.position = state.log.append(logged, skip.map_or(0, |s| s.id), now) + 1;
+            published.position = state.log.append(logged, sender, now) + 1;
             // Not hearing the other nodes (nobody here receives): what they
             // publish meanwhile is not in this log, so nothing from here on
-            // can be resumed from or served as history.
-            if state.receivers == 0 && self.interest.is_some() && self.history.is_some() {
+            // can be resumed from or served as history. (With positions
+            // from the broker, a node fills what it missed from there.)
+            if state.receivers == 0
+                && self.interest.is_some()
+                && self.history.is_some()
+                && !self.shared
+            {
                 state.stop_resuming_before_now();
             }
             state.unchecked.messages += 1;
@@ -1092,20 +1287,7 @@ impl Hub {
                     .retain(|(m, target)| Backlog::waits_for(m, *target));
                 b.members.extend(state.behind.iter().cloned());
             }
-            let RoomState {
-                members,
-                sleepers,
-                wakeups,
-                ..
-            } = &mut *state;
-            for key in sleepers.drain(..) {
-                if let Some(r) = members.get_mut(key)
-                    && let Some(w) = r.waker.take()
-                {
-                    waking.push(w);
-                }
-            }
-            *wakeups += 1;
+            wake_sleepers(&mut state, &mut waking);
             // A room kept for its history stays; looking costs a shard's lock.
             state.members.is_empty() && state.log.is_empty()
         };
@@ -1115,7 +1297,213 @@ impl Hub {
             self.remove_if_empty(room);
         }
         self.shed_history();
-        published
+        Ok(published)
+    }
+
+    /// Where a sequenced message goes in `state`'s log: next, if it is the
+    /// position after the head in the room's epoch; nowhere if the log has
+    /// it; a gap if messages before it are missing (unless `at.force`,
+    /// which gives the positions up). A new epoch starts the log afresh.
+    fn place(&self, state: &mut RoomState, at: &Sequenced<'_>) -> Placed {
+        if !state.synced || *state.epoch != *at.epoch {
+            self.move_epoch(state, at.epoch, at.position - 1);
+            return Placed::Here;
+        }
+        let head = state.log.head();
+        match at.position {
+            p if p <= head => Placed::Duplicate,
+            p if p == head + 1 => Placed::Here,
+            _ if !at.force => Placed::Gap { after: head },
+            p => {
+                // The broker no longer has them either: receivers skip them.
+                state.log.restart_at(p - 1);
+                state.history_floor = p - 1;
+                self.recount(state);
+                Placed::Here
+            }
+        }
+    }
+
+    /// `state`'s positions are the broker's in `epoch` from `head` on (or,
+    /// for a new epoch of this node's own, its own). In another epoch the
+    /// log starts afresh at `head`; position-aware members are closed to
+    /// resume (what they hold names positions of the old epoch), the
+    /// others carry on from the head.
+    fn move_epoch(&self, state: &mut RoomState, epoch: &str, head: Offset) {
+        let other = *state.epoch != *epoch;
+        if other || !state.synced {
+            state.epoch = epoch.into();
+            state.log.restart_at(head);
+            state.history_floor = head;
+            state.behind.clear();
+            for (_, record) in state.members.iter_mut() {
+                if other && record.member.positioned.load(Ordering::Relaxed) {
+                    record.member.close(Ending::Moved);
+                }
+                record.skip_to = head;
+                record.rebased = true;
+                record.replay_to = 0;
+            }
+            self.recount(state);
+        }
+        state.synced = true;
+    }
+
+    /// Appends a message the broker numbered (see the module docs of
+    /// `backplane`) to `room`'s log, if its position is the next one; a
+    /// `placeholder` only takes its place (this node's clients had it).
+    /// Tells where it went: a gap means the node missed messages before
+    /// it, which the caller reads from the broker ([`Hub::fill`]) before
+    /// trying again (then with `force`, if they are not to be had).
+    pub fn deliver_sequenced(&self, room: &str, frame: &Frame, at: &Sequenced<'_>) -> Delivered {
+        // A room removed meanwhile: nobody here to hear it.
+        let Some(found) = self.room(room) else {
+            return Delivered::Placed(Placed::Duplicate);
+        };
+        let appending = Appending {
+            skip: at.sender,
+            backlog: None,
+            sequence: Some(at),
+        };
+        match self.append(&found, self.loggable(&found, frame), appending) {
+            Ok(published) => Delivered::Appended(published),
+            Err(placed) => Delivered::Placed(placed),
+        }
+    }
+
+    /// Puts what the broker holds for `room` (read after a position this
+    /// node needed) in its log: older messages before it, newer ones after
+    /// its head, a new epoch instead of the old one. Creates the room: a
+    /// client is about to join it.
+    pub fn fill(&self, room: &str, page: BrokerPage) {
+        let found = match self.room(room) {
+            Some(found) => Ok(found),
+            None => self.room_or_create(&room.into()),
+        };
+        let Ok(found) = found else {
+            return;
+        };
+        let mut waking = WAKING.take();
+        {
+            let mut state = found.lock();
+            if state.removed || page.epoch.is_empty() {
+                WAKING.set(waking);
+                return;
+            }
+            let now = self.now_ms();
+            let messages = page.messages;
+            if !state.synced || *state.epoch != *page.epoch {
+                let base = messages.first().map_or(page.top, |(p, _, _)| p - 1);
+                self.move_epoch(&mut state, &page.epoch, base);
+            }
+            // Older than the log, up to its first entry: before it.
+            let first = state.log.first();
+            let older = messages.partition_point(|(p, _, _)| *p <= first);
+            let reaches = older > 0 && messages[older - 1].0 == first;
+            let contiguous = messages[..older].windows(2).all(|w| w[1].0 == w[0].0 + 1);
+            if reaches && contiguous {
+                let older = messages[..older]
+                    .iter()
+                    .map(|(_, f, sender)| (self.loggable(&found, f), *sender, now))
+                    .collect();
+                state.log.prepend(older);
+                state.history_floor = state.history_floor.min(state.log.first());
+            }
+            // Newer than the head: after it.
+            for (position, frame, sender) in messages {
+                let head = state.log.head();
+                if position <= head {
+                    continue;
+                }
+                if position > head + 1 {
+                    // The broker no longer has those in between.
+                    state.log.restart_at(position - 1);
+                    state.history_floor = position - 1;
+                }
+                state.log.append(self.loggable(&found, &frame), sender, now);
+            }
+            state.filled_ms = now.max(1);
+            self.recount(&mut state);
+            wake_sleepers(&mut state, &mut waking);
+        }
+        waking.drain(..).for_each(Waker::wake);
+        WAKING.set(waking);
+        self.shed_history();
+    }
+
+    /// After `room` was (re)subscribed on the broker: after which position
+    /// to read what was published before the subscription took effect
+    /// (`u64::MAX`: only the epoch and newest position).
+    pub fn read_sync(&self, room: &str) -> Option<u64> {
+        if !self.shared {
+            return None;
+        }
+        let found = self.room(room)?;
+        let state = found.lock();
+        Some(match state.synced {
+            true => state.log.head(),
+            false => u64::MAX,
+        })
+    }
+
+    /// Whether `room`'s log still lacks messages before `position` (the
+    /// broker's), and after which position to read them.
+    pub fn read_gap(&self, room: &str, position: u64) -> Option<u64> {
+        let found = self.room(room)?;
+        let state = found.lock();
+        let head = state.log.head();
+        (state.synced && head + 1 < position).then_some(head)
+    }
+
+    /// Receiving members of `room` on this node.
+    pub fn receivers(&self, room: &str) -> usize {
+        self.room(room).map_or(0, |r| r.lock().receivers)
+    }
+
+    /// Whether a client joining `room` at `start` needs the broker's
+    /// history first, in a cluster with history, and after which position
+    /// to read it (`u64::MAX`: only the room's epoch and newest position).
+    /// `None` when this node's log serves the join: it hears the room
+    /// (someone here receives) and holds what the join asks for.
+    pub fn read_after(&self, room: &str, start: &Start) -> Option<u64> {
+        if !self.shared || !self.hearing.load(Ordering::SeqCst) {
+            return None;
+        }
+        let Some(found) = self.room(room) else {
+            return Some(match start {
+                Start::Live => u64::MAX,
+                Start::Since { position, .. } => *position,
+                _ => 0,
+            });
+        };
+        let state = found.lock();
+        let (head, now) = (state.log.head(), self.now_ms());
+        // Someone here receives (the room is subscribed, and what was
+        // published before that was read: [`Hub::read_sync`]), or it was
+        // just filled.
+        let heard = state.synced
+            && (state.receivers > 0 || now.saturating_sub(state.filled_ms) < FRESH_MS);
+        let same_epoch = matches!(start, Start::Since { epoch, .. } if **epoch == *state.epoch);
+        match start {
+            Start::Since { position, .. } if heard && same_epoch => {
+                let from = self.resumable_from(&state, now);
+                // Behind the log: read what it lacks. Ahead of it: the
+                // client had messages still on their way here.
+                match *position {
+                    p if p < from => Some(p),
+                    p if p > head => Some(head),
+                    _ => None,
+                }
+            }
+            _ if heard => None,
+            Start::Since { position, .. } if state.synced && same_epoch => {
+                Some((*position).min(head))
+            }
+            Start::Since { position, .. } => Some(*position),
+            _ if state.synced => Some(head),
+            Start::Live => Some(u64::MAX),
+            _ => Some(0),
+        }
     }
 
     /// [`Hub::publish_to`] the room called `room`, for publishers that are
@@ -1141,7 +1529,7 @@ impl Hub {
                 continue;
             }
             return Published {
-                epoch: (published.position > 0).then(|| found.epoch.clone()),
+                epoch: (published.position > 0).then(|| found.epoch()),
                 ..published
             };
         }
@@ -1445,7 +1833,7 @@ impl Hub {
         let now = self.now_ms();
         let from = self.history_from(&state, now);
         // Positions from another epoch name other messages: none of these.
-        let same_epoch = epoch.is_none_or(|e| *e == *room.epoch);
+        let same_epoch = epoch.is_none_or(|e| *e == *state.epoch);
         let start = match same_epoch {
             true => since.max(from),
             false => head,
@@ -1453,11 +1841,12 @@ impl Hub {
         let messages = state
             .log
             .entries_in(start, head)
+            .filter(|e| e.sender != NOBODY)
             .take(limit)
             .map(|e| (e.offset + 1, e.frame.clone()))
             .collect();
         Some(HistoryPage {
-            epoch: room.epoch.clone(),
+            epoch: state.epoch.clone(),
             position: head,
             complete: same_epoch && (self.resumable_from(&state, now)..=head).contains(&since),
             messages,
@@ -1517,6 +1906,10 @@ fn take(
         }
     }
     let skipping = record.skipping();
+    if record.rebased {
+        *cursor = record.skip_to;
+        record.rebased = false;
+    }
     *cursor = record.position(*cursor, log);
     record.skip_to = 0;
     for e in log.entries_in(*cursor, log.head()) {
@@ -1525,12 +1918,31 @@ fn take(
             break;
         }
         *cursor += 1;
-        if Some(e.sender) != skipping {
+        if Some(e.sender) != skipping && e.sender != NOBODY {
             sink(e.frame, e.mark);
             taken = (taken.0 + 1, taken.1 + size);
         }
     }
     taken
+}
+
+/// Hands `waking` the wakers of the members asleep waiting for the next
+/// message.
+fn wake_sleepers(state: &mut RoomState, waking: &mut Vec<Waker>) {
+    let RoomState {
+        members,
+        sleepers,
+        wakeups,
+        ..
+    } = state;
+    for key in sleepers.drain(..) {
+        if let Some(r) = members.get_mut(key)
+            && let Some(w) = r.waker.take()
+        {
+            waking.push(w);
+        }
+    }
+    *wakeups += 1;
 }
 
 /// The oldest position a receiving member of `state` still needs (the
@@ -1546,16 +1958,22 @@ fn readers_from(state: &RoomState) -> Offset {
     from
 }
 
+/// A fresh epoch: 8 random letters and digits.
+pub fn new_epoch() -> String {
+    let mut rng = fastrand::Rng::new();
+    std::iter::repeat_with(|| rng.alphanumeric())
+        .take(8)
+        .collect()
+}
+
 impl Room {
     fn new(name: RoomName) -> Self {
-        let mut rng = fastrand::Rng::new();
-        let epoch: String = std::iter::repeat_with(|| rng.alphanumeric())
-            .take(8)
-            .collect();
+        let epoch = new_epoch();
         Self {
             name,
-            epoch: epoch.into(),
             state: Mutex::new(RoomState {
+                epoch: epoch.into(),
+                synced: false,
                 log: Log::default(),
                 members: Slab::new(),
                 receivers: 0,
@@ -1570,6 +1988,7 @@ impl Room {
                 counted: (0, 0),
                 counted_kept: false,
                 shed: false,
+                filled_ms: 0,
             }),
             compressing: AtomicUsize::new(0),
         }
@@ -1579,9 +1998,9 @@ impl Room {
         &self.name
     }
 
-    /// The room's epoch (see [`Joined::epoch`]).
-    pub fn epoch(&self) -> &Arc<str> {
-        &self.epoch
+    /// The room's epoch now (see [`Joined::epoch`]).
+    pub fn epoch(&self) -> Arc<str> {
+        self.lock().epoch.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -1603,6 +2022,7 @@ impl Member {
             cursor: AtomicU64::new(0),
             socket_full: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            positioned: AtomicBool::new(false),
             ping_due: AtomicBool::new(false),
             compresses: AtomicBool::new(false),
             signals: Mutex::default(),
@@ -1684,6 +2104,14 @@ impl Member {
 }
 
 impl Subscription {
+    /// Its member as a publisher.
+    pub fn tag(&self) -> SenderTag {
+        SenderTag {
+            id: self.id,
+            key: self.key,
+        }
+    }
+
     /// Whether the record under its key is still this membership's: a
     /// membership that has ended may have had its key reused.
     fn owns(&self, state: &RoomState) -> bool {

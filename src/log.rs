@@ -66,8 +66,13 @@ impl LagLimits {
 pub type Offset = u64;
 
 /// Who skips an entry: the member that published it without wanting its
-/// own messages back (0: nobody skips it).
+/// own messages back (0: nobody skips it; [`NOBODY`]: everyone does).
 pub type Sender = u64;
+
+/// The sender of an entry that only holds its position: in a cluster, a
+/// message this node's clients had before the broker numbered it (see
+/// `backplane`). Nobody is sent it.
+pub const NOBODY: Sender = u64::MAX;
 
 struct Entry {
     frame: Frame,
@@ -191,6 +196,47 @@ impl Log {
         });
         self.appended_bytes += size;
         self.head() - 1
+    }
+
+    /// Empties the log and makes `head` the offset of the next message:
+    /// the positions before it are not here (a cluster's broker numbered
+    /// them, or they were lost).
+    pub fn restart_at(&mut self, head: Offset) {
+        self.trim(self.head());
+        self.first = head;
+    }
+
+    /// Puts `older` (oldest first, each with its sender and time) right
+    /// before the first entry, so the log starts `older.len()` earlier.
+    /// Beyond offset 0, the oldest are left out.
+    pub fn prepend(&mut self, older: Vec<(Frame, Sender, u64)>) {
+        let skip = older.len().saturating_sub(self.first as usize);
+        let older = &older[skip..];
+        let added: u64 = older.iter().map(|(f, _, _)| f.payload().len() as u64).sum();
+        // `before` counts from the new first entry.
+        let base = self.bytes_before(self.first);
+        for e in &mut self.entries {
+            e.before = e.before - base + added;
+        }
+        self.appended_bytes = self.appended_bytes - base + added;
+        let start = self.first - older.len() as u64;
+        // Times stay in order for `appended_since`.
+        let newest_ms = self.entries.front().map_or(u64::MAX, |e| e.at_ms);
+        let mut entries = VecDeque::with_capacity(older.len() + self.entries.len());
+        let mut before = 0;
+        for (offset, (frame, sender, at_ms)) in (start..).zip(older) {
+            entries.push_back(Entry {
+                frame: frame.clone(),
+                sender: *sender,
+                before,
+                at_ms: (*at_ms).min(newest_ms),
+                mark: Mark::new(offset + 1),
+            });
+            before += frame.payload().len() as u64;
+        }
+        entries.append(&mut self.entries);
+        self.entries = entries;
+        self.first = start;
     }
 
     /// Payload bytes appended before `offset` (clamped to the log).
@@ -394,6 +440,38 @@ mod tests {
         assert_eq!(log.lag(4), (1, 1));
         let payloads: Vec<u8> = log.range(0, 10).map(|(f, _)| f.payload()[0]).collect();
         assert_eq!(payloads, [2, 3, b'x']);
+    }
+
+    #[test]
+    fn a_restarted_log_numbers_on_from_there_and_takes_older_entries_before() {
+        let mut log = log_of(&[10, 20]);
+        log.restart_at(100);
+        assert_eq!((log.first(), log.head(), log.is_empty()), (100, 100, true));
+        assert_eq!(log.append(Frame::new(true, b"abc"), 0, 50), 100);
+        let older = |sizes: &[usize]| -> Vec<(Frame, Sender, u64)> {
+            sizes
+                .iter()
+                .map(|&n| (Frame::new(false, &vec![n as u8; n]), 0, 60))
+                .collect()
+        };
+        log.prepend(older(&[4, 5]));
+        assert_eq!((log.first(), log.head()), (98, 101));
+        assert_eq!(log.lag(98), (3, 12));
+        assert_eq!(log.span(99, 101), (2, 8));
+        // Marks name each entry's own position; times stay in order.
+        let marks: Vec<Vec<u8>> = log
+            .entries_in(98, 101)
+            .map(|e| e.mark.frame().to_vec())
+            .collect();
+        assert_eq!(marks[0][2..], *b"99");
+        assert_eq!(marks[2][2..], *b"101");
+        assert_eq!(log.appended_since(0, 51), 101);
+        // Nothing goes before offset 0.
+        let mut log = log_of(&[]);
+        log.restart_at(1);
+        log.prepend(older(&[1, 2, 3]));
+        assert_eq!((log.first(), log.head()), (0, 1));
+        assert_eq!(log.range(0, 1).next().unwrap().0.payload(), [3, 3, 3]);
     }
 
     #[test]

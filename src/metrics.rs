@@ -56,10 +56,15 @@ pub enum DisconnectReason {
     /// One of its messages took longer than `limits.message_timeout` to
     /// arrive; closed with 1008.
     MessageTimeout,
+    /// It was told positions, and its room's positions moved to another
+    /// epoch (in a cluster: the broker lost the room's history, or the
+    /// node numbered messages itself while the broker was unreachable);
+    /// closed with 1012 so that it resumes.
+    EpochMoved,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::ClientClose,
         Self::Reset,
         Self::ProtocolError,
@@ -73,6 +78,7 @@ impl DisconnectReason {
         Self::NotPermitted,
         Self::ClosedByApi,
         Self::MessageTimeout,
+        Self::EpochMoved,
     ];
 
     /// The label value, as it appears in `/metrics` and in logs.
@@ -91,6 +97,7 @@ impl DisconnectReason {
             Self::NotPermitted => "not_permitted",
             Self::ClosedByApi => "closed_by_api",
             Self::MessageTimeout => "message_timeout",
+            Self::EpochMoved => "epoch_moved",
         }
     }
 }
@@ -234,6 +241,10 @@ pub struct ClusterMetrics {
     pub received: Counter,
     /// Broker messages that were not wsrelay messages of a known version.
     pub malformed: Counter,
+    /// Reads of a room's history from the broker (shared history), and
+    /// those that failed.
+    pub history_reads: Counter,
+    pub history_read_errors: Counter,
     dropped: ByReason<{ ClusterDropReason::ALL.len() }>,
 }
 
@@ -246,6 +257,8 @@ impl Default for ClusterMetrics {
             published: Counter::default(),
             received: Counter::default(),
             malformed: Counter::default(),
+            history_reads: Counter::default(),
+            history_read_errors: Counter::default(),
             dropped: ByReason::new(ClusterDropReason::ALL.map(|r| r.as_str())),
         }
     }
@@ -289,6 +302,16 @@ impl ClusterMetrics {
             "cluster_received_messages",
             "Messages from other nodes delivered to this node's clients",
             self.received.clone(),
+        );
+        r.register(
+            "cluster_history_reads",
+            "Reads of a room's history from the broker (shared history): one per room and range, however many clients need it",
+            self.history_reads.clone(),
+        );
+        r.register(
+            "cluster_history_read_errors",
+            "Reads of a room's history from the broker that failed (the clients that needed them were not recovered)",
+            self.history_read_errors.clone(),
         );
         r.register(
             "cluster_dropped_messages",

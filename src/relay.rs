@@ -4,19 +4,54 @@
 //! subscribers only. Client sessions, the HTTP API and the cluster all
 //! publish and deliver through here, and it counts what happened.
 //!
+//! In a cluster with history, the broker numbers every room's messages
+//! for all nodes ([`SharedHistory`]): a message published here then goes
+//! to the broker only and reaches this node's subscribers when it comes
+//! back numbered, and what this node's log lacks (a client resuming from
+//! a position it never held, messages it missed) is read from the
+//! broker, once per room and range however many clients need it.
+//!
 //! It knows the hub and the metrics; nothing of sockets, configuration or
-//! brokers (the cluster is a [`Remote`] to it).
+//! brokers (the cluster is a [`Remote`] and a [`SharedHistory`] to it).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::hub::{Backlog, Hub, Published, Room, Subscription};
+use crate::hub::{
+    Backlog, BrokerPage, Delivered, Hub, Placed, Published, Room, RoomName, SenderTag, Sequenced,
+    Start, Subscription,
+};
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Frame;
 
 /// Where messages published here go besides this node: the other nodes
 /// of a cluster. Must not wait.
 pub trait Remote: Send + Sync {
-    fn publish(&self, room: &str, frame: &Frame);
+    fn publish(&self, room: &str, frame: &Frame, origin: Origin);
+}
+
+/// How a message handed to the [`Remote`] was published.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    /// The member that published it, if it does not want it back.
+    pub sender: Option<SenderTag>,
+    /// For the broker to number (shared history).
+    pub sequence: bool,
+    /// This node delivered it to its own members already.
+    pub delivered: bool,
+}
+
+/// A cluster's broker that numbers rooms' messages and keeps their
+/// history for every node.
+pub trait SharedHistory: Send + Sync {
+    /// `room`'s epoch, newest position and messages after position
+    /// `after` (`u64::MAX`: none, only the epoch and position).
+    fn read<'a>(
+        &'a self,
+        room: &'a str,
+        after: u64,
+    ) -> Pin<Box<dyn Future<Output = Option<BrokerPage>> + Send + 'a>>;
 }
 
 /// Rooms, their members and where their messages go.
@@ -24,6 +59,10 @@ pub struct Relay {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     remote: Option<Arc<dyn Remote>>,
+    shared: Option<Arc<dyn SharedHistory>>,
+    /// One read from the broker at a time per room: clients that need the
+    /// same range wait for the first one's read, then find it here.
+    reads: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Relay {
@@ -34,6 +73,35 @@ impl Relay {
             hub,
             metrics,
             remote,
+            shared: None,
+            reads: Mutex::default(),
+        }
+    }
+
+    /// Positions and history come from `shared` (whose hub was made
+    /// [`Hub::with_shared_history`]).
+    pub fn with_shared_history(self, shared: Arc<dyn SharedHistory>) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
+        }
+    }
+
+    /// Whether a message published now goes to the broker only, to come
+    /// back numbered.
+    fn sequenced(&self) -> Option<&Arc<dyn Remote>> {
+        match (&self.remote, &self.shared) {
+            (Some(remote), Some(_)) if self.hub.sequenced_by_broker() => Some(remote),
+            _ => None,
+        }
+    }
+
+    /// How a message delivered here at once goes to the remote.
+    fn delivered_here(&self) -> Origin {
+        Origin {
+            sender: None,
+            sequence: self.shared.is_some(),
+            delivered: true,
         }
     }
 
@@ -49,20 +117,37 @@ impl Relay {
         skip: Option<&Subscription>,
         backlog: Option<&mut Backlog>,
     ) -> Published {
+        if let Some(remote) = self.sequenced() {
+            let origin = Origin {
+                sender: skip.map(Subscription::tag),
+                sequence: true,
+                delivered: false,
+            };
+            remote.publish(room.name(), frame, origin);
+            return Published::default();
+        }
         let published = self.hub.publish_to(room, frame, skip, backlog);
         self.count(room.name(), &published);
         if let Some(remote) = &self.remote {
-            remote.publish(room.name(), frame);
+            remote.publish(room.name(), frame, self.delivered_here());
         }
         published
     }
 
     /// Publishes a message from outside the room (the HTTP API) into
-    /// `room`, here and on the other nodes.
+    /// `room`, here and on the other nodes. When the broker numbers it,
+    /// nothing is appended yet: `queued` counts who here will get it.
     pub fn publish(&self, room: &str, frame: &Frame) -> Published {
+        if let Some(remote) = self.sequenced() {
+            remote.publish(room, frame, Origin::default_sequenced());
+            return Published {
+                queued: self.hub.receivers(room),
+                ..Published::default()
+            };
+        }
         let published = self.deliver(room, frame);
         if let Some(remote) = &self.remote {
-            remote.publish(room, frame);
+            remote.publish(room, frame, self.delivered_here());
         }
         published
     }
@@ -75,6 +160,67 @@ impl Relay {
         published
     }
 
+    /// Delivers a message the broker numbered: appended at its position,
+    /// after what this node missed before it, read from the broker (or
+    /// given up if the broker no longer has it either).
+    pub async fn deliver_sequenced(&self, room: &str, frame: &Frame, at: Sequenced<'_>) {
+        let mut at = at;
+        loop {
+            match self.hub.deliver_sequenced(room, frame, &at) {
+                Delivered::Appended(published) => return self.count(room, &published),
+                Delivered::Placed(Placed::Gap { .. }) if !at.force => {
+                    self.read(room, |hub| hub.read_gap(room, at.position)).await;
+                    at.force = true;
+                }
+                Delivered::Placed(_) => return,
+            }
+        }
+    }
+
+    /// Before a client joins `room` at `start`: reads what this node's log
+    /// lacks for it from the broker, if positions come from there.
+    pub async fn prepare(&self, room: &str, start: &Start) {
+        if self.shared.is_some() && self.hub.read_after(room, start).is_some() {
+            self.read(room, |hub| hub.read_after(room, start)).await;
+        }
+    }
+
+    /// After `room` was (re)subscribed on the broker: reads what was
+    /// published before the subscription took effect and this node's log
+    /// lacks.
+    pub async fn sync(&self, room: &str) {
+        self.read(room, |hub| hub.read_sync(room)).await;
+    }
+
+    /// Reads `room`'s history from the broker after the position `after`
+    /// says (if it still says one once this room's earlier read is done),
+    /// into the log.
+    async fn read(&self, room: &str, after: impl Fn(&Hub) -> Option<u64>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let gate = {
+            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            match reads.get(room) {
+                Some(gate) => gate.clone(),
+                None => reads.entry(room.into()).or_default().clone(),
+            }
+        };
+        {
+            let _turn = gate.lock().await;
+            if let Some(after) = after(&self.hub)
+                && let Some(page) = shared.read(room, after).await
+            {
+                self.hub.fill(room, page);
+            }
+        }
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nobody else waits for this room's gate: it goes.
+        if Arc::strong_count(&gate) == 2 {
+            reads.remove(room);
+        }
+    }
+
     /// Counts what a publish did: drops by the slow-consumer policy and,
     /// if enabled, per-room figures.
     fn count(&self, room: &str, published: &Published) {
@@ -83,5 +229,15 @@ impl Relay {
                 .dropped(DropReason::SlowConsumer, published.dropped);
         }
         self.metrics.room_published(room, published.queued);
+    }
+}
+
+impl Origin {
+    /// A message from outside any room, for the broker to number.
+    fn default_sequenced() -> Self {
+        Self {
+            sequence: true,
+            ..Self::default()
+        }
     }
 }

@@ -4,26 +4,63 @@
 //! payload, untouched:
 //!
 //! ```text
-//! "WR"  version(1)  flags(1)  node_len(1) node  room_len(1) room  message_id(u64 BE)  payload
+//! "WR"  version(1)  flags(1)  node_len(1) node  room_len(1) room  message_id(u64 BE)
+//!       sender(u64 BE)  sender_key(u32 BE)  [epoch_len(1) epoch  position_len(1) position]  payload
 //! ```
 //!
 //! `flags` bit 0 is set for a text message. `node` is the publishing node's
 //! id (1-64 bytes) so a node can recognise its own messages when the
 //! broker echoes them; `room` (0-128 bytes, empty with rooms off) says
 //! where the message goes; `message_id` counts up per node, so gaps show
-//! where messages were lost. The magic and the version let a future format
-//! be told apart, and anything else on the channel be rejected rather than
-//! relayed.
+//! where messages were lost. `sender` and `sender_key` name the client
+//! that published it on its node (0: none, or it wants its own messages
+//! back), so that node can leave it out when the message comes back.
+//!
+//! Bit 1 (`SEQUENCED`): the broker gave the message its room's position
+//! (shared history, see `backplane`); the node sends the header with the
+//! bit set and the broker's script puts the room's epoch and the position,
+//! in decimal, between the header and the payload ([`split`] says where).
+//! Bit 2 (`DELIVERED`): the publishing node already delivered it to its
+//! own clients (its broker was unreachable then), so when it comes back
+//! there it only takes its place in the room's log.
+//!
+//! The magic and the version let a future format be told apart, and
+//! anything else on the channel be rejected rather than relayed. Version
+//! 1 (no sender, no sequence) is still read, so a rolling upgrade from it
+//! keeps relaying.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The first bytes of every message.
 const MAGIC: &[u8; 2] = b"WR";
-/// The format this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The format this build writes.
+pub const VERSION: u8 = 2;
+/// The first format, still read.
+const VERSION_1: u8 = 1;
 const TEXT: u8 = 0x01;
-/// Bytes of the header that do not depend on the node or room.
-const FIXED: usize = MAGIC.len() + 1 + 1 + 1 + 1 + 8;
+/// The broker's script added the room's epoch and the position.
+pub const SEQUENCED: u8 = 0x02;
+/// The publishing node delivered it to its own clients already.
+pub const DELIVERED: u8 = 0x04;
+/// Bytes of a version 2 header that do not depend on the node or room.
+const FIXED: usize = MAGIC.len() + 1 + 1 + 1 + 1 + 8 + 8 + 4;
+/// An epoch is at most this long (the relay makes 8 characters).
+pub const MAX_EPOCH: usize = 32;
+
+/// Who published a message, on its node: its client id and its key in
+/// its room there (0, 0: nobody to leave out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sender {
+    pub id: u64,
+    pub key: u32,
+}
+
+/// A room's epoch and a message's position in it, as the broker gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequence<'a> {
+    pub epoch: &'a str,
+    pub position: u64,
+}
 
 /// One decoded broker message, borrowing from the bytes it came in.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +69,11 @@ pub struct Envelope<'a> {
     pub room: &'a str,
     pub text: bool,
     pub id: u64,
+    pub sender: Sender,
+    /// Its origin node delivered it already (see the module docs).
+    pub delivered: bool,
+    /// Set by the broker's script (shared history).
+    pub sequence: Option<Sequence<'a>>,
     pub payload: &'a [u8],
 }
 
@@ -50,25 +92,62 @@ pub enum Malformed {
     Node,
     #[error("bad room name")]
     Room,
+    #[error("bad epoch or position")]
+    Sequence,
     #[error("text payload is not UTF-8")]
     Utf8,
 }
 
+/// What a message says about itself besides its node, room and payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Header {
+    pub text: bool,
+    pub id: u64,
+    pub sender: Sender,
+    /// For the broker's script to sequence (it adds the epoch and position).
+    pub sequenced: bool,
+    pub delivered: bool,
+}
+
 /// Encodes one message; the only copy of the payload a publish to the
-/// cluster makes.
-pub fn encode(node: &str, room: &str, text: bool, id: u64, payload: &[u8]) -> Bytes {
+/// cluster makes. With `header.sequenced`, the broker's script inserts the
+/// sequence at [`split`].
+pub fn encode(node: &str, room: &str, header: Header, payload: &[u8]) -> Bytes {
     debug_assert!(!node.is_empty() && node.len() <= 64 && room.len() <= 128);
     let mut b = BytesMut::with_capacity(FIXED + node.len() + room.len() + payload.len());
     b.put_slice(MAGIC);
     b.put_u8(VERSION);
-    b.put_u8(if text { TEXT } else { 0 });
+    let flags = (if header.text { TEXT } else { 0 })
+        | (if header.sequenced { SEQUENCED } else { 0 })
+        | (if header.delivered { DELIVERED } else { 0 });
+    b.put_u8(flags);
     b.put_u8(node.len() as u8);
     b.put_slice(node.as_bytes());
     b.put_u8(room.len() as u8);
     b.put_slice(room.as_bytes());
-    b.put_u64(id);
+    b.put_u64(header.id);
+    b.put_u64(header.sender.id);
+    b.put_u32(header.sender.key);
     b.put_slice(payload);
     b.freeze()
+}
+
+/// Where the header of a message [`encode`] made ends and its payload
+/// begins: where the broker's script puts the sequence.
+pub fn split(node: &str, room: &str) -> usize {
+    FIXED + node.len() + room.len()
+}
+
+/// The sequence section the broker's script writes, for tests and for a
+/// broker without scripts.
+pub fn sequence_bytes(epoch: &str, position: u64) -> Vec<u8> {
+    let position = position.to_string();
+    let mut b = Vec::with_capacity(2 + epoch.len() + position.len());
+    b.push(epoch.len() as u8);
+    b.extend_from_slice(epoch.as_bytes());
+    b.push(position.len() as u8);
+    b.extend_from_slice(position.as_bytes());
+    b
 }
 
 /// Decodes and checks one message: anything this build did not write is
@@ -78,12 +157,16 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, Malformed> {
     if r.take(2)? != MAGIC {
         return Err(Malformed::Magic);
     }
-    match r.byte()? {
-        VERSION => {}
-        v => return Err(Malformed::Version(v)),
+    let version = r.byte()?;
+    if version != VERSION && version != VERSION_1 {
+        return Err(Malformed::Version(version));
     }
     let flags = r.byte()?;
-    if flags & !TEXT != 0 {
+    let known = match version {
+        VERSION_1 => TEXT,
+        _ => TEXT | SEQUENCED | DELIVERED,
+    };
+    if flags & !known != 0 {
         return Err(Malformed::Flags(flags));
     }
     let node = r.short_str().map_err(|_| Malformed::Node)?;
@@ -94,7 +177,16 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, Malformed> {
     if !room.is_empty() && !crate::hub::is_room_name(room) {
         return Err(Malformed::Room);
     }
-    let id = u64::from_be_bytes(r.take(8)?.try_into().map_err(|_| Malformed::Truncated)?);
+    let id = r.u64()?;
+    let mut sender = Sender::default();
+    if version == VERSION {
+        sender.id = r.u64()?;
+        sender.key = u32::from_be_bytes(r.array()?);
+    }
+    let sequence = match flags & SEQUENCED != 0 {
+        true => Some(r.sequence().map_err(|_| Malformed::Sequence)?),
+        false => None,
+    };
     let payload = r.0;
     let text = flags & TEXT != 0;
     // A text message reaches clients as a text frame: invalid UTF-8 there
@@ -107,6 +199,9 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, Malformed> {
         room,
         text,
         id,
+        sender,
+        delivered: flags & DELIVERED != 0,
+        sequence,
         payload,
     })
 }
@@ -124,8 +219,16 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Malformed> {
+        self.take(N)?.try_into().map_err(|_| Malformed::Truncated)
+    }
+
     fn byte(&mut self) -> Result<u8, Malformed> {
         Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// A string of at most 255 bytes, preceded by its length.
@@ -133,15 +236,47 @@ impl<'a> Reader<'a> {
         let n = self.byte()? as usize;
         std::str::from_utf8(self.take(n)?).map_err(|_| Malformed::Utf8)
     }
+
+    /// An epoch (1 to [`MAX_EPOCH`] letters and digits) and a position
+    /// (1 or more, in decimal).
+    fn sequence(&mut self) -> Result<Sequence<'a>, Malformed> {
+        let epoch = self.short_str()?;
+        let position = self.short_str()?;
+        let epoch_ok = (1..=MAX_EPOCH).contains(&epoch.len())
+            && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+        // Digits only: `parse` would also take a sign.
+        let digits = position.bytes().all(|b| b.is_ascii_digit());
+        match position.parse::<u64>() {
+            Ok(position) if epoch_ok && digits && position > 0 => Ok(Sequence { epoch, position }),
+            _ => Err(Malformed::Sequence),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn header(text: bool, id: u64) -> Header {
+        Header {
+            text,
+            id,
+            ..Header::default()
+        }
+    }
+
     #[test]
     fn round_trips_text_and_binary() {
-        let b = encode("node-1", "lobby", true, 42, "héllo".as_bytes());
+        let sender = Sender { id: 9, key: 3 };
+        let b = encode(
+            "node-1",
+            "lobby",
+            Header {
+                sender,
+                ..header(true, 42)
+            },
+            "héllo".as_bytes(),
+        );
         assert_eq!(
             decode(&b),
             Ok(Envelope {
@@ -149,18 +284,72 @@ mod tests {
                 room: "lobby",
                 text: true,
                 id: 42,
+                sender,
+                delivered: false,
+                sequence: None,
                 payload: "héllo".as_bytes(),
             })
         );
-        let b = encode("n", "", false, u64::MAX, &[0xff, 0, 1]);
+        let b = encode("n", "", header(false, u64::MAX), &[0xff, 0, 1]);
         let e = decode(&b).unwrap();
         assert!(!e.text);
         assert_eq!((e.room, e.id, e.payload), ("", u64::MAX, &[0xff, 0, 1][..]));
     }
 
+    /// What the broker's script does: the sequence goes in at `split`.
+    fn sequenced(epoch: &str, position: u64, payload: &[u8]) -> Vec<u8> {
+        let h = Header {
+            sequenced: true,
+            delivered: true,
+            ..header(true, 7)
+        };
+        let b = encode("node", "room", h, payload);
+        let at = split("node", "room");
+        [&b[..at], &sequence_bytes(epoch, position), &b[at..]].concat()
+    }
+
+    #[test]
+    fn reads_the_sequence_the_broker_added() {
+        let b = sequenced("Xq3v9LmA", 1041, b"hi");
+        let e = decode(&b).unwrap();
+        let sequence = Some(Sequence {
+            epoch: "Xq3v9LmA",
+            position: 1041,
+        });
+        assert_eq!(
+            (e.sequence, e.delivered, e.payload),
+            (sequence, true, &b"hi"[..])
+        );
+        for (epoch, position) in [("", 1), ("a-b", 1), ("ok", 0)] {
+            assert_eq!(
+                decode(&sequenced(epoch, position, b"")),
+                Err(Malformed::Sequence)
+            );
+        }
+        let mut signed = sequenced("ok", 12, b"");
+        let at = split("node", "room") + 4;
+        signed[at] = b'+';
+        assert_eq!(decode(&signed), Err(Malformed::Sequence));
+    }
+
+    #[test]
+    fn reads_version_1() {
+        let mut b = vec![b'W', b'R', 1, TEXT, 1, b'n', 1, b'r'];
+        b.extend_from_slice(&5u64.to_be_bytes());
+        b.extend_from_slice(b"hi");
+        let e = decode(&b).unwrap();
+        assert_eq!(
+            (e.node, e.room, e.id, e.sender, e.payload),
+            ("n", "r", 5, Sender::default(), &b"hi"[..])
+        );
+        // Version 1 had no other flags.
+        b[3] = SEQUENCED;
+        assert_eq!(decode(&b), Err(Malformed::Flags(SEQUENCED)));
+    }
+
     #[test]
     fn every_truncation_is_an_error() {
-        let b = encode("node", "room", false, 7, b"");
+        let b = sequenced("ep", 77, b"");
         for n in 0..b.len() {
             assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes decoded");
         }
@@ -168,14 +357,14 @@ mod tests {
 
     #[test]
     fn rejects_foreign_or_corrupt_messages() {
-        let good = encode("node", "room", true, 1, b"hi");
+        let good = encode("node", "room", header(true, 1), b"hi");
         let corrupt = |at: usize, v: u8| {
             let mut b = good.to_vec();
             b[at] = v;
             decode(&b).unwrap_err()
         };
         assert_eq!(decode(b"hello world"), Err(Malformed::Magic));
-        assert_eq!(corrupt(2, 2), Malformed::Version(2));
+        assert_eq!(corrupt(2, 3), Malformed::Version(3));
         assert_eq!(corrupt(3, 0x81), Malformed::Flags(0x81));
         assert_eq!(corrupt(4, 0), Malformed::Node);
         // The room "ro/m" is not a room name.

@@ -21,13 +21,6 @@ impl Payload for Bytes {
     }
 }
 
-/// A message with the channel it goes to.
-impl Payload for (String, Bytes) {
-    fn size(&self) -> usize {
-        self.1.len()
-    }
-}
-
 /// Messages waiting, oldest first, dropping the oldest past its bounds.
 pub(super) struct DropOldest<T> {
     state: Mutex<State<T>>,

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use super::envelope;
 use super::fifo::DropOldest;
+use crate::hub::{SenderTag, Sequenced};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::Relay;
 use crate::wire::Frame;
@@ -80,8 +81,9 @@ impl Inbound {
     pub fn accept(&self, message: Bytes) {
         let worker = match envelope::decode(&message) {
             // The broker sends a node its own messages back; they were
-            // delivered here when they were published.
-            Ok(m) if m.node == self.node_id => return,
+            // delivered here when they were published (unless the broker
+            // numbers them: then they are delivered here as they come back).
+            Ok(m) if m.node == self.node_id && m.sequence.is_none() => return,
             Ok(m) if m.payload.len() > self.max_message_size => {
                 return self.malformed(&"larger than limits.max_message_size");
             }
@@ -114,8 +116,30 @@ impl Inbound {
                 let Ok(m) = envelope::decode(&message) else {
                     continue;
                 };
-                self.metrics.received.inc();
-                relay.deliver(m.room, &Frame::new(m.text, m.payload));
+                let frame = Frame::new(m.text, m.payload);
+                let own = m.node == self.node_id;
+                if !own {
+                    self.metrics.received.inc();
+                }
+                match m.sequence {
+                    None => drop(relay.deliver(m.room, &frame)),
+                    Some(sequence) => {
+                        let sender = SenderTag {
+                            id: m.sender.id,
+                            key: m.sender.key as usize,
+                        };
+                        let at = Sequenced {
+                            epoch: sequence.epoch,
+                            position: sequence.position,
+                            sender: (own && sender.id != 0).then_some(sender),
+                            placeholder: own && m.delivered,
+                            force: false,
+                        };
+                        // Waits only when messages before it must be read
+                        // from the broker first.
+                        relay.deliver_sequenced(m.room, &frame, at).await;
+                    }
+                }
                 delivered += 1;
                 if delivered >= MESSAGES_PER_TURN {
                     delivered = 0;
@@ -154,7 +178,11 @@ mod tests {
     }
 
     fn message(node: &str, room: &str, id: u64, len: usize) -> Bytes {
-        envelope::encode(node, room, false, id, &vec![0; len])
+        let header = envelope::Header {
+            id,
+            ..envelope::Header::default()
+        };
+        envelope::encode(node, room, header, &vec![0; len])
     }
 
     fn queued(i: &Inbound) -> Vec<Vec<u64>> {

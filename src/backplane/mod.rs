@@ -28,6 +28,19 @@
 //! Delivery across nodes is at most once: a batch in flight when the
 //! connection breaks is counted as dropped, never sent twice. At shutdown
 //! the task stops last and sends what its outbox holds first.
+//!
+//! Shared history (Redis, with `rooms.history` on): the broker numbers
+//! every room's messages for all nodes and keeps the room's history (see
+//! `redis`). A message published on a node then goes to the broker only,
+//! and every node, its own included, appends it when it comes back
+//! numbered, so all see one order; a node that finds a gap before a
+//! position reads the missing messages from the broker first, and so
+//! does a node asked to resume a client from a position its own log does
+//! not hold (the relay's [`SharedHistory`]). While the broker is
+//! unreachable a node relays among its own clients as before, numbering
+//! their messages itself in an epoch of its own, and queues them marked
+//! as delivered: when they reach the broker they are numbered and go to
+//! the other nodes, and only take their place in this node's log.
 
 // A build without a backend leaves parts of the link unused.
 #![cfg_attr(
@@ -55,9 +68,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::hub::{RoomInterest, RoomName};
+use crate::hub::{BrokerPage, RoomInterest, RoomName};
+use crate::log::NOBODY;
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
-use crate::relay::{Relay, Remote};
+use crate::relay::{Origin, Relay, Remote, SharedHistory};
 use crate::wire::Frame;
 
 use self::fifo::DropOldest;
@@ -99,6 +113,8 @@ pub enum LinkError {
     Nats(String),
     #[error("timed out after {BROKER_TIMEOUT:?}")]
     Timeout,
+    #[error("unexpected reply")]
+    Reply,
     #[error("connection lost")]
     Lost,
 }
@@ -206,6 +222,39 @@ pub struct Cluster {
     subject_capacity: usize,
     interest: Arc<Interest>,
     metrics: ClusterMetrics,
+    /// Shared history, if on.
+    history: Option<SharedSettings>,
+    /// Reads rooms' history while the broker connection is up.
+    #[cfg(feature = "redis")]
+    reader: Mutex<Option<self::redis::HistoryReader>>,
+}
+
+/// How the broker keeps rooms' history for all nodes (Redis only).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedSettings {
+    /// Messages per room's stream (at least; `MAXLEN ~` trims whole nodes
+    /// of the stream).
+    pub size: usize,
+    /// How long a room's stream outlives its newest message.
+    pub ttl: Duration,
+}
+
+impl SharedSettings {
+    /// A room's epoch and newest position are kept at least a day, even if
+    /// its history expires sooner: clients of a quiet room stay in the
+    /// same epoch.
+    const META_TTL_MIN: Duration = Duration::from_secs(24 * 3600);
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn meta_ttl_ms(&self) -> u64 {
+        let meta = self.ttl.max(Self::META_TTL_MIN);
+        u64::try_from(meta.as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// This node's part in a cluster (the server builds it from `cluster` and
@@ -227,6 +276,8 @@ pub struct ClusterSettings {
     pub inbound_bytes: usize,
     /// Larger messages from the broker are refused, as from a client.
     pub max_message_size: usize,
+    /// With history on: rooms' history kept by the broker (Redis).
+    pub history: Option<SharedSettings>,
 }
 
 impl Cluster {
@@ -262,8 +313,31 @@ impl Cluster {
             outbox: Outbox::new(config.buffer_messages, config.buffer_bytes),
             interest: Arc::new(Interest::default()),
             metrics,
+            history: config
+                .history
+                .filter(|_| config.backend == ClusterBackend::Redis),
+            #[cfg(feature = "redis")]
+            reader: Mutex::default(),
         }
     }
+
+    /// Whether the broker numbers messages and keeps rooms' history.
+    pub fn shares_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Reads rooms' history while connected, if shared.
+    #[cfg(feature = "redis")]
+    fn set_reader(&self, link: Option<&Link>) {
+        let reader = match link {
+            Some(Link::Redis(l)) => l.reader(),
+            _ => None,
+        };
+        *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = reader;
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn set_reader(&self, _: Option<&Link>) {}
 
     /// Where the hub reports rooms gaining or losing local subscribers.
     pub fn interest(&self) -> Arc<Interest> {
@@ -323,6 +397,7 @@ impl Cluster {
                     let ended = self.session(link, &relay, &stop).await;
                     // Before the gauge says so, for whoever watches it.
                     relay.hub.hearing_others(false);
+                    self.set_reader(None);
                     self.metrics.connected.set(0);
                     self.metrics.subscriptions.set(0);
                     match ended {
@@ -356,7 +431,7 @@ impl Cluster {
     async fn session(
         &self,
         mut link: Link,
-        relay: &Relay,
+        relay: &Arc<Relay>,
         stop: &CancellationToken,
     ) -> Result<(), LinkError> {
         let mut subscribed: HashSet<RoomName> = self.interest.resync().into_iter().collect();
@@ -365,9 +440,11 @@ impl Cluster {
             link.subscribe(&channels).await?;
         }
         link.confirm().await?;
+        self.set_reader(Some(&link));
         // From here on this node hears the others' messages for its rooms
         // (before the gauge says the rooms are subscribed).
         relay.hub.hearing_others(true);
+        self.sync(relay, subscribed.iter().cloned().collect());
         self.metrics.subscriptions.set(subscribed.len() as i64);
         let mut batch = Vec::with_capacity(BATCH);
         loop {
@@ -380,10 +457,11 @@ impl Cluster {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = self.interest.changed.notified() => {
-                    let (mut add, mut drop) = (Vec::new(), Vec::new());
+                    let (mut add, mut drop, mut added) = (Vec::new(), Vec::new(), Vec::new());
                     for (room, wanted) in self.interest.take_changes() {
                         if wanted && !subscribed.contains(&room) {
                             add.push(self.channel(&room));
+                            added.push(room.clone());
                             subscribed.insert(room);
                         } else if !wanted && subscribed.remove(&room) {
                             drop.push(self.channel(&room));
@@ -397,6 +475,7 @@ impl Cluster {
                         link.unsubscribe(&drop).await?;
                     }
                     link.confirm().await?;
+                    self.sync(relay, added);
                     self.metrics.subscriptions.set(subscribed.len() as i64);
                 }
                 incoming = link.next() => match incoming {
@@ -410,12 +489,27 @@ impl Cluster {
         }
     }
 
+    /// With shared history: reads, for each of `rooms` just subscribed,
+    /// what was published before the subscription took effect (in a task
+    /// of its own, so the link goes on meanwhile).
+    fn sync(&self, relay: &Arc<Relay>, rooms: Vec<RoomName>) {
+        if self.history.is_none() || rooms.is_empty() {
+            return;
+        }
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            for room in rooms {
+                relay.sync(&room).await;
+            }
+        });
+    }
+
     /// Takes up to [`BATCH`] messages from the outbox and publishes them,
     /// counting what was sent and what was lost; returns how many it took.
     async fn send_batch(
         &self,
         link: &mut Link,
-        batch: &mut Vec<(String, Bytes)>,
+        batch: &mut Vec<Outgoing>,
     ) -> Result<usize, LinkError> {
         batch.clear();
         let waiting = self.outbox.take(batch, BATCH);
@@ -437,17 +531,103 @@ impl Cluster {
 
 /// The cluster is where a node's messages go besides its own clients.
 impl Remote for Cluster {
-    /// Queues a message published on this node for the other nodes. Never
-    /// waits: if the outbox is full the oldest message in it is dropped.
-    fn publish(&self, room: &str, frame: &Frame) {
+    /// Queues a message published on this node for the other nodes (and,
+    /// for the broker to number, for this one). Never waits: if the outbox
+    /// is full the oldest message in it is dropped.
+    fn publish(&self, room: &str, frame: &Frame, origin: Origin) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let message = envelope::encode(&self.node_id, room, frame.is_text(), id, frame.payload());
-        let (dropped, waiting) = self.outbox.push((self.channel(room), message));
+        let sequence = origin.sequence && self.history.is_some();
+        let header = envelope::Header {
+            text: frame.is_text(),
+            id,
+            sender: origin
+                .sender
+                .map_or_else(Default::default, |s| envelope::Sender {
+                    id: s.id,
+                    key: u32::try_from(s.key).unwrap_or(u32::MAX),
+                }),
+            sequenced: sequence,
+            delivered: origin.delivered,
+        };
+        let message = envelope::encode(&self.node_id, room, header, frame.payload());
+        let outgoing = Outgoing {
+            channel: self.channel(room),
+            split: sequence.then(|| envelope::split(&self.node_id, room)),
+            message,
+        };
+        let (dropped, waiting) = self.outbox.push(outgoing);
         if dropped > 0 {
             self.metrics
                 .dropped(ClusterDropReason::BufferFull, dropped as u64);
         }
         self.metrics.buffered.set(waiting as i64);
+    }
+}
+
+/// The broker keeps rooms' history for every node.
+impl SharedHistory for Cluster {
+    fn read<'a>(
+        &'a self,
+        room: &'a str,
+        after: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<BrokerPage>> + Send + 'a>> {
+        Box::pin(async move {
+            #[cfg(feature = "redis")]
+            {
+                let reader = self
+                    .reader
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let reader = reader?;
+                self.metrics.history_reads.inc();
+                let channel = self.channel(room);
+                match bounded(reader.read(&channel, after)).await {
+                    Ok(raw) => Some(self.page(room, raw)),
+                    Err(e) => {
+                        self.metrics.history_read_errors.inc();
+                        debug!(room, error = %e, "reading a room's history from the broker failed");
+                        None
+                    }
+                }
+            }
+            #[cfg(not(feature = "redis"))]
+            None
+        })
+    }
+}
+
+impl Cluster {
+    /// A room's history as read from the broker, each message as this
+    /// node's log keeps it; messages that are not the room's own numbered
+    /// ones are left out.
+    #[cfg(feature = "redis")]
+    fn page(&self, room: &str, raw: self::redis::RawPage) -> BrokerPage {
+        let mut messages = Vec::with_capacity(raw.messages.len());
+        for bytes in &raw.messages {
+            let Ok(m) = envelope::decode(bytes) else {
+                self.metrics.malformed.inc();
+                continue;
+            };
+            let Some(sequence) = m
+                .sequence
+                .filter(|s| m.room == room && s.epoch == raw.epoch)
+            else {
+                continue;
+            };
+            let own = m.node == self.node_id;
+            let sender = match (own, m.delivered) {
+                (true, true) => NOBODY,
+                (true, false) => m.sender.id,
+                (false, _) => 0,
+            };
+            messages.push((sequence.position, Frame::new(m.text, m.payload), sender));
+        }
+        BrokerPage {
+            epoch: raw.epoch,
+            top: raw.top,
+            messages,
+        }
     }
 }
 
@@ -518,8 +698,22 @@ impl RoomInterest for Interest {
     }
 }
 
-/// Messages waiting for the broker, each with its channel.
-type Outbox = DropOldest<(String, Bytes)>;
+/// A message for the broker, with its channel.
+pub(crate) struct Outgoing {
+    pub channel: String,
+    pub message: Bytes,
+    /// For the broker to number: where the sequence goes in `message`.
+    pub split: Option<usize>,
+}
+
+impl fifo::Payload for Outgoing {
+    fn size(&self) -> usize {
+        self.message.len()
+    }
+}
+
+/// Messages waiting for the broker.
+type Outbox = DropOldest<Outgoing>;
 
 /// A live connection to the broker.
 enum Link {
@@ -543,7 +737,7 @@ impl Link {
         match cluster.backend {
             #[cfg(feature = "redis")]
             ClusterBackend::Redis => Ok(Self::Redis(
-                RedisLink::connect(url, BROKER_TIMEOUT, inbound).await?,
+                RedisLink::connect(url, BROKER_TIMEOUT, cluster.history, inbound).await?,
             )),
             #[cfg(feature = "nats")]
             ClusterBackend::Nats => {
@@ -614,11 +808,7 @@ impl Link {
 
     /// Publishes a batch in order; messages the broker refused to carry
     /// are counted in `refused`.
-    async fn publish(
-        &mut self,
-        batch: &[(String, Bytes)],
-        refused: &mut usize,
-    ) -> Result<(), LinkError> {
+    async fn publish(&mut self, batch: &[Outgoing], refused: &mut usize) -> Result<(), LinkError> {
         match self {
             #[cfg(not(any(feature = "redis", feature = "nats")))]
             Self::None(never) => match *never {},

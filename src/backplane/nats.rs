@@ -27,8 +27,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_stream::{StreamExt, StreamMap};
 
-use super::LinkError;
 use super::inbound::Inbound;
+use super::{LinkError, Outgoing};
 
 /// How often [`NatsLink::next`] looks at the connection state, in case the
 /// disconnect event was lost.
@@ -129,11 +129,15 @@ impl NatsLink {
     /// `refused`; any other failure ends the link.
     pub async fn publish(
         &mut self,
-        batch: &[(String, Bytes)],
+        batch: &[Outgoing],
         refused: &mut usize,
     ) -> Result<(), LinkError> {
-        for (subject, message) in batch {
-            match self.client.publish(subject.clone(), message.clone()).await {
+        for m in batch {
+            match self
+                .client
+                .publish(m.channel.clone(), m.message.clone())
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => *refused += 1,
                 Err(e) => return Err(e.into()),

@@ -1,4 +1,5 @@
-//! Redis pub/sub as the broker: a channel per room.
+//! Redis pub/sub as the broker: a channel per room; with history, a
+//! capped stream per room as well.
 //!
 //! One multiplexed connection speaking RESP3 (Redis 6 or later), which
 //! lets a connection publish while it is subscribed. Each batch goes out as
@@ -9,6 +10,18 @@
 //! would put them through an unbounded channel first. Every command is
 //! bounded by the response timeout; the driver reports the connection's
 //! end as a push too, which ends the link.
+//!
+//! Shared history: a message for the broker to number goes through one
+//! script ([`PUBLISH_SCRIPT`]), atomic on the server: it takes the room's
+//! next position from the room's meta hash (which holds the epoch, made
+//! from the node's random candidate if the hash is gone), appends the
+//! numbered message to the room's stream (`XADD ... MAXLEN ~ size`, the
+//! position as the entry id `0-<position>`), renews both keys' expiry
+//! and publishes it on the room's channel. Positions are thus per room,
+//! without gaps, in the order Redis ran the scripts: the one every node
+//! sees. [`READ_SCRIPT`] reads a room's epoch, newest position and entries
+//! after a position, creating the epoch if there is none, so that every
+//! node agrees on it before the first message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +31,61 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
-use super::LinkError;
 use super::inbound::Inbound;
+use super::{LinkError, Outgoing, SharedSettings};
+use crate::hub::new_epoch;
+
+/// Numbers one message of a room, keeps it in the room's stream and
+/// publishes it. KEYS: the room's meta hash (`e`: epoch, `t`: newest
+/// position), its stream. ARGV: channel, header, payload, epoch candidate,
+/// stream size, stream ttl (ms), meta ttl (ms). The sequence goes between
+/// the header and the payload (`envelope`).
+const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local top = redis.call('HINCRBY', KEYS[1], 't', 1)
+local position = string.format('%d', top)
+local message = ARGV[2] .. string.char(#epoch) .. epoch .. string.char(#position) .. position .. ARGV[3]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. position, 'm', message)
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PUBLISH', ARGV[1], message)
+return top
+";
+
+/// A room's epoch, newest position, and stream entries after a position.
+/// KEYS: meta hash, stream. ARGV: the XRANGE start (empty: no entries),
+/// epoch candidate, meta ttl (ms).
+const READ_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+local top = redis.call('HGET', KEYS[1], 't') or '0'
+local entries = {}
+if ARGV[1] ~= '' then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+')
+end
+return {epoch, top, entries}
+";
+
+/// The keys of a room's shared history, from its channel.
+fn history_keys(channel: &str) -> [String; 2] {
+    [format!("{channel}:meta"), format!("{channel}:stream")]
+}
 
 /// A connected Redis connection.
 pub struct RedisLink {
     connection: MultiplexedConnection,
+    /// With shared history: its settings, and the publish script's hash.
+    history: Option<(SharedSettings, String)>,
     /// Notified when the connection's driver ends.
     lost: Arc<Notify>,
 }
@@ -33,6 +95,7 @@ impl RedisLink {
     pub async fn connect(
         url: &str,
         timeout: Duration,
+        history: Option<SharedSettings>,
         inbound: Arc<Inbound>,
     ) -> Result<Self, LinkError> {
         let client = Client::open(url)?;
@@ -61,10 +124,35 @@ impl RedisLink {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_push_sender(on_push);
-        let connection = client
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        Ok(Self { connection, lost })
+        // Loaded once per connection: a restarted Redis has none.
+        let history = match history {
+            Some(settings) => {
+                let sha: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(PUBLISH_SCRIPT)
+                    .query_async(&mut connection)
+                    .await?;
+                Some((settings, sha))
+            }
+            None => None,
+        };
+        Ok(Self {
+            connection,
+            history,
+            lost,
+        })
+    }
+
+    /// What reads rooms' history over this connection.
+    pub fn reader(&self) -> Option<HistoryReader> {
+        let (settings, _) = self.history.as_ref()?;
+        Some(HistoryReader {
+            connection: self.connection.clone(),
+            meta_ttl_ms: settings.meta_ttl_ms(),
+        })
     }
 
     /// Subscribes to every channel in one `SUBSCRIBE` (a node rejoining
@@ -77,11 +165,35 @@ impl RedisLink {
         Ok(self.connection.unsubscribe(channels).await?)
     }
 
-    /// Publishes a batch in order, as one pipeline.
-    pub async fn publish(&mut self, batch: &[(String, Bytes)]) -> Result<(), LinkError> {
+    /// Publishes a batch in order, as one pipeline: each message for the
+    /// broker to number through the publish script, the others plainly.
+    pub async fn publish(&mut self, batch: &[Outgoing]) -> Result<(), LinkError> {
         let mut pipe = redis::pipe();
-        for (channel, message) in batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(&message[..]).ignore();
+        for m in batch {
+            match (&self.history, m.split) {
+                (Some((settings, sha)), Some(split)) => {
+                    let [meta, stream] = history_keys(&m.channel);
+                    pipe.cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(2)
+                        .arg(meta)
+                        .arg(stream)
+                        .arg(&m.channel)
+                        .arg(&m.message[..split])
+                        .arg(&m.message[split..])
+                        .arg(new_epoch())
+                        .arg(settings.size.max(1))
+                        .arg(settings.ttl_ms())
+                        .arg(settings.meta_ttl_ms())
+                        .ignore();
+                }
+                _ => {
+                    pipe.cmd("PUBLISH")
+                        .arg(&m.channel)
+                        .arg(&m.message[..])
+                        .ignore();
+                }
+            }
         }
         pipe.exec_async(&mut self.connection).await?;
         Ok(())
@@ -91,6 +203,88 @@ impl RedisLink {
     pub async fn lost(&self) {
         self.lost.notified().await;
     }
+}
+
+/// Reads rooms' shared history; one per connection, cloned per read (the
+/// connection is multiplexed).
+#[derive(Clone)]
+pub struct HistoryReader {
+    connection: MultiplexedConnection,
+    meta_ttl_ms: u64,
+}
+
+/// What [`READ_SCRIPT`] answers: the epoch, the newest position, and
+/// each entry's message.
+pub struct RawPage {
+    pub epoch: String,
+    pub top: u64,
+    pub messages: Vec<Bytes>,
+}
+
+impl HistoryReader {
+    /// `channel`'s room's epoch and newest position, and its messages
+    /// after position `after` (`u64::MAX`: none).
+    pub async fn read(&self, channel: &str, after: u64) -> Result<RawPage, LinkError> {
+        let [meta, stream] = history_keys(channel);
+        let start = match after {
+            u64::MAX => String::new(),
+            0 => "-".to_owned(),
+            n => format!("(0-{n}"),
+        };
+        // EVAL, not EVALSHA: reads are rare, and Redis caches the script.
+        let reply: Value = redis::cmd("EVAL")
+            .arg(READ_SCRIPT)
+            .arg(2)
+            .arg(meta)
+            .arg(stream)
+            .arg(start)
+            .arg(new_epoch())
+            .arg(self.meta_ttl_ms)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        read_page(reply).ok_or(LinkError::Reply)
+    }
+}
+
+/// Takes [`READ_SCRIPT`]'s reply apart: `[epoch, top, [[id, [field,
+/// message]], ...]]`.
+fn read_page(reply: Value) -> Option<RawPage> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    let [epoch, top, entries]: [Value; 3] = parts.try_into().ok()?;
+    let text = |v: Value| match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let epoch = text(epoch)?;
+    let top = text(top)?.parse().ok()?;
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    let mut messages = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else {
+            return None;
+        };
+        let [_, fields]: [Value; 2] = entry.try_into().ok()?;
+        let fields = match fields {
+            Value::Array(f) => f,
+            Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => return None,
+        };
+        match fields.into_iter().nth(1)? {
+            Value::BulkString(m) => messages.push(Bytes::from(m)),
+            _ => return None,
+        }
+    }
+    Some(RawPage {
+        epoch,
+        top,
+        messages,
+    })
 }
 
 /// The payload of a `message` push: `[channel, payload]`.

@@ -97,48 +97,60 @@ async fn serve_http<IO>(
     let service = {
         let (shared, slot) = (shared.clone(), slot.clone());
         service_fn(move |mut req: Request<Incoming>| {
-            let decision = match shared.gate.admit(&req, peer) {
-                Decision::Upgrade(response, client) => {
-                    let hub = &shared.conn.relay.hub;
-                    match hub.join_at(client.room.clone(), client.role.receives(), &client.start) {
-                        Ok((subscription, joined)) => {
-                            if client.deflate == Some(Window::Full) {
-                                hub.compresses(&subscription);
+            let (shared, slot) = (shared.clone(), slot.clone());
+            async move {
+                let decision = match shared.gate.admit(&req, peer) {
+                    Decision::Upgrade(response, client) => {
+                        let relay = &shared.conn.relay;
+                        // In a cluster with shared history: what this node's
+                        // log lacks for the join is read from the broker first.
+                        relay.prepare(&client.room, &client.start).await;
+                        let (hub, receives) = (&relay.hub, client.role.receives());
+                        match hub.join_as(
+                            client.room.clone(),
+                            receives,
+                            client.positions,
+                            &client.start,
+                        ) {
+                            Ok((subscription, joined)) => {
+                                if client.deflate == Some(Window::Full) {
+                                    hub.compresses(&subscription);
+                                }
+                                Ok((response, client, subscription, joined))
                             }
-                            Ok((response, client, subscription, joined))
+                            Err(RoomsFull) => Err((
+                                RejectReason::MaxRooms,
+                                upgrade::refuse(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "too many rooms; try again later",
+                                ),
+                            )),
                         }
-                        Err(RoomsFull) => Err((
-                            RejectReason::MaxRooms,
-                            upgrade::refuse(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "too many rooms; try again later",
-                            ),
-                        )),
                     }
-                }
-                Decision::Refuse(reason, response) => Err((reason, response)),
-            };
-            let response = match decision {
-                Ok((response, client, subscription, joined)) => {
-                    let admitted = Admitted {
-                        upgrade: hyper::upgrade::on(&mut req),
-                        subscription,
-                        client,
-                        joined,
-                    };
-                    if let Some(old) = lock(&slot).replace(admitted) {
-                        shared.conn.relay.hub.leave(&old.subscription);
+                    Decision::Refuse(reason, response) => Err((reason, response)),
+                };
+                let response = match decision {
+                    Ok((response, client, subscription, joined)) => {
+                        let admitted = Admitted {
+                            upgrade: hyper::upgrade::on(&mut req),
+                            subscription,
+                            client,
+                            joined,
+                        };
+                        if let Some(old) = lock(&slot).replace(admitted) {
+                            shared.conn.relay.hub.leave(&old.subscription);
+                        }
+                        response
                     }
-                    response
-                }
-                Err((reason, response)) => {
-                    shared.conn.relay.metrics.rejected(reason);
-                    // The path only: a query may carry a token.
-                    debug!(%peer, status = %response.status(), path = req.uri().path(), reason = reason.as_str(), "request refused");
-                    response
-                }
-            };
-            std::future::ready(Ok::<_, Infallible>(response))
+                    Err((reason, response)) => {
+                        shared.conn.relay.metrics.rejected(reason);
+                        // The path only: a query may carry a token.
+                        debug!(%peer, status = %response.status(), path = req.uri().path(), reason = reason.as_str(), "request refused");
+                        response
+                    }
+                };
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let conn = http1::Builder::new()

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::auth::JwtRules;
-use crate::backplane::{self, Cluster, ClusterSettings};
+use crate::backplane::{self, Cluster, ClusterSettings, SharedSettings};
 use crate::config::{ClusterBackend, Config};
 use crate::connection::{ConnectionContext, KeepAlive};
 use crate::hub::{Compression, History, HistoryGauges, Hub};
@@ -170,6 +170,9 @@ impl Server {
         );
         if let Some(c) = &cluster {
             hub = hub.with_interest(c.interest());
+            if c.shares_history() {
+                hub = hub.with_shared_history();
+            }
         }
         let h = &config.rooms.history;
         if h.size > 0 {
@@ -200,7 +203,11 @@ impl Server {
             );
         }
         let remote = cluster.clone().map(|c| c as Arc<dyn Remote>);
-        let relay = Arc::new(Relay::new(Arc::new(hub), metrics, remote));
+        let mut relay = Relay::new(Arc::new(hub), metrics, remote);
+        if let Some(c) = cluster.clone().filter(|c| c.shares_history()) {
+            relay = relay.with_shared_history(c);
+        }
+        let relay = Arc::new(relay);
         let conn = ConnectionContext {
             relay: relay.clone(),
             shutdown: CancellationToken::new(),
@@ -504,6 +511,10 @@ fn cluster_settings(config: &Config) -> ClusterSettings {
         inbound_messages: c.inbound_messages,
         inbound_bytes: c.inbound_bytes,
         max_message_size: config.limits.max_message_size,
+        history: (config.rooms.history.size > 0).then(|| SharedSettings {
+            size: config.rooms.history.size,
+            ttl: config.rooms.history.ttl,
+        }),
     }
 }
 

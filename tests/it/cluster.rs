@@ -20,8 +20,8 @@ use tokio_websockets::Message;
 use wsrelay::client::ClientStream;
 use wsrelay::config::Config;
 
-const CONNECTED: &str = "wsrelay_cluster_connected";
-const SUBSCRIPTIONS: &str = "wsrelay_cluster_subscriptions";
+pub(crate) const CONNECTED: &str = "wsrelay_cluster_connected";
+pub(crate) const SUBSCRIPTIONS: &str = "wsrelay_cluster_subscriptions";
 const RECEIVED: &str = "wsrelay_cluster_received_messages_total";
 const MALFORMED: &str = "wsrelay_cluster_malformed_messages_total";
 const BUFFER_FULL: &str = "wsrelay_cluster_dropped_messages_total{reason=\"buffer_full\"}";
@@ -48,7 +48,7 @@ macro_rules! on_both_brokers {
 }
 
 /// A node's config: rooms on, joined to `broker` as `node`.
-fn node_config(broker: &Broker, node: &str) -> Config {
+pub(crate) fn node_config(broker: &Broker, node: &str) -> Config {
     let mut c = test_config();
     c.rooms.enabled = true;
     c.cluster.backend = broker.kind.backend();
@@ -82,7 +82,7 @@ async fn three_nodes(broker: &Broker) -> [TestServer; 3] {
 }
 
 /// Sends a message, text or binary by `text`.
-async fn send(ws: &mut ClientStream, text: bool, body: &str) {
+pub(crate) async fn send(ws: &mut ClientStream, text: bool, body: &str) {
     let m = match text {
         true => Message::text(body.to_owned()),
         false => Message::binary(body.as_bytes().to_vec()),
@@ -91,7 +91,7 @@ async fn send(ws: &mut ClientStream, text: bool, body: &str) {
 }
 
 /// The next data message as (is it text, body).
-async fn next_data(ws: &mut ClientStream) -> (bool, String) {
+pub(crate) async fn next_data(ws: &mut ClientStream) -> (bool, String) {
     let m = recv(ws).await;
     assert!(m.is_text() || m.is_binary(), "not a data message: {m:?}");
     let body = String::from_utf8(m.as_payload().to_vec()).expect("utf-8 body");
@@ -253,8 +253,13 @@ async fn an_inbound_flood_is_bounded_and_counted(kind: Kind) {
 
     let messages: Vec<Vec<u8>> = (0..N)
         .map(|i| {
-            let payload = i.to_string();
-            wsrelay::backplane::envelope::encode("a", "flood", true, i, payload.as_bytes()).to_vec()
+            use wsrelay::backplane::envelope::{Header, encode};
+            let header = Header {
+                text: true,
+                id: i,
+                ..Header::default()
+            };
+            encode("a", "flood", header, i.to_string().as_bytes()).to_vec()
         })
         .collect();
     publish_raw(&broker, "wsrelay.room.flood", &messages).await;

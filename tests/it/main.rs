@@ -21,5 +21,6 @@ mod limits;
 mod packaging;
 mod relay;
 mod rooms;
+mod shared_history;
 mod slow_consumers;
 mod tls;

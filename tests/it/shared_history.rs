@@ -1,0 +1,242 @@
+//! Shared history: three relays on a real `redis-server` with history on,
+//! where the broker numbers every room's messages for all nodes. A client
+//! resumes on any node, every node sees the broker's one order, the epoch
+//! moves when the broker loses its data, and an outage keeps local relay
+//! going while refusing recovery.
+
+use futures_util::SinkExt;
+use tokio_websockets::Message;
+use wsrelay::client::ClientStream;
+
+use crate::cluster::{CONNECTED, SUBSCRIPTIONS, next_data, node_config, send};
+use crate::common::broker::{Broker, Kind};
+use crate::common::*;
+use crate::history::{Event, joined, next_event, positioned};
+
+const HISTORY_READS: &str = "wsrelay_cluster_history_reads_total";
+
+/// A node with history on (1 000 messages per room), on `broker`.
+async fn node(broker: &Broker, name: &str) -> TestServer {
+    let mut config = node_config(broker, name);
+    config.rooms.history.size = 1000;
+    let node = start(config).await;
+    node.wait_metric(CONNECTED, 1).await;
+    node
+}
+
+/// The next `n` messages of a position-aware client, with their positions.
+async fn messages(ws: &mut ClientStream, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match next_event(ws).await {
+            Event::Message(position, text) => got.push((position, text)),
+            e => panic!("expected a message, got {e:?}"),
+        }
+    }
+    got
+}
+
+/// Sends `m{from}`..`m{to-1}` as text.
+async fn publish(ws: &mut ClientStream, range: std::ops::Range<usize>) {
+    for i in range {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+}
+
+fn epoch_of(notice: &serde_json::Value) -> String {
+    notice["epoch"].as_str().expect("an epoch").to_owned()
+}
+
+/// A client publishing on node A, a subscriber on node B that drops
+/// mid-stream and resumes on node C: every message exactly once, with
+/// contiguous positions. Twenty more clients resuming on C at once from a
+/// position C never held cost one broker read, not twenty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_exactly_once() {
+    let broker = Broker::start(Kind::Redis);
+    let (a, b, c) = (
+        node(&broker, "a").await,
+        node(&broker, "b").await,
+        node(&broker, "c").await,
+    );
+    let mut subscriber = positioned(&b, "/rooms/r").await;
+    let notice = joined(&mut subscriber).await;
+    assert_eq!(notice["position"], 0);
+    let epoch = epoch_of(&notice);
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    // The publisher does not want its own messages back.
+    let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
+    publish(&mut publisher, 0..100).await;
+    let first = messages(&mut subscriber, 50).await;
+    let expected = |range: std::ops::Range<usize>| -> Vec<(u64, String)> {
+        range.map(|i| (i as u64 + 1, format!("m{i}"))).collect()
+    };
+    assert_eq!(first, expected(0..50));
+    // Dropped without a goodbye, then more is published while it is away.
+    drop(subscriber);
+    publish(&mut publisher, 100..200).await;
+
+    let reads_before = c.metric(HISTORY_READS).await;
+    let resume = format!("/rooms/r?since=50&epoch={epoch}");
+    let mut storm = Vec::new();
+    for _ in 0..20 {
+        storm.push(positioned(&c, &resume));
+    }
+    let mut resumed = Vec::new();
+    for client in futures_util::future::join_all(storm).await {
+        resumed.push(client);
+    }
+    publish(&mut publisher, 200..300).await;
+    for ws in &mut resumed {
+        let notice = joined(ws).await;
+        assert_eq!(notice["recovered"], true, "{notice}");
+        assert_eq!(epoch_of(&notice), epoch);
+        assert_eq!(messages(ws, 250).await, expected(50..300));
+    }
+    let reads = c.metric(HISTORY_READS).await - reads_before;
+    assert!(reads <= 2, "{reads} broker reads for one range");
+}
+
+/// Three publishers on three nodes at once: every subscriber, on every
+/// node, gets the same messages in the same order with positions 1, 2, 3,
+/// ... (the broker's order); each publisher's own messages keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_sees_the_brokers_one_order() {
+    const PER_NODE: usize = 200;
+    let broker = Broker::start(Kind::Redis);
+    let nodes = [
+        node(&broker, "a").await,
+        node(&broker, "b").await,
+        node(&broker, "c").await,
+    ];
+    let mut subscribers = Vec::new();
+    for n in &nodes {
+        let mut ws = positioned(n, "/rooms/r").await;
+        joined(&mut ws).await;
+        subscribers.push(ws);
+        n.wait_metric(SUBSCRIPTIONS, 1).await;
+    }
+    let mut publishers = Vec::new();
+    for n in &nodes {
+        publishers.push(join(n.addr, "/rooms/r?role=publisher").await);
+    }
+    let sending = publishers
+        .iter_mut()
+        .zip(["a", "b", "c"])
+        .map(|(ws, name)| async move {
+            for i in 0..PER_NODE {
+                ws.send(Message::text(format!("{name}{i}"))).await.unwrap();
+            }
+        });
+    futures_util::future::join_all(sending).await;
+    let mut seen = Vec::new();
+    for ws in &mut subscribers {
+        seen.push(messages(ws, 3 * PER_NODE).await);
+    }
+    let positions: Vec<u64> = seen[0].iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, (1..=3 * PER_NODE as u64).collect::<Vec<_>>());
+    assert_eq!(seen[0], seen[1], "nodes a and b disagree");
+    assert_eq!(seen[0], seen[2], "nodes a and c disagree");
+    for name in ["a", "b", "c"] {
+        let own: Vec<&str> = seen[0]
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .filter(|t| t.starts_with(name))
+            .collect();
+        let sent: Vec<String> = (0..PER_NODE).map(|i| format!("{name}{i}")).collect();
+        assert_eq!(own, sent, "{name}'s messages out of order");
+    }
+}
+
+/// A sender with echo off on a node where the broker numbers messages:
+/// its own come back to its node only to take their place; it gets the
+/// others', and a subscriber beside it gets all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_off_holds_when_the_broker_numbers_messages() {
+    let broker = Broker::start(Kind::Redis);
+    let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
+    let mut quiet = join(a.addr, "/rooms/r?echo=false").await;
+    let mut beside = positioned(&a, "/rooms/r").await;
+    joined(&mut beside).await;
+    let mut other = join(b.addr, "/rooms/r").await;
+    a.wait_metric(SUBSCRIPTIONS, 1).await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    send(&mut quiet, true, "mine").await;
+    assert_eq!(messages(&mut beside, 1).await, [(1, "mine".into())]);
+    send(&mut other, true, "theirs").await;
+    assert_eq!(next_data(&mut quiet).await.1, "theirs");
+    assert_eq!(messages(&mut beside, 1).await, [(2, "theirs".into())]);
+}
+
+/// Redis restarted with its data lost: the room's epoch moves. A client
+/// told positions is closed with 1012 as its node learns the new epoch
+/// (reading the room again once it is subscribed anew), and resuming
+/// from the old epoch gets `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_its_data_moves_the_epoch() {
+    let mut broker = Broker::start(Kind::Redis);
+    let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
+    let mut watcher = positioned(&b, "/rooms/r").await;
+    let old = epoch_of(&joined(&mut watcher).await);
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
+    publish(&mut publisher, 0..3).await;
+    assert_eq!(messages(&mut watcher, 3).await.last().unwrap().0, 3);
+
+    broker.restart();
+    assert_eq!(recv_close(&mut watcher).await, 1012);
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut back = positioned(&b, &format!("/rooms/r?since=3&epoch={old}")).await;
+    let notice = joined(&mut back).await;
+    assert_eq!(notice["recovered"], false, "{notice}");
+    assert_ne!(epoch_of(&notice), old);
+    assert_eq!(notice["position"], 0);
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    publish(&mut publisher, 3..4).await;
+    assert_eq!(messages(&mut back, 1).await, [(1, "m3".into())]);
+}
+
+/// The broker down: clients on one node keep hearing each other, nobody
+/// resumes there (`recovered: false`, never a wrong replay), and once it
+/// is back the nodes relay to each other and clients resume again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends() {
+    let mut broker = Broker::start(Kind::Redis);
+    let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
+    let mut local = join(a.addr, "/rooms/r").await;
+    let mut watcher = positioned(&a, "/rooms/r").await;
+    let epoch = epoch_of(&joined(&mut watcher).await);
+    a.wait_metric(SUBSCRIPTIONS, 1).await;
+    send(&mut local, true, "before").await;
+    assert_eq!(messages(&mut watcher, 1).await, [(1, "before".into())]);
+
+    broker.kill();
+    a.wait_metric(CONNECTED, 0).await;
+    send(&mut local, true, "during").await;
+    assert_eq!(next_data(&mut local).await.1, "before");
+    assert_eq!(next_data(&mut local).await.1, "during");
+    // Its positions moved to an epoch of the node's own: it resumes.
+    assert_eq!(recv_close(&mut watcher).await, 1012);
+    let mut refused = positioned(&a, &format!("/rooms/r?since=1&epoch={epoch}")).await;
+    assert_eq!(joined(&mut refused).await["recovered"], false);
+
+    broker.restart();
+    for n in [&a, &b] {
+        n.wait_metric(CONNECTED, 1).await;
+    }
+    let mut there = positioned(&b, "/rooms/r").await;
+    let notice = joined(&mut there).await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    a.wait_metric(SUBSCRIPTIONS, 1).await;
+    let epoch = epoch_of(&notice);
+    // What waited in a's outbox reached the broker: b has it in its
+    // history, numbered; a's own clients had it already.
+    send(&mut local, true, "after").await;
+    assert_eq!(next_data(&mut local).await.1, "after");
+    let got = messages(&mut there, 1).await;
+    assert_eq!(got[0].1, "after");
+    let mut back = positioned(&b, &format!("/rooms/r?since={}&epoch={epoch}", got[0].0 - 1)).await;
+    assert_eq!(joined(&mut back).await["recovered"], true);
+    assert_eq!(messages(&mut back, 1).await, got);
+}
