@@ -126,6 +126,10 @@ pub enum Ending {
     Left,
 }
 
+/// Most lost positions a room's log holds placeholders for (see
+/// `Hub::give_up_before`).
+const MAX_PLACEHOLDERS: u64 = 1024;
+
 /// How long a room's log counts as current after a read from the broker
 /// filled it, for clients joining without anyone in it yet.
 const FRESH_MS: u64 = 1000;
@@ -1315,13 +1319,31 @@ impl Hub {
             p if p == head + 1 => Placed::Here,
             _ if !at.force => Placed::Gap { after: head },
             p => {
-                // The broker no longer has them either: receivers skip them.
-                state.log.restart_at(p - 1);
-                state.history_floor = p - 1;
-                self.recount(state);
+                // The broker no longer has them either.
+                self.give_up_before(state, p);
                 Placed::Here
             }
         }
+    }
+
+    /// The positions from `state`'s head to just before `position` are lost
+    /// (the broker no longer has them): receivers skip them, and nobody
+    /// resumes from before them. Members that had not taken everything
+    /// before them still get it: the lost positions hold placeholders, up
+    /// to [`MAX_PLACEHOLDERS`] (beyond that the log starts afresh).
+    fn give_up_before(&self, state: &mut RoomState, position: u64) {
+        let head = state.log.head();
+        let missing = (position - 1).saturating_sub(head);
+        if missing <= MAX_PLACEHOLDERS && state.receivers > 0 {
+            let now = self.now_ms();
+            for _ in 0..missing {
+                state.log.append(Frame::new(false, b""), NOBODY, now);
+            }
+        } else {
+            state.log.restart_at(position - 1);
+        }
+        state.history_floor = position - 1;
+        self.recount(state);
     }
 
     /// `state`'s positions are the broker's in `epoch` from `head` on (or,
@@ -1417,8 +1439,7 @@ impl Hub {
                 }
                 if position > head + 1 {
                     // The broker no longer has those in between.
-                    state.log.restart_at(position - 1);
-                    state.history_floor = position - 1;
+                    self.give_up_before(&mut state, position);
                 }
                 state.log.append(self.loggable(&found, &frame), sender, now);
             }
@@ -1481,8 +1502,8 @@ impl Hub {
         // Someone here receives (the room is subscribed, and what was
         // published before that was read: [`Hub::read_sync`]), or it was
         // just filled.
-        let heard = state.synced
-            && (state.receivers > 0 || now.saturating_sub(state.filled_ms) < FRESH_MS);
+        let heard =
+            state.synced && (state.receivers > 0 || now.saturating_sub(state.filled_ms) < FRESH_MS);
         let same_epoch = matches!(start, Start::Since { epoch, .. } if **epoch == *state.epoch);
         match start {
             Start::Since { position, .. } if heard && same_epoch => {
@@ -2343,6 +2364,168 @@ mod tests {
         hub.publish("", &Frame::new(false, b"one"));
         hub.leave(&s);
         (hub, first)
+    }
+
+    /// A cluster node whose positions come from the broker, hearing it.
+    fn shared_hub() -> Hub {
+        struct Nobody;
+        impl RoomInterest for Nobody {
+            fn add(&self, _: &RoomName) {}
+            fn remove(&self, _: &str) {}
+        }
+        let hub = with_history(hub(100, OnOverflow::Disconnect), 100)
+            .with_interest(Arc::new(Nobody))
+            .with_shared_history();
+        hub.hearing_others(true);
+        hub
+    }
+
+    fn at(epoch: &str, position: u64) -> Sequenced<'_> {
+        Sequenced {
+            epoch,
+            position,
+            sender: None,
+            placeholder: false,
+            force: false,
+        }
+    }
+
+    fn deliver(hub: &Hub, at: &Sequenced<'_>, payload: &[u8]) -> Delivered {
+        hub.deliver_sequenced("r", &Frame::new(true, payload), at)
+    }
+
+    fn payloads(frames: Vec<Frame>) -> Vec<Vec<u8>> {
+        frames.into_iter().map(|f| f.payload().to_vec()).collect()
+    }
+
+    /// Sequenced messages go in at their positions: the next one is
+    /// appended, one the log has is dropped, one after missing positions
+    /// is a gap (given up with `force`); a placeholder reaches nobody.
+    #[test]
+    fn the_brokers_positions_place_each_message() {
+        let hub = shared_hub();
+        // What a join reads first: the room's epoch and newest position.
+        let top = BrokerPage {
+            epoch: "E1".into(),
+            top: 40,
+            messages: Vec::new(),
+        };
+        hub.fill("r", top);
+        let (mut s, joined) = hub.join_as("r".into(), true, true, &Start::Live).unwrap();
+        assert_eq!((joined.position, joined.epoch.as_ref()), (40, "E1"));
+        assert!(matches!(
+            deliver(&hub, &at("E1", 41), b"41"),
+            Delivered::Appended(_)
+        ));
+        assert_eq!(
+            deliver(&hub, &at("E1", 41), b"again"),
+            Delivered::Placed(Placed::Duplicate)
+        );
+        assert_eq!(
+            deliver(&hub, &at("E1", 44), b"44"),
+            Delivered::Placed(Placed::Gap { after: 41 })
+        );
+        let placeholder = Sequenced {
+            placeholder: true,
+            ..at("E1", 42)
+        };
+        assert!(matches!(
+            deliver(&hub, &placeholder, b"had"),
+            Delivered::Appended(_)
+        ));
+        let forced = Sequenced {
+            force: true,
+            ..at("E1", 44)
+        };
+        assert!(matches!(
+            deliver(&hub, &forced, b"44"),
+            Delivered::Appended(_)
+        ));
+        assert_eq!(payloads(take(&mut s)), [b"41".to_vec(), b"44".to_vec()]);
+        // Nobody resumes from before the positions given up.
+        let since = |position| Start::Since {
+            epoch: "E1".into(),
+            position,
+        };
+        let (_, back) = hub.join_at("r".into(), true, &since(42)).unwrap();
+        assert_eq!(back.recovered, Some(false));
+        let (_, back) = hub.join_at("r".into(), true, &since(43)).unwrap();
+        assert_eq!(back.recovered, Some(true));
+        // Another epoch: a client told positions is closed to resume.
+        assert!(matches!(
+            deliver(&hub, &at("E2", 1), b"new"),
+            Delivered::Appended(_)
+        ));
+        assert_eq!(s.member.ending(), Some(Ending::Moved));
+    }
+
+    /// What the broker holds goes before the log (a client resuming from
+    /// a position this node never held) and after its head, in order; a
+    /// member that is not told positions carries on across a new epoch,
+    /// from its head.
+    #[test]
+    fn a_fill_puts_older_messages_before_the_log_and_newer_after() {
+        let hub = shared_hub();
+        let (mut s, _) = hub.join_at("r".into(), true, &Start::Live).unwrap();
+        deliver(&hub, &at("E1", 11), b"11");
+        assert_eq!(payloads(take(&mut s)), [b"11".to_vec()]);
+        let page = |epoch: &str, top, range: std::ops::RangeInclusive<u64>| BrokerPage {
+            epoch: epoch.into(),
+            top,
+            messages: range
+                .map(|p| (p, Frame::new(true, p.to_string().as_bytes()), 0))
+                .collect(),
+        };
+        hub.fill("r", page("E1", 13, 5..=13));
+        // The member was at the head: it gets what is newer only.
+        assert_eq!(payloads(take(&mut s)), [b"12".to_vec(), b"13".to_vec()]);
+        let since = Start::Since {
+            epoch: "E1".into(),
+            position: 4,
+        };
+        let (mut back, joined) = hub.join_at("r".into(), true, &since).unwrap();
+        assert_eq!((joined.recovered, joined.replay), (Some(true), 9));
+        assert_eq!(take(&mut back).len(), 9);
+        let history = hub.history("r", 4, Some("E1"), 100).unwrap();
+        assert!(history.complete);
+        assert_eq!(history.messages.first().map(|(p, _)| *p), Some(5));
+        // A page of another epoch starts the log afresh there.
+        hub.fill("r", page("E2", 3, 2..=3));
+        assert_eq!(payloads(take(&mut s)), [b"2".to_vec(), b"3".to_vec()]);
+        assert_eq!(s.member.ending(), None);
+        assert_eq!(hub.read_after("r", &since), None);
+    }
+
+    /// Which joins need the broker's history first: one into a room this
+    /// node does not hear, or from a position its log does not hold (behind
+    /// it, or ahead of it while messages are on their way).
+    #[test]
+    fn joins_read_the_broker_only_for_what_the_log_lacks() {
+        let hub = shared_hub();
+        let since = |position| Start::Since {
+            epoch: "E1".into(),
+            position,
+        };
+        assert_eq!(hub.read_after("r", &Start::Live), Some(u64::MAX));
+        assert_eq!(hub.read_after("r", &since(7)), Some(7));
+        let (_s, _) = hub.join_at("r".into(), true, &Start::Live).unwrap();
+        deliver(&hub, &at("E1", 5), b"5");
+        deliver(&hub, &at("E1", 6), b"6");
+        assert_eq!(hub.read_after("r", &Start::Live), None);
+        assert_eq!(hub.read_after("r", &since(5)), None);
+        assert_eq!(hub.read_after("r", &since(2)), Some(2));
+        assert_eq!(hub.read_after("r", &since(9)), Some(6));
+        // Another epoch's position: the log serves the answer (not recovered).
+        let other = Start::Since {
+            epoch: "E0".into(),
+            position: 1,
+        };
+        assert_eq!(hub.read_after("r", &other), None);
+        // Not hearing the broker: nothing to read, and nobody resumes.
+        hub.hearing_others(false);
+        assert_eq!(hub.read_after("r", &since(2)), None);
+        let (_, refused) = hub.join_at("r".into(), true, &since(6)).unwrap();
+        assert_eq!(refused.recovered, Some(false));
     }
 
     /// While a cluster node's broker connection is down nobody resumes

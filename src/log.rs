@@ -463,8 +463,8 @@ mod tests {
             .entries_in(98, 101)
             .map(|e| e.mark.frame().to_vec())
             .collect();
-        assert_eq!(marks[0][2..], *b"99");
-        assert_eq!(marks[2][2..], *b"101");
+        assert_eq!(marks[0][2..], *b"@99");
+        assert_eq!(marks[2][2..], *b"@101");
         assert_eq!(log.appended_since(0, 51), 101);
         // Nothing goes before offset 0.
         let mut log = log_of(&[]);

@@ -115,12 +115,12 @@ mod tests {
     fn the_oldest_are_dropped_beyond_the_bounds() {
         let q = DropOldest::new(3, 100);
         for i in 0..5u8 {
-            q.push((i.to_string(), Bytes::from(vec![i; 10])));
+            q.push(Bytes::from(vec![i; 10]));
         }
         let mut batch = Vec::new();
         assert_eq!(q.take(&mut batch, 10), 0);
-        let kept: Vec<&str> = batch.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(kept, ["2", "3", "4"]);
+        let kept: Vec<u8> = batch.iter().map(|m| m[0]).collect();
+        assert_eq!(kept, [2, 3, 4]);
         // Bytes bound: a 60-byte message pushes out the two 30-byte ones
         // before it would exceed 100.
         let q = DropOldest::new(100, 100);

@@ -236,7 +236,11 @@ async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends() {
     assert_eq!(next_data(&mut local).await.1, "after");
     let got = messages(&mut there, 1).await;
     assert_eq!(got[0].1, "after");
-    let mut back = positioned(&b, &format!("/rooms/r?since={}&epoch={epoch}", got[0].0 - 1)).await;
+    let mut back = positioned(
+        &b,
+        &format!("/rooms/r?since={}&epoch={epoch}", got[0].0 - 1),
+    )
+    .await;
     assert_eq!(joined(&mut back).await["recovered"], true);
     assert_eq!(messages(&mut back, 1).await, got);
 }
