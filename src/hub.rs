@@ -1166,11 +1166,9 @@ impl Hub {
             backlog,
             sequence: None,
         };
-        match self.append(room, self.loggable(room, frame), appending) {
-            Ok(published) => published,
-            // Only a sequenced message finds no place.
-            Err(_) => Published::default(),
-        }
+        // Only a sequenced message finds no place.
+        self.append(room, self.loggable(room, frame), appending)
+            .unwrap_or_default()
     }
 
     /// `frame` as a room's log keeps it: with room for its compressed

@@ -69,7 +69,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::hub::{BrokerPage, RoomInterest, RoomName};
-use crate::log::NOBODY;
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::{Origin, Relay, Remote, SharedHistory};
 use crate::wire::Frame;
@@ -617,7 +616,7 @@ impl Cluster {
             };
             let own = m.node == self.node_id;
             let sender = match (own, m.delivered) {
-                (true, true) => NOBODY,
+                (true, true) => crate::log::NOBODY,
                 (true, false) => m.sender.id,
                 (false, _) => 0,
             };

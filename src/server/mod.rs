@@ -511,7 +511,7 @@ fn cluster_settings(config: &Config) -> ClusterSettings {
         inbound_messages: c.inbound_messages,
         inbound_bytes: c.inbound_bytes,
         max_message_size: config.limits.max_message_size,
-        history: (config.rooms.history.size > 0).then(|| SharedSettings {
+        history: (config.rooms.history.size > 0).then_some(SharedSettings {
             size: config.rooms.history.size,
             ttl: config.rooms.history.ttl,
         }),
