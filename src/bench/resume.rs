@@ -142,12 +142,15 @@ impl Reconnecting {
 }
 
 /// Receives as [`super::receive`] does, dropping the connection at random
-/// times and resuming on `node` from the last position it had, until
-/// every publisher's messages are in or the run's drain deadline.
+/// times and resuming from the last position it had, each time on the
+/// next subscriber node (starting from `node`; on the same one if there is
+/// one: in a cluster, positions are the broker's only with shared history,
+/// see the README's *Scaling out*), until every publisher's messages are
+/// in or the run's drain deadline.
 pub(super) async fn receive_reconnecting(
     mut ws: ClientStream,
     joined: Notice,
-    node: usize,
+    mut node: usize,
     how: Reconnecting,
     run: Arc<Run>,
 ) -> Received {
@@ -175,6 +178,7 @@ pub(super) async fn receive_reconnecting(
         }
         // Gone without a close frame, as a network blip or a closed laptop.
         drop(ws);
+        node = (node + 1) % how.nodes.len();
         let resumed = async {
             let mut next = how.nodes[node]
                 .with_query(&cursor.resume_query())
