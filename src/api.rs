@@ -173,7 +173,7 @@ impl Api {
             }
             (Method::GET, ["", "api", "v1", "rooms", room, "history"]) => {
                 let room = self.room(room)?;
-                self.history(&room, req.uri().query())
+                self.history(&room, req.uri().query()).await
             }
             (Method::GET, ["", "api", "v1", "rooms"]) => Ok(self.rooms()),
             (Method::GET, ["", "api", "v1", "stats"]) => Ok(self.stats()),
@@ -210,7 +210,7 @@ impl Api {
         Ok(reply)
     }
 
-    fn history(&self, room: &str, query: Option<&str>) -> Reply {
+    async fn history(&self, room: &str, query: Option<&str>) -> Reply {
         let number = |name: &str, default: u64| match crate::query::param(query, name) {
             None => Ok(default),
             Some(v) => v
@@ -220,6 +220,13 @@ impl Api {
         let since = number("since", 0)?;
         let limit = number("limit", 100)?.min(1000) as usize;
         let epoch = crate::query::param(query, "epoch");
+        // In a cluster with shared history, what this node lacks comes
+        // from the broker first.
+        let start = crate::hub::Start::Since {
+            epoch: epoch.clone().unwrap_or_default(),
+            position: since,
+        };
+        self.relay.prepare(room, &start).await;
         let page = self
             .relay
             .hub

@@ -275,3 +275,67 @@ async fn the_bench_resumes_across_nodes_without_loss() {
     );
     assert_eq!((report.lost, report.reorders), (0, 0), "{report}");
 }
+
+/// The HTTP API on a node where the broker numbers messages: a publish
+/// goes through the broker (its answer has no position yet), reaches
+/// subscribers on other nodes, and a node that never had the room serves
+/// its history, read from the broker, with the broker's positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_publishes_through_the_broker_and_any_node_serves_the_history() {
+    let broker = Broker::start(Kind::Redis);
+    let with_api = |name: &str| {
+        let mut config = node_config(&broker, name);
+        config.rooms.history.size = 1000;
+        config.api.enabled = true;
+        config.api.listen = "127.0.0.1:0".parse().unwrap();
+        config.api.keys = vec!["k".to_owned()];
+        config
+    };
+    let (a, c) = (start(with_api("a")).await, start(with_api("c")).await);
+    let b = node(&broker, "b").await;
+    a.wait_metric(CONNECTED, 1).await;
+    c.wait_metric(CONNECTED, 1).await;
+    let mut subscriber = positioned(&b, "/rooms/news").await;
+    let epoch = epoch_of(&joined(&mut subscriber).await);
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let headers = "Authorization: Bearer k\r\nContent-Type: text/plain\r\n";
+    for body in ["one", "two"] {
+        let api = a.api_addr.unwrap();
+        let (status, answer) = http_request(
+            api,
+            "POST",
+            "/api/v1/rooms/news/messages",
+            headers,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["delivered"], 0, "nobody on a: {answer}");
+        assert!(answer.get("position").is_none(), "{answer}");
+    }
+    assert_eq!(
+        messages(&mut subscriber, 2).await,
+        [(1, "one".into()), (2, "two".into())]
+    );
+    let path = format!("/api/v1/rooms/news/history?since=0&epoch={epoch}");
+    let (status, page) = http_request(
+        c.api_addr.unwrap(),
+        "GET",
+        &path,
+        "Authorization: Bearer k\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(page["epoch"], epoch.as_str(), "{page}");
+    assert_eq!(page["complete"], true, "{page}");
+    let got: Vec<(u64, &str)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["position"].as_u64().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [(1, "one"), (2, "two")]);
+}
