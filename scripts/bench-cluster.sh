@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fan-out across the nodes of a cluster, for each backend, beside the same
-# load on a single relay; writes the "Cluster" section of docs/BENCHMARKS.md
-# (scripts/bench.sh keeps that section when it rewrites the rest).
+# Fan-out across the nodes of a cluster, for each backend with history off
+# and on, beside the same load on a single relay, and subscribers resuming
+# on the other node mid-stream (Redis, shared history); writes the
+# "Cluster" section of docs/BENCHMARKS.md (scripts/bench.sh keeps that
+# section when it rewrites the rest).
 #
-#   scripts/bench-cluster.sh            # 3 runs per figure (about 4 minutes)
+#   scripts/bench-cluster.sh            # 3 runs per figure (about 8 minutes)
 #   RUNS=5 scripts/bench-cluster.sh
 #
 # Three relays (a, b, c) share one redis-server or nats-server; the
@@ -34,9 +36,11 @@ wait_connected() {
 }
 
 PIDS=()
-# start_cluster BACKEND: broker plus nodes a, b, c (or just a for "single").
+# start_cluster SETUP: broker plus nodes a, b, c (or just a for "single");
+# SETUP is a backend, with "-h" for rooms.history.size 1000.
 start_cluster() {
-    local backend=$1 url="" nodes=(a)
+    local backend=${1%-h} history=0 url="" nodes=(a)
+    if [ "$1" != "$backend" ]; then history=1000; fi
     case "$backend" in
         redis)
             redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
@@ -50,7 +54,7 @@ start_cluster() {
     for node in "${nodes[@]}"; do
         {
             printf 'server:\n  listen: "127.0.0.1:%d"\nmetrics:\n  listen: "127.0.0.1:%d"\n' $((18501 + i)) $((19501 + i))
-            printf 'rooms:\n  enabled: true\nlog:\n  level: warn\n'
+            printf 'rooms:\n  enabled: true\n  history:\n    size: %d\nlog:\n  level: warn\n' "$history"
             if [ "$backend" != single ]; then
                 printf 'cluster:\n  backend: %s\n  url: "%s"\n  node_id: %s\n' "$backend" "$url" "$node"
             fi
@@ -78,7 +82,7 @@ stop_cluster() {
     PIDS=()
 }
 
-# run NAME BACKEND I ARGS...: one bench run, JSON to $out/NAME.BACKEND.I.json
+# run NAME SETUP I ARGS...: one bench run, JSON to $out/NAME.SETUP.I.json
 run() {
     local name=$1 backend=$2 i=$3; shift 3
     start_cluster "$backend"
@@ -89,12 +93,15 @@ run() {
 
 S2=(-n 100 -p 10 -r 2000 -s 1024 --warmup 2s -d 5s)
 T=(-n 100 -p 4 -r 10000 -s 64 --warmup 2s -d 5s --allow-loss)
+R=(-n 100 -p 2 -r 1000 -s 64 --warmup 2s -d 10s --reconnect 1s)
+SETUPS=(single redis redis-h nats nats-h)
 for i in $(seq 1 "$RUNS"); do
     echo "== round $i of $RUNS"
-    for backend in single redis nats; do
-        run S2 "$backend" "$i" "${S2[@]}"
-        run T "$backend" "$i" "${T[@]}"
+    for setup in "${SETUPS[@]}"; do
+        run S2 "$setup" "$i" "${S2[@]}"
+        run T "$setup" "$i" "${T[@]}"
     done
+    run R redis-h "$i" "${R[@]}"
 done
 
 echo "== writing the cluster section of docs/BENCHMARKS.md"
@@ -112,24 +119,37 @@ def lat(rs, k): return med([r["latency_us"][k] for r in rs])
 def dps(rs): return med([r["deliveries_per_second"] for r in rs])
 def loss(rs): return med([r["loss_percent"] for r in rs])
 
-names = {"single": "one relay (no cluster)", "redis": "3 nodes, Redis 7.0", "nats": "3 nodes, NATS 2.9"}
+names = {"single": "one relay (no cluster)", "redis": "3 nodes, Redis 7.0", "redis-h": "3 nodes, Redis 7.0, history on (kept by Redis)",
+         "nats": "3 nodes, NATS 2.9", "nats-h": "3 nodes, NATS 2.9, history on (kept by each node)"}
+setups = ("single", "redis", "redis-h", "nats", "nats-h")
 lines = ["<!-- cluster:begin (scripts/bench-cluster.sh writes this section) -->",
          "## Cluster: publishers on node a, subscribers on nodes b and c\n",
          f"`scripts/bench-cluster.sh`: three relays joined through one local broker; `wsrelay bench fanout --url <a> --subscriber-url <b>,<c>`, "
          f"so every subscriber's copy crosses the broker, latency measured at the subscribers. Medians of {runs} runs, backends alternating run by run; "
          "five processes share the two CPUs unpinned, so compare rows, not these figures with the pinned ones above. "
-         "\"one relay\" is the same load with everyone on a single relay, where the publishers' own copies are measured too (104 or 110 receivers instead of 100: hence its higher deliveries/s).\n",
+         "\"one relay\" is the same load with everyone on a single relay, where the publishers' own copies are measured too (104 or 110 receivers instead of 100: hence its higher deliveries/s). "
+         "\"history on\" is `rooms.history.size: 1000`: with Redis each publish is then one script on the broker that numbers, keeps and publishes it, and every node, the publisher's own included, delivers it when it comes back; with NATS each node keeps its own history.\n",
          "### S2 across nodes: 100 subscribers, 10 publishers, 2000 msg/s in total, 1 KiB\n",
          "| setup | p50 µs | p99 µs | p99.9 µs | deliveries/s | loss % |",
          "|---|---|---|---|---|---|"]
-for b in ("single", "redis", "nats"):
+for b in setups:
     rs = load("S2", b)
     lines.append(f"| {names[b]} | {lat(rs,'p50'):.0f} | {lat(rs,'p99'):.0f} | {lat(rs,'p999'):.0f} | {dps(rs):,.0f} | {loss(rs):.3f} |")
 lines += ["", "### Throughput across nodes: 100 subscribers, 4 publishers, 10 000 msg/s offered, 64 B\n",
           "| setup | deliveries/s | loss % | p50 µs | p99 µs |", "|---|---|---|---|---|"]
-for b in ("single", "redis", "nats"):
+for b in setups:
     rs = load("T", b)
     lines.append(f"| {names[b]} | {dps(rs):,.0f} | {loss(rs):.3f} | {lat(rs,'p50'):.0f} | {lat(rs,'p99'):.0f} |")
+lines += ["", "### Subscribers resuming on another node: Redis, history on\n",
+          "`wsrelay bench fanout -n 100 -p 2 -r 1000 -s 64 -d 10s --reconnect 1s --url <a> --subscriber-url <b>,<c>`: 100 position-aware subscribers, "
+          "each dropping its connection (no close frame) after a random 0.5 to 1.5 s and resuming with `?since=&epoch=` on the other subscriber node "
+          "(b to c, c to b), while two publishers on a send 1 000 msg/s in total. Every subscriber checks that it got every message exactly once, in order.\n",
+          "| run | reconnects | not recovered | deliveries: received of expected | lost, repeated or reordered | latency p50 / p99 |",
+          "|---|---|---|---|---|---|"]
+for i, r in enumerate(load("R", "redis-h"), 1):
+    lines.append(f"| {i} | {r['reconnect']['reconnects']:,} | {r['reconnect']['not_recovered']} | "
+                 f"{r['received_deliveries']:,} of {r['expected_deliveries']:,} | {r['lost']}, {r['reorders']} | "
+                 f"{r['latency_us']['p50']/1000:.1f} / {r['latency_us']['p99']/1000:.1f} ms |")
 lines.append("<!-- cluster:end -->")
 section = "\n".join(lines) + "\n"
 
