@@ -244,8 +244,9 @@ impl<'a> Reader<'a> {
         let position = self.short_str()?;
         let epoch_ok = (1..=MAX_EPOCH).contains(&epoch.len())
             && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
-        // Digits only: `parse` would also take a sign.
-        let digits = position.bytes().all(|b| b.is_ascii_digit());
+        // Digits only, no leading zero: `parse` would also take a sign, and
+        // one message has one spelling.
+        let digits = position.bytes().all(|b| b.is_ascii_digit()) && !position.starts_with('0');
         match position.parse::<u64>() {
             Ok(position) if epoch_ok && digits && position > 0 => Ok(Sequence { epoch, position }),
             _ => Err(Malformed::Sequence),
@@ -329,6 +330,8 @@ mod tests {
         let mut signed = sequenced("ok", 12, b"");
         let at = split("node", "room") + 4;
         signed[at] = b'+';
+        assert_eq!(decode(&signed), Err(Malformed::Sequence));
+        signed[at] = b'0';
         assert_eq!(decode(&signed), Err(Malformed::Sequence));
     }
 
