@@ -220,17 +220,10 @@ impl Api {
         let since = number("since", 0)?;
         let limit = number("limit", 100)?.min(1000) as usize;
         let epoch = crate::query::param(query, "epoch");
-        // In a cluster with shared history, what this node lacks comes
-        // from the broker first.
-        let start = crate::hub::Start::Since {
-            epoch: epoch.clone().unwrap_or_default(),
-            position: since,
-        };
-        self.relay.prepare(room, &start).await;
         let page = self
             .relay
-            .hub
             .history(room, since, epoch.as_deref(), limit)
+            .await
             .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such room"))?;
         let messages: Vec<Value> = page
             .messages

@@ -36,8 +36,18 @@
 //! the relay-wide byte bound sheds the history of the rooms that have been
 //! quiet longest first.
 //!
-//! It knows logs and frames; nothing of sockets, the cluster (only the
-//! [`RoomInterest`] it reports to) or the configuration file.
+//! In a cluster whose broker numbers messages ([`Hub::with_shared_history`])
+//! a room's positions are the broker's: a message is appended when it comes
+//! back numbered ([`Hub::deliver_sequenced`]), at its position; what the log
+//! lacks is put in from a [`BrokerPage`] ([`Hub::fill`]); a new epoch starts
+//! the log afresh and closes the members told positions ([`Ending::Moved`]).
+//! Positions known lost (the broker no longer had them, or this node's
+//! clients had a message before it was numbered) move `resume_floor`, so
+//! nobody resumes across them.
+//!
+//! It knows logs and frames; nothing of sockets, brokers (only the numbers
+//! and pages they hand it), the cluster (only the [`RoomInterest`] it
+//! reports to) or the configuration file.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -419,6 +429,8 @@ struct Record {
 impl Record {
     /// Where it stands in the log: its cursor, or where a check moved it.
     fn position(&self, cursor: Offset, log: &Log) -> Offset {
+        // After a move to another epoch its cursor names the old log.
+        let cursor = if self.rebased { self.skip_to } else { cursor };
         cursor.max(self.skip_to).max(log.first())
     }
 
@@ -581,14 +593,66 @@ pub enum Delivered {
     Placed(Placed),
 }
 
-/// What a cluster's broker holds for a room: its epoch, its newest
-/// position, and messages after the position asked for, oldest first,
-/// each with its position and its sender as a log keeps it.
+/// What the source of a room's positions (a cluster's broker) holds for
+/// it: its epoch, its newest position, and messages after the position
+/// asked for, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerPage {
     pub epoch: String,
     pub top: u64,
-    pub messages: Vec<(u64, Frame, Sender)>,
+    pub messages: Vec<Numbered>,
+}
+
+/// One message of a [`BrokerPage`].
+#[derive(Debug, Clone)]
+pub struct Numbered {
+    pub position: u64,
+    pub frame: Frame,
+    /// Its publisher, if a member here that does not want it back.
+    pub sender: Option<SenderTag>,
+    /// This node's clients had it already (see [`Sequenced::placeholder`]).
+    pub placeholder: bool,
+}
+
+impl Numbered {
+    /// Who skips it in a log.
+    fn log_sender(&self) -> Sender {
+        match (self.placeholder, self.sender) {
+            (true, _) => NOBODY,
+            (false, Some(tag)) => tag.id,
+            (false, None) => 0,
+        }
+    }
+}
+
+impl HistoryPage {
+    /// `limit` messages of `page` after position `since` (in `epoch`, if
+    /// given), for a room this node does not have.
+    pub fn from_broker(page: BrokerPage, since: u64, epoch: Option<&str>, limit: usize) -> Self {
+        let same_epoch = epoch.is_none_or(|e| e == page.epoch);
+        // Complete if the page starts right after `since` (or there was
+        // nothing after it).
+        let follows = page
+            .messages
+            .first()
+            .map_or(since == page.top, |m| m.position <= since.saturating_add(1));
+        let messages = match same_epoch {
+            true => page
+                .messages
+                .into_iter()
+                .filter(|m| m.position > since && !m.placeholder)
+                .take(limit)
+                .map(|m| (m.position, m.frame))
+                .collect(),
+            false => Vec::new(),
+        };
+        Self {
+            epoch: page.epoch.into(),
+            position: page.top,
+            complete: same_epoch && since <= page.top && follows,
+            messages,
+        }
+    }
 }
 
 /// How [`Hub::append`] appends.
@@ -596,6 +660,8 @@ struct Appending<'a, 'b> {
     skip: Option<SenderTag>,
     backlog: Option<&'b mut Backlog>,
     sequence: Option<&'a Sequenced<'a>>,
+    /// Answer with the room's epoch.
+    with_epoch: bool,
 }
 
 /// What a member was due when it left.
@@ -1165,6 +1231,7 @@ impl Hub {
             skip: skip.map(Subscription::tag),
             backlog,
             sequence: None,
+            with_epoch: false,
         };
         // Only a sequenced message finds no place.
         self.append(room, self.loggable(room, frame), appending)
@@ -1201,6 +1268,7 @@ impl Hub {
             skip,
             backlog,
             sequence,
+            with_epoch,
         } = appending;
         let mut published = Published::default();
         let mut waking = WAKING.take();
@@ -1220,9 +1288,10 @@ impl Hub {
                     }
                 }
                 // This node numbers a message itself in a cluster with
-                // history only while its broker is unreachable: its
-                // positions are then its own, in an epoch of its own.
-                None if self.shared && state.synced && !self.hearing.load(Ordering::SeqCst) => {
+                // history only while its broker is unreachable (its relay
+                // decided so): its positions are then its own, in an epoch
+                // of its own.
+                None if self.shared && state.synced => {
                     let head = state.log.head();
                     self.move_epoch(&mut state, &new_epoch(), head);
                     state.synced = false;
@@ -1256,6 +1325,13 @@ impl Hub {
             let size = logged.payload().len() as u64;
             let now = self.now_ms();
             published.position = state.log.append(logged, sender, now) + 1;
+            if with_epoch {
+                published.epoch = Some(state.epoch.clone());
+            }
+            // Nobody was sent it from here: a resume across it would miss it.
+            if placeholder {
+                self.lost_before(&mut state, published.position);
+            }
             // Not hearing the other nodes (nobody here receives): what they
             // publish meanwhile is not in this log, so nothing from here on
             // can be resumed from or served as history. (With positions
@@ -1307,11 +1383,19 @@ impl Hub {
     /// it; a gap if messages before it are missing (unless `at.force`,
     /// which gives the positions up). A new epoch starts the log afresh.
     fn place(&self, state: &mut RoomState, at: &Sequenced<'_>) -> Placed {
-        if !state.synced || *state.epoch != *at.epoch {
+        let head = state.log.head();
+        if !state.synced {
             self.move_epoch(state, at.epoch, at.position - 1);
             return Placed::Here;
         }
-        let head = state.log.head();
+        if *state.epoch != *at.epoch {
+            // Which epoch is the broker's now is for a read to say (a
+            // message of the old one may still come after the new one's).
+            return match at.force {
+                false => Placed::Gap { after: head },
+                true => Placed::Duplicate,
+            };
+        }
         match at.position {
             p if p <= head => Placed::Duplicate,
             p if p == head + 1 => Placed::Here,
@@ -1340,8 +1424,16 @@ impl Hub {
         } else {
             state.log.restart_at(position - 1);
         }
-        state.history_floor = position - 1;
+        self.lost_before(state, position - 1);
         self.recount(state);
+    }
+
+    /// Nobody resumes from before `offset`, nor is history before it
+    /// complete: messages there are missing, or were never sent from this
+    /// node's log. Only a new epoch lowers it again.
+    fn lost_before(&self, state: &mut RoomState, offset: Offset) {
+        state.history_floor = state.history_floor.max(offset);
+        state.resume_floor = state.resume_floor.max(offset);
     }
 
     /// `state`'s positions are the broker's in `epoch` from `head` on (or,
@@ -1354,7 +1446,10 @@ impl Hub {
         if other || !state.synced {
             state.epoch = epoch.into();
             state.log.restart_at(head);
+            // Older messages of the new epoch may come before it (a fill);
+            // losses of the old one are no longer its concern.
             state.history_floor = head;
+            state.resume_floor = 0;
             state.behind.clear();
             for (_, record) in state.members.iter_mut() {
                 if other && record.member.positioned.load(Ordering::Relaxed) {
@@ -1384,6 +1479,7 @@ impl Hub {
             skip: at.sender,
             backlog: None,
             sequence: Some(at),
+            with_epoch: false,
         };
         match self.append(&found, self.loggable(&found, frame), appending) {
             Ok(published) => Delivered::Appended(published),
@@ -1403,15 +1499,23 @@ impl Hub {
         let Ok(found) = found else {
             return;
         };
+        if page.epoch.is_empty() {
+            return;
+        }
+        // Compressed (if need be) before the lock is taken.
+        let messages: Vec<(u64, Frame, Sender)> = page
+            .messages
+            .iter()
+            .map(|m| (m.position, self.loggable(&found, &m.frame), m.log_sender()))
+            .collect();
         let mut waking = WAKING.take();
         {
             let mut state = found.lock();
-            if state.removed || page.epoch.is_empty() {
+            if state.removed {
                 WAKING.set(waking);
                 return;
             }
             let now = self.now_ms();
-            let messages = page.messages;
             if !state.synced || *state.epoch != *page.epoch {
                 let base = messages.first().map_or(page.top, |(p, _, _)| p - 1);
                 self.move_epoch(&mut state, &page.epoch, base);
@@ -1422,12 +1526,19 @@ impl Hub {
             let reaches = older > 0 && messages[older - 1].0 == first;
             let contiguous = messages[..older].windows(2).all(|w| w[1].0 == w[0].0 + 1);
             if reaches && contiguous {
-                let older = messages[..older]
+                let older = &messages[..older];
+                let placeholders = older.iter().filter(|(_, _, s)| *s == NOBODY);
+                let last_placeholder = placeholders.map(|(p, _, _)| *p).max();
+                let older = older
                     .iter()
-                    .map(|(_, f, sender)| (self.loggable(&found, f), *sender, now))
+                    .map(|(_, f, sender)| (f.clone(), *sender, now))
                     .collect();
                 state.log.prepend(older);
+                // Positions given up stay so (`resume_floor`).
                 state.history_floor = state.history_floor.min(state.log.first());
+                if let Some(p) = last_placeholder {
+                    self.lost_before(&mut state, p);
+                }
             }
             // Newer than the head: after it.
             for (position, frame, sender) in messages {
@@ -1439,7 +1550,10 @@ impl Hub {
                     // The broker no longer has those in between.
                     self.give_up_before(&mut state, position);
                 }
-                state.log.append(self.loggable(&found, &frame), sender, now);
+                state.log.append(frame, sender, now);
+                if sender == NOBODY {
+                    self.lost_before(&mut state, position);
+                }
             }
             state.filled_ms = now.max(1);
             self.recount(&mut state);
@@ -1472,6 +1586,13 @@ impl Hub {
         let state = found.lock();
         let head = state.log.head();
         (state.synced && head + 1 < position).then_some(head)
+    }
+
+    /// Messages each room's history keeps (0: none).
+    fn history_size(&self) -> u64 {
+        self.history
+            .as_ref()
+            .map_or(0, |h| h.settings.retention.messages as u64)
     }
 
     /// Receiving members of `room` on this node.
@@ -1509,7 +1630,9 @@ impl Hub {
                 // Behind the log: read what it lacks. Ahead of it: the
                 // client had messages still on their way here.
                 match *position {
-                    p if p < from => Some(p),
+                    // The broker keeps at least as much as this log's
+                    // history: twice that behind its head, it keeps none.
+                    p if p < from && head.saturating_sub(p) <= 2 * self.history_size() => Some(p),
                     p if p > head => Some(head),
                     _ => None,
                 }
@@ -1543,14 +1666,19 @@ impl Hub {
             };
             // The epoch only for these callers (the API answers with it),
             // not a reference count taken on every client's publish.
-            let published = self.publish_to(&found, frame, None, None);
+            let appending = Appending {
+                skip: None,
+                backlog: None,
+                sequence: None,
+                with_epoch: true,
+            };
+            let published = self
+                .append(&found, self.loggable(&found, frame), appending)
+                .unwrap_or_default();
             if published.position == 0 && self.history.is_some() && found.lock().removed {
                 continue;
             }
-            return Published {
-                epoch: (published.position > 0).then(|| found.epoch()),
-                ..published
-            };
+            return published;
         }
     }
 
@@ -1925,11 +2053,8 @@ fn take(
         }
     }
     let skipping = record.skipping();
-    if record.rebased {
-        *cursor = record.skip_to;
-        record.rebased = false;
-    }
     *cursor = record.position(*cursor, log);
+    record.rebased = false;
     record.skip_to = 0;
     for e in log.entries_in(*cursor, log.head()) {
         let size = e.frame.payload().len();
@@ -2449,12 +2574,32 @@ mod tests {
         assert_eq!(back.recovered, Some(false));
         let (_, back) = hub.join_at("r".into(), true, &since(43)).unwrap();
         assert_eq!(back.recovered, Some(true));
-        // Another epoch: a client told positions is closed to resume.
+        // Another epoch: which is the broker's now is for a read to say.
+        assert_eq!(
+            deliver(&hub, &at("E2", 1), b"new"),
+            Delivered::Placed(Placed::Gap { after: 44 })
+        );
+        let moved = BrokerPage {
+            epoch: "E2".into(),
+            top: 0,
+            messages: Vec::new(),
+        };
+        hub.fill("r", moved);
+        // A client told positions is closed to resume; a stale message of
+        // the old epoch goes nowhere.
+        assert_eq!(s.member.ending(), Some(Ending::Moved));
+        let stale = Sequenced {
+            force: true,
+            ..at("E1", 45)
+        };
+        assert_eq!(
+            deliver(&hub, &stale, b"old"),
+            Delivered::Placed(Placed::Duplicate)
+        );
         assert!(matches!(
             deliver(&hub, &at("E2", 1), b"new"),
             Delivered::Appended(_)
         ));
-        assert_eq!(s.member.ending(), Some(Ending::Moved));
     }
 
     /// What the broker holds goes before the log (a client resuming from
@@ -2471,7 +2616,12 @@ mod tests {
             epoch: epoch.into(),
             top,
             messages: range
-                .map(|p| (p, Frame::new(true, p.to_string().as_bytes()), 0))
+                .map(|position| Numbered {
+                    position,
+                    frame: Frame::new(true, position.to_string().as_bytes()),
+                    sender: None,
+                    placeholder: false,
+                })
                 .collect(),
         };
         hub.fill("r", page("E1", 13, 5..=13));

@@ -310,7 +310,7 @@ impl ClusterMetrics {
         );
         r.register(
             "cluster_history_read_errors",
-            "Reads of a room's history from the broker that failed (the clients that needed them were not recovered)",
+            "Reads of a room's history from the broker that failed or timed out (what they were for goes without: a resume is answered recovered false, a gap's messages are given up)",
             self.history_read_errors.clone(),
         );
         r.register(

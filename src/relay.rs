@@ -19,8 +19,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::hub::{
-    Backlog, BrokerPage, Delivered, Hub, Placed, Published, Room, RoomName, SenderTag, Sequenced,
-    Start, Subscription,
+    Backlog, BrokerPage, Delivered, HistoryPage, Hub, Placed, Published, Room, RoomName, SenderTag,
+    Sequenced, Start, Subscription,
 };
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Frame;
@@ -46,13 +46,24 @@ pub struct Origin {
 /// history for every node.
 pub trait SharedHistory: Send + Sync {
     /// `room`'s epoch, newest position and messages after position
-    /// `after` (`u64::MAX`: none, only the epoch and position).
-    fn read<'a>(
-        &'a self,
-        room: &'a str,
-        after: u64,
-    ) -> Pin<Box<dyn Future<Output = Option<BrokerPage>> + Send + 'a>>;
+    /// `after` (`u64::MAX`: none, only the epoch and position; none either
+    /// if its epoch is not `epoch`, when given). A room the broker has no
+    /// epoch for gets one if `create`, else `None`; `None` too if the
+    /// broker cannot be read.
+    fn read<'a>(&'a self, read: HistoryRead<'a>) -> BoxedRead<'a>;
 }
+
+/// What [`SharedHistory::read`] is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryRead<'a> {
+    pub room: &'a str,
+    pub after: u64,
+    pub epoch: Option<&'a str>,
+    pub create: bool,
+}
+
+/// What [`SharedHistory::read`] answers, later.
+pub type BoxedRead<'a> = Pin<Box<dyn Future<Output = Option<BrokerPage>> + Send + 'a>>;
 
 /// Rooms, their members and where their messages go.
 pub struct Relay {
@@ -167,9 +178,14 @@ impl Relay {
         let mut at = at;
         loop {
             match self.hub.deliver_sequenced(room, frame, &at) {
+                // Counted where its clients had it.
+                Delivered::Appended(_) if at.placeholder => return,
                 Delivered::Appended(published) => return self.count(room, &published),
                 Delivered::Placed(Placed::Gap { .. }) if !at.force => {
-                    self.read(room, |hub| hub.read_gap(room, at.position)).await;
+                    self.read(room, None, |hub| hub.read_gap(room, at.position))
+                        .await;
+                    // What the broker had is in the log now: the message
+                    // goes after it, or is a stale epoch's and goes nowhere.
                     at.force = true;
                 }
                 Delivered::Placed(_) => return,
@@ -181,43 +197,77 @@ impl Relay {
     /// lacks for it from the broker, if positions come from there.
     pub async fn prepare(&self, room: &str, start: &Start) {
         if self.shared.is_some() && self.hub.read_after(room, start).is_some() {
-            self.read(room, |hub| hub.read_after(room, start)).await;
+            let epoch = match start {
+                Start::Since { epoch, .. } => Some(epoch.as_str()),
+                _ => None,
+            };
+            self.read(room, epoch, |hub| hub.read_after(room, start))
+                .await;
         }
+    }
+
+    /// Up to `limit` messages of `room`'s history after position `since`
+    /// (see [`Hub::history`]); with positions from the broker, what this
+    /// node lacks is read from there first, and a room this node does not
+    /// have is answered from the broker alone (without creating it here,
+    /// or there).
+    pub async fn history(
+        &self,
+        room: &str,
+        since: u64,
+        epoch: Option<&str>,
+        limit: usize,
+    ) -> Option<HistoryPage> {
+        if let Some(shared) = &self.shared
+            && self.hub.room(room).is_none()
+            && self.hub.sequenced_by_broker()
+        {
+            let read = HistoryRead {
+                room,
+                after: since,
+                epoch,
+                create: false,
+            };
+            let page = shared.read(read).await?;
+            return Some(HistoryPage::from_broker(page, since, epoch, limit));
+        }
+        let start = Start::Since {
+            epoch: epoch.unwrap_or_default().to_owned(),
+            position: since,
+        };
+        self.prepare(room, &start).await;
+        self.hub.history(room, since, epoch, limit)
     }
 
     /// After `room` was (re)subscribed on the broker: reads what was
     /// published before the subscription took effect and this node's log
     /// lacks.
     pub async fn sync(&self, room: &str) {
-        self.read(room, |hub| hub.read_sync(room)).await;
+        self.read(room, None, |hub| hub.read_sync(room)).await;
     }
 
     /// Reads `room`'s history from the broker after the position `after`
-    /// says (if it still says one once this room's earlier read is done),
-    /// into the log.
-    async fn read(&self, room: &str, after: impl Fn(&Hub) -> Option<u64>) {
+    /// says (if it still says one once this room's earlier read is done;
+    /// in `epoch`, if given), into the log.
+    async fn read(&self, room: &str, epoch: Option<&str>, after: impl Fn(&Hub) -> Option<u64>) {
         let Some(shared) = &self.shared else {
             return;
         };
-        let gate = {
-            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
-            match reads.get(room) {
-                Some(gate) => gate.clone(),
-                None => reads.entry(room.into()).or_default().clone(),
-            }
+        let turn = ReadTurn::new(&self.reads, room);
+        let Some(gate) = turn.gate() else {
+            return;
         };
-        {
-            let _turn = gate.lock().await;
-            if let Some(after) = after(&self.hub)
-                && let Some(page) = shared.read(room, after).await
-            {
+        let _turn = gate.lock().await;
+        if let Some(after) = after(&self.hub) {
+            let read = HistoryRead {
+                room,
+                after,
+                epoch,
+                create: true,
+            };
+            if let Some(page) = shared.read(read).await {
                 self.hub.fill(room, page);
             }
-        }
-        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
-        // Nobody else waits for this room's gate: it goes.
-        if Arc::strong_count(&gate) == 2 {
-            reads.remove(room);
         }
     }
 
@@ -238,6 +288,52 @@ impl Origin {
         Self {
             sequence: true,
             ..Self::default()
+        }
+    }
+}
+
+/// One caller's place in line for reading a room's history; the room's
+/// gate goes from the map with its last user, even one whose read was
+/// cancelled (a client that left while its join waited).
+struct ReadTurn<'a> {
+    reads: &'a Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
+    room: &'a str,
+    gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl<'a> ReadTurn<'a> {
+    fn new(
+        reads: &'a Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
+        room: &'a str,
+    ) -> Self {
+        let mut map = reads.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = match map.get(room) {
+            Some(gate) => gate.clone(),
+            None => map.entry(room.into()).or_default().clone(),
+        };
+        Self {
+            reads,
+            room,
+            gate: Some(gate),
+        }
+    }
+
+    /// The room's gate (held from `new` until dropped).
+    fn gate(&self) -> Option<&tokio::sync::Mutex<()>> {
+        self.gate.as_deref()
+    }
+}
+
+impl Drop for ReadTurn<'_> {
+    fn drop(&mut self) {
+        let mut map = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        // Under the map's lock, as every clone is taken: one left is the map's.
+        drop(self.gate.take());
+        if map
+            .get(self.room)
+            .is_some_and(|g| Arc::strong_count(g) == 1)
+        {
+            map.remove(self.room);
         }
     }
 }

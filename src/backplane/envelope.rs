@@ -12,7 +12,9 @@
 //! id (1-64 bytes) so a node can recognise its own messages when the
 //! broker echoes them; `room` (0-128 bytes, empty with rooms off) says
 //! where the message goes; `message_id` counts up per node, so gaps show
-//! where messages were lost. `sender` and `sender_key` name the client
+//! where messages were lost (it starts at a random point in each process,
+//! whose upper half tells one process of a node from an earlier one under
+//! the same id). `sender` and `sender_key` name the client
 //! that published it on its node (0: none, or it wants its own messages
 //! back), so that node can leave it out when the message comes back.
 //!
@@ -26,8 +28,9 @@
 //!
 //! The magic and the version let a future format be told apart, and
 //! anything else on the channel be rejected rather than relayed. Version
-//! 1 (no sender, no sequence) is still read, so a rolling upgrade from it
-//! keeps relaying.
+//! 1 (no sender, no sequence) is still read, so nodes being upgraded from
+//! it are still heard; they cannot read version 2 (and a node whose broker
+//! numbers messages drops unnumbered ones).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -46,6 +49,9 @@ pub const DELIVERED: u8 = 0x04;
 const FIXED: usize = MAGIC.len() + 1 + 1 + 1 + 1 + 8 + 8 + 4;
 /// An epoch is at most this long (the relay makes 8 characters).
 pub const MAX_EPOCH: usize = 32;
+/// The largest position: what Redis's scripts count exactly (2^53), and
+/// far from where adding one to it could overflow.
+pub const MAX_POSITION: u64 = 1 << 53;
 
 /// Who published a message, on its node: its client id and its key in
 /// its room there (0, 0: nobody to leave out).
@@ -248,7 +254,9 @@ impl<'a> Reader<'a> {
         // one message has one spelling.
         let digits = position.bytes().all(|b| b.is_ascii_digit()) && !position.starts_with('0');
         match position.parse::<u64>() {
-            Ok(position) if epoch_ok && digits && position > 0 => Ok(Sequence { epoch, position }),
+            Ok(position) if epoch_ok && digits && (1..=MAX_POSITION).contains(&position) => {
+                Ok(Sequence { epoch, position })
+            }
             _ => Err(Malformed::Sequence),
         }
     }
@@ -321,7 +329,7 @@ mod tests {
             (e.sequence, e.delivered, e.payload),
             (sequence, true, &b"hi"[..])
         );
-        for (epoch, position) in [("", 1), ("a-b", 1), ("ok", 0)] {
+        for (epoch, position) in [("", 1), ("a-b", 1), ("ok", 0), ("ok", MAX_POSITION + 1)] {
             assert_eq!(
                 decode(&sequenced(epoch, position, b"")),
                 Err(Malformed::Sequence)

@@ -38,6 +38,11 @@ const MESSAGES_PER_TURN: usize = 1024;
 /// What the broker brought, queued per worker.
 pub(super) struct Inbound {
     node_id: String,
+    /// This process's messages: the upper half of their message ids (a
+    /// node restarted under the same id is another process).
+    instance: u32,
+    /// The broker numbers messages (shared history).
+    numbered: bool,
     /// Larger messages from the broker are refused, as from a client.
     max_message_size: usize,
     /// One queue per worker.
@@ -52,6 +57,8 @@ pub(super) struct Inbound {
 /// How many workers, and the bounds each worker's queue keeps.
 pub(super) struct InboundLimits {
     pub workers: usize,
+    pub instance: u32,
+    pub numbered: bool,
     pub max_messages: usize,
     pub max_bytes: usize,
     pub max_message_size: usize,
@@ -63,6 +70,8 @@ impl Inbound {
         let worker = || DropOldest::new(limits.max_messages.max(1), limits.max_bytes);
         Self {
             node_id: node_id.to_owned(),
+            instance: limits.instance,
+            numbered: limits.numbered,
             max_message_size: limits.max_message_size,
             workers: (0..workers).map(|_| worker()).collect(),
             hasher: RandomState::new(),
@@ -84,6 +93,12 @@ impl Inbound {
             // delivered here when they were published (unless the broker
             // numbers them: then they are delivered here as they come back).
             Ok(m) if m.node == self.node_id && m.sequence.is_none() => return,
+            // Unnumbered, it has no place in logs the broker numbers.
+            Ok(m) if self.numbered && m.sequence.is_none() => {
+                return self.malformed(
+                    &"not numbered by the broker (from a node without shared history?)",
+                );
+            }
             Ok(m) if m.payload.len() > self.max_message_size => {
                 return self.malformed(&"larger than limits.max_message_size");
             }
@@ -94,6 +109,12 @@ impl Inbound {
         if dropped > 0 {
             self.overflowed(dropped as u64);
         }
+    }
+
+    /// Whether this process published `m` (its sender and delivery mark
+    /// name this process's clients and deeds).
+    pub fn is_own(&self, m: &envelope::Envelope<'_>) -> bool {
+        m.node == self.node_id && (m.id >> 32) as u32 == self.instance
     }
 
     /// Counts `n` messages from the broker this node had no room for.
@@ -117,7 +138,7 @@ impl Inbound {
                     continue;
                 };
                 let frame = Frame::new(m.text, m.payload);
-                let own = m.node == self.node_id;
+                let own = self.is_own(&m);
                 if !own {
                     self.metrics.received.inc();
                 }
@@ -170,6 +191,8 @@ mod tests {
     fn inbound(workers: usize, max_messages: usize, max_bytes: usize) -> Inbound {
         let limits = InboundLimits {
             workers,
+            instance: 0,
+            numbered: false,
             max_messages,
             max_bytes,
             max_message_size: 1000,

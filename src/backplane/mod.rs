@@ -36,7 +36,7 @@
 //! numbered, so all see one order; a node that finds a gap before a
 //! position reads the missing messages from the broker first, and so
 //! does a node asked to resume a client from a position its own log does
-//! not hold (the relay's [`SharedHistory`]). While the broker is
+//! not hold (the relay's `SharedHistory`). While the broker is
 //! unreachable a node relays among its own clients as before, numbering
 //! their messages itself in an epoch of its own, and queues them marked
 //! as delivered: when they reach the broker they are numbered and go to
@@ -68,9 +68,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::hub::{BrokerPage, RoomInterest, RoomName};
+#[cfg(feature = "redis")]
+use crate::hub::{BrokerPage, Numbered, SenderTag};
+use crate::hub::{RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
-use crate::relay::{Origin, Relay, Remote, SharedHistory};
+use crate::relay::{BoxedRead, HistoryRead, Origin, Relay, Remote, SharedHistory};
 use crate::wire::Frame;
 
 use self::fifo::DropOldest;
@@ -295,8 +297,16 @@ impl Cluster {
         };
         // One fan-out worker per CPU the relay may use (the runtime has
         // as many threads).
+        let history = config
+            .history
+            .filter(|_| config.backend == ClusterBackend::Redis);
+        // Message ids start at a random point: their upper half tells this
+        // process's messages from those of an earlier one of the same node.
+        let instance = fastrand::u32(..);
         let inbound = InboundLimits {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            instance,
+            numbered: history.is_some(),
             max_messages: config.inbound_messages,
             max_bytes: config.inbound_bytes,
             max_message_size: config.max_message_size,
@@ -308,13 +318,11 @@ impl Cluster {
             inbound: Arc::new(Inbound::new(&node_id, inbound, metrics.clone())),
             subject_capacity: config.inbound_messages,
             node_id,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new((u64::from(instance) << 32) | 1),
             outbox: Outbox::new(config.buffer_messages, config.buffer_bytes),
             interest: Arc::new(Interest::default()),
             metrics,
-            history: config
-                .history
-                .filter(|_| config.backend == ClusterBackend::Redis),
+            history,
             #[cfg(feature = "redis")]
             reader: Mutex::default(),
         }
@@ -565,12 +573,14 @@ impl Remote for Cluster {
 
 /// The broker keeps rooms' history for every node.
 impl SharedHistory for Cluster {
-    fn read<'a>(
-        &'a self,
-        room: &'a str,
-        after: u64,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Option<BrokerPage>> + Send + 'a>> {
+    fn read<'a>(&'a self, read: HistoryRead<'a>) -> BoxedRead<'a> {
         Box::pin(async move {
+            let HistoryRead {
+                room,
+                after,
+                epoch,
+                create,
+            } = read;
             #[cfg(feature = "redis")]
             {
                 let reader = self
@@ -581,7 +591,8 @@ impl SharedHistory for Cluster {
                 let reader = reader?;
                 self.metrics.history_reads.inc();
                 let channel = self.channel(room);
-                match bounded(reader.read(&channel, after)).await {
+                match bounded(reader.read(&channel, after, epoch, create)).await {
+                    Ok(raw) if raw.epoch.is_empty() => None,
                     Ok(raw) => Some(self.page(room, raw)),
                     Err(e) => {
                         self.metrics.history_read_errors.inc();
@@ -614,13 +625,17 @@ impl Cluster {
             else {
                 continue;
             };
-            let own = m.node == self.node_id;
-            let sender = match (own, m.delivered) {
-                (true, true) => crate::log::NOBODY,
-                (true, false) => m.sender.id,
-                (false, _) => 0,
+            let own = self.inbound.is_own(&m);
+            let sender = SenderTag {
+                id: m.sender.id,
+                key: m.sender.key as usize,
             };
-            messages.push((sequence.position, Frame::new(m.text, m.payload), sender));
+            messages.push(Numbered {
+                position: sequence.position,
+                frame: Frame::new(m.text, m.payload),
+                sender: (own && sender.id != 0).then_some(sender),
+                placeholder: own && m.delivered,
+            });
         }
         BrokerPage {
             epoch: raw.epoch,

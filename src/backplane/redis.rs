@@ -59,10 +59,14 @@ return top
 
 /// A room's epoch, newest position, and stream entries after a position.
 /// KEYS: meta hash, stream. ARGV: the XRANGE start (empty: no entries),
-/// epoch candidate, meta ttl (ms).
+/// epoch candidate (empty: make none, answer an empty epoch), meta ttl
+/// (ms), most entries, the epoch the entries must be of (empty: any).
 const READ_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
+  if ARGV[2] == '' then
+    return {'', '0', {}}
+  end
   epoch = ARGV[2]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
@@ -70,8 +74,8 @@ if not epoch then
 end
 local top = redis.call('HGET', KEYS[1], 't') or '0'
 local entries = {}
-if ARGV[1] ~= '' then
-  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+')
+if ARGV[1] ~= '' and (ARGV[5] == '' or ARGV[5] == epoch) then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[4])
 end
 return {epoch, top, entries}
 ";
@@ -152,6 +156,7 @@ impl RedisLink {
         Some(HistoryReader {
             connection: self.connection.clone(),
             meta_ttl_ms: settings.meta_ttl_ms(),
+            max_entries: settings.size.saturating_add(128),
         })
     }
 
@@ -211,6 +216,9 @@ impl RedisLink {
 pub struct HistoryReader {
     connection: MultiplexedConnection,
     meta_ttl_ms: u64,
+    /// Most entries one read takes: the stream's size, and the ~100 more
+    /// `MAXLEN ~` may leave.
+    max_entries: usize,
 }
 
 /// What [`READ_SCRIPT`] answers: the epoch, the newest position, and
@@ -223,13 +231,25 @@ pub struct RawPage {
 
 impl HistoryReader {
     /// `channel`'s room's epoch and newest position, and its messages
-    /// after position `after` (`u64::MAX`: none).
-    pub async fn read(&self, channel: &str, after: u64) -> Result<RawPage, LinkError> {
+    /// after position `after` (`u64::MAX`: none; none either if its epoch
+    /// is not `epoch`, when given); a room without an epoch gets one if
+    /// `create`, else answers an empty epoch.
+    pub async fn read(
+        &self,
+        channel: &str,
+        after: u64,
+        epoch: Option<&str>,
+        create: bool,
+    ) -> Result<RawPage, LinkError> {
         let [meta, stream] = history_keys(channel);
+        // Inclusive from the next id (Redis 6.0 has no exclusive ranges).
         let start = match after {
             u64::MAX => String::new(),
-            0 => "-".to_owned(),
-            n => format!("(0-{n}"),
+            n => format!("0-{}", n.saturating_add(1)),
+        };
+        let candidate = match create {
+            true => new_epoch(),
+            false => String::new(),
         };
         // EVAL, not EVALSHA: reads are rare, and Redis caches the script.
         let reply: Value = redis::cmd("EVAL")
@@ -238,8 +258,10 @@ impl HistoryReader {
             .arg(meta)
             .arg(stream)
             .arg(start)
-            .arg(new_epoch())
+            .arg(candidate)
             .arg(self.meta_ttl_ms)
+            .arg(self.max_entries)
+            .arg(epoch.unwrap_or_default())
             .query_async(&mut self.connection.clone())
             .await?;
         read_page(reply).ok_or(LinkError::Reply)
