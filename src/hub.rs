@@ -1579,13 +1579,19 @@ impl Hub {
         })
     }
 
-    /// Whether `room`'s log still lacks messages before `position` (the
-    /// broker's), and after which position to read them.
-    pub fn read_gap(&self, room: &str, position: u64) -> Option<u64> {
+    /// Whether `room`'s log still lacks messages before `at` (the
+    /// broker's), and after which position to read them: in another epoch
+    /// (the broker lost the room's history, or `at` is a stale message of
+    /// an old one), all of the broker's, to learn which epoch is current.
+    pub fn read_gap(&self, room: &str, at: &Sequenced<'_>) -> Option<u64> {
         let found = self.room(room)?;
         let state = found.lock();
         let head = state.log.head();
-        (state.synced && head + 1 < position).then_some(head)
+        match state.synced {
+            false => None,
+            true if *state.epoch != *at.epoch => Some(0),
+            true => (head + 1 < at.position).then_some(head),
+        }
     }
 
     /// Messages each room's history keeps (0: none).

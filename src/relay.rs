@@ -182,8 +182,7 @@ impl Relay {
                 Delivered::Appended(_) if at.placeholder => return,
                 Delivered::Appended(published) => return self.count(room, &published),
                 Delivered::Placed(Placed::Gap { .. }) if !at.force => {
-                    self.read(room, None, |hub| hub.read_gap(room, at.position))
-                        .await;
+                    self.read(room, None, |hub| hub.read_gap(room, &at)).await;
                     // What the broker had is in the log now: the message
                     // goes after it, or is a stale epoch's and goes nowhere.
                     at.force = true;

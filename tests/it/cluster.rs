@@ -353,7 +353,7 @@ async fn wait_broker_channels(broker: &Broker, want: &[&str]) {
 }
 
 /// A connection to the test's Redis, as a foreign client.
-async fn redis_connection(broker: &Broker) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_connection(broker: &Broker) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(broker.url()).unwrap();
     within(client.get_multiplexed_async_connection())
         .await

@@ -346,3 +346,31 @@ async fn the_api_publishes_through_the_broker_and_any_node_serves_the_history() 
         .collect();
     assert_eq!(got, [(1, "one"), (2, "two")]);
 }
+
+/// Redis flushed under the nodes (their connections stay up): the next
+/// message comes in a new epoch. The nodes follow it: a client told
+/// positions is closed with 1012, the others get the new messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_broker_moves_the_epoch_without_a_reconnect() {
+    let broker = Broker::start(Kind::Redis);
+    let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
+    let mut watcher = positioned(&b, "/rooms/r").await;
+    joined(&mut watcher).await;
+    let mut plain = join(b.addr, "/rooms/r").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
+    publish(&mut publisher, 0..3).await;
+    assert_eq!(messages(&mut watcher, 3).await.last().unwrap().0, 3);
+    let mut redis = crate::cluster::redis_connection(&broker).await;
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    publish(&mut publisher, 3..5).await;
+    assert_eq!(recv_close(&mut watcher).await, 1012);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next_data(&mut plain).await.1);
+    }
+    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
+}
