@@ -497,7 +497,11 @@ where
         // consumer, closed for not taking it (counted when it was evicted),
         // and a client whose socket is full now: a socket that takes nothing
         // more would not take these either.
-        if reason == DisconnectReason::SlowConsumer || self.outbox.socket_full {
+        if reason == DisconnectReason::EpochMoved {
+            // Nothing more: what follows carries the new epoch's positions,
+            // and the client knows only the old one.
+            cx.relay.hub.leave(&self.subscription);
+        } else if reason == DisconnectReason::SlowConsumer || self.outbox.socket_full {
             let left = cx.relay.hub.leave_taking(&self.subscription, |_, _| {});
             cx.relay
                 .metrics

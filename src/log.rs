@@ -66,13 +66,19 @@ impl LagLimits {
 pub type Offset = u64;
 
 /// Who skips an entry: the member that published it without wanting its
-/// own messages back (0: nobody skips it; [`NOBODY`]: everyone does).
+/// own messages back (0: nobody skips it; [`NOBODY`]: everyone does;
+/// [`HAD_BEFORE`]: the members older than a generation do).
 pub type Sender = u64;
 
-/// The sender of an entry that only holds its position: in a cluster, a
-/// message this node's clients had before the broker numbered it (see
-/// `backplane`). Nobody is sent it.
+/// The sender of an entry that only holds its position (in a cluster, one
+/// the broker no longer had when this node missed it). Nobody is sent it.
 pub const NOBODY: Sender = u64::MAX;
+
+/// Marks the sender of an entry that the members of its room's log from
+/// before a generation (the low 32 bits) had already: in a cluster, a
+/// message this node's clients got before the broker numbered it (see
+/// `backplane`). Client ids never reach this bit.
+pub const HAD_BEFORE: Sender = 1 << 63;
 
 struct Entry {
     frame: Frame,

@@ -19,8 +19,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::hub::{
-    Backlog, BrokerPage, Delivered, HistoryPage, Hub, Placed, Published, Room, RoomName, SenderTag,
-    Sequenced, Start, Subscription,
+    Backlog, BrokerPage, Delivered, HistoryPage, Hub, Placed, Published, ReadPlan, Room, RoomName,
+    SenderTag, Sequenced, Start, Subscription,
 };
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::Frame;
@@ -182,7 +182,11 @@ impl Relay {
                 Delivered::Appended(_) if at.placeholder => return,
                 Delivered::Appended(published) => return self.count(room, &published),
                 Delivered::Placed(Placed::Gap { .. }) if !at.force => {
-                    self.read(room, None, |hub| hub.read_gap(room, &at)).await;
+                    // Unread (the broker did not answer): it goes for now;
+                    // the next message's gap, or the next sync, reads it.
+                    if !self.read(room, |hub| hub.read_gap(room, &at)).await {
+                        return;
+                    }
                     // What the broker had is in the log now: the message
                     // goes after it, or is a stale epoch's and goes nowhere.
                     at.force = true;
@@ -196,12 +200,7 @@ impl Relay {
     /// lacks for it from the broker, if positions come from there.
     pub async fn prepare(&self, room: &str, start: &Start) {
         if self.shared.is_some() && self.hub.read_after(room, start).is_some() {
-            let epoch = match start {
-                Start::Since { epoch, .. } => Some(epoch.as_str()),
-                _ => None,
-            };
-            self.read(room, epoch, |hub| hub.read_after(room, start))
-                .await;
+            self.read(room, |hub| hub.read_after(room, start)).await;
         }
     }
 
@@ -242,32 +241,46 @@ impl Relay {
     /// published before the subscription took effect and this node's log
     /// lacks.
     pub async fn sync(&self, room: &str) {
-        self.read(room, None, |hub| hub.read_sync(room)).await;
+        self.read(room, |hub| hub.read_sync(room)).await;
     }
 
-    /// Reads `room`'s history from the broker after the position `after`
-    /// says (if it still says one once this room's earlier read is done;
-    /// in `epoch`, if given), into the log.
-    async fn read(&self, room: &str, epoch: Option<&str>, after: impl Fn(&Hub) -> Option<u64>) {
+    /// Reads what `plan` says of `room`'s history from the broker (if it
+    /// still says anything once this room's earlier read is done) into the
+    /// log; false if the broker could not be read. A plan from an epoch the
+    /// broker has left reads the broker's whole current one instead.
+    async fn read(&self, room: &str, plan: impl Fn(&Hub) -> Option<ReadPlan>) -> bool {
         let Some(shared) = &self.shared else {
-            return;
+            return false;
         };
         let turn = ReadTurn::new(&self.reads, room);
         let Some(gate) = turn.gate() else {
-            return;
+            return false;
         };
         let _turn = gate.lock().await;
-        if let Some(after) = after(&self.hub) {
-            let read = HistoryRead {
+        let Some(plan) = plan(&self.hub) else {
+            return true;
+        };
+        fn read<'a>(room: &'a str, plan: &'a ReadPlan) -> HistoryRead<'a> {
+            HistoryRead {
                 room,
-                after,
-                epoch,
+                after: plan.after,
+                epoch: plan.epoch.as_deref(),
                 create: true,
-            };
-            if let Some(page) = shared.read(read).await {
-                self.hub.fill(room, page);
             }
         }
+        let Some(mut page) = shared.read(read(room, &plan)).await else {
+            return false;
+        };
+        let moved = plan.epoch.as_deref().is_some_and(|e| e != page.epoch);
+        let ours = self.hub.room(room).map(|r| r.epoch());
+        if moved && plan.after != u64::MAX && ours.as_deref() != Some(page.epoch.as_str()) {
+            page = match shared.read(read(room, &ReadPlan::ALL)).await {
+                Some(page) => page,
+                None => return false,
+            };
+        }
+        self.hub.fill(room, page);
+        true
     }
 
     /// Counts what a publish did: drops by the slow-consumer policy and,

@@ -216,6 +216,8 @@ pub struct Cluster {
     prefix: String,
     node_id: String,
     next_id: AtomicU64,
+    /// Random per process: the upper half of its message ids.
+    instance: u32,
     outbox: Outbox,
     inbound: Arc<Inbound>,
     /// How many messages the NATS client may hold per subject before it
@@ -318,7 +320,8 @@ impl Cluster {
             inbound: Arc::new(Inbound::new(&node_id, inbound, metrics.clone())),
             subject_capacity: config.inbound_messages,
             node_id,
-            next_id: AtomicU64::new((u64::from(instance) << 32) | 1),
+            next_id: AtomicU64::new(1),
+            instance,
             outbox: Outbox::new(config.buffer_messages, config.buffer_bytes),
             interest: Arc::new(Interest::default()),
             metrics,
@@ -542,7 +545,10 @@ impl Remote for Cluster {
     /// for the broker to number, for this one). Never waits: if the outbox
     /// is full the oldest message in it is dropped.
     fn publish(&self, room: &str, frame: &Frame, origin: Origin) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The lower half counts (wrapping within it); the upper names this
+        // process.
+        let count = self.next_id.fetch_add(1, Ordering::Relaxed) as u32;
+        let id = (u64::from(self.instance) << 32) | u64::from(count);
         let sequence = origin.sequence && self.history.is_some();
         let header = envelope::Header {
             text: frame.is_text(),
@@ -593,7 +599,7 @@ impl SharedHistory for Cluster {
                 let channel = self.channel(room);
                 match bounded(reader.read(&channel, after, epoch, create)).await {
                     Ok(raw) if raw.epoch.is_empty() => None,
-                    Ok(raw) => Some(self.page(room, raw)),
+                    Ok(raw) => Some(self.page(room, after, raw)),
                     Err(e) => {
                         self.metrics.history_read_errors.inc();
                         debug!(room, error = %e, "reading a room's history from the broker failed");
@@ -612,7 +618,7 @@ impl Cluster {
     /// node's log keeps it; messages that are not the room's own numbered
     /// ones are left out.
     #[cfg(feature = "redis")]
-    fn page(&self, room: &str, raw: self::redis::RawPage) -> BrokerPage {
+    fn page(&self, room: &str, after: u64, raw: self::redis::RawPage) -> BrokerPage {
         let mut messages = Vec::with_capacity(raw.messages.len());
         for bytes in &raw.messages {
             let Ok(m) = envelope::decode(bytes) else {
@@ -640,6 +646,7 @@ impl Cluster {
         BrokerPage {
             epoch: raw.epoch,
             top: raw.top,
+            after,
             messages,
         }
     }

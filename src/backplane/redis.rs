@@ -57,10 +57,11 @@ redis.call('PUBLISH', ARGV[1], message)
 return top
 ";
 
-/// A room's epoch, newest position, and stream entries after a position.
-/// KEYS: meta hash, stream. ARGV: the XRANGE start (empty: no entries),
-/// epoch candidate (empty: make none, answer an empty epoch), meta ttl
-/// (ms), most entries, the epoch the entries must be of (empty: any).
+/// A room's epoch, newest position, and stream entries after a position
+/// (at most the newest `count` of them). KEYS: meta hash, stream. ARGV:
+/// the position (empty: no entries), epoch candidate (empty: make none,
+/// answer an empty epoch), meta ttl (ms), count, the epoch the position
+/// is of (empty: any).
 const READ_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -75,7 +76,8 @@ end
 local top = redis.call('HGET', KEYS[1], 't') or '0'
 local entries = {}
 if ARGV[1] ~= '' and (ARGV[5] == '' or ARGV[5] == epoch) then
-  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[4])
+  local from = math.max(tonumber(ARGV[1]) + 1, tonumber(top) - tonumber(ARGV[4]) + 1)
+  entries = redis.call('XRANGE', KEYS[2], '0-' .. string.format('%d', from), '+', 'COUNT', ARGV[4])
 end
 return {epoch, top, entries}
 ";
@@ -242,10 +244,10 @@ impl HistoryReader {
         create: bool,
     ) -> Result<RawPage, LinkError> {
         let [meta, stream] = history_keys(channel);
-        // Inclusive from the next id (Redis 6.0 has no exclusive ranges).
-        let start = match after {
+        // Positions stay within what the script counts exactly.
+        let after = match after {
             u64::MAX => String::new(),
-            n => format!("0-{}", n.saturating_add(1)),
+            n => n.min(super::envelope::MAX_POSITION).to_string(),
         };
         let candidate = match create {
             true => new_epoch(),
@@ -257,7 +259,7 @@ impl HistoryReader {
             .arg(2)
             .arg(meta)
             .arg(stream)
-            .arg(start)
+            .arg(after)
             .arg(candidate)
             .arg(self.meta_ttl_ms)
             .arg(self.max_entries)
@@ -282,7 +284,10 @@ fn read_page(reply: Value) -> Option<RawPage> {
         _ => None,
     };
     let epoch = text(epoch)?;
-    let top = text(top)?.parse().ok()?;
+    let top = text(top)?
+        .parse()
+        .ok()
+        .filter(|t| *t <= super::envelope::MAX_POSITION)?;
     let Value::Array(entries) = entries else {
         return None;
     };
