@@ -513,6 +513,17 @@ async fn the_bench_reconnect_mode_resumes_without_loss() {
     let report = wsrelay::bench::fanout(&target, &reconnecting_fanout(500.0))
         .await
         .unwrap();
+    let reconnects = assert_resumed_exactly_once(&report);
+    server
+        .wait_metric("wsrelay_recoveries_total{result=\"recovered\"}", reconnects)
+        .await;
+    server.stop().await;
+}
+
+/// What a reconnect-mode fan-out of 20 subscribers must report when
+/// recovery works: at least one reconnect each, every one recovered, every
+/// delivery exactly once and in order; returns the reconnects.
+pub(crate) fn assert_resumed_exactly_once(report: &wsrelay::bench::FanoutReport) -> u64 {
     let reconnect = report.reconnect.clone().unwrap();
     assert!(reconnect.reconnects >= 20, "{report}");
     assert_eq!(reconnect.not_recovered, 0, "{report}");
@@ -526,13 +537,7 @@ async fn the_bench_reconnect_mode_resumes_without_loss() {
         "{report}"
     );
     assert!(!report.saw_loss(), "{report}");
-    server
-        .wait_metric(
-            "wsrelay_recoveries_total{result=\"recovered\"}",
-            reconnect.reconnects,
-        )
-        .await;
-    server.stop().await;
+    reconnect.reconnects
 }
 
 /// The reconnect mode's checker is not blind: with one message of history
