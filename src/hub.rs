@@ -41,9 +41,10 @@
 //! back numbered ([`Hub::deliver_sequenced`]), at its position; what the log
 //! lacks is put in from a [`BrokerPage`] ([`Hub::fill`]); a new epoch starts
 //! the log afresh and closes the members told positions ([`Ending::Moved`]).
-//! Positions known lost (the broker no longer had them, or this node's
-//! clients had a message before it was numbered) move `resume_floor`, so
-//! nobody resumes across them.
+//! Positions known lost (the broker no longer had them) move
+//! `resume_floor`, so nobody resumes across them; a message this node's
+//! clients had before the broker numbered it is skipped by the members
+//! from before (`log::HAD_BEFORE`, by the log's generation).
 //!
 //! It knows logs and frames; nothing of sockets, brokers (only the numbers
 //! and pages they hand it), the cluster (only the [`RoomInterest`] it
@@ -585,7 +586,8 @@ pub struct Sequenced<'a> {
     pub position: u64,
     /// Its publisher, if on this node and not wanting it back.
     pub sender: Option<SenderTag>,
-    /// This node's clients had it already: it only takes its place.
+    /// This node delivered it before the broker numbered it: the members
+    /// from before the log's present generation had it and skip it.
     pub placeholder: bool,
     /// Missing positions before it are given up rather than reported.
     pub force: bool,
@@ -1525,8 +1527,8 @@ impl Hub {
     }
 
     /// Appends a message the broker numbered (see the module docs of
-    /// `backplane`) to `room`'s log, if its position is the next one; a
-    /// `placeholder` only takes its place (this node's clients had it).
+    /// `backplane`) to `room`'s log, if its position is the next one (a
+    /// `placeholder` is skipped by the members that had it).
     /// Tells where it went: a gap means the node missed messages before
     /// it, which the caller reads from the broker ([`Hub::fill`]) before
     /// trying again (then with `force`, if they are not to be had).

@@ -24,7 +24,7 @@
 //! in decimal, between the header and the payload ([`split`] says where).
 //! Bit 2 (`DELIVERED`): the publishing node already delivered it to its
 //! own clients (its broker was unreachable then), so when it comes back
-//! there it only takes its place in the room's log.
+//! there the clients that had it skip it.
 //!
 //! The magic and the version let a future format be told apart, and
 //! anything else on the channel be rejected rather than relayed. Version

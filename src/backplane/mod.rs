@@ -40,7 +40,8 @@
 //! unreachable a node relays among its own clients as before, numbering
 //! their messages itself in an epoch of its own, and queues them marked
 //! as delivered: when they reach the broker they are numbered and go to
-//! the other nodes, and only take their place in this node's log.
+//! the other nodes, and in this node's log the clients that had them skip
+//! them.
 
 // A build without a backend leaves parts of the link unused.
 #![cfg_attr(
