@@ -471,7 +471,8 @@ impl TryFrom<RawClusterConfig> for ClusterConfig {
         }
         crate::backplane::check_backend(raw.backend)?;
         if !raw.url.is_empty() {
-            crate::backplane::check_url(raw.backend, &raw.url)?;
+            crate::backplane::check_url(raw.backend, &raw.url)
+                .map_err(|e| format!("`url`: {e}"))?;
         }
         Ok(Self {
             backend: raw.backend,
@@ -1213,7 +1214,7 @@ mod tests {
             (
                 "cluster:\n  backend: redis\n  url: \"nats://x\"\n",
                 Some("cluster"),
-                "Redis URL",
+                "`url`: invalid Redis URL",
             ),
             (
                 "cluster:\n  backend: nats\n  url: \"redis://x\"\n",

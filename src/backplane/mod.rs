@@ -164,8 +164,7 @@ pub fn check_backend(backend: ClusterBackend) -> Result<(), String> {
 pub fn check_url(backend: ClusterBackend, url: &str) -> Result<(), String> {
     match backend {
         ClusterBackend::None => Err(
-            "`url` is set but `backend` is none (and the URL's scheme names neither redis nor nats)"
-                .into(),
+            "set, but `backend` is none (and the URL's scheme names neither redis nor nats)".into(),
         ),
         #[cfg(feature = "redis")]
         ClusterBackend::Redis => ::redis::Client::open(url)
