@@ -959,6 +959,12 @@ impl Hub {
         }
     }
 
+    /// Whether this is a cluster node keeping history of its own (not the
+    /// broker's): what it did not hear cannot be resumed across.
+    fn history_per_node(&self) -> bool {
+        self.interest.is_some() && self.history.is_some() && !self.shared
+    }
+
     /// Whether this node hears the other nodes now (always, alone).
     pub fn hears_others(&self) -> bool {
         self.hearing.load(Ordering::SeqCst)
@@ -979,8 +985,7 @@ impl Hub {
     pub fn hearing_others(&self, hearing: bool) {
         // Only the cluster task calls this: the floors move while nobody
         // may resume yet, and only then may they.
-        if hearing && !self.hearing.load(Ordering::SeqCst) && self.history.is_some() && !self.shared
-        {
+        if hearing && !self.hearing.load(Ordering::SeqCst) && self.history_per_node() {
             self.each_room(|room| room.lock().stop_resuming_before_now());
         }
         self.hearing.store(hearing, Ordering::SeqCst);
@@ -1232,8 +1237,7 @@ impl Hub {
         state.receivers -= 1;
         // No longer hearing the other nodes: what this log holds cannot be
         // resumed from, nor what is published until someone is back.
-        if state.receivers == 0 && self.interest.is_some() && self.history.is_some() && !self.shared
-        {
+        if state.receivers == 0 && self.history_per_node() {
             state.stop_resuming_before_now();
         }
         if member.compresses.load(Ordering::Relaxed) {
@@ -1397,11 +1401,7 @@ impl Hub {
             // publish meanwhile is not in this log, so nothing from here on
             // can be resumed from or served as history. (With positions
             // from the broker, a node fills what it missed from there.)
-            if state.receivers == 0
-                && self.interest.is_some()
-                && self.history.is_some()
-                && !self.shared
-            {
+            if state.receivers == 0 && self.history_per_node() {
                 state.stop_resuming_before_now();
             }
             state.unchecked.messages += 1;
@@ -1488,8 +1488,8 @@ impl Hub {
     }
 
     /// Nobody resumes from before `offset`, nor is history before it
-    /// complete: messages there are missing, or were never sent from this
-    /// node's log. Only a new epoch lowers it again.
+    /// complete: messages there are missing. Only a new epoch lowers it
+    /// again.
     fn lost_before(&self, state: &mut RoomState, offset: Offset) {
         state.history_floor = state.history_floor.max(offset);
         state.resume_floor = state.resume_floor.max(offset);
@@ -1564,7 +1564,6 @@ impl Hub {
         if page.epoch.is_empty() {
             return;
         }
-        let tags: Vec<SenderTag> = page.messages.iter().filter_map(|m| m.sender).collect();
         // Compressed (if need be) before the lock is taken.
         let frames: Vec<Frame> = page
             .messages
@@ -1588,19 +1587,16 @@ impl Hub {
                 self.move_epoch(&mut state, &page.epoch, base);
             }
             let generation = state.generation;
-            let messages: Vec<(u64, Frame, Sender)> = page
-                .messages
-                .iter()
-                .zip(frames)
-                .map(|(m, frame)| (m.position, frame, m.log_sender(generation)))
-                .collect();
-            // Senders here that do not want their own back skip them.
-            for tag in &tags {
-                if let Some(record) = state.members.get_mut(tag.key)
+            let mut messages: Vec<(u64, Frame, Sender)> = Vec::with_capacity(frames.len());
+            for (m, frame) in page.messages.iter().zip(frames) {
+                // A sender here that does not want its own back skips it.
+                if let Some(tag) = m.sender
+                    && let Some(record) = state.members.get_mut(tag.key)
                     && record.member.id == tag.id
                 {
                     record.skips_own = true;
                 }
+                messages.push((m.position, frame, m.log_sender(generation)));
             }
             // Older than the log, up to its first entry: before it.
             let first = state.log.first();
@@ -1684,8 +1680,7 @@ impl Hub {
     }
 
     /// Whether a client joining `room` at `start` needs the broker's
-    /// history first, in a cluster with history, and after which position
-    /// to read it (`u64::MAX`: only the room's epoch and newest position).
+    /// history first, in a cluster with history, and what to read.
     /// `None` when this node's log serves the join: it hears the room
     /// (someone here receives) and holds what the join asks for.
     pub fn read_after(&self, room: &str, start: &Start) -> Option<ReadPlan> {

@@ -217,28 +217,32 @@ impl Log {
     /// Beyond offset 0, the oldest are left out.
     pub fn prepend(&mut self, older: Vec<(Frame, Sender, u64)>) {
         let skip = older.len().saturating_sub(self.first as usize);
-        let older = &older[skip..];
-        let added: u64 = older.iter().map(|(f, _, _)| f.payload().len() as u64).sum();
+        let count = older.len() - skip;
+        let added: u64 = older[skip..]
+            .iter()
+            .map(|(f, _, _)| f.payload().len() as u64)
+            .sum();
         // `before` counts from the new first entry.
         let base = self.bytes_before(self.first);
         for e in &mut self.entries {
             e.before = e.before - base + added;
         }
         self.appended_bytes = self.appended_bytes - base + added;
-        let start = self.first - older.len() as u64;
+        let start = self.first - count as u64;
         // Times stay in order for `appended_since`.
         let newest_ms = self.entries.front().map_or(u64::MAX, |e| e.at_ms);
-        let mut entries = VecDeque::with_capacity(older.len() + self.entries.len());
+        let mut entries = VecDeque::with_capacity(count + self.entries.len());
         let mut before = 0;
-        for (offset, (frame, sender, at_ms)) in (start..).zip(older) {
+        for (offset, (frame, sender, at_ms)) in (start..).zip(older.into_iter().skip(skip)) {
+            let size = frame.payload().len() as u64;
             entries.push_back(Entry {
-                frame: frame.clone(),
-                sender: *sender,
+                frame,
+                sender,
                 before,
-                at_ms: (*at_ms).min(newest_ms),
+                at_ms: at_ms.min(newest_ms),
                 mark: Mark::new(offset + 1),
             });
-            before += frame.payload().len() as u64;
+            before += size;
         }
         entries.append(&mut self.entries);
         self.entries = entries;

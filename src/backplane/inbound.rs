@@ -117,6 +117,21 @@ impl Inbound {
         m.node == self.node_id && (m.id >> 32) as u32 == self.instance
     }
 
+    /// What a numbered message is to this node: its publisher here, if a
+    /// member that does not want it back, and whether this node's clients
+    /// had it already (delivered here while the broker was unreachable).
+    pub fn here(&self, m: &envelope::Envelope<'_>) -> (Option<SenderTag>, bool) {
+        let own = self.is_own(m);
+        let sender = SenderTag {
+            id: m.sender.id,
+            key: m.sender.key as usize,
+        };
+        (
+            (own && sender.id != 0).then_some(sender),
+            own && m.delivered,
+        )
+    }
+
     /// Counts `n` messages from the broker this node had no room for.
     pub fn overflowed(&self, n: u64) {
         self.metrics.dropped(ClusterDropReason::InboundOverflow, n);
@@ -145,15 +160,12 @@ impl Inbound {
                 match m.sequence {
                     None => drop(relay.deliver(m.room, &frame)),
                     Some(sequence) => {
-                        let sender = SenderTag {
-                            id: m.sender.id,
-                            key: m.sender.key as usize,
-                        };
+                        let (sender, placeholder) = self.here(&m);
                         let at = Sequenced {
                             epoch: sequence.epoch,
                             position: sequence.position,
-                            sender: (own && sender.id != 0).then_some(sender),
-                            placeholder: own && m.delivered,
+                            sender,
+                            placeholder,
                             force: false,
                         };
                         // Waits only when messages before it must be read

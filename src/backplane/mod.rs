@@ -70,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 #[cfg(feature = "redis")]
-use crate::hub::{BrokerPage, Numbered, SenderTag};
+use crate::hub::{BrokerPage, Numbered};
 use crate::hub::{RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::{BoxedRead, HistoryRead, Origin, Relay, Remote, SharedHistory};
@@ -631,16 +631,12 @@ impl Cluster {
             else {
                 continue;
             };
-            let own = self.inbound.is_own(&m);
-            let sender = SenderTag {
-                id: m.sender.id,
-                key: m.sender.key as usize,
-            };
+            let (sender, placeholder) = self.inbound.here(&m);
             messages.push(Numbered {
                 position: sequence.position,
                 frame: Frame::new(m.text, m.payload),
-                sender: (own && sender.id != 0).then_some(sender),
-                placeholder: own && m.delivered,
+                sender,
+                placeholder,
             });
         }
         BrokerPage {
