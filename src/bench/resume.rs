@@ -2,8 +2,8 @@
 //! bench: the relay's join notice, the `@N` frame before each message, and
 //! the fan-out's reconnect mode, in which every subscriber drops its
 //! connection now and then and resumes from the last position it had
-//! (`?since=&epoch=`) on the node it left: positions are per node until
-//! the cluster shares them (issue #14).
+//! (`?since=&epoch=`) on the next subscriber node (across nodes, only a
+//! cluster whose broker keeps the history, Redis, can resume it).
 //!
 //! The fan-out's order check then proves recovery: a message missed across
 //! a reconnect counts as lost, one received twice as a reorder.
