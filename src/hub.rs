@@ -64,7 +64,7 @@ use slab::Slab;
 use thin_vec::ThinVec;
 
 use crate::log::{
-    ENTRY_BYTES, HAD_BEFORE, LagLimits, Log, Mark, NOBODY, Offset, OnOverflow, Retention, Sender,
+    ENTRY_BYTES, HAD_BEFORE, LagLimits, Log, Mark, Offset, OnOverflow, Retention, Sender,
 };
 use crate::wire::{Compressed, Frame, Window};
 
@@ -136,10 +136,6 @@ pub enum Ending {
     /// The client left by itself; nobody reads this.
     Left,
 }
-
-/// Most lost positions a room's log holds placeholders for (see
-/// `Hub::give_up_before`).
-const MAX_PLACEHOLDERS: u64 = 1024;
 
 /// How long a room's log counts as current after a read from the broker
 /// filled it, for clients joining without anyone in it yet.
@@ -414,7 +410,7 @@ struct Record {
         clippy::box_collection,
         reason = "one pointer in every member's record, not a queue's three words"
     )]
-    held: Option<Box<VecDeque<(Frame, Offset)>>>,
+    held: Option<Box<VecDeque<(Frame, Mark)>>>,
     /// `drop_newest`: until it has taken what is held, every message
     /// published is dropped for it.
     dropping: bool,
@@ -584,6 +580,10 @@ pub struct Sequenced<'a> {
     pub epoch: &'a str,
     /// 1 or more.
     pub position: u64,
+    /// The position of the room's message before it (0: none): with Redis
+    /// one less; with NATS JetStream, whose positions are one sequence for
+    /// all rooms, the room's previous message's.
+    pub previous: u64,
     /// Its publisher, if on this node and not wanting it back.
     pub sender: Option<SenderTag>,
     /// This node delivered it before the broker numbered it: the members
@@ -658,6 +658,8 @@ impl ReadPlan {
 #[derive(Debug, Clone)]
 pub struct Numbered {
     pub position: u64,
+    /// The room's message before it (see [`Sequenced::previous`]).
+    pub previous: u64,
     pub frame: Frame,
     /// Its publisher, if a member here that does not want it back.
     pub sender: Option<SenderTag>,
@@ -676,6 +678,10 @@ impl Numbered {
     }
 }
 
+/// A message read from the broker on its way into a log: its position,
+/// the position before it, its frame and who skips it.
+type Chained = (u64, u64, Frame, Sender);
+
 /// The sender of an entry the members older than `generation` had.
 fn had_before(generation: u32) -> Sender {
     HAD_BEFORE | Sender::from(generation)
@@ -686,13 +692,12 @@ impl HistoryPage {
     /// given), for a room this node does not have.
     pub fn from_broker(page: BrokerPage, since: u64, epoch: Option<&str>, limit: usize) -> Self {
         let same_epoch = epoch.is_none_or(|e| e == page.epoch);
-        let listed: Vec<(u64, Frame)> = match same_epoch {
+        let listed: Vec<Numbered> = match same_epoch {
             true => page
                 .messages
                 .into_iter()
                 .filter(|m| m.position > since)
                 .take(limit)
-                .map(|m| (m.position, m.frame))
                 .collect(),
             false => Vec::new(),
         };
@@ -700,11 +705,12 @@ impl HistoryPage {
         // (or there was nothing after it).
         let follows = match listed.is_empty() {
             true => since == page.top,
-            false => listed
-                .iter()
-                .zip(since.saturating_add(1)..)
-                .all(|((p, _), want)| *p == want),
+            false => std::iter::once(since)
+                .chain(listed.iter().map(|m| m.position))
+                .zip(&listed)
+                .all(|(before, m)| m.previous == before),
         };
+        let listed = listed.into_iter().map(|m| (m.position, m.frame)).collect();
         Self {
             epoch: page.epoch.into(),
             position: page.top,
@@ -837,6 +843,16 @@ impl Hub {
             true => self.history_from(state, now_ms).max(state.resume_floor),
             false => Offset::MAX,
         }
+    }
+
+    /// Where a client that had every message up to `position` goes on in
+    /// `state`'s log, if it can resume there: the position is one the log
+    /// knows (a message's, or the one before its first), and everything
+    /// after it is still here.
+    fn resumes(&self, state: &RoomState, position: u64, now_ms: u64) -> Option<Offset> {
+        let cursor = state.log.offset_after(position);
+        let known = state.log.position_before(cursor) == position;
+        (known && cursor >= self.resumable_from(state, now_ms)).then_some(cursor)
     }
 
     /// Lets `state`'s log go of what neither its readers (from
@@ -1125,10 +1141,10 @@ impl Hub {
                     (state.log.appended_since(from, since), None)
                 }
                 Start::Since { epoch, position } => {
-                    let from = self.resumable_from(&state, now);
-                    match **epoch == *state.epoch && (from..=head).contains(position) {
-                        true => (*position, Some(true)),
-                        false => (head, Some(false)),
+                    let same_epoch = **epoch == *state.epoch;
+                    match same_epoch.then(|| self.resumes(&state, *position, now)) {
+                        Some(Some(cursor)) => (cursor, Some(true)),
+                        _ => (head, Some(false)),
                     }
                 }
             };
@@ -1161,10 +1177,11 @@ impl Hub {
                 member.close(Ending::Shutdown);
             }
             let epoch = state.epoch.clone();
+            let position = state.log.position_before(cursor);
             drop(state);
             let joined = Joined {
                 epoch,
-                position: cursor,
+                position,
                 replay: head - cursor,
                 recovered,
             };
@@ -1206,8 +1223,8 @@ impl Hub {
                 if record.dropping {
                     let held = record.held.take().unwrap_or_default();
                     left.sent = held.len() as u64;
-                    for (frame, offset) in held.iter() {
-                        sink(frame, &Mark::new(offset + 1));
+                    for (frame, mark) in held.iter() {
+                        sink(frame, mark);
                     }
                     left.dropped = record.drop_to_head(subscription.cursor, &state.log);
                 } else {
@@ -1357,9 +1374,9 @@ impl Hub {
                 // decided so): its positions are then its own, in an epoch
                 // of its own.
                 None if self.shared && state.synced => {
-                    let head = state.log.head();
-                    state.last_broker = Some((state.epoch.clone(), head));
-                    self.move_epoch(&mut state, &new_epoch(), head);
+                    let top = state.log.top();
+                    state.last_broker = Some((state.epoch.clone(), top));
+                    self.move_epoch(&mut state, &new_epoch(), top);
                     state.synced = false;
                 }
                 None => {}
@@ -1393,7 +1410,11 @@ impl Hub {
             };
             let size = logged.payload().len() as u64;
             let now = self.now_ms();
-            published.position = state.log.append(logged, sender, now) + 1;
+            match sequence {
+                Some(at) => state.log.append_at(logged, sender, now, at.position),
+                None => state.log.append(logged, sender, now),
+            };
+            published.position = state.log.top();
             if with_epoch {
                 published.epoch = Some(state.epoch.clone());
             }
@@ -1437,74 +1458,58 @@ impl Hub {
         Ok(published)
     }
 
-    /// Where a sequenced message goes in `state`'s log: next, if it is the
-    /// position after the head in the room's epoch; nowhere if the log has
-    /// it; a gap if messages before it are missing (unless `at.force`,
-    /// which gives the positions up). A new epoch starts the log afresh.
+    /// Where a sequenced message goes in `state`'s log: next, if it
+    /// follows the newest in the room's epoch; nowhere if the log has it; a
+    /// gap if messages before it are missing (unless `at.force`, which
+    /// gives them up). A new epoch starts the log afresh.
     fn place(&self, state: &mut RoomState, at: &Sequenced<'_>) -> Placed {
-        let head = state.log.head();
+        let top = state.log.top();
         if !state.synced {
-            self.move_epoch(state, at.epoch, at.position - 1);
+            self.move_epoch(state, at.epoch, at.previous);
             return Placed::Here;
         }
         if *state.epoch != *at.epoch {
             // Which epoch is the broker's now is for a read to say (a
             // message of the old one may still come after the new one's).
             return match at.force {
-                false => Placed::Gap { after: head },
+                false => Placed::Gap { after: top },
                 true => Placed::Duplicate,
             };
         }
         match at.position {
-            p if p <= head => Placed::Duplicate,
-            p if p == head + 1 => Placed::Here,
-            _ if !at.force => Placed::Gap { after: head },
-            p => {
+            p if p <= top => Placed::Duplicate,
+            _ if follows(top, at.position, at.previous) => Placed::Here,
+            _ if !at.force => Placed::Gap { after: top },
+            _ => {
                 // The broker no longer has them either.
-                self.give_up_before(state, p);
+                self.give_up_before_next(state);
                 Placed::Here
             }
         }
     }
 
-    /// The positions from `state`'s head to just before `position` are lost
-    /// (the broker no longer has them): receivers skip them, and nobody
-    /// resumes from before them. Members that had not taken everything
-    /// before them still get it: the lost positions hold placeholders, up
-    /// to [`MAX_PLACEHOLDERS`] (beyond that the log starts afresh).
-    fn give_up_before(&self, state: &mut RoomState, position: u64) {
+    /// The room's messages between the newest in `state`'s log and the next
+    /// one to be appended are lost (the broker no longer has them):
+    /// receivers go on past them, and nobody resumes from before the next
+    /// one, nor is history before it complete. Only a new epoch lowers
+    /// these floors again.
+    fn give_up_before_next(&self, state: &mut RoomState) {
         let head = state.log.head();
-        let missing = (position - 1).saturating_sub(head);
-        if missing <= MAX_PLACEHOLDERS && state.receivers > 0 {
-            let now = self.now_ms();
-            for _ in 0..missing {
-                state.log.append(Frame::new(false, b""), NOBODY, now);
-            }
-        } else {
-            state.log.restart_at(position - 1);
-        }
-        self.lost_before(state, position - 1);
-        self.recount(state);
+        state.history_floor = state.history_floor.max(head);
+        state.resume_floor = state.resume_floor.max(head + 1);
     }
 
-    /// Nobody resumes from before `offset`, nor is history before it
-    /// complete: messages there are missing. Only a new epoch lowers it
-    /// again.
-    fn lost_before(&self, state: &mut RoomState, offset: Offset) {
-        state.history_floor = state.history_floor.max(offset);
-        state.resume_floor = state.resume_floor.max(offset);
-    }
-
-    /// `state`'s positions are the broker's in `epoch` from `head` on (or,
-    /// for a new epoch of this node's own, its own). In another epoch the
-    /// log starts afresh at `head`; position-aware members are closed to
-    /// resume (what they hold names positions of the old epoch), the
-    /// others carry on from the head.
-    fn move_epoch(&self, state: &mut RoomState, epoch: &str, head: Offset) {
+    /// `state`'s positions are the broker's in `epoch` after position
+    /// `base` (or, for a new epoch of this node's own, its own). In another
+    /// epoch the log starts afresh after `base`; position-aware members are
+    /// closed to resume (what they hold names positions of the old epoch),
+    /// the others carry on from the head.
+    fn move_epoch(&self, state: &mut RoomState, epoch: &str, base: u64) {
         let other = *state.epoch != *epoch;
         if other || !state.synced {
             state.epoch = epoch.into();
-            state.log.restart_at(head);
+            state.log.restart(base);
+            let head = state.log.head();
             // Older messages of the new epoch may come before it (a fill);
             // losses of the old one are no longer its concern.
             state.history_floor = head;
@@ -1581,13 +1586,13 @@ impl Hub {
             if !state.synced || *state.epoch != *page.epoch {
                 let base = match &state.last_broker {
                     // Back in the epoch it numbered from: on from there.
-                    Some((epoch, head)) if **epoch == *page.epoch && page.after == *head => *head,
-                    _ => page.messages.first().map_or(page.top, |m| m.position - 1),
+                    Some((epoch, top)) if **epoch == *page.epoch && page.after == *top => *top,
+                    _ => page.messages.first().map_or(page.top, |m| m.previous),
                 };
                 self.move_epoch(&mut state, &page.epoch, base);
             }
             let generation = state.generation;
-            let mut messages: Vec<(u64, Frame, Sender)> = Vec::with_capacity(frames.len());
+            let mut messages: Vec<Chained> = Vec::with_capacity(frames.len());
             for (m, frame) in page.messages.iter().zip(frames) {
                 // A sender here that does not want its own back skips it.
                 if let Some(tag) = m.sender
@@ -1596,37 +1601,40 @@ impl Hub {
                 {
                     record.skips_own = true;
                 }
-                messages.push((m.position, frame, m.log_sender(generation)));
+                let sender = m.log_sender(generation);
+                messages.push((m.position, m.previous, frame, sender));
             }
-            // Older than the log, up to its first entry: before it.
-            let first = state.log.first();
-            let older = messages.partition_point(|(p, _, _)| *p <= first);
-            let reaches = older > 0 && messages[older - 1].0 == first;
-            let contiguous = messages[..older].windows(2).all(|w| w[1].0 == w[0].0 + 1);
-            if reaches && contiguous {
+            // Older than the log, up to the position before its first
+            // entry, each after the one before: before it.
+            let base = state.log.position_before(state.log.first());
+            let older = messages.partition_point(|m| m.0 <= base);
+            let reaches = older > 0 && messages[older - 1].0 == base;
+            let chained = messages[..older].windows(2).all(|w| w[1].1 == w[0].0);
+            if reaches && chained {
+                let before = messages[0].1;
                 let older = messages[..older]
                     .iter()
-                    .map(|(_, f, sender)| (f.clone(), *sender, now))
+                    .map(|(position, _, f, sender)| (f.clone(), *sender, now, *position))
                     .collect();
-                state.log.prepend(older);
+                state.log.prepend(older, before);
                 // Positions given up stay so (`resume_floor`).
                 state.history_floor = state.history_floor.min(state.log.first());
             }
-            // Newer than the head: after it.
-            for (position, frame, sender) in messages {
-                let head = state.log.head();
-                if position <= head {
+            // Newer than the newest: after it.
+            for (position, previous, frame, sender) in messages {
+                let top = state.log.top();
+                if position <= top {
                     continue;
                 }
-                if position > head + 1 {
-                    if page.after > head {
+                if !follows(top, position, previous) {
+                    if page.after > top {
                         // Not asked for: a read from later on.
                         break;
                     }
                     // The broker no longer has those in between.
-                    self.give_up_before(&mut state, position);
+                    self.give_up_before_next(&mut state);
                 }
-                state.log.append(frame, sender, now);
+                state.log.append_at(frame, sender, now, position);
             }
             state.filled_ms = now.max(1);
             self.recount(&mut state);
@@ -1647,10 +1655,10 @@ impl Hub {
         let found = self.room(room)?;
         let state = found.lock();
         Some(match (state.synced, &state.last_broker) {
-            (true, _) => ReadPlan::after(state.log.head(), &state.epoch),
+            (true, _) => ReadPlan::after(state.log.top(), &state.epoch),
             // Numbered here while the broker was away: from where the
             // broker's positions stopped.
-            (false, Some((epoch, head))) => ReadPlan::after(*head, epoch),
+            (false, Some((epoch, top))) => ReadPlan::after(*top, epoch),
             (false, None) => ReadPlan::TOP,
         })
     }
@@ -1662,16 +1670,10 @@ impl Hub {
     pub fn read_gap(&self, room: &str, at: &Sequenced<'_>) -> Option<ReadPlan> {
         let found = self.room(room)?;
         let state = found.lock();
-        let head = state.log.head();
-        let gap = *state.epoch != *at.epoch || head + 1 < at.position;
-        (state.synced && gap).then(|| ReadPlan::after(head, &state.epoch))
-    }
-
-    /// Messages each room's history keeps (0: none).
-    fn history_size(&self) -> u64 {
-        self.history
-            .as_ref()
-            .map_or(0, |h| h.settings.retention.messages as u64)
+        let top = state.log.top();
+        let gap = *state.epoch != *at.epoch
+            || (at.position > top && !follows(top, at.position, at.previous));
+        (state.synced && gap).then(|| ReadPlan::after(top, &state.epoch))
     }
 
     /// Receiving members of `room` on this node.
@@ -1695,7 +1697,7 @@ impl Hub {
             });
         };
         let state = found.lock();
-        let (head, now) = (state.log.head(), self.now_ms());
+        let (top, now) = (state.log.top(), self.now_ms());
         let fresh = state.filled_ms > 0 && now.saturating_sub(state.filled_ms) < FRESH_MS;
         // Someone here receives (the room is subscribed, and what was
         // published before that was read: [`Hub::read_sync`]), or it was
@@ -1705,25 +1707,23 @@ impl Hub {
         let ours = |after| Some(ReadPlan::after(after, &state.epoch));
         match start {
             Start::Since { position, .. } if heard && same_epoch => {
-                let from = self.resumable_from(&state, now);
-                // Behind the log: read what it lacks. Ahead of it: the
-                // client had messages still on their way here.
+                // Ahead of the log: the client had messages still on their
+                // way here. Behind it: read what it lacks, unless a read
+                // just brought all the broker had.
                 match *position {
-                    // The broker keeps at least as much as this log's
-                    // history: twice that behind its head, it keeps none.
-                    p if p < from && head.saturating_sub(p) <= 2 * self.history_size() => ours(p),
-                    p if p > head => ours(head),
+                    p if p > top => ours(top),
+                    p if self.resumes(&state, p, now).is_none() && !fresh => ours(p),
                     _ => None,
                 }
             }
             // Another epoch than the room's here: the broker may have moved
             // on (and the client with it) before this node heard of it.
-            Start::Since { .. } if heard && !fresh => ours(head),
+            Start::Since { .. } if heard && !fresh => ours(top),
             _ if heard => None,
             Start::Since { position, .. } if state.synced && same_epoch => {
-                ours((*position).min(head))
+                ours((*position).min(top))
             }
-            _ if state.synced => ours(head),
+            _ if state.synced => ours(top),
             Start::Since { position, epoch } => Some(ReadPlan::after(*position, epoch)),
             Start::Live => Some(ReadPlan::TOP),
             _ => Some(ReadPlan::ALL),
@@ -1846,10 +1846,10 @@ impl Hub {
                 }
                 OnOverflow::DropNewest => {
                     let keep = log.newest_within(at, &l);
-                    let held: VecDeque<(Frame, Offset)> = log
+                    let held: VecDeque<(Frame, Mark)> = log
                         .entries_in(at, keep)
                         .filter(|e| Some(e.sender) != skipping)
-                        .map(|e| (e.frame.clone(), e.offset))
+                        .map(|e| (e.frame.clone(), *e.mark))
                         .collect();
                     record.held = (!held.is_empty()).then(|| Box::new(held));
                     dropped += log.count_for(keep, head, skipping);
@@ -2061,20 +2061,19 @@ impl Hub {
         // Positions from another epoch name other messages: none of these.
         let same_epoch = epoch.is_none_or(|e| *e == *state.epoch);
         let start = match same_epoch {
-            true => since.max(from),
+            true => state.log.offset_after(since).max(from),
             false => head,
         };
         let messages = state
             .log
             .entries_in(start, head)
-            .filter(|e| e.sender != NOBODY)
             .take(limit)
-            .map(|e| (e.offset + 1, e.frame.clone()))
+            .map(|e| (e.mark.position(), e.frame.clone()))
             .collect();
         Some(HistoryPage {
             epoch: state.epoch.clone(),
-            position: head,
-            complete: same_epoch && (self.resumable_from(&state, now)..=head).contains(&since),
+            position: state.log.top(),
+            complete: same_epoch && self.resumes(&state, since, now).is_some(),
             messages,
         })
     }
@@ -2117,12 +2116,12 @@ fn take(
     let mut taken = (0, 0);
     // The window kept by `drop_newest` goes first.
     if let Some(held) = &mut record.held {
-        while let Some((frame, offset)) = held.front() {
+        while let Some((frame, mark)) = held.front() {
             let size = frame.payload().len();
             if !batch.admits(taken, size) {
                 return taken;
             }
-            sink(frame, &Mark::new(offset + 1));
+            sink(frame, mark);
             taken = (taken.0 + 1, taken.1 + size);
             held.pop_front();
         }
@@ -2149,14 +2148,15 @@ fn take(
     taken
 }
 
-/// Whether `record`'s member had an entry of `sender` already (or nobody
-/// is sent it).
+/// Whether a message at `position`, after `previous` in its room, comes
+/// right after position `top`: nothing of the room can lie between.
+fn follows(top: u64, position: u64, previous: u64) -> bool {
+    previous == top || position == top + 1
+}
+
+/// Whether `record`'s member had an entry of `sender` already.
 fn had(record: &Record, sender: Sender) -> bool {
-    match sender {
-        NOBODY => true,
-        s if s & HAD_BEFORE != 0 => record.generation < (s & !HAD_BEFORE) as u32,
-        _ => false,
-    }
+    sender & HAD_BEFORE != 0 && record.generation < (sender & !HAD_BEFORE) as u32
 }
 
 /// Hands `waking` the wakers of the members asleep waiting for the next
@@ -2599,6 +2599,7 @@ mod tests {
         Sequenced {
             epoch,
             position,
+            previous: position - 1,
             sender: None,
             placeholder: false,
             force: false,
@@ -2668,10 +2669,10 @@ mod tests {
             epoch: "E1".into(),
             position,
         };
-        let (_, back) = hub.join_at("r".into(), true, &since(42)).unwrap();
-        assert_eq!(back.recovered, Some(false));
-        let (_, back) = hub.join_at("r".into(), true, &since(43)).unwrap();
-        assert_eq!(back.recovered, Some(true));
+        for (position, recovered) in [(42, false), (43, false), (44, true)] {
+            let (_, back) = hub.join_at("r".into(), true, &since(position)).unwrap();
+            assert_eq!(back.recovered, Some(recovered), "since {position}");
+        }
         // Another epoch: which is the broker's now is for a read to say.
         assert_eq!(
             deliver(&hub, &at("E2", 1), b"new"),
@@ -2718,6 +2719,7 @@ mod tests {
             messages: range
                 .map(|position| Numbered {
                     position,
+                    previous: position - 1,
                     frame: Frame::new(true, position.to_string().as_bytes()),
                     sender: None,
                     placeholder: false,

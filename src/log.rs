@@ -15,8 +15,12 @@
 //! behind the head (rewind, recovery). Each entry carries its publish time
 //! and its position frame, the `@<position>` text frame that
 //! position-aware clients get before each message (encoded once, at
-//! append, for all of them). A message's *position* is its offset plus
-//! one: position 0 means "before the first message".
+//! append, for all of them). A message's *position* is what clients are
+//! told: alone, the log numbers its messages 1, 2, 3...; in a cluster whose
+//! broker numbers them, the broker's numbers, which need not be contiguous
+//! (NATS JetStream numbers all rooms in one sequence). Offsets are the
+//! log's own, contiguous and never reused; positions only grow with them.
+//! Position 0 means "before the first message".
 //!
 //! It knows frames and offsets; nothing of members, sockets or the
 //! configuration file.
@@ -66,13 +70,9 @@ impl LagLimits {
 pub type Offset = u64;
 
 /// Who skips an entry: the member that published it without wanting its
-/// own messages back (0: nobody skips it; [`NOBODY`]: everyone does;
-/// [`HAD_BEFORE`]: the members older than a generation do).
+/// own messages back (0: nobody skips it; [`HAD_BEFORE`]: the members
+/// older than a generation do).
 pub type Sender = u64;
-
-/// The sender of an entry that only holds its position (in a cluster, one
-/// the broker no longer had when this node missed it). Nobody is sent it.
-pub const NOBODY: Sender = u64::MAX;
 
 /// Marks the sender of an entry that the members of its room's log from
 /// before a generation (the low 32 bits) had already: in a cluster, a
@@ -144,13 +144,20 @@ impl Mark {
     pub fn frame(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
+
+    /// The position it names (kept only as text: an entry stays as small
+    /// as it was when its position was its offset plus one).
+    pub fn position(&self) -> u64 {
+        self.bytes[3..self.len as usize]
+            .iter()
+            .fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+    }
 }
 
 /// One message as a reader takes it.
 pub struct Logged<'a> {
     pub frame: &'a Frame,
     pub sender: Sender,
-    pub offset: Offset,
     pub mark: &'a Mark,
 }
 
@@ -165,17 +172,34 @@ pub struct Retention {
 
 /// The messages of one room from the oldest a reader may still need,
 /// oldest first; trimmed by its keeper.
-#[derive(Default)]
 pub struct Log {
     entries: VecDeque<Entry>,
     /// Offset of `entries[0]` (of the head when empty).
     first: Offset,
     /// Payload bytes appended, ever.
     appended_bytes: u64,
+    /// The position of the message before `entries[0]` (0: none): what a
+    /// reader at `first` has had.
+    base: u64,
 }
 
 /// Entries an emptied log keeps room for; beyond it the memory goes back.
 const KEEP_CAPACITY: usize = 64;
+
+/// Where a new log's offsets start: far from 0, so that older messages
+/// read from a cluster's broker can go before its first ([`Log::prepend`]).
+const ORIGIN: Offset = 1 << 32;
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            first: ORIGIN,
+            appended_bytes: 0,
+            base: 0,
+        }
+    }
+}
 
 impl Log {
     /// The offset the next message will get; a subscriber at the head is
@@ -189,64 +213,100 @@ impl Log {
         self.first
     }
 
-    /// Appends `frame`, published by `sender` at `at_ms`; returns its
-    /// offset.
+    /// The position of the newest message (of the one before the log if it
+    /// holds none).
+    pub fn top(&self) -> u64 {
+        self.entries.back().map_or(self.base, |e| e.mark.position())
+    }
+
+    /// The position of the message before `offset`: what a reader there
+    /// has had (clamped to the log).
+    pub fn position_before(&self, offset: Offset) -> u64 {
+        match offset.checked_sub(self.first + 1) {
+            None => self.base,
+            Some(i) => self
+                .entries
+                .get(i as usize)
+                .map_or(self.top(), |e| e.mark.position()),
+        }
+    }
+
+    /// The offset of the first message after `position` (the head if
+    /// none): where a reader that had `position` goes on.
+    pub fn offset_after(&self, position: u64) -> Offset {
+        // Positions grow with offsets: a binary search.
+        self.first
+            + self
+                .entries
+                .partition_point(|e| e.mark.position() <= position) as u64
+    }
+
+    /// Appends `frame`, published by `sender` at `at_ms`, at the position
+    /// after the newest; returns its offset.
     pub fn append(&mut self, frame: Frame, sender: Sender, at_ms: u64) -> Offset {
+        self.append_at(frame, sender, at_ms, self.top() + 1)
+    }
+
+    /// [`Log::append`] at `position` (past the newest's).
+    pub fn append_at(&mut self, frame: Frame, sender: Sender, at_ms: u64, position: u64) -> Offset {
+        debug_assert!(position > self.top());
         let size = frame.payload().len() as u64;
         self.entries.push_back(Entry {
             frame,
             sender,
             before: self.appended_bytes,
             at_ms,
-            mark: Mark::new(self.head() + 1),
+            mark: Mark::new(position),
         });
         self.appended_bytes += size;
         self.head() - 1
     }
 
-    /// Empties the log and makes `head` the offset of the next message:
-    /// the positions before it are not here (a cluster's broker numbered
-    /// them, or they were lost).
-    pub fn restart_at(&mut self, head: Offset) {
+    /// Empties the log; the next message follows position `base` (the
+    /// positions up to it are not here: a cluster's broker numbered them,
+    /// or they were lost). Offsets go on from the head.
+    pub fn restart(&mut self, base: u64) {
         self.trim(self.head());
-        self.first = head;
+        self.base = base;
     }
 
-    /// Puts `older` (oldest first, each with its sender and time) right
-    /// before the first entry, so the log starts `older.len()` earlier.
-    /// Beyond offset 0, the oldest are left out.
-    pub fn prepend(&mut self, older: Vec<(Frame, Sender, u64)>) {
+    /// Puts `older` (oldest first, each with its sender, time and
+    /// position) right before the first entry, so the log starts
+    /// `older.len()` earlier and after position `base`.
+    pub fn prepend(&mut self, older: Vec<(Frame, Sender, u64, u64)>, base: u64) {
+        // Offsets start far from 0 (`ORIGIN`); beyond 0 the oldest are left out.
         let skip = older.len().saturating_sub(self.first as usize);
         let count = older.len() - skip;
         let added: u64 = older[skip..]
             .iter()
-            .map(|(f, _, _)| f.payload().len() as u64)
+            .map(|(f, ..)| f.payload().len() as u64)
             .sum();
         // `before` counts from the new first entry.
-        let base = self.bytes_before(self.first);
+        let dropped = self.bytes_before(self.first);
         for e in &mut self.entries {
-            e.before = e.before - base + added;
+            e.before = e.before - dropped + added;
         }
-        self.appended_bytes = self.appended_bytes - base + added;
+        self.appended_bytes = self.appended_bytes - dropped + added;
         let start = self.first - count as u64;
         // Times stay in order for `appended_since`.
         let newest_ms = self.entries.front().map_or(u64::MAX, |e| e.at_ms);
         let mut entries = VecDeque::with_capacity(count + self.entries.len());
         let mut before = 0;
-        for (offset, (frame, sender, at_ms)) in (start..).zip(older.into_iter().skip(skip)) {
+        for (frame, sender, at_ms, position) in older.into_iter().skip(skip) {
             let size = frame.payload().len() as u64;
             entries.push_back(Entry {
                 frame,
                 sender,
                 before,
                 at_ms: at_ms.min(newest_ms),
-                mark: Mark::new(offset + 1),
+                mark: Mark::new(position),
             });
             before += size;
         }
         entries.append(&mut self.entries);
         self.entries = entries;
         self.first = start;
+        self.base = base;
     }
 
     /// Payload bytes appended before `offset` (clamped to the log).
@@ -329,11 +389,9 @@ impl Log {
         let end = to.clamp(start, self.head());
         self.entries
             .range((start - self.first) as usize..(end - self.first) as usize)
-            .zip(start..)
-            .map(|(e, offset)| Logged {
+            .map(|e| Logged {
                 frame: &e.frame,
                 sender: e.sender,
-                offset,
                 mark: &e.mark,
             })
     }
@@ -374,6 +432,9 @@ impl Log {
         let n = offset
             .saturating_sub(self.first)
             .min(self.entries.len() as u64);
+        if let Some(last) = n.checked_sub(1) {
+            self.base = self.entries[last as usize].mark.position();
+        }
         self.entries.drain(..n as usize);
         self.first += n;
         if self.entries.is_empty() && self.entries.capacity() > KEEP_CAPACITY {
@@ -422,8 +483,12 @@ mod tests {
         }
     }
 
+    /// A log whose offsets start at 0, holding messages of `sizes` bytes.
     fn log_of(sizes: &[usize]) -> Log {
-        let mut log = Log::default();
+        let mut log = Log {
+            first: 0,
+            ..Log::default()
+        };
         for (i, &n) in sizes.iter().enumerate() {
             log.append(
                 Frame::new(false, &vec![i as u8; n]),
@@ -454,34 +519,70 @@ mod tests {
 
     #[test]
     fn a_restarted_log_numbers_on_from_there_and_takes_older_entries_before() {
-        let mut log = log_of(&[10, 20]);
-        log.restart_at(100);
-        assert_eq!((log.first(), log.head(), log.is_empty()), (100, 100, true));
-        assert_eq!(log.append(Frame::new(true, b"abc"), 0, 50), 100);
-        let older = |sizes: &[usize]| -> Vec<(Frame, Sender, u64)> {
+        let mut log = Log::default();
+        log.append(Frame::new(true, b"a"), 0, 10);
+        assert_eq!((log.first(), log.top()), (ORIGIN, 1));
+        log.restart(99);
+        assert_eq!(
+            (log.head(), log.top(), log.is_empty()),
+            (ORIGIN + 1, 99, true)
+        );
+        // Offsets go on; positions follow the new base.
+        assert_eq!(log.append(Frame::new(true, b"abc"), 0, 50), ORIGIN + 1);
+        assert_eq!(log.top(), 100);
+        let older = |sizes: &[usize]| -> Vec<(Frame, Sender, u64, u64)> {
             sizes
                 .iter()
-                .map(|&n| (Frame::new(false, &vec![n as u8; n]), 0, 60))
+                .zip(98..)
+                .map(|(&n, position)| (Frame::new(false, &vec![n as u8; n]), 0, 60, position))
                 .collect()
         };
-        log.prepend(older(&[4, 5]));
-        assert_eq!((log.first(), log.head()), (98, 101));
-        assert_eq!(log.lag(98), (3, 12));
-        assert_eq!(log.span(99, 101), (2, 8));
+        log.prepend(older(&[4, 5]), 97);
+        let first = log.first();
+        assert_eq!((first, log.head()), (ORIGIN - 1, ORIGIN + 2));
+        assert_eq!(log.lag(first), (3, 12));
+        assert_eq!(log.span(first + 1, first + 3), (2, 8));
         // Marks name each entry's own position; times stay in order.
         let marks: Vec<Vec<u8>> = log
-            .entries_in(98, 101)
+            .entries_in(first, first + 3)
             .map(|e| e.mark.frame().to_vec())
             .collect();
-        assert_eq!(marks[0][2..], *b"@99");
-        assert_eq!(marks[2][2..], *b"@101");
-        assert_eq!(log.appended_since(0, 51), 101);
+        assert_eq!(marks[0][2..], *b"@98");
+        assert_eq!(marks[2][2..], *b"@100");
+        assert_eq!(log.appended_since(0, 51), first + 3);
+        // Positions and offsets map onto each other both ways.
+        assert_eq!(log.position_before(first), 97);
+        assert_eq!(log.position_before(first + 2), 99);
+        assert_eq!(log.position_before(first + 3), 100);
+        assert_eq!(log.offset_after(97), first);
+        assert_eq!(log.offset_after(99), first + 2);
+        assert_eq!(log.offset_after(500), first + 3);
+        // Trimming moves the base to the last message let go.
+        log.trim(first + 2);
+        assert_eq!(log.position_before(log.first()), 99);
         // Nothing goes before offset 0.
         let mut log = log_of(&[]);
-        log.restart_at(1);
-        log.prepend(older(&[1, 2, 3]));
-        assert_eq!((log.first(), log.head()), (0, 1));
-        assert_eq!(log.range(0, 1).next().unwrap().0.payload(), [3, 3, 3]);
+        log.restart(1);
+        log.prepend(older(&[1, 2, 3]), 0);
+        assert_eq!((log.first(), log.head()), (0, 0));
+    }
+
+    #[test]
+    fn positions_need_not_be_contiguous() {
+        let mut log = Log::default();
+        for position in [3, 7, 8, 20] {
+            log.append_at(Frame::new(true, b"m"), 0, 0, position);
+        }
+        let first = log.first();
+        assert_eq!(log.offset_after(0), first);
+        assert_eq!(log.offset_after(5), first + 1);
+        assert_eq!(log.offset_after(7), first + 2);
+        assert_eq!(log.offset_after(20), first + 4);
+        assert_eq!(log.position_before(first + 1), 3);
+        assert_eq!(log.top(), 20);
+        // Alone, it numbers on from the newest.
+        log.append(Frame::new(true, b"m"), 0, 0);
+        assert_eq!(log.top(), 21);
     }
 
     #[test]
@@ -577,12 +678,15 @@ mod tests {
             assert_eq!(frame[1] as usize, text.len());
             assert_eq!(&frame[2..], text.as_bytes());
         }
-        // Each entry carries its own: position = offset + 1.
+        // Each entry carries its own, numbered from 1 by the log alone.
         let log = log_of(&[1; 3]);
         let marks: Vec<Vec<u8>> = log
             .entries_in(0, 3)
             .map(|e| e.mark.frame().to_vec())
             .collect();
         assert_eq!(marks[2][2..], *b"@3");
+        for position in [0, 1, 9, 10, 12345, u64::MAX] {
+            assert_eq!(Mark::new(position).position(), position);
+        }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! "WR"  version(1)  flags(1)  node_len(1) node  room_len(1) room  message_id(u64 BE)
-//!       sender(u64 BE)  sender_key(u32 BE)  [epoch_len(1) epoch  position_len(1) position]  payload
+//!       sender(u64 BE)  sender_key(u32 BE)
+//!       [epoch_len(1) epoch  position_len(1) position  [previous_len(1) previous]]  payload
 //! ```
 //!
 //! `flags` bit 0 is set for a text message. `node` is the publishing node's
@@ -22,6 +23,11 @@
 //! (shared history, see `backplane`); the node sends the header with the
 //! bit set and the broker's script puts the room's epoch and the position,
 //! in decimal, between the header and the payload ([`split`] says where).
+//! Bit 3 (`CHAINED`, with bit 1): the room's previous position follows, in
+//! decimal (0: none). NATS JetStream numbers all rooms in one sequence, so
+//! a room's positions are not contiguous there; its link adds the
+//! sequence, and this, from the headers JetStream gives the message
+//! ([`number`]). Without it the previous position is one less.
 //! Bit 2 (`DELIVERED`): the publishing node already delivered it to its
 //! own clients (its broker was unreachable then), so when it comes back
 //! there the clients that had it skip it.
@@ -45,6 +51,8 @@ const TEXT: u8 = 0x01;
 pub const SEQUENCED: u8 = 0x02;
 /// The publishing node delivered it to its own clients already.
 pub const DELIVERED: u8 = 0x04;
+/// The sequence also names the room's previous position.
+pub const CHAINED: u8 = 0x08;
 /// Bytes of a version 2 header that do not depend on the node or room.
 const FIXED: usize = MAGIC.len() + 1 + 1 + 1 + 1 + 8 + 8 + 4;
 /// An epoch is at most this long (the relay makes 8 characters).
@@ -66,6 +74,8 @@ pub struct Sender {
 pub struct Sequence<'a> {
     pub epoch: &'a str,
     pub position: u64,
+    /// The room's message before it (0: none).
+    pub previous: u64,
 }
 
 /// One decoded broker message, borrowing from the bytes it came in.
@@ -144,16 +154,50 @@ pub fn split(node: &str, room: &str) -> usize {
     FIXED + node.len() + room.len()
 }
 
-/// The sequence section the broker's script writes, for tests and for a
-/// broker without scripts.
-pub fn sequence_bytes(epoch: &str, position: u64) -> Vec<u8> {
-    let position = position.to_string();
-    let mut b = Vec::with_capacity(2 + epoch.len() + position.len());
+/// The sequence section the broker's script writes (`previous`: none),
+/// or the NATS link (see [`CHAINED`]).
+pub fn sequence_bytes(epoch: &str, position: u64, previous: Option<u64>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
     b.push(epoch.len() as u8);
     b.extend_from_slice(epoch.as_bytes());
-    b.push(position.len() as u8);
-    b.extend_from_slice(position.as_bytes());
+    for n in std::iter::once(position).chain(previous) {
+        let n = n.to_string();
+        b.push(n.len() as u8);
+        b.extend_from_slice(n.as_bytes());
+    }
     b
+}
+
+/// `message` (as [`encode`] made it for the broker to number) with its
+/// sequence: the room's epoch, its position and the room's previous one.
+pub fn number(
+    message: &[u8],
+    epoch: &str,
+    position: u64,
+    previous: u64,
+) -> Result<Bytes, Malformed> {
+    let valid = (1..=MAX_POSITION).contains(&position) && previous < position;
+    // Version 2, for the broker to number and not numbered yet.
+    let mut r = Reader(message);
+    let header_ok = r.take(2)? == MAGIC && r.byte()? == VERSION && {
+        let flags = r.byte()?;
+        flags & (SEQUENCED | CHAINED) == SEQUENCED
+    };
+    if !valid || !header_ok {
+        return Err(Malformed::Sequence);
+    }
+    let node = r.byte()? as usize;
+    r.take(node)?;
+    let room = r.byte()? as usize;
+    r.take(room + 8 + 8 + 4)?;
+    let at = message.len() - r.0.len();
+    let sequence = sequence_bytes(epoch, position, Some(previous));
+    let mut b = BytesMut::with_capacity(message.len() + sequence.len());
+    b.put_slice(&message[..at]);
+    b.put_slice(&sequence);
+    b.put_slice(&message[at..]);
+    b[3] |= CHAINED;
+    Ok(b.freeze())
 }
 
 /// Decodes and checks one message: anything this build did not write is
@@ -170,9 +214,9 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, Malformed> {
     let flags = r.byte()?;
     let known = match version {
         VERSION_1 => TEXT,
-        _ => TEXT | SEQUENCED | DELIVERED,
+        _ => TEXT | SEQUENCED | DELIVERED | CHAINED,
     };
-    if flags & !known != 0 {
+    if flags & !known != 0 || flags & (SEQUENCED | CHAINED) == CHAINED {
         return Err(Malformed::Flags(flags));
     }
     let node = r.short_str().map_err(|_| Malformed::Node)?;
@@ -190,7 +234,10 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, Malformed> {
         sender.key = u32::from_be_bytes(r.array()?);
     }
     let sequence = match flags & SEQUENCED != 0 {
-        true => Some(r.sequence().map_err(|_| Malformed::Sequence)?),
+        true => Some(
+            r.sequence(flags & CHAINED != 0)
+                .map_err(|_| Malformed::Sequence)?,
+        ),
         false => None,
     };
     let payload = r.0;
@@ -243,21 +290,37 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).map_err(|_| Malformed::Utf8)
     }
 
-    /// An epoch (1 to [`MAX_EPOCH`] letters and digits) and a position
-    /// (1 or more, in decimal).
-    fn sequence(&mut self) -> Result<Sequence<'a>, Malformed> {
+    /// An epoch (1 to [`MAX_EPOCH`] letters and digits), a position (1 or
+    /// more, in decimal) and, if `chained`, the previous one (less).
+    fn sequence(&mut self, chained: bool) -> Result<Sequence<'a>, Malformed> {
         let epoch = self.short_str()?;
-        let position = self.short_str()?;
         let epoch_ok = (1..=MAX_EPOCH).contains(&epoch.len())
             && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
-        // Digits only, no leading zero: `parse` would also take a sign, and
-        // one message has one spelling.
-        let digits = position.bytes().all(|b| b.is_ascii_digit()) && !position.starts_with('0');
-        match position.parse::<u64>() {
-            Ok(position) if epoch_ok && digits && (1..=MAX_POSITION).contains(&position) => {
-                Ok(Sequence { epoch, position })
-            }
-            _ => Err(Malformed::Sequence),
+        let position = self.decimal()?;
+        let previous = match chained {
+            true => self.decimal()?,
+            false => position.wrapping_sub(1),
+        };
+        match epoch_ok && (1..=MAX_POSITION).contains(&position) && previous < position {
+            true => Ok(Sequence {
+                epoch,
+                position,
+                previous,
+            }),
+            false => Err(Malformed::Sequence),
+        }
+    }
+
+    /// A number in decimal: digits only, no leading zero (`parse` would
+    /// also take a sign, and one number has one spelling).
+    fn decimal(&mut self) -> Result<u64, Malformed> {
+        let text = self.short_str()?;
+        let digits = !text.is_empty()
+            && text.bytes().all(|b| b.is_ascii_digit())
+            && (text == "0" || !text.starts_with('0'));
+        match digits {
+            true => text.parse().map_err(|_| Malformed::Sequence),
+            false => Err(Malformed::Sequence),
         }
     }
 }
@@ -314,7 +377,7 @@ mod tests {
         };
         let b = encode("node", "room", h, payload);
         let at = split("node", "room");
-        [&b[..at], &sequence_bytes(epoch, position), &b[at..]].concat()
+        [&b[..at], &sequence_bytes(epoch, position, None), &b[at..]].concat()
     }
 
     #[test]
@@ -324,6 +387,7 @@ mod tests {
         let sequence = Some(Sequence {
             epoch: "Xq3v9LmA",
             position: 1041,
+            previous: 1040,
         });
         assert_eq!(
             (e.sequence, e.delivered, e.payload),
@@ -341,6 +405,46 @@ mod tests {
         assert_eq!(decode(&signed), Err(Malformed::Sequence));
         signed[at] = b'0';
         assert_eq!(decode(&signed), Err(Malformed::Sequence));
+    }
+
+    #[test]
+    fn a_chained_sequence_names_the_rooms_previous_position() {
+        let h = Header {
+            sequenced: true,
+            ..header(false, 7)
+        };
+        let b = encode("node", "room", h, b"hi");
+        let numbered = number(&b, "JsEpoch1", 907, 12).unwrap();
+        let e = decode(&numbered).unwrap();
+        let sequence = Sequence {
+            epoch: "JsEpoch1",
+            position: 907,
+            previous: 12,
+        };
+        assert_eq!((e.sequence, e.payload), (Some(sequence), &b"hi"[..]));
+        assert_eq!(
+            decode(&number(&b, "e", 1, 0).unwrap())
+                .unwrap()
+                .sequence
+                .unwrap()
+                .previous,
+            0
+        );
+        // Not less than the position; nor numbered twice; nor unsequenced.
+        assert_eq!(number(&b, "e", 5, 5).map(drop), Err(Malformed::Sequence));
+        assert_eq!(
+            number(&numbered, "e", 1000, 5).map(drop),
+            Err(Malformed::Sequence)
+        );
+        let plain = encode("node", "room", header(false, 7), b"hi");
+        assert_eq!(
+            number(&plain, "e", 2, 1).map(drop),
+            Err(Malformed::Sequence)
+        );
+        // CHAINED alone is not a flag this build writes.
+        let mut b = plain.to_vec();
+        b[3] |= CHAINED;
+        assert_eq!(decode(&b), Err(Malformed::Flags(CHAINED)));
     }
 
     #[test]

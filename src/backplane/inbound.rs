@@ -164,6 +164,7 @@ impl Inbound {
                         let at = Sequenced {
                             epoch: sequence.epoch,
                             position: sequence.position,
+                            previous: sequence.previous,
                             sender,
                             placeholder,
                             force: false,

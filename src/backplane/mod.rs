@@ -634,6 +634,7 @@ impl Cluster {
             let (sender, placeholder) = self.inbound.here(&m);
             messages.push(Numbered {
                 position: sequence.position,
+                previous: sequence.previous,
                 frame: Frame::new(m.text, m.payload),
                 sender,
                 placeholder,
