@@ -69,7 +69,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 use crate::hub::{BrokerPage, Numbered};
 use crate::hub::{RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
@@ -228,18 +228,56 @@ pub struct Cluster {
     /// Shared history, if on.
     history: Option<SharedSettings>,
     /// Reads rooms' history while the broker connection is up.
-    #[cfg(feature = "redis")]
-    reader: Mutex<Option<self::redis::HistoryReader>>,
+    reader: Mutex<Option<HistoryReader>>,
 }
 
-/// How the broker keeps rooms' history for all nodes (Redis only).
+/// How the broker keeps rooms' history for all nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct SharedSettings {
-    /// Messages per room's stream (at least; `MAXLEN ~` trims whole nodes
-    /// of the stream).
+    /// Messages per room (Redis: at least; `MAXLEN ~` trims whole nodes
+    /// of a room's stream).
     pub size: usize,
-    /// How long a room's stream outlives its newest message.
+    /// How long a room's history outlives its newest message (Redis; NATS
+    /// keeps each message this long).
     pub ttl: Duration,
+    /// Payload bytes of all rooms' history (NATS: the stream's bound; it
+    /// has none per room).
+    pub total_bytes: usize,
+}
+
+/// What reads rooms' history from the broker.
+#[derive(Clone)]
+enum HistoryReader {
+    #[cfg(feature = "redis")]
+    Redis(self::redis::HistoryReader),
+    #[cfg(feature = "nats")]
+    Nats(self::nats::Stream),
+}
+
+impl HistoryReader {
+    /// See [`SharedHistory::read`]; `channel` is the room's.
+    async fn read(
+        &self,
+        channel: &str,
+        after: u64,
+        epoch: Option<&str>,
+        create: bool,
+    ) -> Result<RawPage, LinkError> {
+        match self {
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => r.read(channel, after, epoch, create).await,
+            #[cfg(feature = "nats")]
+            Self::Nats(s) => s.read(channel, after, epoch).await,
+        }
+    }
+}
+
+/// A room's history as the broker answers it: the epoch, the newest
+/// position, and each message (numbered) after the position asked for.
+pub(crate) struct RawPage {
+    pub epoch: String,
+    pub top: u64,
+    pub messages: Vec<Bytes>,
 }
 
 impl SharedSettings {
@@ -299,9 +337,7 @@ impl Cluster {
         };
         // One fan-out worker per CPU the relay may use (the runtime has
         // as many threads).
-        let history = config
-            .history
-            .filter(|_| config.backend == ClusterBackend::Redis);
+        let history = config.history;
         // Message ids start at a random point: their upper half tells this
         // process's messages from those of an earlier one of the same node.
         let instance = fastrand::u32(..);
@@ -326,7 +362,6 @@ impl Cluster {
             interest: Arc::new(Interest::default()),
             metrics,
             history,
-            #[cfg(feature = "redis")]
             reader: Mutex::default(),
         }
     }
@@ -337,17 +372,16 @@ impl Cluster {
     }
 
     /// Reads rooms' history while connected, if shared.
-    #[cfg(feature = "redis")]
     fn set_reader(&self, link: Option<&Link>) {
         let reader = match link {
-            Some(Link::Redis(l)) => l.reader(),
+            #[cfg(feature = "redis")]
+            Some(Link::Redis(l)) => l.reader().map(HistoryReader::Redis),
+            #[cfg(feature = "nats")]
+            Some(Link::Nats(l)) => l.stream().map(HistoryReader::Nats),
             _ => None,
         };
         *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = reader;
     }
-
-    #[cfg(not(feature = "redis"))]
-    fn set_reader(&self, _: Option<&Link>) {}
 
     /// Where the hub reports rooms gaining or losing local subscribers.
     pub fn interest(&self) -> Arc<Interest> {
@@ -587,28 +621,23 @@ impl SharedHistory for Cluster {
                 epoch,
                 create,
             } = read;
-            #[cfg(feature = "redis")]
-            {
-                let reader = self
-                    .reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let reader = reader?;
-                self.metrics.history_reads.inc();
-                let channel = self.channel(room);
-                match bounded(reader.read(&channel, after, epoch, create)).await {
-                    Ok(raw) if raw.epoch.is_empty() => None,
-                    Ok(raw) => Some(self.page(room, after, raw)),
-                    Err(e) => {
-                        self.metrics.history_read_errors.inc();
-                        debug!(room, error = %e, "reading a room's history from the broker failed");
-                        None
-                    }
+            let reader = self
+                .reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let reader = reader?;
+            self.metrics.history_reads.inc();
+            let channel = self.channel(room);
+            match bounded(reader.read(&channel, after, epoch, create)).await {
+                Ok(raw) if raw.epoch.is_empty() => None,
+                Ok(raw) => Some(self.page(room, after, raw)),
+                Err(e) => {
+                    self.metrics.history_read_errors.inc();
+                    debug!(room, error = %e, "reading a room's history from the broker failed");
+                    None
                 }
             }
-            #[cfg(not(feature = "redis"))]
-            None
         })
     }
 }
@@ -617,8 +646,8 @@ impl Cluster {
     /// A room's history as read from the broker, each message as this
     /// node's log keeps it; messages that are not the room's own numbered
     /// ones are left out.
-    #[cfg(feature = "redis")]
-    fn page(&self, room: &str, after: u64, raw: self::redis::RawPage) -> BrokerPage {
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    fn page(&self, room: &str, after: u64, raw: RawPage) -> BrokerPage {
         let mut messages = Vec::with_capacity(raw.messages.len());
         for bytes in &raw.messages {
             let Ok(m) = envelope::decode(bytes) else {
@@ -760,7 +789,10 @@ impl Link {
             #[cfg(feature = "nats")]
             ClusterBackend::Nats => {
                 let (node, capacity) = (&cluster.node_id, cluster.subject_capacity);
-                let link = NatsLink::connect(url, node, BROKER_TIMEOUT, capacity, inbound).await?;
+                let history = cluster.history.map(|h| (cluster.prefix.as_str(), h));
+                let link =
+                    NatsLink::connect(url, node, BROKER_TIMEOUT, capacity, inbound, history)
+                        .await?;
                 Ok(Self::Nats(link))
             }
             #[allow(unreachable_patterns)]
@@ -850,7 +882,7 @@ impl Link {
                 None
             }
             #[cfg(feature = "nats")]
-            Self::Nats(l) => l.next().await.map(|m| m.payload),
+            Self::Nats(l) => l.next().await,
         }
     }
 }

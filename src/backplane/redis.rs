@@ -32,7 +32,7 @@ use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, 
 use tokio::sync::Notify;
 
 use super::inbound::Inbound;
-use super::{LinkError, Outgoing, SharedSettings};
+use super::{LinkError, Outgoing, RawPage, SharedSettings};
 use crate::hub::new_epoch;
 
 /// Numbers one message of a room, keeps it in the room's stream and
@@ -221,14 +221,6 @@ pub struct HistoryReader {
     /// Most entries one read takes: the stream's size, and the ~100 more
     /// `MAXLEN ~` may leave.
     max_entries: usize,
-}
-
-/// What [`READ_SCRIPT`] answers: the epoch, the newest position, and
-/// each entry's message.
-pub struct RawPage {
-    pub epoch: String,
-    pub top: u64,
-    pub messages: Vec<Bytes>,
 }
 
 impl HistoryReader {

@@ -514,6 +514,7 @@ fn cluster_settings(config: &Config) -> ClusterSettings {
         history: (config.rooms.history.size > 0).then_some(SharedSettings {
             size: config.rooms.history.size,
             ttl: config.rooms.history.ttl,
+            total_bytes: config.rooms.history.total_bytes,
         }),
     }
 }
