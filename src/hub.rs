@@ -356,6 +356,10 @@ struct RoomState {
     /// never): for a moment after, the log is as current as the broker's,
     /// so clients joining together cost one read.
     filled_ms: u64,
+    /// The position that fill's read asked for what followed (`u64::MAX`:
+    /// nothing): a client behind the log but not before it finds there
+    /// all the broker had, and needs no read of its own.
+    filled_after: u64,
     /// The broker's epoch and the head in it when this node began to
     /// number the room's messages itself (its broker unreachable): where to
     /// read from once it is back.
@@ -1637,6 +1641,7 @@ impl Hub {
                 state.log.append_at(frame, sender, now, position);
             }
             state.filled_ms = now.max(1);
+            state.filled_after = page.after;
             self.recount(&mut state);
             wake_sleepers(&mut state, &mut waking);
         }
@@ -1709,10 +1714,11 @@ impl Hub {
             Start::Since { position, .. } if heard && same_epoch => {
                 // Ahead of the log: the client had messages still on their
                 // way here. Behind it: read what it lacks, unless a read
-                // just brought all the broker had.
+                // from before it just brought all the broker had.
+                let read_just_now = fresh && state.filled_after <= *position;
                 match *position {
                     p if p > top => ours(top),
-                    p if self.resumes(&state, p, now).is_none() && !fresh => ours(p),
+                    p if self.resumes(&state, p, now).is_none() && !read_just_now => ours(p),
                     _ => None,
                 }
             }
@@ -2222,6 +2228,7 @@ impl Room {
                 counted_kept: false,
                 shed: false,
                 filled_ms: 0,
+                filled_after: u64::MAX,
                 last_broker: None,
                 generation: 0,
             }),

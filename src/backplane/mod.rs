@@ -790,9 +790,8 @@ impl Link {
             ClusterBackend::Nats => {
                 let (node, capacity) = (&cluster.node_id, cluster.subject_capacity);
                 let history = cluster.history.map(|h| (cluster.prefix.as_str(), h));
-                let link =
-                    NatsLink::connect(url, node, BROKER_TIMEOUT, capacity, inbound, history)
-                        .await?;
+                let link = NatsLink::connect(url, node, BROKER_TIMEOUT, capacity, inbound, history)
+                    .await?;
                 Ok(Self::Nats(link))
             }
             #[allow(unreachable_patterns)]

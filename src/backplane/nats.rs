@@ -161,7 +161,9 @@ impl Stream {
     }
 
     fn subject(&self, channel: &str, kind: &str) -> String {
-        let rest = channel.strip_prefix(self.prefix.as_str()).unwrap_or(channel);
+        let rest = channel
+            .strip_prefix(self.prefix.as_str())
+            .unwrap_or(channel);
         format!("{}.{kind}{rest}", self.prefix)
     }
 

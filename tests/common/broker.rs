@@ -46,6 +46,9 @@ pub struct Broker {
     pub monitor_port: u16,
     /// A nats-server configuration file, when one was given.
     config: Option<super::TempDir>,
+    /// With JetStream on: its store, emptied at each restart (a restart
+    /// loses the broker's data, as Redis started without persistence does).
+    store: Option<super::TempDir>,
     child: Option<Child>,
 }
 
@@ -62,7 +65,30 @@ impl Broker {
         Self::start_with(Kind::Nats, Some(dir))
     }
 
+    /// Starts nats-server with JetStream on (`-js`), storing in a fresh
+    /// directory.
+    pub fn start_jetstream() -> Self {
+        Self::start_full(Kind::Nats, None, Some(super::TempDir::new("jetstream")))
+    }
+
+    /// The broker shared history runs on for `kind`: Redis, or NATS with
+    /// JetStream.
+    pub fn start_with_history(kind: Kind) -> Self {
+        match kind {
+            Kind::Redis => Self::start(kind),
+            Kind::Nats => Self::start_jetstream(),
+        }
+    }
+
     fn start_with(kind: Kind, config: Option<super::TempDir>) -> Self {
+        Self::start_full(kind, config, None)
+    }
+
+    fn start_full(
+        kind: Kind,
+        config: Option<super::TempDir>,
+        store: Option<super::TempDir>,
+    ) -> Self {
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -74,6 +100,7 @@ impl Broker {
             port: free_port(),
             monitor_port: free_port(),
             config,
+            store,
             child: None,
         };
         broker.restart();
@@ -116,7 +143,8 @@ impl Broker {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// Starts the broker again on the same port, and waits until it is ready.
+    /// Starts the broker again on the same port, without its data, and
+    /// waits until it is ready.
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port.to_string();
@@ -131,6 +159,11 @@ impl Broker {
                 let mut c = Command::new("nats-server");
                 if let Some(dir) = &self.config {
                     c.arg("-c").arg(dir.0.join("nats.conf"));
+                }
+                if let Some(store) = &self.store {
+                    let _ = std::fs::remove_dir_all(&store.0);
+                    std::fs::create_dir_all(&store.0).expect("make the JetStream store");
+                    c.arg("-js").arg("-sd").arg(&store.0);
                 }
                 c.args(["-a", "127.0.0.1", "-p", &port]);
                 c.args(["-m", &self.monitor_port.to_string()]);

@@ -1,5 +1,6 @@
-//! Shared history: three relays on a real `redis-server` with history on,
-//! where the broker numbers every room's messages for all nodes. A client
+//! Shared history: three relays on a real `redis-server`, or a real
+//! `nats-server -js`, with history on, where the broker numbers every
+//! room's messages for all nodes. A client
 //! resumes on any node, every node sees the broker's one order, the epoch
 //! moves when the broker loses its data, and an outage keeps local relay
 //! going while refusing recovery.
@@ -12,6 +13,23 @@ use crate::cluster::{CONNECTED, SUBSCRIPTIONS, next_data, node_config, send};
 use crate::common::broker::{Broker, Kind};
 use crate::common::*;
 use crate::history::{Event, joined, next_event, positioned};
+
+/// Runs a scenario on Redis and on NATS with JetStream.
+macro_rules! on_both_brokers {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$scenario(super::Kind::Redis).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$scenario(super::Kind::Nats).await;
+            }
+        }
+    };
+}
 
 const HISTORY_READS: &str = "wsrelay_cluster_history_reads_total";
 const PUBLISHED: &str = "wsrelay_cluster_published_messages_total";
@@ -52,9 +70,9 @@ fn epoch_of(notice: &serde_json::Value) -> String {
 /// mid-stream and resumes on node C: every message exactly once, with
 /// contiguous positions. Twenty more clients resuming on C at once from a
 /// position C never held cost one broker read, not twenty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resumes_on_another_node_exactly_once() {
-    let broker = Broker::start(Kind::Redis);
+on_both_brokers!(a_client_resumes_on_another_node_exactly_once);
+async fn a_client_resumes_on_another_node_exactly_once(kind: Kind) {
+    let broker = Broker::start_with_history(kind);
     let (a, b, c) = (
         node(&broker, "a").await,
         node(&broker, "b").await,
@@ -103,10 +121,10 @@ async fn a_client_resumes_on_another_node_exactly_once() {
 /// Three publishers on three nodes at once: every subscriber, on every
 /// node, gets the same messages in the same order with positions 1, 2, 3,
 /// ... (the broker's order); each publisher's own messages keep theirs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_sees_the_brokers_one_order() {
+on_both_brokers!(every_node_sees_the_brokers_one_order);
+async fn every_node_sees_the_brokers_one_order(kind: Kind) {
     const PER_NODE: usize = 200;
-    let broker = Broker::start(Kind::Redis);
+    let broker = Broker::start_with_history(kind);
     let nodes = [
         node(&broker, "a").await,
         node(&broker, "b").await,
@@ -154,9 +172,9 @@ async fn every_node_sees_the_brokers_one_order() {
 /// A sender with echo off on a node where the broker numbers messages:
 /// its own come back to its node only to take their place; it gets the
 /// others', and a subscriber beside it gets all of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_off_holds_when_the_broker_numbers_messages() {
-    let broker = Broker::start(Kind::Redis);
+on_both_brokers!(echo_off_holds_when_the_broker_numbers_messages);
+async fn echo_off_holds_when_the_broker_numbers_messages(kind: Kind) {
+    let broker = Broker::start_with_history(kind);
     let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
     let mut quiet = join(a.addr, "/rooms/r?echo=false").await;
     let mut beside = positioned(&a, "/rooms/r").await;
@@ -171,13 +189,13 @@ async fn echo_off_holds_when_the_broker_numbers_messages() {
     assert_eq!(messages(&mut beside, 1).await, [(2, "theirs".into())]);
 }
 
-/// Redis restarted with its data lost: the room's epoch moves. A client
+/// The broker restarted with its data lost: the room's epoch moves. A client
 /// told positions is closed with 1012 as its node learns the new epoch
 /// (reading the room again once it is subscribed anew), and resuming
 /// from the old epoch gets `recovered: false`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_lost_its_data_moves_the_epoch() {
-    let mut broker = Broker::start(Kind::Redis);
+on_both_brokers!(a_broker_that_lost_its_data_moves_the_epoch);
+async fn a_broker_that_lost_its_data_moves_the_epoch(kind: Kind) {
+    let mut broker = Broker::start_with_history(kind);
     let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
     let mut watcher = positioned(&b, "/rooms/r").await;
     let old = epoch_of(&joined(&mut watcher).await);
@@ -203,9 +221,9 @@ async fn a_broker_that_lost_its_data_moves_the_epoch() {
 /// The broker down: clients on one node keep hearing each other, nobody
 /// resumes there (`recovered: false`, never a wrong replay), and once it
 /// is back the nodes relay to each other and clients resume again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends() {
-    let mut broker = Broker::start(Kind::Redis);
+on_both_brokers!(an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends);
+async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends(kind: Kind) {
+    let mut broker = Broker::start_with_history(kind);
     let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
     let mut local = join(a.addr, "/rooms/r").await;
     let mut watcher = positioned(&a, "/rooms/r").await;
@@ -266,9 +284,9 @@ async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends() {
 /// subscribers on B and C that drop about every 100 ms and resume each time
 /// on the other node. Nothing lost, nothing repeated, every resumption
 /// recovered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bench_resumes_across_nodes_without_loss() {
-    let broker = Broker::start(Kind::Redis);
+on_both_brokers!(the_bench_resumes_across_nodes_without_loss);
+async fn the_bench_resumes_across_nodes_without_loss(kind: Kind) {
+    let broker = Broker::start_with_history(kind);
     let (a, b, c) = (
         node(&broker, "a").await,
         node(&broker, "b").await,
@@ -290,9 +308,9 @@ async fn the_bench_resumes_across_nodes_without_loss() {
 /// goes through the broker (its answer has no position yet), reaches
 /// subscribers on other nodes, and a node that never had the room serves
 /// its history, read from the broker, with the broker's positions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_publishes_through_the_broker_and_any_node_serves_the_history() {
-    let broker = Broker::start(Kind::Redis);
+on_both_brokers!(the_api_publishes_through_the_broker_and_any_node_serves_the_history);
+async fn the_api_publishes_through_the_broker_and_any_node_serves_the_history(kind: Kind) {
+    let broker = Broker::start_with_history(kind);
     let with_api = |name: &str| {
         let mut config = node_config(&broker, name);
         config.rooms.history.size = 1000;
