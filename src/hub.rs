@@ -334,11 +334,11 @@ struct RoomState {
     /// whoever finds it so looks again.
     removed: bool,
     /// History before this offset was shed (the relay-wide bound), or is
-    /// not to be trusted (see `resume_floor`).
+    /// incomplete (see `resume_floor`).
     history_floor: Offset,
-    /// A client may resume only from this position on: in a cluster, a
-    /// room that lost its last receiving member stopped hearing the other
-    /// nodes, so what they published meanwhile is not in its log.
+    /// A client may resume only from this offset on: in a cluster, messages
+    /// before it were lost (the broker no longer had them when this node
+    /// missed them).
     resume_floor: Offset,
     /// When a member last left (hub milliseconds): a room with history on
     /// keeps its epoch for `ttl` after that, so a lone client that comes
@@ -369,15 +369,6 @@ struct RoomState {
 }
 
 impl RoomState {
-    /// Nothing up to the head can be resumed from or served as history:
-    /// in a cluster, this node may have missed the other nodes' messages
-    /// after it (its last receiver left, or its broker link was down).
-    fn stop_resuming_before_now(&mut self) {
-        let head = self.log.head();
-        self.history_floor = head;
-        self.resume_floor = head + 1;
-    }
-
     /// What its readers still need of its log, entries counted as the
     /// relay-wide bound counts them.
     fn readers_bytes(&self, readers_from: Offset) -> u64 {
@@ -979,12 +970,6 @@ impl Hub {
         }
     }
 
-    /// Whether this is a cluster node keeping history of its own (not the
-    /// broker's): what it did not hear cannot be resumed across.
-    fn history_per_node(&self) -> bool {
-        self.interest.is_some() && self.history.is_some() && !self.shared
-    }
-
     /// Whether this node hears the other nodes now (always, alone).
     pub fn hears_others(&self) -> bool {
         self.hearing.load(Ordering::SeqCst)
@@ -999,15 +984,9 @@ impl Hub {
 
     /// A cluster node's broker connection came up (`true`, once its rooms
     /// are subscribed again) or went down. While it is down nobody resumes
-    /// here; when it is back, every position from before counts as lost
-    /// (the other nodes' messages meanwhile are in no log here), as when a
-    /// room loses its last receiver.
+    /// here: what the other nodes publish meanwhile is in no log here (it
+    /// is read from the broker once it is back).
     pub fn hearing_others(&self, hearing: bool) {
-        // Only the cluster task calls this: the floors move while nobody
-        // may resume yet, and only then may they.
-        if hearing && !self.hearing.load(Ordering::SeqCst) && self.history_per_node() {
-            self.each_room(|room| room.lock().stop_resuming_before_now());
-        }
         self.hearing.store(hearing, Ordering::SeqCst);
     }
 
@@ -1256,11 +1235,6 @@ impl Hub {
 
     fn lose_receiver(&self, state: &mut RoomState, room: &Room, member: &Member) {
         state.receivers -= 1;
-        // No longer hearing the other nodes: what this log holds cannot be
-        // resumed from, nor what is published until someone is back.
-        if state.receivers == 0 && self.history_per_node() {
-            state.stop_resuming_before_now();
-        }
         if member.compresses.load(Ordering::Relaxed) {
             room.compressing.fetch_sub(1, Ordering::Relaxed);
         }
@@ -1421,13 +1395,6 @@ impl Hub {
             published.position = state.log.top();
             if with_epoch {
                 published.epoch = Some(state.epoch.clone());
-            }
-            // Not hearing the other nodes (nobody here receives): what they
-            // publish meanwhile is not in this log, so nothing from here on
-            // can be resumed from or served as history. (With positions
-            // from the broker, a node fills what it missed from there.)
-            if state.receivers == 0 && self.history_per_node() {
-                state.stop_resuming_before_now();
             }
             state.unchecked.messages += 1;
             state.unchecked.bytes += size;
@@ -2570,24 +2537,6 @@ mod tests {
         assert_eq!(take(&mut other).len(), 1, "the room goes on");
     }
 
-    /// A cluster node's hub with history, whose one member of the shared
-    /// room heard message 1 and left; and where that member joined.
-    fn cluster_room_left() -> (Hub, Joined) {
-        struct Nobody;
-        impl RoomInterest for Nobody {
-            fn add(&self, _: &RoomName) {}
-            fn remove(&self, _: &str) {}
-        }
-        let hub =
-            with_history(hub(100, OnOverflow::Disconnect), 100).with_interest(Arc::new(Nobody));
-        // Its broker connection is up.
-        hub.hearing_others(true);
-        let (s, first) = hub.join_at("".into(), true, &Start::Live).unwrap();
-        hub.publish("", &Frame::new(false, b"one"));
-        hub.leave(&s);
-        (hub, first)
-    }
-
     /// A cluster node whose positions come from the broker, hearing it.
     fn shared_hub() -> Hub {
         struct Nobody;
@@ -2709,6 +2658,143 @@ mod tests {
         ));
     }
 
+    /// The positions each message takes, from a member's marks.
+    fn take_positions(s: &mut Subscription) -> Vec<u64> {
+        let mut got = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Taken::Frames { .. }) =
+            s.poll_take(&mut cx, 1000, usize::MAX, |_, m| got.push(m.position()))
+        {}
+        got
+    }
+
+    /// A broker numbering all rooms in one sequence (NATS JetStream): a
+    /// room's positions have gaps, and each message names the room's
+    /// previous position. A message follows the log when that is the log's
+    /// newest; a client resumes from any position the room had, and from
+    /// no other.
+    #[test]
+    fn positions_with_gaps_follow_the_rooms_previous_one() {
+        let hub = shared_hub();
+        let after = |position, previous| Sequenced {
+            previous,
+            ..at("J", position)
+        };
+        hub.fill(
+            "r",
+            BrokerPage {
+                epoch: "J".into(),
+                top: 10,
+                after: u64::MAX,
+                messages: Vec::new(),
+            },
+        );
+        let (mut s, joined) = hub.join_as("r".into(), true, true, &Start::Live).unwrap();
+        assert_eq!(joined.position, 10);
+        assert!(
+            matches!(deliver(&hub, &after(14, 10), b"14"), Delivered::Appended(p) if p.position == 14)
+        );
+        // 17 is missing before 20.
+        assert_eq!(
+            deliver(&hub, &after(20, 17), b"20"),
+            Delivered::Placed(Placed::Gap { after: 14 })
+        );
+        assert_eq!(
+            hub.read_gap("r", &after(20, 17)),
+            Some(ReadPlan::after(14, "J"))
+        );
+        assert!(matches!(
+            deliver(&hub, &after(17, 14), b"17"),
+            Delivered::Appended(_)
+        ));
+        assert!(matches!(
+            deliver(&hub, &after(20, 17), b"20"),
+            Delivered::Appended(_)
+        ));
+        assert_eq!(
+            deliver(&hub, &after(17, 14), b"17"),
+            Delivered::Placed(Placed::Duplicate)
+        );
+        assert_eq!(take_positions(&mut s), [14, 17, 20]);
+        let since = |position| Start::Since {
+            epoch: "J".into(),
+            position,
+        };
+        for (position, recovered, replay) in
+            [(10, true, 3), (14, true, 2), (15, false, 0), (20, true, 0)]
+        {
+            let (_, back) = hub.join_at("r".into(), true, &since(position)).unwrap();
+            assert_eq!(
+                (back.recovered, back.replay),
+                (Some(recovered), replay),
+                "since {position}"
+            );
+        }
+        // Given up: nobody resumes from before the message after the gap.
+        let forced = Sequenced {
+            force: true,
+            ..after(30, 25)
+        };
+        assert!(matches!(
+            deliver(&hub, &forced, b"30"),
+            Delivered::Appended(_)
+        ));
+        assert_eq!(take_positions(&mut s), [30]);
+        for (position, recovered) in [(20, false), (25, false), (30, true)] {
+            let (_, back) = hub.join_at("r".into(), true, &since(position)).unwrap();
+            assert_eq!(back.recovered, Some(recovered), "since {position}");
+        }
+        // A read from the broker goes before the log only if it ends at the
+        // position before the log's first message, each after the other.
+        let history = hub.history("r", 0, Some("J"), 10).unwrap();
+        assert!(!history.complete);
+        let numbered = |position, previous| Numbered {
+            position,
+            previous,
+            frame: Frame::new(true, position.to_string().as_bytes()),
+            sender: None,
+            placeholder: false,
+        };
+        let fresh = shared_hub();
+        fresh.fill(
+            "r",
+            BrokerPage {
+                epoch: "J".into(),
+                top: 10,
+                after: 8,
+                messages: vec![numbered(9, 8), numbered(10, 9)],
+            },
+        );
+        fresh.fill(
+            "r",
+            BrokerPage {
+                epoch: "J".into(),
+                top: 10,
+                after: 2,
+                messages: vec![
+                    numbered(3, 2),
+                    numbered(6, 3),
+                    numbered(8, 6),
+                    numbered(9, 8),
+                ],
+            },
+        );
+        let page = fresh.history("r", 2, Some("J"), 10).unwrap();
+        let positions: Vec<u64> = page.messages.iter().map(|(p, _)| *p).collect();
+        assert_eq!((positions, page.complete), (vec![3, 6, 8, 9, 10], true));
+        // A broken chain stays out.
+        fresh.fill(
+            "r",
+            BrokerPage {
+                epoch: "J".into(),
+                top: 10,
+                after: 0,
+                messages: vec![numbered(1, 0), numbered(2, 0)],
+            },
+        );
+        assert!(!fresh.history("r", 0, Some("J"), 10).unwrap().complete);
+    }
+
     /// What the broker holds goes before the log (a client resuming from
     /// a position this node never held) and after its head, in order; a
     /// member that is not told positions carries on across a new epoch,
@@ -2796,55 +2882,6 @@ mod tests {
         assert_eq!(hub.read_after("r", &since(2)), None);
         let (_, refused) = hub.join_at("r".into(), true, &since(6)).unwrap();
         assert_eq!(refused.recovered, Some(false));
-    }
-
-    /// While a cluster node's broker connection is down nobody resumes
-    /// there, and once it is back, positions from before count as lost.
-    #[test]
-    fn in_a_cluster_a_broker_outage_stops_recovery_and_cuts_history() {
-        let (hub, first) = cluster_room_left();
-        let (_stays, _) = hub.join_at("".into(), true, &Start::Live).unwrap();
-        hub.publish("", &Frame::new(false, b"two"));
-        let since = |position| Start::Since {
-            epoch: first.epoch.to_string(),
-            position,
-        };
-        let (_, during) = hub.join_at("".into(), true, &since(2)).unwrap();
-        assert_eq!(during.recovered, Some(true), "hearing: resumable");
-        hub.hearing_others(false);
-        let (_, during) = hub.join_at("".into(), true, &since(2)).unwrap();
-        assert_eq!(during.recovered, Some(false), "not hearing: nobody resumes");
-        assert!(!hub.history("", 1, None, 10).unwrap().complete);
-        hub.hearing_others(true);
-        let (_, after) = hub.join_at("".into(), true, &since(2)).unwrap();
-        assert_eq!(after.recovered, Some(false), "from before the outage");
-        hub.publish("", &Frame::new(false, b"three"));
-        let (_, later) = hub.join_at("".into(), true, &since(3)).unwrap();
-        assert_eq!(later.recovered, Some(true), "from after it");
-        let page = hub.history("", 0, None, 10).unwrap();
-        assert_eq!(page.messages.len(), 1, "only what came after");
-    }
-
-    /// In a cluster, a room that lost its last receiving member stopped
-    /// hearing the other nodes: nobody may resume from before it is back.
-    #[test]
-    fn in_a_cluster_a_room_nobody_heard_cannot_be_resumed_from() {
-        let (hub, first) = cluster_room_left();
-        // Back: the other nodes' messages meanwhile never came here.
-        let since = Start::Since {
-            epoch: first.epoch.to_string(),
-            position: 1,
-        };
-        let (_stays, again) = hub.join_at("".into(), true, &since).unwrap();
-        assert_eq!(again.recovered, Some(false));
-        // From a position published while someone was here again, one can.
-        hub.publish("", &Frame::new(false, b"two"));
-        let since = Start::Since {
-            epoch: first.epoch.to_string(),
-            position: 2,
-        };
-        let (_, later) = hub.join_at("".into(), true, &since).unwrap();
-        assert_eq!(later.recovered, Some(true));
     }
 
     #[test]
@@ -2972,25 +3009,6 @@ mod tests {
             "{} bytes of history held past the bound {bound}",
             gauges.bytes.get()
         );
-    }
-
-    /// In a cluster, a message published while nobody here receives (the
-    /// API's, or one in flight from the broker) is not a place to resume
-    /// from, nor served as complete history: other nodes' messages
-    /// meanwhile never came here.
-    #[test]
-    fn in_a_cluster_positions_published_while_nobody_listens_are_not_resumable() {
-        let (hub, first) = cluster_room_left();
-        let p = hub.publish("", &Frame::new(false, b"api")).position;
-        assert_eq!(p, 2);
-        let page = hub.history("", 1, Some(&first.epoch), 10).unwrap();
-        assert!(!page.complete);
-        let since = Start::Since {
-            epoch: first.epoch.to_string(),
-            position: p,
-        };
-        let (_s, j) = hub.join_at("".into(), true, &since).unwrap();
-        assert_eq!(j.recovered, Some(false));
     }
 
     /// The history route answers nothing for positions of another epoch.

@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[cfg(any(feature = "redis", feature = "nats"))]
 use crate::hub::{BrokerPage, Numbered};
@@ -119,6 +119,9 @@ pub enum LinkError {
     Reply,
     #[error("connection lost")]
     Lost,
+    /// The broker answers, but cannot serve this node as configured.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 #[cfg(feature = "nats")]
@@ -454,6 +457,10 @@ impl Cluster {
                 }
                 // The first failure of an outage, then every tenth: enough
                 // to see it is still down without a line every few seconds.
+                Err(e @ LinkError::Unusable(_)) if failures.is_multiple_of(10) => error!(
+                    broker = %broker, error = %e, attempts = failures + 1,
+                    "the cluster broker cannot serve this node; relaying locally and retrying"
+                ),
                 Err(e) if failures.is_multiple_of(10) => warn!(
                     broker = %broker, error = %e, attempts = failures + 1,
                     "cannot reach the cluster broker; relaying locally and retrying"

@@ -74,6 +74,9 @@ pub struct Stream {
     prefix: String,
     /// The stream's creation time, in hex nanoseconds.
     epoch: Arc<str>,
+    /// Notified when a read finds the stream made anew since the link
+    /// opened it: the link starts again, to number in the new epoch.
+    replaced: Arc<Notify>,
     /// Most messages one read takes: a room's whole history.
     max_entries: usize,
 }
@@ -122,7 +125,7 @@ impl Stream {
         let mut stream = match context.get_or_create_stream(wanted.clone()).await {
             Ok(stream) => stream,
             Err(e) if e.kind() == js::context::CreateStreamErrorKind::JetStreamUnavailable => {
-                return Err(LinkError::Nats(format!(
+                return Err(LinkError::Unusable(format!(
                     "the NATS server has JetStream off, and shared history needs it: start it with `nats-server -js` ({e})"
                 )));
             }
@@ -131,17 +134,14 @@ impl Stream {
         let info = stream.info().await.map_err(|e| stream_error(&name, e))?;
         // One made by hand must still feed the rooms' subjects.
         if info.config.subjects != wanted.subjects || info.config.republish != wanted.republish {
-            return Err(stream_error(
-                &name,
-                format!(
-                    "exists with other subjects or republish than wsrelay's ({} republished to {}): delete it, or change cluster.prefix",
-                    wanted.subjects[0],
-                    format_args!("{prefix}.out.>"),
-                ),
-            ));
+            return Err(LinkError::Unusable(format!(
+                "JetStream stream `{name}` exists with other subjects or republishing than wsrelay's \
+                 ({prefix}.in.> republished to {prefix}.out.>): delete it, or change cluster.prefix"
+            )));
         }
         Ok(Self {
             epoch: epoch_of(info).into(),
+            replaced: Arc::new(Notify::new()),
             context,
             name,
             prefix: prefix.to_owned(),
@@ -187,6 +187,9 @@ impl Stream {
             .await
             .map_err(|e| err(&e))?;
         let current = epoch_of(stream.cached_info());
+        if *current != *self.epoch {
+            self.replaced.notify_one();
+        }
         let subject = self.stored(channel);
         let top = match stream.direct_get_last_for_subject(&subject).await {
             Ok(m) => m.sequence,
@@ -243,6 +246,14 @@ impl Stream {
             top,
             messages,
         })
+    }
+}
+
+/// Resolves when `replaced` is notified; never without it.
+async fn stream_replaced(replaced: Option<&Notify>) {
+    match replaced {
+        Some(replaced) => replaced.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -402,10 +413,15 @@ impl NatsLink {
     /// numbered from the headers the stream gave it); `None` once the
     /// connection is gone, or the stream was made anew under it.
     pub async fn next(&mut self) -> Option<Bytes> {
+        let replaced = self.history.as_ref().map(|(s, _)| s.replaced.clone());
         loop {
             tokio::select! {
                 biased;
                 () = self.lost.notified() => return None,
+                () = stream_replaced(replaced.as_deref()) => {
+                    warn!("the JetStream stream was made anew; reconnecting to number in its epoch");
+                    return None;
+                }
                 _ = self.state_check.tick() => {
                     if self.client.connection_state() == State::Disconnected {
                         return None;
@@ -428,7 +444,7 @@ impl NatsLink {
                     };
                     let heard = newest.entry(subject).or_default();
                     if sequence <= *heard {
-                        warn!(stream = %stream.name, "the stream's sequence went back: it was made anew; reconnecting");
+                        warn!(stream = %stream.name, "the JetStream stream's sequence went back: it was made anew; reconnecting");
                         return None;
                     }
                     *heard = sequence;

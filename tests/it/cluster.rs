@@ -524,50 +524,6 @@ async fn broker_outage_keeps_local_relay_and_recovers(kind: Kind) {
 
 on_both_brokers!(broker_outage_keeps_local_relay_and_recovers);
 
-/// With history on and NATS (where history is each node's own), a node
-/// whose broker connection is down resumes nobody (what the other nodes
-/// publish meanwhile is not in its log), and once it is back, positions
-/// from before the outage count as lost; from after, clients resume
-/// again. (With Redis the broker keeps the history: `shared_history`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_outage_stops_recovery_and_cuts_history() {
-    use crate::history::{joined, positioned};
-    let mut broker = Broker::start(Kind::Nats);
-    let mut config = node_config(&broker, "a");
-    config.rooms.history.size = 100;
-    let a = start(config).await;
-    a.wait_metric(CONNECTED, 1).await;
-    let mut publisher = join(a.addr, "/rooms/r").await;
-    a.wait_metric(SUBSCRIPTIONS, 1).await;
-    let mut watcher = positioned(&a, "/rooms/r").await;
-    let epoch = joined(&mut watcher).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for body in ["one", "two"] {
-        send(&mut publisher, true, body).await;
-        assert_eq!(next_data(&mut publisher).await.1, body);
-    }
-    let resume = |position: u64| format!("/rooms/r?since={position}&epoch={epoch}");
-    let mut fine = positioned(&a, &resume(2)).await;
-    assert_eq!(joined(&mut fine).await["recovered"], true);
-
-    broker.kill();
-    a.wait_metric(CONNECTED, 0).await;
-    let mut during = positioned(&a, &resume(2)).await;
-    assert_eq!(joined(&mut during).await["recovered"], false);
-
-    broker.restart();
-    a.wait_metric(CONNECTED, 1).await;
-    a.wait_metric(SUBSCRIPTIONS, 1).await;
-    let mut before = positioned(&a, &resume(2)).await;
-    assert_eq!(joined(&mut before).await["recovered"], false);
-    send(&mut publisher, true, "three").await;
-    assert_eq!(next_data(&mut publisher).await.1, "three");
-    let mut after = positioned(&a, &resume(3)).await;
-    assert_eq!(joined(&mut after).await["recovered"], true);
-}
-
 /// A node that cannot reach the broker at start-up still starts, relays
 /// locally, and joins the cluster once the broker appears.
 async fn node_starts_without_broker_and_joins_later(kind: Kind) {

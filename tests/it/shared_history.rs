@@ -66,11 +66,11 @@ fn epoch_of(notice: &serde_json::Value) -> String {
     notice["epoch"].as_str().expect("an epoch").to_owned()
 }
 
+on_both_brokers!(a_client_resumes_on_another_node_exactly_once);
 /// A client publishing on node A, a subscriber on node B that drops
 /// mid-stream and resumes on node C: every message exactly once, with
 /// contiguous positions. Twenty more clients resuming on C at once from a
 /// position C never held cost one broker read, not twenty.
-on_both_brokers!(a_client_resumes_on_another_node_exactly_once);
 async fn a_client_resumes_on_another_node_exactly_once(kind: Kind) {
     let broker = Broker::start_with_history(kind);
     let (a, b, c) = (
@@ -118,10 +118,10 @@ async fn a_client_resumes_on_another_node_exactly_once(kind: Kind) {
     assert!(reads <= 3, "{reads} broker reads for one range");
 }
 
+on_both_brokers!(every_node_sees_the_brokers_one_order);
 /// Three publishers on three nodes at once: every subscriber, on every
 /// node, gets the same messages in the same order with positions 1, 2, 3,
 /// ... (the broker's order); each publisher's own messages keep theirs.
-on_both_brokers!(every_node_sees_the_brokers_one_order);
 async fn every_node_sees_the_brokers_one_order(kind: Kind) {
     const PER_NODE: usize = 200;
     let broker = Broker::start_with_history(kind);
@@ -169,10 +169,10 @@ async fn every_node_sees_the_brokers_one_order(kind: Kind) {
     }
 }
 
+on_both_brokers!(echo_off_holds_when_the_broker_numbers_messages);
 /// A sender with echo off on a node where the broker numbers messages:
 /// its own come back to its node only to take their place; it gets the
 /// others', and a subscriber beside it gets all of them.
-on_both_brokers!(echo_off_holds_when_the_broker_numbers_messages);
 async fn echo_off_holds_when_the_broker_numbers_messages(kind: Kind) {
     let broker = Broker::start_with_history(kind);
     let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
@@ -189,11 +189,11 @@ async fn echo_off_holds_when_the_broker_numbers_messages(kind: Kind) {
     assert_eq!(messages(&mut beside, 1).await, [(2, "theirs".into())]);
 }
 
+on_both_brokers!(a_broker_that_lost_its_data_moves_the_epoch);
 /// The broker restarted with its data lost: the room's epoch moves. A client
 /// told positions is closed with 1012 as its node learns the new epoch
 /// (reading the room again once it is subscribed anew), and resuming
 /// from the old epoch gets `recovered: false`.
-on_both_brokers!(a_broker_that_lost_its_data_moves_the_epoch);
 async fn a_broker_that_lost_its_data_moves_the_epoch(kind: Kind) {
     let mut broker = Broker::start_with_history(kind);
     let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
@@ -218,10 +218,10 @@ async fn a_broker_that_lost_its_data_moves_the_epoch(kind: Kind) {
     assert_eq!(messages(&mut back, 1).await, [(1, "m3".into())]);
 }
 
+on_both_brokers!(an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends);
 /// The broker down: clients on one node keep hearing each other, nobody
 /// resumes there (`recovered: false`, never a wrong replay), and once it
 /// is back the nodes relay to each other and clients resume again.
-on_both_brokers!(an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends);
 async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends(kind: Kind) {
     let mut broker = Broker::start_with_history(kind);
     let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
@@ -280,11 +280,11 @@ async fn an_outage_keeps_local_relay_and_refuses_recovery_until_it_ends(kind: Ki
     );
 }
 
+on_both_brokers!(the_bench_resumes_across_nodes_without_loss);
 /// `bench fanout --reconnect` across three nodes: publishers on A,
 /// subscribers on B and C that drop about every 100 ms and resume each time
 /// on the other node. Nothing lost, nothing repeated, every resumption
 /// recovered.
-on_both_brokers!(the_bench_resumes_across_nodes_without_loss);
 async fn the_bench_resumes_across_nodes_without_loss(kind: Kind) {
     let broker = Broker::start_with_history(kind);
     let (a, b, c) = (
@@ -304,11 +304,11 @@ async fn the_bench_resumes_across_nodes_without_loss(kind: Kind) {
     crate::history::assert_resumed_exactly_once(&report);
 }
 
+on_both_brokers!(the_api_publishes_through_the_broker_and_any_node_serves_the_history);
 /// The HTTP API on a node where the broker numbers messages: a publish
 /// goes through the broker (its answer has no position yet), reaches
 /// subscribers on other nodes, and a node that never had the room serves
 /// its history, read from the broker, with the broker's positions.
-on_both_brokers!(the_api_publishes_through_the_broker_and_any_node_serves_the_history);
 async fn the_api_publishes_through_the_broker_and_any_node_serves_the_history(kind: Kind) {
     let broker = Broker::start_with_history(kind);
     let with_api = |name: &str| {
@@ -394,4 +394,131 @@ async fn a_flushed_broker_moves_the_epoch_without_a_reconnect() {
         got.push(next_data(&mut plain).await.1);
     }
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+/// NATS JetStream numbers all rooms in one sequence: a room's positions
+/// skip those of the other rooms. A client resumes on another node from
+/// any position of its room, exactly once; from another room's position
+/// it is told it did not recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_positions_skip_other_rooms_and_resume_exactly_once() {
+    let broker = Broker::start_jetstream();
+    let (a, b, c) = (
+        node(&broker, "a").await,
+        node(&broker, "b").await,
+        node(&broker, "c").await,
+    );
+    let mut subscriber = positioned(&b, "/rooms/r").await;
+    let epoch = epoch_of(&joined(&mut subscriber).await);
+    let mut witness = positioned(&c, "/rooms/r").await;
+    joined(&mut witness).await;
+    let mut other_room = positioned(&c, "/rooms/s").await;
+    joined(&mut other_room).await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    c.wait_metric(SUBSCRIPTIONS, 2).await;
+    let mut to_r = join(a.addr, "/rooms/r?role=publisher").await;
+    let mut to_s = join(a.addr, "/rooms/s?role=publisher").await;
+    // Room s gets a message between any two of room r: each waited for
+    // where it is heard, so the stream's order is known.
+    let mut heard = Vec::new();
+    let mut s_positions = Vec::new();
+    let mut interleave = async |range: std::ops::Range<usize>| {
+        for i in range {
+            publish(&mut to_r, i..i + 1).await;
+            heard.extend(messages(&mut witness, 1).await);
+            to_s.send(Message::text(format!("s{i}"))).await.unwrap();
+            s_positions.push(messages(&mut other_room, 1).await[0].0);
+        }
+    };
+    interleave(0..5).await;
+    let first = messages(&mut subscriber, 5).await;
+    let positions: Vec<u64> = first.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        positions,
+        [1, 3, 5, 7, 9],
+        "room r's positions skip room s's"
+    );
+    drop(subscriber);
+    interleave(5..10).await;
+    let all = heard;
+    let last = first.last().unwrap().0;
+    let mut back = positioned(&a, &format!("/rooms/r?since={last}&epoch={epoch}")).await;
+    let notice = joined(&mut back).await;
+    assert_eq!(notice["recovered"], true, "{notice}");
+    assert_eq!(messages(&mut back, 5).await, all[5..]);
+    // Nothing more: the next one is a new message.
+    publish(&mut to_r, 10..11).await;
+    assert_eq!(messages(&mut back, 1).await[0].1, "m10");
+    // A position of room s names nothing of room r.
+    assert_eq!(s_positions[7], 16);
+    let foreign = s_positions[7];
+    let mut lost = positioned(&b, &format!("/rooms/r?since={foreign}&epoch={epoch}")).await;
+    assert_eq!(joined(&mut lost).await["recovered"], false);
+}
+
+/// With shared history on and a NATS server without JetStream, the relay
+/// says what is wrong and how to fix it (and relays locally meanwhile).
+#[test]
+fn on_nats_without_jetstream_the_relay_says_so() {
+    let broker = Broker::start(Kind::Nats);
+    let dir = TempDir::new("no-jetstream");
+    let file = dir.file(
+        "wsrelay.yaml",
+        &format!(
+            "server:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  enabled: false\n\
+             rooms:\n  enabled: true\n  history:\n    size: 100\n\
+             cluster:\n  backend: nats\n  url: {}\n",
+            broker.url()
+        ),
+    );
+    let mut relay = spawn_relay(&file);
+    let said = std::iter::from_fn(|| relay.logs.recv_timeout(PATIENCE).ok())
+        .find(|line| line.contains("JetStream"));
+    let _ = relay.child.kill();
+    let said = said.expect("a log line about JetStream");
+    assert!(
+        said.contains("ERROR") && said.contains("nats-server -js"),
+        "{said}"
+    );
+}
+
+/// The JetStream stream deleted under the nodes (their connections stay
+/// up): the next publish finds no stream, the link starts again and makes
+/// the stream anew, in a new epoch. A client told positions is closed with
+/// 1012; the others go on with what is published after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_a_deleted_stream_moves_the_epoch() {
+    let broker = Broker::start_jetstream();
+    let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
+    let mut watcher = positioned(&b, "/rooms/r").await;
+    let old = epoch_of(&joined(&mut watcher).await);
+    let mut plain = join(b.addr, "/rooms/r").await;
+    b.wait_metric(SUBSCRIPTIONS, 1).await;
+    let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
+    publish(&mut publisher, 0..3).await;
+    assert_eq!(messages(&mut watcher, 3).await.last().unwrap().0, 3);
+    for _ in 0..3 {
+        next_data(&mut plain).await;
+    }
+    let client = within(async_nats::connect(broker.url())).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    within(jetstream.delete_stream("wsrelay-history"))
+        .await
+        .unwrap();
+    // The first publishes go into no stream (lost), and the link on a
+    // starts again; b learns of the new stream from what it hears next.
+    // Whatever a publishes once both are back reaches b.
+    let mut i = 3;
+    let got = loop {
+        publish(&mut publisher, i..i + 1).await;
+        let wait = std::time::Duration::from_millis(200);
+        match tokio::time::timeout(wait, next_data(&mut plain)).await {
+            Ok(data) => break data.1,
+            Err(_) => i += 1,
+        }
+    };
+    assert!(got.starts_with('m'), "{got}");
+    assert_eq!(recv_close(&mut watcher).await, 1012);
+    let mut fresh = positioned(&b, "/rooms/r").await;
+    assert_ne!(epoch_of(&joined(&mut fresh).await), old);
 }
