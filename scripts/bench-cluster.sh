@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fan-out across the nodes of a cluster, for each backend with history off
 # and on, beside the same load on a single relay, and subscribers resuming
-# on the other node mid-stream (Redis, shared history); writes the
+# on the other node mid-stream (shared history, each backend); writes the
 # "Cluster" section of docs/BENCHMARKS.md (scripts/bench.sh keeps that
 # section when it rewrites the rest).
 #
-#   scripts/bench-cluster.sh            # 3 runs per figure (about 8 minutes)
+#   scripts/bench-cluster.sh            # 3 runs per figure (about 10 minutes)
 #   RUNS=5 scripts/bench-cluster.sh
 #
 # Three relays (a, b, c) share one redis-server or nats-server; the
@@ -46,7 +46,13 @@ start_cluster() {
             redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
             PIDS+=($!); url=redis://127.0.0.1:16379; wait_port 16379 ;;
         nats)
-            nats-server -a 127.0.0.1 -p 14222 >/dev/null 2>&1 &
+            # With history, JetStream keeps it (a fresh store each run).
+            local js=()
+            if [ "$history" != 0 ]; then
+                rm -rf "$out/jetstream"
+                js=(-js -sd "$out/jetstream")
+            fi
+            nats-server -a 127.0.0.1 -p 14222 "${js[@]}" >/dev/null 2>&1 &
             PIDS+=($!); url=nats://127.0.0.1:14222; wait_port 14222 ;;
     esac
     if [ "$backend" != single ]; then nodes=(a b c); fi
@@ -104,8 +110,8 @@ for i in $(seq 1 "$RUNS"); do
         run S2 "$setup" "$i" "${S2[@]}"
         run T "$setup" "$i" "${T[@]}"
     done
-    run R redis-h "$i" "${R[@]}"
-    for setup in redis redis-h; do run C "$setup" "$i" "${C[@]}"; done
+    for setup in redis-h nats-h; do run R "$setup" "$i" "${R[@]}"; done
+    for setup in redis redis-h nats nats-h; do run C "$setup" "$i" "${C[@]}"; done
 done
 
 echo "== writing the cluster section of docs/BENCHMARKS.md"
@@ -124,7 +130,7 @@ def dps(rs): return med([r["deliveries_per_second"] for r in rs])
 def loss(rs): return med([r["loss_percent"] for r in rs])
 
 names = {"single": "one relay (no cluster)", "redis": "3 nodes, Redis 7.0", "redis-h": "3 nodes, Redis 7.0, history on (kept by Redis)",
-         "nats": "3 nodes, NATS 2.9", "nats-h": "3 nodes, NATS 2.9, history on (kept by each node)"}
+         "nats": "3 nodes, NATS 2.9", "nats-h": "3 nodes, NATS 2.9, history on (kept by JetStream)"}
 setups = ("single", "redis", "redis-h", "nats", "nats-h")
 lines = ["<!-- cluster:begin (scripts/bench-cluster.sh writes this section) -->",
          "## Cluster: publishers on node a, subscribers on nodes b and c\n",
@@ -132,7 +138,7 @@ lines = ["<!-- cluster:begin (scripts/bench-cluster.sh writes this section) -->"
          f"so every subscriber's copy crosses the broker, latency measured at the subscribers. Medians of {runs} runs, backends alternating run by run; "
          "five processes share the two CPUs unpinned, so compare rows, not these figures with the pinned ones above. "
          "\"one relay\" is the same load with everyone on a single relay, where the publishers' own copies are measured too (104 or 110 receivers instead of 100: hence its higher deliveries/s). "
-         "\"history on\" is `rooms.history.size: 1000`: with Redis each publish is then one script on the broker that numbers, keeps and publishes it, and every node, the publisher's own included, delivers it when it comes back; with NATS each node keeps its own history.\n",
+         "\"history on\" is `rooms.history.size: 1000`: with Redis each publish is then one script on the broker that numbers, keeps and publishes it, and every node, the publisher's own included, delivers it when it comes back; with NATS each publish goes to a JetStream stream (file storage), which numbers and keeps it and republishes it to the nodes, the publisher's own included.\n",
          "### S2 across nodes: 100 subscribers, 10 publishers, 2000 msg/s in total, 1 KiB\n",
          "| setup | p50 µs | p99 µs | p99.9 µs | deliveries/s | loss % |",
          "|---|---|---|---|---|---|"]
@@ -147,21 +153,22 @@ for b in setups:
 lines += ["", "### Into one room as fast as the broker takes it: 10 subscribers, 4 publishers, 200 000 msg/s offered, 64 B\n",
           "What reaches the subscribers across the broker when the publishers offer far more than it carries; the rest is dropped from the "
           "publishing node's outbox (`wsrelay_cluster_dropped_messages_total{reason=\"buffer_full\"}`). With history on, Redis runs the "
-          "numbering script for every message.\n",
+          "numbering script for every message, and JetStream stores each one and acknowledges it to the publishing node.\n",
           "| setup | messages/s reaching each subscriber | loss % | p50 ms |", "|---|---|---|---|"]
-for b in ("redis", "redis-h"):
+for b in ("redis", "redis-h", "nats", "nats-h"):
     rs = load("C", b)
     lines.append(f"| {names[b]} | {med([r['deliveries_per_second'] / 10 for r in rs]):,.0f} | {loss(rs):.1f} | {lat(rs,'p50')/1000:.1f} |")
-lines += ["", "### Subscribers resuming on another node: Redis, history on\n",
+lines += ["", "### Subscribers resuming on another node: history on\n",
           "`wsrelay bench fanout -n 100 -p 2 -r 1000 -s 64 -d 10s --reconnect 1s --url <a> --subscriber-url <b>,<c>`: 100 position-aware subscribers, "
           "each dropping its connection (no close frame) after a random 0.5 to 1.5 s and resuming with `?since=&epoch=` on the other subscriber node "
           "(b to c, c to b), while two publishers on a send 1 000 msg/s in total. Every subscriber checks that it got every message exactly once, in order.\n",
-          "| run | reconnects | not recovered | deliveries: received of expected | lost, repeated or reordered | latency p50 / p99 |",
-          "|---|---|---|---|---|---|"]
-for i, r in enumerate(load("R", "redis-h"), 1):
-    lines.append(f"| {i} | {r['reconnect']['reconnects']:,} | {r['reconnect']['not_recovered']} | "
-                 f"{r['received_deliveries']:,} of {r['expected_deliveries']:,} | {r['lost']}, {r['reorders']} | "
-                 f"{r['latency_us']['p50']/1000:.1f} / {r['latency_us']['p99']/1000:.1f} ms |")
+          "| broker | run | reconnects | not recovered | deliveries: received of expected | lost, repeated or reordered | latency p50 / p99 |",
+          "|---|---|---|---|---|---|---|"]
+for b, broker in (("redis-h", "Redis 7.0"), ("nats-h", "NATS 2.9 JetStream")):
+    for i, r in enumerate(load("R", b), 1):
+        lines.append(f"| {broker} | {i} | {r['reconnect']['reconnects']:,} | {r['reconnect']['not_recovered']} | "
+                     f"{r['received_deliveries']:,} of {r['expected_deliveries']:,} | {r['lost']}, {r['reorders']} | "
+                     f"{r['latency_us']['p50']/1000:.1f} / {r['latency_us']['p99']/1000:.1f} ms |")
 lines.append("<!-- cluster:end -->")
 section = "\n".join(lines) + "\n"
 
