@@ -1,10 +1,11 @@
 //! Broker messages: for any bytes, decoding never panics, and whatever it
 //! accepts re-encodes to exactly the same bytes (nothing is accepted that
-//! the relay, or its broker's script, would not have written itself).
+//! the relay, its broker's script or its NATS link would not have written
+//! itself).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsrelay::backplane::envelope::{Header, decode, encode, sequence_bytes, split};
+use wsrelay::backplane::envelope::{CHAINED, Header, decode, encode, sequence_bytes, split};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = decode(data) else {
@@ -30,11 +31,17 @@ fuzz_target!(|data: &[u8]| {
                 sequenced: m.sequence.is_some(),
                 delivered: m.delivered,
             };
-            let b = encode(m.node, m.room, header, m.payload);
+            let mut b = encode(m.node, m.room, header, m.payload).to_vec();
             let at = split(m.node, m.room);
+            // Whether the previous position was written out (NATS) or is
+            // one less (Redis) is only in the flags.
+            let chained = data[3] & CHAINED != 0;
+            if chained {
+                b[3] |= CHAINED;
+            }
             let sequence = m
                 .sequence
-                .map(|s| sequence_bytes(s.epoch, s.position))
+                .map(|s| sequence_bytes(s.epoch, s.position, chained.then_some(s.previous)))
                 .unwrap_or_default();
             [&b[..at], &sequence, &b[at..]].concat()
         }

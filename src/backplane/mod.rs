@@ -29,9 +29,12 @@
 //! connection breaks is counted as dropped, never sent twice. At shutdown
 //! the task stops last and sends what its outbox holds first.
 //!
-//! Shared history (Redis, with `rooms.history` on): the broker numbers
-//! every room's messages for all nodes and keeps the room's history (see
-//! `redis`). A message published on a node then goes to the broker only,
+//! Shared history (`rooms.history` on): the broker numbers every room's
+//! messages for all nodes and keeps the room's history: Redis in a stream
+//! per room, positions counted per room by a script (see `redis`); NATS
+//! in one JetStream stream, positions its sequence, so a room's skip those
+//! of the others and each message names the room's previous one (see
+//! `nats`). A message published on a node then goes to the broker only,
 //! and every node, its own included, appends it when it comes back
 //! numbered, so all see one order; a node that finds a gap before a
 //! position reads the missing messages from the broker first, and so
@@ -69,9 +72,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-#[cfg(any(feature = "redis", feature = "nats"))]
-use crate::hub::{BrokerPage, Numbered};
-use crate::hub::{RoomInterest, RoomName};
+use crate::hub::{BrokerPage, Numbered, RoomInterest, RoomName};
 use crate::metrics::{ClusterDropReason, ClusterMetrics};
 use crate::relay::{BoxedRead, HistoryRead, Origin, Relay, Remote, SharedHistory};
 use crate::wire::Frame;
@@ -241,7 +242,7 @@ pub struct SharedSettings {
     /// of a room's stream).
     pub size: usize,
     /// How long a room's history outlives its newest message (Redis; NATS
-    /// keeps each message this long).
+    /// keeps each message this long: JetStream's `max_age`).
     pub ttl: Duration,
     /// Payload bytes of all rooms' history (NATS: the stream's bound; it
     /// has none per room).
@@ -254,7 +255,11 @@ enum HistoryReader {
     #[cfg(feature = "redis")]
     Redis(self::redis::HistoryReader),
     #[cfg(feature = "nats")]
-    Nats(self::nats::Stream),
+    Nats(Arc<self::nats::Stream>),
+    /// With neither backend built in there is no reader (see `Link`).
+    #[cfg(not(any(feature = "redis", feature = "nats")))]
+    #[allow(dead_code)]
+    None(std::convert::Infallible),
 }
 
 impl HistoryReader {
@@ -271,6 +276,8 @@ impl HistoryReader {
             Self::Redis(r) => r.read(channel, after, epoch, create).await,
             #[cfg(feature = "nats")]
             Self::Nats(s) => s.read(channel, after, epoch).await,
+            #[cfg(not(any(feature = "redis", feature = "nats")))]
+            Self::None(never) => match *never {},
         }
     }
 }
@@ -320,7 +327,7 @@ pub struct ClusterSettings {
     pub inbound_bytes: usize,
     /// Larger messages from the broker are refused, as from a client.
     pub max_message_size: usize,
-    /// With history on: rooms' history kept by the broker (Redis).
+    /// With history on: rooms' history kept by the broker.
     pub history: Option<SharedSettings>,
 }
 
@@ -653,7 +660,6 @@ impl Cluster {
     /// A room's history as read from the broker, each message as this
     /// node's log keeps it; messages that are not the room's own numbered
     /// ones are left out.
-    #[cfg(any(feature = "redis", feature = "nats"))]
     fn page(&self, room: &str, after: u64, raw: RawPage) -> BrokerPage {
         let mut messages = Vec::with_capacity(raw.messages.len());
         for bytes in &raw.messages {

@@ -63,11 +63,10 @@ pub struct NatsLink {
     /// With shared history: the stream, and the newest sequence heard on
     /// each subscribed subject (one going back means the stream was made
     /// anew under this connection).
-    history: Option<(Stream, HashMap<String, u64>)>,
+    history: Option<(Arc<Stream>, HashMap<String, u64>)>,
 }
 
 /// The JetStream stream that numbers and keeps rooms' messages.
-#[derive(Clone)]
 pub struct Stream {
     context: js::Context,
     name: String,
@@ -122,7 +121,7 @@ impl Stream {
             description: Some("wsrelay: rooms' shared history".into()),
             ..Default::default()
         };
-        let mut stream = match context.get_or_create_stream(wanted.clone()).await {
+        let stream = match context.get_or_create_stream(wanted.clone()).await {
             Ok(stream) => stream,
             Err(e) if e.kind() == js::context::CreateStreamErrorKind::JetStreamUnavailable => {
                 return Err(LinkError::Unusable(format!(
@@ -131,7 +130,7 @@ impl Stream {
             }
             Err(e) => return Err(stream_error(&name, e)),
         };
-        let info = stream.info().await.map_err(|e| stream_error(&name, e))?;
+        let info = stream.cached_info();
         // One made by hand must still feed the rooms' subjects.
         if info.config.subjects != wanted.subjects || info.config.republish != wanted.republish {
             return Err(LinkError::Unusable(format!(
@@ -297,7 +296,7 @@ impl NatsLink {
         let history = match history {
             Some((prefix, settings)) => {
                 let stream = Stream::open(&client, prefix, &settings, timeout).await?;
-                Some((stream, HashMap::new()))
+                Some((Arc::new(stream), HashMap::new()))
             }
             None => None,
         };
@@ -312,7 +311,7 @@ impl NatsLink {
     }
 
     /// What reads rooms' history, with shared history.
-    pub fn stream(&self) -> Option<Stream> {
+    pub fn stream(&self) -> Option<Arc<Stream>> {
         self.history.as_ref().map(|(stream, _)| stream.clone())
     }
 

@@ -2,8 +2,8 @@
 //! bench: the relay's join notice, the `@N` frame before each message, and
 //! the fan-out's reconnect mode, in which every subscriber drops its
 //! connection now and then and resumes from the last position it had
-//! (`?since=&epoch=`) on the next subscriber node (across nodes, only a
-//! cluster whose broker keeps the history, Redis, can resume it).
+//! (`?since=&epoch=`) on the next subscriber node (across nodes, it
+//! resumes where the broker keeps the history: a cluster with history on).
 //!
 //! The fan-out's order check then proves recovery: a message missed across
 //! a reconnect counts as lost, one received twice as a reorder.
