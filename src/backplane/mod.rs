@@ -275,7 +275,7 @@ impl HistoryReader {
             #[cfg(feature = "redis")]
             Self::Redis(r) => r.read(channel, after, epoch, create).await,
             #[cfg(feature = "nats")]
-            Self::Nats(s) => s.read(channel, after, epoch).await,
+            Self::Nats(s) => s.read(channel, after, epoch, create).await,
             #[cfg(not(any(feature = "redis", feature = "nats")))]
             Self::None(never) => match *never {},
         }

@@ -29,7 +29,7 @@
 //! is created at connect if absent; its creation time is the epoch (a
 //! stream lost with the server's data, and made anew, has another).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_stream::{StreamExt, StreamMap};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::inbound::Inbound;
 use super::{LinkError, Outgoing, RawPage, SharedSettings, envelope};
@@ -60,10 +60,29 @@ pub struct NatsLink {
     lost: Arc<Notify>,
     state_check: tokio::time::Interval,
     timeout: Duration,
-    /// With shared history: the stream, and the newest sequence heard on
-    /// each subscribed subject (one going back means the stream was made
-    /// anew under this connection).
-    history: Option<(Arc<Stream>, HashMap<String, u64>)>,
+    /// With shared history: the stream, and what was heard of it.
+    history: Option<(Arc<Stream>, Heard)>,
+}
+
+/// The newest sequences a link heard of its stream: one on a subject not
+/// above the subject's means the stream was made anew under the link.
+struct Heard {
+    /// Per subscribed subject: the newest heard on it, at first the
+    /// newest the link knew of anywhere when it subscribed (whatever is
+    /// republished on it later was stored after, so numbered higher).
+    newest: HashMap<String, u64>,
+    /// The newest the link knows the stream had: its last at open, then
+    /// the newest heard.
+    known: u64,
+    /// The task that checks every few seconds that the stream is the one
+    /// opened (aborted with the link).
+    watch: tokio::task::AbortHandle,
+}
+
+impl Drop for Heard {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 /// The JetStream stream that numbers and keeps rooms' messages.
@@ -76,8 +95,28 @@ pub struct Stream {
     /// Notified when a read finds the stream made anew since the link
     /// opened it: the link starts again, to number in the new epoch.
     replaced: Arc<Notify>,
-    /// Most messages one read takes: a room's whole history.
-    max_entries: usize,
+    /// The stream's last sequence when the link opened it: every message
+    /// republished on a subject subscribed later has a higher one.
+    last_at_open: u64,
+    /// Messages it keeps per room (`rooms.history.size`): most a read keeps.
+    per_room: usize,
+}
+
+/// How often a link checks that its stream is still the one it opened.
+const WATCH: Duration = Duration::from_secs(5);
+
+/// Whether nobody answered a JetStream request: the server has JetStream
+/// off.
+fn jetstream_off(e: &js::context::GetStreamError) -> bool {
+    use js::context::{RequestError, RequestErrorKind};
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<RequestError>())
+        .is_some_and(|r| r.kind() == RequestErrorKind::NoResponders)
+}
+
+/// Whether a JetStream request failed because the stream does not exist.
+fn is_not_found(e: &js::context::GetStreamError) -> bool {
+    matches!(e.kind(), js::context::GetStreamErrorKind::JetStream(j) if j.code() == 404)
 }
 
 /// Why the stream could not be used.
@@ -121,16 +160,24 @@ impl Stream {
             description: Some("wsrelay: rooms' shared history".into()),
             ..Default::default()
         };
-        let stream = match context.get_or_create_stream(wanted.clone()).await {
-            Ok(stream) => stream,
-            Err(e) if e.kind() == js::context::CreateStreamErrorKind::JetStreamUnavailable => {
+        let info = match context.get_stream(&name).await {
+            Ok(stream) => stream.cached_info().clone(),
+            Err(e) if is_not_found(&e) => {
+                let created = context
+                    .create_stream(wanted.clone())
+                    .await
+                    .map_err(|e| stream_error(&name, e))?;
+                let info = created.cached_info().clone();
+                info!(stream = %name, epoch = %epoch_of(&info), "created the JetStream stream for rooms' history: a new epoch");
+                info
+            }
+            Err(e) if jetstream_off(&e) => {
                 return Err(LinkError::Unusable(format!(
                     "the NATS server has JetStream off, and shared history needs it: start it with `nats-server -js` ({e})"
                 )));
             }
             Err(e) => return Err(stream_error(&name, e)),
         };
-        let info = stream.cached_info();
         // One made by hand must still feed the rooms' subjects.
         if info.config.subjects != wanted.subjects || info.config.republish != wanted.republish {
             return Err(LinkError::Unusable(format!(
@@ -138,14 +185,58 @@ impl Stream {
                  ({prefix}.in.> republished to {prefix}.out.>): delete it, or change cluster.prefix"
             )));
         }
+        // Its limits follow `rooms.history` (its storage and replicas stay
+        // as they are).
+        let c = &info.config;
+        let limits_differ = c.max_messages_per_subject != wanted.max_messages_per_subject
+            || c.max_age != wanted.max_age
+            || c.max_bytes != wanted.max_bytes
+            || c.discard != wanted.discard
+            || !c.allow_direct;
+        let info = match limits_differ {
+            false => info,
+            true => {
+                let mut config = info.config.clone();
+                config.max_messages_per_subject = wanted.max_messages_per_subject;
+                config.max_age = wanted.max_age;
+                config.max_bytes = wanted.max_bytes;
+                config.discard = wanted.discard;
+                config.allow_direct = true;
+                let updated = context.update_stream(&config).await.map_err(|e| {
+                    LinkError::Unusable(format!(
+                        "JetStream stream `{name}`: cannot set its limits to rooms.history's: {e}"
+                    ))
+                })?;
+                info!(stream = %name, "set the JetStream stream's limits to rooms.history's");
+                updated
+            }
+        };
         Ok(Self {
-            epoch: epoch_of(info).into(),
+            epoch: epoch_of(&info).into(),
+            last_at_open: info.state.last_sequence,
             replaced: Arc::new(Notify::new()),
             context,
             name,
             prefix: prefix.to_owned(),
-            max_entries: settings.size.saturating_add(1),
+            per_room: settings.size.max(1),
         })
+    }
+
+    /// Tells the link to start again if the stream was made anew (or is
+    /// gone); every few seconds, as long as the link lives.
+    async fn watch(self: Arc<Self>) {
+        let mut every = tokio::time::interval(WATCH);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            match self.context.get_stream(&self.name).await {
+                Ok(stream) if *epoch_of(stream.cached_info()) == *self.epoch => {}
+                Ok(_) => self.replaced.notify_one(),
+                Err(e) if is_not_found(&e) => self.replaced.notify_one(),
+                // Unreachable: the link notices that itself.
+                Err(_) => {}
+            }
+        }
     }
 
     /// Where a room's messages are published for the stream to keep
@@ -168,15 +259,23 @@ impl Stream {
 
     /// `channel`'s room's epoch and newest position, and its messages
     /// after position `after` (`u64::MAX`: none; none either if the
-    /// stream's epoch is not `epoch`, when given), numbered. A message is
-    /// chained to the one before it in the page; the first to `after` if
-    /// the stream still has that message, else to nothing in particular
-    /// (the position before it, which no other message of the room has).
+    /// stream's epoch is not `epoch`, when given), numbered, at most the
+    /// newest `size`. A room with no message stored answers an empty epoch
+    /// unless `create`: it does not exist.
+    ///
+    /// Each message is chained to the one before it in the page; the first
+    /// to `after` only if nothing of the room after `after` can have been
+    /// dropped by the stream: it still holds the room's message at `after`
+    /// (it drops a room's oldest first), or it never dropped anything after
+    /// `after` (its first sequence) and the room is under its per-room
+    /// limit. Otherwise to the position before it, which no other message
+    /// of the room has: a resume from `after` is then refused.
     pub async fn read(
         &self,
         channel: &str,
         after: u64,
         epoch: Option<&str>,
+        create: bool,
     ) -> Result<RawPage, LinkError> {
         let err = |e: &dyn std::fmt::Display| stream_error(&self.name, e);
         // Asked each time: the stream may have been made anew since.
@@ -191,17 +290,26 @@ impl Stream {
         }
         let subject = self.stored(channel);
         let top = match stream.direct_get_last_for_subject(&subject).await {
-            Ok(m) => m.sequence,
+            Ok(m) if m.sequence <= envelope::MAX_POSITION => m.sequence,
+            Ok(_) => return Err(LinkError::Reply),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
             Err(e) => return Err(err(&e)),
         };
-        let mut messages = Vec::new();
+        if top == 0 && !create {
+            return Ok(RawPage {
+                epoch: String::new(),
+                top,
+                messages: Vec::new(),
+            });
+        }
+        let mut kept: VecDeque<(u64, Bytes)> = VecDeque::new();
+        let mut dropped_older = false;
         if after < top && epoch.is_none_or(|e| e == current) {
             let consumer = stream
                 .create_consumer(pull::Config {
-                    filter_subject: subject,
+                    filter_subject: subject.clone(),
                     deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: after.max(1),
+                        start_sequence: after + 1,
                     },
                     ack_policy: AckPolicy::None,
                     memory_storage: true,
@@ -210,35 +318,65 @@ impl Stream {
                 })
                 .await
                 .map_err(|e| err(&e))?;
-            let mut batch = consumer
-                .fetch()
-                .max_messages(self.max_entries)
-                .messages()
-                .await
-                .map_err(|e| err(&e))?;
-            let mut last = None;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| err(&e))?;
-                let (sequence, pending) = match m.info() {
-                    Ok(info) => (info.stream_sequence, info.pending),
-                    Err(e) => return Err(err(&e)),
-                };
-                if sequence != after {
-                    let previous = last.unwrap_or(sequence - 1);
-                    // One the envelope refuses stays as it is, and is
-                    // counted as malformed when read.
-                    let numbered = envelope::number(&m.payload, &current, sequence, previous);
-                    messages.push(numbered.unwrap_or_else(|_| m.payload.clone()));
+            // The newest `per_room` up to `top`, in batches (a stream
+            // whose per-room limit is larger than `size` may hold more).
+            let mut done = false;
+            let mut scanned = 0;
+            while !done && scanned < READ_SCAN_MAX {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(self.per_room.min(READ_BATCH))
+                    .messages()
+                    .await
+                    .map_err(|e| err(&e))?;
+                let mut got = 0;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| err(&e))?;
+                    let (sequence, pending) = match m.info() {
+                        Ok(info) => (info.stream_sequence, info.pending),
+                        Err(e) => return Err(err(&e)),
+                    };
+                    got += 1;
+                    if kept.len() == self.per_room {
+                        kept.pop_front();
+                        dropped_older = true;
+                    }
+                    kept.push_back((sequence, m.payload.clone()));
+                    if sequence >= top || pending == 0 {
+                        done = true;
+                        break;
+                    }
                 }
-                last = Some(sequence);
-                if sequence >= top || pending == 0 {
-                    break;
-                }
+                scanned += got;
+                done |= got == 0;
             }
-            drop(batch);
             let name = consumer.cached_info().name.clone();
             // It would go by itself once inactive; gone now, it costs nothing.
             let _ = stream.delete_consumer(&name).await;
+        }
+        // Whether the first kept follows `after`, asked once read: what
+        // the stream dropped during the read counts too.
+        let chained = match kept.front() {
+            Some(_) if !dropped_older && after > 0 => {
+                self.holds(&stream, &subject, after).await?
+                    || self.dropped_none_after(&stream, &subject, after).await?
+            }
+            Some(_) if !dropped_older => self.dropped_none_after(&stream, &subject, after).await?,
+            _ => false,
+        };
+        let mut messages = Vec::with_capacity(kept.len());
+        let mut last = None;
+        for (sequence, payload) in kept {
+            let previous = match last {
+                Some(last) => last,
+                None if chained => after,
+                None => sequence.saturating_sub(1),
+            };
+            last = Some(sequence);
+            // One the envelope refuses stays as it is, and is counted as
+            // malformed when read.
+            let numbered = envelope::number(&payload, &current, sequence, previous);
+            messages.push(numbered.unwrap_or(payload));
         }
         Ok(RawPage {
             epoch: current,
@@ -246,7 +384,53 @@ impl Stream {
             messages,
         })
     }
+
+    /// Whether the stream holds the room's message at `sequence`.
+    async fn holds(
+        &self,
+        stream: &js::stream::Stream,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<bool, LinkError> {
+        match stream.direct_get(sequence).await {
+            Ok(m) => Ok(m.subject.as_str() == subject),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) => Err(stream_error(&self.name, e)),
+        }
+    }
+
+    /// Whether the stream cannot have dropped any of the room's messages
+    /// after `after`: it dropped none of any room's past it (its oldest is
+    /// at most the next), and the room is under its per-room limit (so that
+    /// limit never dropped one: once reached, only age or the byte bound,
+    /// which drop the stream's oldest, bring a room under it).
+    async fn dropped_none_after(
+        &self,
+        stream: &js::stream::Stream,
+        subject: &str,
+        after: u64,
+    ) -> Result<bool, LinkError> {
+        let err = |e: &dyn std::fmt::Display| stream_error(&self.name, e);
+        let mut info = stream
+            .info_with_subjects(subject)
+            .await
+            .map_err(|e| err(&e))?;
+        let first = info.info.state.first_sequence;
+        let limit = info.info.config.max_messages_per_subject;
+        let mut count = 0;
+        while let Some(entry) = info.next().await {
+            let (name, n) = entry.map_err(|e| err(&e))?;
+            if name == subject {
+                count = n;
+            }
+        }
+        Ok(first <= after.saturating_add(1) && (limit < 0 || (count as i64) < limit))
+    }
 }
+
+/// Messages one fetch of a read asks for, and the most a read looks at.
+const READ_BATCH: usize = 1024;
+const READ_SCAN_MAX: usize = 16 * READ_BATCH;
 
 /// Resolves when `replaced` is notified; never without it.
 async fn stream_replaced(replaced: Option<&Notify>) {
@@ -295,8 +479,13 @@ impl NatsLink {
             .await?;
         let history = match history {
             Some((prefix, settings)) => {
-                let stream = Stream::open(&client, prefix, &settings, timeout).await?;
-                Some((Arc::new(stream), HashMap::new()))
+                let stream = Arc::new(Stream::open(&client, prefix, &settings, timeout).await?);
+                let heard = Heard {
+                    newest: HashMap::new(),
+                    known: stream.last_at_open,
+                    watch: tokio::spawn(stream.clone().watch()).abort_handle(),
+                };
+                Some((stream, heard))
             }
             None => None,
         };
@@ -329,6 +518,9 @@ impl NatsLink {
         for channel in channels {
             let subject = self.heard(channel);
             let sub = self.client.subscribe(subject.clone()).await?;
+            if let Some((_, heard)) = &mut self.history {
+                heard.newest.insert(subject.clone(), heard.known);
+            }
             self.subscriptions.insert(subject, sub);
         }
         Ok(())
@@ -362,8 +554,8 @@ impl NatsLink {
         for channel in channels {
             let subject = self.heard(channel);
             self.subscriptions.remove(&subject);
-            if let Some((_, newest)) = &mut self.history {
-                newest.remove(&subject);
+            if let Some((_, heard)) = &mut self.history {
+                heard.newest.remove(&subject);
             }
         }
         Ok(())
@@ -428,27 +620,33 @@ impl NatsLink {
                 }
                 // An empty map yields None at once: then only wait for loss.
                 Some((subject, message)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    let Some((stream, newest)) = &mut self.history else {
+                    let Some((stream, heard)) = &mut self.history else {
                         return Some(message.payload);
                     };
-                    let header = |name| {
-                        let value = message.headers.as_ref()?.get(name)?;
-                        value.as_str().parse::<u64>().ok()
+                    let header = |name| Some(message.headers.as_ref()?.get(name)?.as_str());
+                    let number = |name| header(name)?.parse::<u64>().ok();
+                    let from_stream = header("Nats-Stream") == Some(stream.name.as_str());
+                    let numbered = match (from_stream, number("Nats-Sequence"), number("Nats-Last-Sequence")) {
+                        (true, Some(sequence), Some(previous)) => envelope::number(&message.payload, &stream.epoch, sequence, previous).ok().map(|m| (sequence, m)),
+                        _ => None,
                     };
-                    let (Some(sequence), Some(previous)) =
-                        (header("Nats-Sequence"), header("Nats-Last-Sequence"))
-                    else {
-                        // Not from the stream: refused as unnumbered.
+                    // Not from the stream, or not numbered: refused as unnumbered.
+                    let Some((sequence, numbered)) = numbered else {
                         return Some(message.payload);
                     };
-                    let heard = newest.entry(subject).or_default();
-                    if sequence <= *heard {
-                        warn!(stream = %stream.name, "the JetStream stream's sequence went back: it was made anew; reconnecting");
-                        return None;
+                    let newest = heard.newest.entry(subject).or_insert(heard.known);
+                    match sequence.cmp(newest) {
+                        std::cmp::Ordering::Greater => {}
+                        // Heard already: nothing new.
+                        std::cmp::Ordering::Equal => continue,
+                        std::cmp::Ordering::Less => {
+                            warn!(stream = %stream.name, "the JetStream stream's sequence went back: it was made anew; reconnecting");
+                            return None;
+                        }
                     }
-                    *heard = sequence;
-                    let numbered = envelope::number(&message.payload, &stream.epoch, sequence, previous);
-                    return Some(numbered.unwrap_or(message.payload));
+                    *newest = sequence;
+                    heard.known = heard.known.max(sequence);
+                    return Some(numbered);
                 }
             }
         }
