@@ -33,6 +33,7 @@ macro_rules! on_both_brokers {
 
 const HISTORY_READS: &str = "wsrelay_cluster_history_reads_total";
 const PUBLISHED: &str = "wsrelay_cluster_published_messages_total";
+const BROKER_ERROR: &str = "wsrelay_cluster_dropped_messages_total{reason=\"broker_error\"}";
 
 /// A node with history on (1 000 messages per room), on `broker`.
 async fn node(broker: &Broker, name: &str) -> TestServer {
@@ -505,20 +506,68 @@ async fn on_nats_a_deleted_stream_moves_the_epoch() {
     within(jetstream.delete_stream("wsrelay-history"))
         .await
         .unwrap();
-    // The first publishes go into no stream (lost), and the link on a
-    // starts again; b learns of the new stream from what it hears next.
-    // Whatever a publishes once both are back reaches b.
-    let mut i = 3;
-    let got = loop {
-        publish(&mut publisher, i..i + 1).await;
-        let wait = std::time::Duration::from_millis(200);
-        match tokio::time::timeout(wait, next_data(&mut plain)).await {
-            Ok(data) => break data.1,
-            Err(_) => i += 1,
-        }
-    };
-    assert!(got.starts_with('m'), "{got}");
+    // Published into no stream: lost, and the link on a starts again and
+    // makes the stream anew.
+    publish(&mut publisher, 3..4).await;
+    a.wait_metric(BROKER_ERROR, 1).await;
+    // The next one is numbered by the new stream: b notices the stream
+    // changed at once (its sequence is below what b heard), starts its
+    // link again and reads the room in the new epoch.
+    publish(&mut publisher, 4..5).await;
     assert_eq!(recv_close(&mut watcher).await, 1012);
+    // From then on b hears the room in the new epoch (m4 may or may not
+    // reach it: it was numbered while b changed over).
+    publish(&mut publisher, 5..6).await;
+    let mut got = next_data(&mut plain).await.1;
+    if got == "m4" {
+        got = next_data(&mut plain).await.1;
+    }
+    assert_eq!(got, "m5");
     let mut fresh = positioned(&b, "/rooms/r").await;
     assert_ne!(epoch_of(&joined(&mut fresh).await), old);
+}
+
+/// On NATS a client that joined a room before its first message (position
+/// 0) resumes on another node while the stream has dropped nothing since;
+/// and the stream's limits follow `rooms.history` even when it exists
+/// already (made by nodes with other settings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_an_empty_rooms_joiner_resumes_elsewhere_and_limits_follow_the_config() {
+    let broker = Broker::start_jetstream();
+    let (a, b) = (node(&broker, "a").await, node(&broker, "b").await);
+    let mut early = positioned(&a, "/rooms/r").await;
+    let notice = joined(&mut early).await;
+    assert_eq!(notice["position"], 0);
+    let epoch = epoch_of(&notice);
+    drop(early);
+    // Another room's message first: room r's positions do not start at 1.
+    let mut other = join(a.addr, "/rooms/s?role=publisher").await;
+    send(&mut other, true, "s0").await;
+    let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
+    publish(&mut publisher, 0..2).await;
+    a.wait_metric(PUBLISHED, 3).await;
+    let mut back = positioned(&b, &format!("/rooms/r?since=0&epoch={epoch}")).await;
+    let notice = joined(&mut back).await;
+    assert_eq!(notice["recovered"], true, "{notice}");
+    let got = messages(&mut back, 2).await;
+    assert_eq!(
+        got.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1"]
+    );
+    assert!(
+        got[0].0 > 1,
+        "room r's first position skips room s's: {got:?}"
+    );
+
+    // A node with another rooms.history.size sets the stream's limit.
+    let mut config = node_config(&broker, "c");
+    config.rooms.history.size = 7;
+    let c = start(config).await;
+    c.wait_metric(CONNECTED, 1).await;
+    let client = within(async_nats::connect(broker.url())).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = within(jetstream.get_stream("wsrelay-history"))
+        .await
+        .unwrap();
+    assert_eq!(stream.cached_info().config.max_messages_per_subject, 7);
 }
