@@ -302,14 +302,14 @@ pub struct Room {
 }
 
 struct RoomState {
-    /// Short and random: offsets restart only in a new room, which has a
-    /// new epoch, so an epoch and a position name one message for ever.
-    /// In a cluster with history, the broker's epoch for the room once
-    /// `synced`.
+    /// Short and random: positions start again only in a new room, which
+    /// has a new epoch, so an epoch and a position name one message for
+    /// ever. In a cluster with history, the broker's epoch for the room
+    /// once `synced`.
     epoch: Arc<str>,
-    /// In a cluster with history: the log's offsets are the broker's
-    /// positions, in `epoch` (not yet, or no longer: this node numbers
-    /// them itself, in an epoch of its own).
+    /// In a cluster with history: the log's positions are the broker's, in
+    /// `epoch` (not yet, or no longer: this node numbers them itself, in an
+    /// epoch of its own).
     synced: bool,
     log: Log,
     members: Slab<Record>,
@@ -360,10 +360,10 @@ struct RoomState {
     /// nothing): a client behind the log but not before it finds there
     /// all the broker had, and needs no read of its own.
     filled_after: u64,
-    /// The broker's epoch and the head in it when this node began to
-    /// number the room's messages itself (its broker unreachable): where to
-    /// read from once it is back.
-    last_broker: Option<(Arc<str>, Offset)>,
+    /// The broker's epoch and the newest position in it when this node
+    /// began to number the room's messages itself (its broker
+    /// unreachable): where to read from once it is back.
+    last_broker: Option<(Arc<str>, u64)>,
     /// How many times its log started afresh (a new epoch).
     generation: u32,
 }

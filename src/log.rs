@@ -275,7 +275,8 @@ impl Log {
     /// `older.len()` earlier and after position `base`.
     pub fn prepend(&mut self, older: Vec<(Frame, Sender, u64, u64)>, base: u64) {
         // Offsets start far from 0 (`ORIGIN`); beyond 0 the oldest are left out.
-        let skip = older.len().saturating_sub(self.first as usize);
+        let room = usize::try_from(self.first).unwrap_or(usize::MAX);
+        let skip = older.len().saturating_sub(room);
         let base = skip.checked_sub(1).map_or(base, |last| older[last].3);
         let count = older.len() - skip;
         let added: u64 = older[skip..]

@@ -178,8 +178,8 @@ struct FanoutArgs {
     subscriber_url: Vec<String>,
     /// Reconnect mode: every subscriber drops its connection after a random
     /// 0.5 to 1.5 times DURATION and resumes (?since=&epoch=) from the last
-    /// position it had, on the next --subscriber-url each time (a cluster
-    /// must then keep history in its broker: Redis); the check then proves
+    /// position it had, on the next --subscriber-url each time (across the
+    /// nodes of a cluster with history on, which its broker keeps); the check then proves
     /// recovery lost and repeated nothing. Needs rooms.history on.
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     reconnect: Option<std::time::Duration>,
