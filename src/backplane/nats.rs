@@ -326,6 +326,7 @@ impl Stream {
                 let mut batch = consumer
                     .fetch()
                     .max_messages(self.per_room.min(READ_BATCH))
+                    .max_bytes(READ_BATCH_BYTES)
                     .messages()
                     .await
                     .map_err(|e| err(&e))?;
@@ -428,8 +429,10 @@ impl Stream {
     }
 }
 
-/// Messages one fetch of a read asks for, and the most a read looks at.
+/// Messages (and bytes) one fetch of a read asks for, and the most
+/// messages a read looks at.
 const READ_BATCH: usize = 1024;
+const READ_BATCH_BYTES: usize = 16 << 20;
 const READ_SCAN_MAX: usize = 16 * READ_BATCH;
 
 /// Resolves when `replaced` is notified; never without it.
