@@ -263,13 +263,15 @@ impl Stream {
     /// newest `size`. A room with no message stored answers an empty epoch
     /// unless `create`: it does not exist.
     ///
-    /// Each message is chained to the one before it in the page; the first
-    /// to `after` only if nothing of the room after `after` can have been
-    /// dropped by the stream: it still holds the room's message at `after`
-    /// (it drops a room's oldest first), or it never dropped anything after
-    /// `after` (its first sequence) and the room is under its per-room
-    /// limit. Otherwise to the position before it, which no other message
-    /// of the room has: a resume from `after` is then refused.
+    /// Each message is chained to the one before it in the page if the
+    /// stream still holds the page's first once read (it drops a room's
+    /// oldest first, so none after it went meanwhile); the first to
+    /// `after` only if, besides, nothing of the room after `after` can have
+    /// been dropped: the stream still holds the room's message at `after`,
+    /// or it never dropped anything after `after` (its first sequence) and
+    /// the room is under its per-room limit. Otherwise a message is chained
+    /// to the position before it, which no other message of the room has:
+    /// a resume across it is then refused.
     pub async fn read(
         &self,
         channel: &str,
@@ -355,23 +357,27 @@ impl Stream {
             // It would go by itself once inactive; gone now, it costs nothing.
             let _ = stream.delete_consumer(&name).await;
         }
-        // Whether the first kept follows `after`, asked once read: what
-        // the stream dropped during the read counts too.
-        let chained = match kept.front() {
-            Some(_) if !dropped_older && after > 0 => {
-                self.holds(&stream, &subject, after).await?
-                    || self.dropped_none_after(&stream, &subject, after).await?
-            }
-            Some(_) if !dropped_older => self.dropped_none_after(&stream, &subject, after).await?,
-            _ => false,
+        // Asked once read, so what the stream dropped meanwhile counts too.
+        // The page is a chain if the stream still holds its first message:
+        // it drops a room's oldest first, so nothing after it went.
+        let whole = match kept.front() {
+            Some((first, _)) => self.holds(&stream, &subject, *first).await?,
+            None => true,
         };
+        // Its first follows `after` if nothing of the room after `after`
+        // can have gone either.
+        let chained = whole
+            && !dropped_older
+            && !kept.is_empty()
+            && ((after > 0 && self.holds(&stream, &subject, after).await?)
+                || self.dropped_none_after(&stream, &subject, after).await?);
         let mut messages = Vec::with_capacity(kept.len());
         let mut last = None;
         for (sequence, payload) in kept {
             let previous = match last {
-                Some(last) => last,
+                Some(last) if whole => last,
                 None if chained => after,
-                None => sequence.saturating_sub(1),
+                _ => sequence.saturating_sub(1),
             };
             last = Some(sequence);
             // One the envelope refuses stays as it is, and is counted as
