@@ -2877,6 +2877,20 @@ mod tests {
             },
         );
         assert_eq!(hub.read_after("r", &other), None);
+        // Behind the log: read once; clients behind it from the same place
+        // or later find what the broker had, one from further back reads.
+        hub.fill(
+            "r",
+            BrokerPage {
+                epoch: "E1".into(),
+                top: 6,
+                after: 3,
+                messages: Vec::new(),
+            },
+        );
+        assert_eq!(hub.read_after("r", &since(3)), None);
+        assert_eq!(hub.read_after("r", &since(4)), None);
+        assert_eq!(hub.read_after("r", &since(2)), e1(2));
         // Not hearing the broker: nothing to read, and nobody resumes.
         hub.hearing_others(false);
         assert_eq!(hub.read_after("r", &since(2)), None);
