@@ -2428,14 +2428,19 @@ mod tests {
         hub.join("".into(), true).unwrap()
     }
 
-    /// Takes everything due, returning the payloads.
-    fn take(s: &mut Subscription) -> Vec<Frame> {
+    /// Takes everything due, returning what `each` makes of each message.
+    fn take_each<T>(s: &mut Subscription, each: impl Fn(&Frame, &Mark) -> T) -> Vec<T> {
         let mut got = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Taken::Frames { .. }) =
-            s.poll_take(&mut cx, 1000, usize::MAX, |f, _| got.push(f.clone()))
+            s.poll_take(&mut cx, 1000, usize::MAX, |f, m| got.push(each(f, m)))
         {}
         got
+    }
+
+    /// Takes everything due, returning the frames.
+    fn take(s: &mut Subscription) -> Vec<Frame> {
+        take_each(s, |f, _| f.clone())
     }
 
     fn publish(hub: &Hub, s: &Subscription, payload: &[u8]) -> Published {
@@ -2658,14 +2663,9 @@ mod tests {
         ));
     }
 
-    /// The positions each message takes, from a member's marks.
+    /// Takes everything due, returning the positions from the marks.
     fn take_positions(s: &mut Subscription) -> Vec<u64> {
-        let mut got = Vec::new();
-        let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(Taken::Frames { .. }) =
-            s.poll_take(&mut cx, 1000, usize::MAX, |_, m| got.push(m.position()))
-        {}
-        got
+        take_each(s, |_, m| m.position())
     }
 
     /// A broker numbering all rooms in one sequence (NATS JetStream): a

@@ -29,24 +29,6 @@ const BUFFERED: &str = "wsrelay_cluster_buffered_messages";
 const INBOUND_OVERFLOW: &str =
     "wsrelay_cluster_dropped_messages_total{reason=\"inbound_overflow\"}";
 
-/// Runs `scenario(kind)` as two tests, `scenario::redis` and
-/// `scenario::nats`.
-macro_rules! on_both_brokers {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$scenario(super::Kind::Redis).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                super::$scenario(super::Kind::Nats).await;
-            }
-        }
-    };
-}
-
 /// A node's config: rooms on, joined to `broker` as `node`.
 pub(crate) fn node_config(broker: &Broker, node: &str) -> Config {
     let mut c = test_config();

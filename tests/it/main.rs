@@ -7,6 +7,25 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// Runs `scenario(kind)` as two tests, `scenario::redis` and
+/// `scenario::nats` (the module calling it names `Kind`; `shared_history`
+/// starts NATS with JetStream for it).
+macro_rules! on_both_brokers {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$scenario(super::Kind::Redis).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$scenario(super::Kind::Nats).await;
+            }
+        }
+    };
+}
+
 mod api;
 mod auth;
 mod bench;

@@ -14,23 +14,6 @@ use crate::common::broker::{Broker, Kind};
 use crate::common::*;
 use crate::history::{Event, joined, next_event, positioned};
 
-/// Runs a scenario on Redis and on NATS with JetStream.
-macro_rules! on_both_brokers {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$scenario(super::Kind::Redis).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                super::$scenario(super::Kind::Nats).await;
-            }
-        }
-    };
-}
-
 const HISTORY_READS: &str = "wsrelay_cluster_history_reads_total";
 const PUBLISHED: &str = "wsrelay_cluster_published_messages_total";
 const BROKER_ERROR: &str = "wsrelay_cluster_dropped_messages_total{reason=\"broker_error\"}";
