@@ -37,7 +37,7 @@ use async_nats::client::PublishErrorKind;
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind as StorePublishErrorKind;
-use async_nats::jetstream::stream::{self, DirectGetErrorKind, DiscardPolicy, Republish};
+use async_nats::jetstream::stream::{self, DiscardPolicy, LastRawMessageErrorKind, Republish};
 use async_nats::jetstream::{self as js, context::PublishAckFuture};
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use bytes::Bytes;
@@ -67,10 +67,11 @@ pub struct NatsLink {
 /// The newest sequences a link heard of its stream: one on a subject not
 /// above the subject's means the stream was made anew under the link.
 struct Heard {
-    /// Per subscribed subject: the newest heard on it, at first the
-    /// newest the link knew of anywhere when it subscribed (whatever is
-    /// republished on it later was stored after, so numbered higher).
-    newest: HashMap<String, u64>,
+    /// Per subscribed subject: the newest heard on it (`true`), at first
+    /// the newest the link knew of anywhere when it subscribed (`false`:
+    /// whatever is republished on it later was stored after, so numbered
+    /// higher).
+    newest: HashMap<String, (u64, bool)>,
     /// The newest the link knows the stream had: its last at open, then
     /// the newest heard.
     known: u64,
@@ -101,6 +102,10 @@ pub struct Stream {
     /// Messages it keeps per room (`rooms.history.size`): most a read keeps.
     per_room: usize,
 }
+
+/// The subject token (after `<prefix>.in.`) of the message that marks a
+/// change of the stream's limits; no room's subject (`room.<name>`, `all`).
+const LIMITS_CHANGED: &str = "_limits";
 
 /// How often a link checks that its stream is still the one it opened.
 const WATCH: Duration = Duration::from_secs(5);
@@ -207,6 +212,14 @@ impl Stream {
                         "JetStream stream `{name}`: cannot set its limits to rooms.history's: {e}"
                     ))
                 })?;
+                // Marked in the stream: a room under its new limit may have
+                // lost messages to the old one (`Stream::dropped_none_after`).
+                let marker = format!("{prefix}.in.{LIMITS_CHANGED}");
+                let ack = context
+                    .publish(marker, Bytes::new())
+                    .await
+                    .map_err(|e| LinkError::Nats(e.to_string()))?;
+                ack.await.map_err(|e| LinkError::Nats(e.to_string()))?;
                 info!(stream = %name, "set the JetStream stream's limits to rooms.history's");
                 updated
             }
@@ -291,11 +304,10 @@ impl Stream {
             self.replaced.notify_one();
         }
         let subject = self.stored(channel);
-        let top = match stream.direct_get_last_for_subject(&subject).await {
-            Ok(m) if m.sequence <= envelope::MAX_POSITION => m.sequence,
-            Ok(_) => return Err(LinkError::Reply),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
-            Err(e) => return Err(err(&e)),
+        let top = match self.last_of(&stream, &subject).await? {
+            Some(top) if top > envelope::MAX_POSITION => return Err(LinkError::Reply),
+            Some(top) => top,
+            None => 0,
         };
         if top == 0 && !create {
             return Ok(RawPage {
@@ -315,47 +327,19 @@ impl Stream {
                     },
                     ack_policy: AckPolicy::None,
                     memory_storage: true,
-                    inactive_threshold: Duration::from_secs(30),
+                    // Deleted below; this only for a read cut short.
+                    inactive_threshold: Duration::from_secs(10),
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| err(&e))?;
-            // The newest `per_room` up to `top`, in batches (a stream
-            // whose per-room limit is larger than `size` may hold more).
-            let mut done = false;
-            let mut scanned = 0;
-            while !done && scanned < READ_SCAN_MAX {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(self.per_room.min(READ_BATCH))
-                    .max_bytes(READ_BATCH_BYTES)
-                    .messages()
-                    .await
-                    .map_err(|e| err(&e))?;
-                let mut got = 0;
-                while let Some(m) = batch.next().await {
-                    let m = m.map_err(|e| err(&e))?;
-                    let (sequence, pending) = match m.info() {
-                        Ok(info) => (info.stream_sequence, info.pending),
-                        Err(e) => return Err(err(&e)),
-                    };
-                    got += 1;
-                    if kept.len() == self.per_room {
-                        kept.pop_front();
-                        dropped_older = true;
-                    }
-                    kept.push_back((sequence, m.payload.clone()));
-                    if sequence >= top || pending == 0 {
-                        done = true;
-                        break;
-                    }
-                }
-                scanned += got;
-                done |= got == 0;
-            }
+            let fetched = self
+                .fetch_newest(&consumer, top, &mut kept, &mut dropped_older)
+                .await;
             let name = consumer.cached_info().name.clone();
             // It would go by itself once inactive; gone now, it costs nothing.
             let _ = stream.delete_consumer(&name).await;
+            fetched?;
         }
         // Asked once read, so what the stream dropped meanwhile counts too.
         // The page is a chain if the stream still holds its first message:
@@ -392,25 +376,103 @@ impl Stream {
         })
     }
 
-    /// Whether the stream holds the room's message at `sequence`.
+    /// Takes the messages `consumer` delivers up to `top` into `kept`, the
+    /// newest `size` of them (`dropped_older` if it let older ones go: a
+    /// stream whose per-room limit is larger than `size` may hold more), in
+    /// batches bounded in messages and bytes.
+    async fn fetch_newest(
+        &self,
+        consumer: &js::consumer::Consumer<pull::Config>,
+        top: u64,
+        kept: &mut VecDeque<(u64, Bytes)>,
+        dropped_older: &mut bool,
+    ) -> Result<(), LinkError> {
+        let err = |e: &dyn std::fmt::Display| stream_error(&self.name, e);
+        let (mut done, mut scanned, mut capped) = (false, 0, true);
+        while !done && scanned < READ_SCAN_MAX {
+            let fetch = match capped {
+                true => consumer
+                    .fetch()
+                    .max_messages(self.per_room.min(READ_BATCH))
+                    .max_bytes(READ_BATCH_BYTES),
+                false => consumer.fetch().max_messages(1),
+            };
+            let mut batch = fetch.messages().await.map_err(|e| err(&e))?;
+            let (mut got, mut cut) = (0, false);
+            while let Some(m) = batch.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    // The byte bound reached (the server ends the batch with
+                    // an error status): fetch on.
+                    Err(_) if capped => {
+                        cut = true;
+                        break;
+                    }
+                    Err(e) => return Err(err(&e)),
+                };
+                let (sequence, pending) = match m.info() {
+                    Ok(info) => (info.stream_sequence, info.pending),
+                    Err(e) => return Err(err(&e)),
+                };
+                got += 1;
+                if kept.len() == self.per_room {
+                    kept.pop_front();
+                    *dropped_older = true;
+                }
+                kept.push_back((sequence, m.payload.clone()));
+                if sequence >= top || pending == 0 {
+                    done = true;
+                    break;
+                }
+            }
+            scanned += got;
+            // Cut before its first message: that one alone is larger than
+            // the bound, and comes alone, unbounded (the server's
+            // max_payload bounds it).
+            capped = !(cut && got == 0);
+            done |= got == 0 && !cut;
+        }
+        Ok(())
+    }
+
+    /// Whether the stream holds the room's message at `sequence`. Asked
+    /// of the stream's leader (a direct get may be answered by a replica
+    /// that has not yet dropped what the leader did).
     async fn holds(
         &self,
         stream: &js::stream::Stream,
         subject: &str,
         sequence: u64,
     ) -> Result<bool, LinkError> {
-        match stream.direct_get(sequence).await {
+        match stream.get_raw_message(sequence).await {
             Ok(m) => Ok(m.subject.as_str() == subject),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(stream_error(&self.name, e)),
+        }
+    }
+
+    /// The sequence of the newest message on `subject`, if any (from the
+    /// stream's leader).
+    async fn last_of(
+        &self,
+        stream: &js::stream::Stream,
+        subject: &str,
+    ) -> Result<Option<u64>, LinkError> {
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(stream_error(&self.name, e)),
         }
     }
 
     /// Whether the stream cannot have dropped any of the room's messages
     /// after `after`: it dropped none of any room's past it (its oldest is
-    /// at most the next), and the room is under its per-room limit (so that
-    /// limit never dropped one: once reached, only age or the byte bound,
-    /// which drop the stream's oldest, bring a room under it).
+    /// at most the next), its limits have not changed since `after` (the
+    /// newest marker of a change is not past it; one that aged out went
+    /// with everything before it), and the room is under its per-room
+    /// limit (so that limit never dropped one: once reached, only age or
+    /// the byte bound, which drop the stream's oldest, bring a room under
+    /// it).
     async fn dropped_none_after(
         &self,
         stream: &js::stream::Stream,
@@ -431,7 +493,13 @@ impl Stream {
                 count = n;
             }
         }
-        Ok(first <= after.saturating_add(1) && (limit < 0 || (count as i64) < limit))
+        // Since its limits last changed: before, a lower one may have
+        // dropped what the room is now under the limit without.
+        let marker = format!("{}.in.{LIMITS_CHANGED}", self.prefix);
+        let changed = self.last_of(stream, &marker).await?.unwrap_or(0);
+        Ok(first <= after.saturating_add(1)
+            && after >= changed
+            && (limit < 0 || (count as i64) < limit))
     }
 }
 
@@ -528,7 +596,7 @@ impl NatsLink {
             let subject = self.heard(channel);
             let sub = self.client.subscribe(subject.clone()).await?;
             if let Some((_, heard)) = &mut self.history {
-                heard.newest.insert(subject.clone(), heard.known);
+                heard.newest.insert(subject.clone(), (heard.known, false));
             }
             self.subscriptions.insert(subject, sub);
         }
@@ -643,17 +711,17 @@ impl NatsLink {
                     let Some((sequence, numbered)) = numbered else {
                         return Some(message.payload);
                     };
-                    let newest = heard.newest.entry(subject).or_insert(heard.known);
+                    let (newest, was_heard) = heard.newest.entry(subject).or_insert((heard.known, false));
                     match sequence.cmp(newest) {
                         std::cmp::Ordering::Greater => {}
                         // Heard already: nothing new.
-                        std::cmp::Ordering::Equal => continue,
-                        std::cmp::Ordering::Less => {
+                        std::cmp::Ordering::Equal if *was_heard => continue,
+                        _ => {
                             warn!(stream = %stream.name, "the JetStream stream's sequence went back: it was made anew; reconnecting");
                             return None;
                         }
                     }
-                    *newest = sequence;
+                    (*newest, *was_heard) = (sequence, true);
                     heard.known = heard.known.max(sequence);
                     return Some(numbered);
                 }

@@ -554,3 +554,82 @@ async fn on_nats_an_empty_rooms_joiner_resumes_elsewhere_and_limits_follow_the_c
         .unwrap();
     assert_eq!(stream.cached_info().config.max_messages_per_subject, 7);
 }
+
+/// On NATS, a resume is refused where the stream may have dropped the
+/// room's messages: a room at its per-room limit, and a position from
+/// before the limit was raised (the lower one dropped messages the room is
+/// now under the limit without).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_no_resume_across_what_the_stream_may_have_dropped() {
+    let broker = Broker::start_jetstream();
+    let small = |name: &str| {
+        let mut config = node_config(&broker, name);
+        config.rooms.history.size = 3;
+        config
+    };
+    let a = start(small("a")).await;
+    a.wait_metric(CONNECTED, 1).await;
+    let mut early = positioned(&a, "/rooms/r").await;
+    let epoch = epoch_of(&joined(&mut early).await);
+    drop(early);
+    let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
+    publish(&mut publisher, 0..10).await;
+    a.wait_metric(PUBLISHED, 10).await;
+    // The stream keeps the room's newest 3 (positions 8, 9, 10).
+    let since = |p: u64| format!("/rooms/r?since={p}&epoch={epoch}");
+    let b = start(small("b")).await;
+    b.wait_metric(CONNECTED, 1).await;
+    for p in [0, 3] {
+        let mut lost = positioned(&b, &since(p)).await;
+        assert_eq!(joined(&mut lost).await["recovered"], false, "since {p}");
+    }
+    let mut fine = positioned(&b, &since(7)).await;
+    assert_eq!(joined(&mut fine).await["recovered"], true);
+    assert_eq!(messages(&mut fine, 3).await.last().unwrap().0, 10);
+    // A node with a larger size raises the limit: the room is then under
+    // it, but messages it lost before stay lost.
+    let mut config = node_config(&broker, "c");
+    config.rooms.history.size = 100;
+    let c = start(config).await;
+    c.wait_metric(CONNECTED, 1).await;
+    let mut still_lost = positioned(&c, &since(3)).await;
+    assert_eq!(joined(&mut still_lost).await["recovered"], false);
+}
+
+/// On NATS, a read of more than the 16 MiB one fetch takes goes on in
+/// more fetches: a client resumes on a node that never had the room across
+/// 24 messages of 900 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_a_large_backlog_is_read_in_several_fetches() {
+    let broker = Broker::start_jetstream();
+    let roomy = |name: &str| {
+        let mut config = node_config(&broker, name);
+        config.rooms.history.size = 100;
+        config.rooms.history.max_bytes = 64 << 20;
+        config
+    };
+    let (a, b) = (start(roomy("a")).await, start(roomy("b")).await);
+    a.wait_metric(CONNECTED, 1).await;
+    b.wait_metric(CONNECTED, 1).await;
+    let mut early = positioned(&a, "/rooms/big").await;
+    let epoch = epoch_of(&joined(&mut early).await);
+    drop(early);
+    let mut publisher = join(a.addr, "/rooms/big?role=publisher").await;
+    let payload = "x".repeat(900 << 10);
+    for i in 0..24 {
+        publisher
+            .send(Message::text(format!("{i}{payload}")))
+            .await
+            .unwrap();
+    }
+    a.wait_metric(PUBLISHED, 24).await;
+    let mut back = positioned(&b, &format!("/rooms/big?since=0&epoch={epoch}")).await;
+    let notice = joined(&mut back).await;
+    assert_eq!(notice["recovered"], true, "{notice}");
+    let got = messages(&mut back, 24).await;
+    let firsts: Vec<String> = got
+        .iter()
+        .map(|(_, t)| t.trim_end_matches('x').to_owned())
+        .collect();
+    assert_eq!(firsts, (0..24).map(|i| i.to_string()).collect::<Vec<_>>());
+}
