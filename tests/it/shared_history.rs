@@ -572,10 +572,14 @@ async fn on_nats_no_resume_across_what_the_stream_may_have_dropped() {
     let mut early = positioned(&a, "/rooms/r").await;
     let epoch = epoch_of(&joined(&mut early).await);
     drop(early);
+    // Room s's message stays the stream's oldest (position 1).
+    let mut other = join(a.addr, "/rooms/s?role=publisher").await;
+    send(&mut other, true, "s0").await;
+    a.wait_metric(PUBLISHED, 1).await;
     let mut publisher = join(a.addr, "/rooms/r?role=publisher").await;
     publish(&mut publisher, 0..10).await;
-    a.wait_metric(PUBLISHED, 10).await;
-    // The stream keeps the room's newest 3 (positions 8, 9, 10).
+    a.wait_metric(PUBLISHED, 11).await;
+    // Room r has positions 2 to 11; the stream keeps its newest 3.
     let since = |p: u64| format!("/rooms/r?since={p}&epoch={epoch}");
     let b = start(small("b")).await;
     b.wait_metric(CONNECTED, 1).await;
@@ -583,9 +587,9 @@ async fn on_nats_no_resume_across_what_the_stream_may_have_dropped() {
         let mut lost = positioned(&b, &since(p)).await;
         assert_eq!(joined(&mut lost).await["recovered"], false, "since {p}");
     }
-    let mut fine = positioned(&b, &since(7)).await;
+    let mut fine = positioned(&b, &since(9)).await;
     assert_eq!(joined(&mut fine).await["recovered"], true);
-    assert_eq!(messages(&mut fine, 3).await.last().unwrap().0, 10);
+    assert_eq!(messages(&mut fine, 2).await.last().unwrap().0, 11);
     // A node with a larger size raises the limit: the room is then under
     // it, but messages it lost before stay lost.
     let mut config = node_config(&broker, "c");
