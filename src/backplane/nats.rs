@@ -1,4 +1,5 @@
-//! NATS core as the broker: a subject per room.
+//! NATS as the broker: a subject per room (with shared history, through a
+//! JetStream stream).
 //!
 //! One client connection carries publishes and subscriptions. async-nats
 //! would reconnect by itself, but the relay's own loop does that for both
