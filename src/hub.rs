@@ -53,7 +53,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -412,9 +412,6 @@ struct Record {
     /// It has published messages it skips: counting what is due to it must
     /// leave them out (everyone else's count is a subtraction).
     skips_own: bool,
-    /// Its room's log started afresh (a new epoch): its cursor moves to
-    /// `skip_to`, whether before or after it.
-    rebased: bool,
     /// Its room's log's generation when it joined.
     generation: u32,
     /// `wakeups` when it joined the sleepers.
@@ -429,8 +426,6 @@ struct Record {
 impl Record {
     /// Where it stands in the log: its cursor, or where a check moved it.
     fn position(&self, cursor: Offset, log: &Log) -> Offset {
-        // After a move to another epoch its cursor names the old log.
-        let cursor = if self.rebased { self.skip_to } else { cursor };
         cursor.max(self.skip_to).max(log.first())
     }
 
@@ -464,8 +459,6 @@ pub struct Member {
     closed: AtomicBool,
     /// It is told positions (`wsrelay.v1`): a move to another epoch closes it.
     positioned: AtomicBool,
-    /// How many times its room's log started afresh under it.
-    moves: AtomicU32,
     /// A keepalive ping is due; mirrors `signals.ping`.
     ping_due: AtomicBool,
     /// Counted in its room's `compressing` ([`Hub::compresses`]).
@@ -520,10 +513,9 @@ pub struct Backlog {
     members: ThinVec<Waited>,
 }
 
-/// A member a publisher waits for, the offset it must reach, and how many
-/// times its room's log had started afresh then (its offsets since name
-/// other places: nothing to wait for).
-type Waited = (Arc<Member>, Offset, u32);
+/// A member a publisher waits for, and the offset it must reach (offsets
+/// only grow, a new epoch's log included).
+type Waited = (Arc<Member>, Offset);
 
 impl Backlog {
     pub fn is_empty(&self) -> bool {
@@ -532,10 +524,9 @@ impl Backlog {
 
     /// Whether a publisher still waits for `member` to reach `target`: not
     /// if it did, left, or turned out slow (its socket refuses bytes).
-    fn waits_for((member, target, moves): &Waited) -> bool {
+    fn waits_for((member, target): &Waited) -> bool {
         !member.is_closed()
             && !member.socket_full.load(Ordering::Relaxed)
-            && member.moves.load(Ordering::Relaxed) == *moves
             && member.cursor.load(Ordering::Acquire) < *target
     }
 }
@@ -1139,7 +1130,6 @@ impl Hub {
                 held: None,
                 dropping: false,
                 skips_own: false,
-                rebased: false,
                 generation,
                 slept: u64::MAX,
                 replay_to: if cursor < head { head } else { 0 },
@@ -1492,10 +1482,9 @@ impl Hub {
                 if other && record.member.positioned.load(Ordering::Relaxed) {
                     record.member.close(Ending::Moved);
                 }
+                // Everything before the head is the old epoch's.
                 record.skip_to = head;
-                record.rebased = true;
                 record.replay_to = 0;
-                record.member.moves.fetch_add(1, Ordering::Relaxed);
             }
             self.recount(state);
         }
@@ -1801,7 +1790,7 @@ impl Hub {
             if !policy_applies {
                 if over {
                     let target = log.oldest_within(counted_from, &half, 1);
-                    behind.push((m.clone(), target, m.moves.load(Ordering::Relaxed)));
+                    behind.push((m.clone(), target));
                 }
                 keep_from = keep_from.min(at);
                 continue;
@@ -2105,7 +2094,6 @@ fn take(
     }
     let skipping = record.skipping();
     *cursor = record.position(*cursor, log);
-    record.rebased = false;
     record.skip_to = 0;
     for e in log.entries_in(*cursor, log.head()) {
         let size = e.frame.payload().len();
@@ -2232,7 +2220,6 @@ impl Member {
             socket_full: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             positioned: AtomicBool::new(false),
-            moves: AtomicU32::new(0),
             ping_due: AtomicBool::new(false),
             compresses: AtomicBool::new(false),
             signals: Mutex::default(),
