@@ -38,7 +38,10 @@ use async_nats::client::PublishErrorKind;
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind as StorePublishErrorKind;
-use async_nats::jetstream::stream::{self, DiscardPolicy, LastRawMessageErrorKind, Republish};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{
+    self, DiscardPolicy, LastRawMessageError, LastRawMessageErrorKind, Republish,
+};
 use async_nats::jetstream::{self as js, context::PublishAckFuture};
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use bytes::Bytes;
@@ -104,9 +107,11 @@ pub struct Stream {
     per_room: usize,
 }
 
-/// The subject token (after `<prefix>.in.`) of the message that marks a
-/// change of the stream's limits; no room's subject (`room.<name>`, `all`).
-const LIMITS_CHANGED: &str = "_limits";
+/// The subject of the message that marks a change of the stream's limits:
+/// stored, but no room's (`room.<name>`, `all`).
+fn limits_marker(prefix: &str) -> String {
+    format!("{prefix}.in._limits")
+}
 
 /// How often a link checks that its stream is still the one it opened.
 const WATCH: Duration = Duration::from_secs(5);
@@ -131,6 +136,20 @@ fn stream_error(name: &str, e: impl std::fmt::Display) -> LinkError {
 }
 
 impl Stream {
+    /// Why a request about the stream failed.
+    fn error(&self, e: impl std::fmt::Display) -> LinkError {
+        stream_error(&self.name, e)
+    }
+
+    /// The epoch `info` names; a new one tells the link to start again.
+    fn epoch_checked(&self, info: &stream::Info) -> String {
+        let epoch = epoch_of(info);
+        if *epoch != *self.epoch {
+            self.replaced.notify_one();
+        }
+        epoch
+    }
+
     /// Finds or creates the stream for `prefix`'s subjects, with
     /// `settings`' limits per room.
     async fn open(
@@ -193,21 +212,17 @@ impl Stream {
         }
         // Its limits follow `rooms.history` (its storage and replicas stay
         // as they are).
-        let c = &info.config;
-        let limits_differ = c.max_messages_per_subject != wanted.max_messages_per_subject
-            || c.max_age != wanted.max_age
-            || c.max_bytes != wanted.max_bytes
-            || c.discard != wanted.discard
-            || !c.allow_direct;
-        let info = match limits_differ {
-            false => info,
-            true => {
-                let mut config = info.config.clone();
-                config.max_messages_per_subject = wanted.max_messages_per_subject;
-                config.max_age = wanted.max_age;
-                config.max_bytes = wanted.max_bytes;
-                config.discard = wanted.discard;
-                config.allow_direct = true;
+        let config = stream::Config {
+            max_messages_per_subject: wanted.max_messages_per_subject,
+            max_age: wanted.max_age,
+            max_bytes: wanted.max_bytes,
+            discard: wanted.discard,
+            allow_direct: wanted.allow_direct,
+            ..info.config.clone()
+        };
+        let info = match config == info.config {
+            true => info,
+            false => {
                 let updated = context.update_stream(&config).await.map_err(|e| {
                     LinkError::Unusable(format!(
                         "JetStream stream `{name}`: cannot set its limits to rooms.history's: {e}"
@@ -215,9 +230,8 @@ impl Stream {
                 })?;
                 // Marked in the stream: a room under its new limit may have
                 // lost messages to the old one (`Stream::dropped_none_after`).
-                let marker = format!("{prefix}.in.{LIMITS_CHANGED}");
                 let ack = context
-                    .publish(marker, Bytes::new())
+                    .publish(limits_marker(prefix), Bytes::new())
                     .await
                     .map_err(|e| LinkError::Nats(e.to_string()))?;
                 ack.await.map_err(|e| LinkError::Nats(e.to_string()))?;
@@ -244,8 +258,7 @@ impl Stream {
         loop {
             every.tick().await;
             match self.context.get_stream(&self.name).await {
-                Ok(stream) if *epoch_of(stream.cached_info()) == *self.epoch => {}
-                Ok(_) => self.replaced.notify_one(),
+                Ok(stream) => drop(self.epoch_checked(stream.cached_info())),
                 Err(e) if is_not_found(&e) => self.replaced.notify_one(),
                 // Unreachable: the link notices that itself.
                 Err(_) => {}
@@ -293,17 +306,13 @@ impl Stream {
         epoch: Option<&str>,
         create: bool,
     ) -> Result<RawPage, LinkError> {
-        let err = |e: &dyn std::fmt::Display| stream_error(&self.name, e);
         // Asked each time: the stream may have been made anew since.
         let stream = self
             .context
             .get_stream(&self.name)
             .await
-            .map_err(|e| err(&e))?;
-        let current = epoch_of(stream.cached_info());
-        if *current != *self.epoch {
-            self.replaced.notify_one();
-        }
+            .map_err(|e| self.error(e))?;
+        let current = self.epoch_checked(stream.cached_info());
         let subject = self.stored(channel);
         let top = match self.last_of(&stream, &subject).await? {
             Some(top) if top > envelope::MAX_POSITION => return Err(LinkError::Reply),
@@ -333,7 +342,7 @@ impl Stream {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(|e| self.error(e))?;
             let fetched = self
                 .fetch_newest(&consumer, top, &mut kept, &mut dropped_older)
                 .await;
@@ -388,7 +397,6 @@ impl Stream {
         kept: &mut VecDeque<(u64, Bytes)>,
         dropped_older: &mut bool,
     ) -> Result<(), LinkError> {
-        let err = |e: &dyn std::fmt::Display| stream_error(&self.name, e);
         let (mut done, mut scanned, mut capped) = (false, 0, true);
         while !done && scanned < READ_SCAN_MAX {
             let fetch = match capped {
@@ -398,7 +406,7 @@ impl Stream {
                     .max_bytes(READ_BATCH_BYTES),
                 false => consumer.fetch().max_messages(1),
             };
-            let mut batch = fetch.messages().await.map_err(|e| err(&e))?;
+            let mut batch = fetch.messages().await.map_err(|e| self.error(e))?;
             let (mut got, mut cut) = (0, false);
             while let Some(m) = batch.next().await {
                 let m = match m {
@@ -409,11 +417,11 @@ impl Stream {
                         cut = true;
                         break;
                     }
-                    Err(e) => return Err(err(&e)),
+                    Err(e) => return Err(self.error(e)),
                 };
                 let (sequence, pending) = match m.info() {
                     Ok(info) => (info.stream_sequence, info.pending),
-                    Err(e) => return Err(err(&e)),
+                    Err(e) => return Err(self.error(e)),
                 };
                 got += 1;
                 if kept.len() == self.per_room {
@@ -445,11 +453,8 @@ impl Stream {
         subject: &str,
         sequence: u64,
     ) -> Result<bool, LinkError> {
-        match stream.get_raw_message(sequence).await {
-            Ok(m) => Ok(m.subject.as_str() == subject),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(stream_error(&self.name, e)),
-        }
+        let found = self.found(stream.get_raw_message(sequence).await)?;
+        Ok(found.is_some_and(|m| m.subject.as_str() == subject))
     }
 
     /// The sequence of the newest message on `subject`, if any (from the
@@ -459,10 +464,19 @@ impl Stream {
         stream: &js::stream::Stream,
         subject: &str,
     ) -> Result<Option<u64>, LinkError> {
-        match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some(m.sequence)),
+        let found = self.found(stream.get_last_raw_message_by_subject(subject).await)?;
+        Ok(found.map(|m| m.sequence))
+    }
+
+    /// A leader get's message, if there is one.
+    fn found(
+        &self,
+        got: Result<StreamMessage, LastRawMessageError>,
+    ) -> Result<Option<StreamMessage>, LinkError> {
+        match got {
+            Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(stream_error(&self.name, e)),
+            Err(e) => Err(self.error(e)),
         }
     }
 
@@ -480,23 +494,22 @@ impl Stream {
         subject: &str,
         after: u64,
     ) -> Result<bool, LinkError> {
-        let err = |e: &dyn std::fmt::Display| stream_error(&self.name, e);
         let mut info = stream
             .info_with_subjects(subject)
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| self.error(e))?;
         let first = info.info.state.first_sequence;
         let limit = info.info.config.max_messages_per_subject;
         let mut count = 0;
         while let Some(entry) = info.next().await {
-            let (name, n) = entry.map_err(|e| err(&e))?;
+            let (name, n) = entry.map_err(|e| self.error(e))?;
             if name == subject {
                 count = n;
             }
         }
         // Since its limits last changed: before, a lower one may have
         // dropped what the room is now under the limit without.
-        let marker = format!("{}.in.{LIMITS_CHANGED}", self.prefix);
+        let marker = limits_marker(&self.prefix);
         let changed = self.last_of(stream, &marker).await?.unwrap_or(0);
         Ok(first <= after.saturating_add(1)
             && after >= changed
